@@ -1,0 +1,351 @@
+"""Helpers shared by every bench script.
+
+Every bench script ends by calling ``append_record(name, record)`` (one JSON line in
+``bench/results/<name>.jsonl``, stamped with the hardware fingerprint and a UTC time) and
+``print_summary(summary)`` (one JSON line, the last line of the script's output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# --------------------------------------------------------------------------------------
+# Hardware / software fingerprint
+# --------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _total_ram_gb() -> Optional[float]:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 2)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 2)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state() -> dict:
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+    }
+
+
+@lru_cache(maxsize=1)
+def _static_fingerprint() -> dict:
+    fp: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "cpu_logical_cores": os.cpu_count(),
+        "ram_total_gb": _total_ram_gb(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        # a stable, non-identifying id: lets the report group runs by machine
+        "host_hash": hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12],
+        "gpu_name": None,
+        "gpu_count": 0,
+        "cuda": None,
+    }
+    try:
+        cpus = os.sched_getaffinity(0)  # what this process may actually use
+        fp["cpu_usable_cores"] = len(cpus)
+    except AttributeError:
+        fp["cpu_usable_cores"] = os.cpu_count()
+    try:
+        import torch
+
+        fp["torch"] = torch.__version__
+        fp["cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            fp["gpu_count"] = torch.cuda.device_count()
+            fp["gpu_name"] = torch.cuda.get_device_name(0)
+            props = torch.cuda.get_device_properties(0)
+            fp["gpu_mem_gb"] = round(props.total_memory / 2**30, 1)
+            fp["gpu_capability"] = f"{props.major}.{props.minor}"
+    except Exception:  # noqa: BLE001
+        fp["torch"] = _version("torch")
+    for pkg in ("transformers", "accelerate", "datasets"):
+        fp[pkg] = _version(pkg)
+    return fp
+
+
+def hardware_fingerprint() -> dict:
+    """Describe the machine and the software stack (no hostname, only a hash of it)."""
+    fp = dict(_static_fingerprint())
+    fp.update(git_state())
+    return fp
+
+
+def hardware_label(fp: dict) -> str:
+    """Short human name of the hardware a record ran on (used by bench/report.py)."""
+    if fp.get("gpu_name") and fp.get("device", "cuda") != "cpu":
+        n = fp.get("gpu_count") or 1
+        return f"{n}x {fp['gpu_name']}"
+    cores = fp.get("cpu_usable_cores") or fp.get("cpu_logical_cores")
+    return f"{fp.get('cpu_model', 'CPU')} ({cores} cores)"
+
+
+# --------------------------------------------------------------------------------------
+# Records and summaries
+# --------------------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # torch scalars
+        try:
+            return obj.item()
+        except Exception:  # noqa: BLE001
+            pass
+    return str(obj)
+
+
+def append_record(name: str, record: dict, results_dir: Path | str | None = None) -> Path:
+    """Append ``record`` + fingerprint + UTC timestamp as one JSON line to
+    ``bench/results/<name>.jsonl``; returns the file's path."""
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"bad bench name {name!r}")
+    out_dir = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    row = {
+        "bench": name,
+        "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **record,
+        "hardware": hardware_fingerprint(),
+    }
+    path = out_dir / f"{name}.jsonl"
+    line = json.dumps(row, default=_jsonable, sort_keys=False)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    return path
+
+
+def print_summary(d: dict) -> None:
+    """Print ``d`` as ONE JSON line (must be the last line a bench script prints)."""
+    sys.stdout.flush()
+    print(json.dumps(d, default=_jsonable), flush=True)
+
+
+def peak_rss_mb(include_children: bool = True) -> float:
+    """Peak resident set size in MiB of this process (plus, if asked, of its waited-for
+    children, e.g. accelerate/torchrun workers). Uses getrusage's high-water marks; falls
+    back to psutil's current RSS where ``resource`` is missing."""
+    try:
+        import resource
+
+        factor = 1 / 2**20 if sys.platform == "darwin" else 1 / 1024  # bytes vs KiB
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * factor
+        if include_children:
+            # RUSAGE_CHILDREN is the max over terminated+waited children, not the sum
+            peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * factor)
+        return round(peak, 1)
+    except ImportError:
+        import psutil
+
+        proc = psutil.Process()
+        rss = proc.memory_info().rss
+        if include_children:
+            for child in proc.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:
+                    pass
+        return round(rss / 2**20, 1)
+
+
+# --------------------------------------------------------------------------------------
+# FLOP/s: nominal (datasheet) and measured
+# --------------------------------------------------------------------------------------
+
+_DTYPE_ALIASES = {
+    "bfloat16": "bf16", "torch.bfloat16": "bf16", "bf16": "bf16",
+    "float16": "fp16", "half": "fp16", "torch.float16": "fp16", "fp16": "fp16",
+    "float32": "fp32", "float": "fp32", "torch.float32": "fp32", "fp32": "fp32",
+    "tf32": "tf32",
+}
+
+_H100_SXM = {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}
+_H100_SXM_SRC = "NVIDIA H100 Tensor Core GPU datasheet (SXM5, dense, no sparsity)"
+
+# (substring of torch.cuda.get_device_name() lower-cased, {dtype: FLOP/s}, source);
+# first match wins, so more specific names come first. Dense (non-sparse) numbers.
+_NOMINAL_PEAKS: list[tuple[str, dict[str, float], str]] = [
+    ("h200", _H100_SXM,
+     "NVIDIA H200 Tensor Core GPU datasheet (SXM, dense; same compute as H100 SXM)"),
+    ("h100 pcie", {"bf16": 756.5e12, "fp16": 756.5e12, "tf32": 378e12, "fp32": 51.2e12},
+     "NVIDIA H100 Tensor Core GPU datasheet (PCIe, dense, no sparsity)"),
+    ("h100 nvl", {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 59.8e12},
+     "NVIDIA H100 Tensor Core GPU datasheet (NVL, per GPU, dense, no sparsity)"),
+    ("h100", _H100_SXM, _H100_SXM_SRC),
+    ("a100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+     "NVIDIA A100 Tensor Core GPU datasheet (SXM/PCIe, dense, no sparsity)"),
+]
+
+
+def nominal_peak_flops(device_name: str, dtype: str) -> tuple[Optional[float], Optional[str]]:
+    """Datasheet peak FLOP/s for a GPU name and a dtype, with the named source.
+
+    Returns ``(None, None)`` when no source can be named (all CPUs, unknown GPUs); use
+    :func:`measure_matmul_peak` as the reference there instead.
+    """
+    key = _DTYPE_ALIASES.get(str(dtype).lower())
+    name = (device_name or "").lower()
+    if key is None or not name or name == "cpu":
+        return None, None
+    for needle, table, source in _NOMINAL_PEAKS:
+        if needle in name:
+            value = table.get(key)
+            return (value, source) if value is not None else (None, None)
+    return None, None
+
+
+def _torch_dtype(dtype: Any):
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = _DTYPE_ALIASES.get(str(dtype).lower())
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+            "tf32": torch.float32}[key]
+
+
+def measure_matmul_peak(
+    device: Any = "cpu",
+    dtype: Any = "fp32",
+    n: Optional[int] = None,
+    repeats: int = 5,
+    time_budget_s: float = 8.0,
+) -> float:
+    """Best achieved FLOP/s of ``n x n @ n x n`` matmuls on ``device`` after warm-up.
+
+    Each timed trial runs enough matmuls to last ~0.1 s (0.02 s on CPU at least one); the
+    best of ``repeats`` trials is returned. The whole call stops after ``time_budget_s``.
+    Default ``n``: 1024 on CPU, 8192 on GPU.
+    """
+    import torch
+
+    dev = torch.device(device)
+    tdt = _torch_dtype(dtype)
+    is_cuda = dev.type == "cuda"
+    if n is None:
+        n = 8192 if is_cuda else 1024
+    prev_tf32 = None
+    if is_cuda:
+        prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = _DTYPE_ALIASES.get(str(dtype).lower()) == "tf32"
+
+    def sync():
+        if is_cuda:
+            torch.cuda.synchronize(dev)
+
+    try:
+        a = torch.randn(n, n, device=dev, dtype=tdt)
+        b = torch.randn(n, n, device=dev, dtype=tdt)
+        flop = 2.0 * n**3
+        deadline = time.perf_counter() + time_budget_s
+        # warm-up (and a first estimate of one matmul's duration)
+        a @ b
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        one = max(time.perf_counter() - t0, 1e-6)
+        iters = max(1, min(1000, int(0.1 / one)))
+        best = flop / one
+        for _ in range(repeats):
+            if time.perf_counter() + one * iters > deadline:
+                break
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                a @ b
+            sync()
+            best = max(best, flop * iters / (time.perf_counter() - t0))
+        return best
+    finally:
+        if prev_tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+
+
+def peak_flops_reference(device_name: str, dtype: str, device: Any = "cpu") -> dict:
+    """Nominal peak if a source is known, else the measured matmul peak (for MFU)."""
+    value, source = nominal_peak_flops(device_name, dtype)
+    if value is not None:
+        return {"peak_flops": value, "peak_source": source, "peak_kind": "nominal"}
+    measured = measure_matmul_peak(device, dtype)
+    return {
+        "peak_flops": measured,
+        "peak_source": f"measured: best square matmul on {device} ({dtype})",
+        "peak_kind": "measured",
+    }
+
+
+__all__ = [
+    "RESULTS_DIR",
+    "append_record",
+    "hardware_fingerprint",
+    "hardware_label",
+    "measure_matmul_peak",
+    "nominal_peak_flops",
+    "peak_flops_reference",
+    "peak_rss_mb",
+    "print_summary",
+]

@@ -1,0 +1,1 @@
+"""Core library for fine-tuning extractive question-answering models."""

@@ -1,0 +1,258 @@
+"""Examples -> model features: sliding windows, start/end labels, context-only offsets.
+
+Question first, context second, truncated ``only_second``: a long context becomes several
+windows of at most ``max_length`` tokens, consecutive windows sharing ``doc_stride`` context
+tokens — the same windows as ``tokenizer(q, c, truncation="only_second",
+return_overflowing_tokens=True, stride=doc_stride)`` (a test checks token for token).
+
+Instead of asking the tokenizer for every (question, context) pair, each distinct context is
+tokenized once and windows are cut from its token array with numpy: SQuAD paragraphs carry
+~5 questions each and a TyDi-style article can carry many, and re-tokenizing a 20k-character
+article per question is where per-example preprocessing spends its time. Pair encoding is
+the concatenation of the two sequences' encodings plus the tokenizer's special tokens, so the
+result is identical.
+
+A window is labelled with the tokens holding the first and last character of the example's
+first answer when the whole answer lies inside it, otherwise with the CLS index.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    max_length: int = 384
+    doc_stride: int = 128
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.doc_stride < self.max_length:
+            raise ValueError(f"doc_stride ({self.doc_stride}) must be in [0, max_length={self.max_length})")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_tokenizer(tokenizer, max_length: int | None = None) -> None:
+    """Windows and offsets need a fast (Rust) tokenizer; a slow one is refused, not worked around."""
+    name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"tokenizer {name!r} is not a fast tokenizer: offset mappings and sliding windows need one "
+            "(load it with use_fast=True, or use a model folder that ships tokenizer.json)"
+        )
+    if tokenizer.cls_token_id is None and tokenizer.bos_token_id is None:
+        raise ValueError(f"tokenizer {name!r} has no CLS/BOS token to label no-answer windows with")
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if max_length is not None and model_max and model_max < 10**6 and max_length > model_max:
+        raise ValueError(f"max_length {max_length} exceeds the tokenizer's model_max_length {model_max}")
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """Where the tokenizer puts its special tokens around (question, context), and their type ids."""
+
+    prefix: np.ndarray          # ids before the question
+    middle: np.ndarray          # ids between question and context
+    suffix: np.ndarray          # ids after the context
+    prefix_types: np.ndarray
+    middle_types: np.ndarray
+    suffix_types: np.ndarray
+    question_type: int
+    context_type: int
+    cls_index: int              # position used as the no-answer label
+
+    @property
+    def num_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> "PairTemplate":
+        probe = tokenizer("question", "context", return_token_type_ids=True).encodings[0]
+        ids, types, seq = np.array(probe.ids), np.array(probe.type_ids), probe.sequence_ids
+        q = [i for i, s in enumerate(seq) if s == 0]
+        c = [i for i, s in enumerate(seq) if s == 1]
+        cls_token = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        prefix = ids[:q[0]]
+        return cls(
+            prefix=prefix, middle=ids[q[-1] + 1:c[0]], suffix=ids[c[-1] + 1:],
+            prefix_types=types[:q[0]], middle_types=types[q[-1] + 1:c[0]], suffix_types=types[c[-1] + 1:],
+            question_type=int(types[q[0]]), context_type=int(types[c[0]]),
+            cls_index=int(np.flatnonzero(prefix == cls_token)[0]) if (prefix == cls_token).any() else 0,
+        )
+
+
+@dataclass
+class FeatureStats:
+    """Per-batch counts, summed by the caller."""
+
+    features: int = 0
+    answerable: int = 0
+    answers_covered: int = 0          # answerable examples with >= 1 window labelled with the answer
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: "FeatureStats") -> None:
+        self.features += other.features
+        self.answerable += other.answerable
+        self.answers_covered += other.answers_covered
+        for reason, count in other.skipped.items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + count
+
+
+def answer_token_span(token_starts: np.ndarray, token_ends: np.ndarray, answer_start: int,
+                      answer_end: int) -> tuple[int, int] | None:
+    """Tokens holding the first and last character of chars [answer_start, answer_end).
+
+    When the first character is whitespace (held by no token) the next token starts the span;
+    ``None`` when no token overlaps the answer at all.
+    """
+    start = int(np.searchsorted(token_ends, answer_start, side="right"))
+    end = int(np.searchsorted(token_starts, answer_end, side="left")) - 1
+    return (start, end) if start <= end else None
+
+
+def window_starts(num_context_tokens: int, capacity: int, doc_stride: int) -> list[int]:
+    """First context token of each window: windows advance by ``capacity - doc_stride`` until the end is in one."""
+    step = capacity - doc_stride
+    starts = [0]
+    while starts[-1] + capacity < num_context_tokens:
+        starts.append(starts[-1] + step)
+    return starts
+
+
+class FeatureBuilder:
+    """Builds labelled windows for batches of examples with one tokenizer and config."""
+
+    def __init__(self, tokenizer, config: FeatureConfig, context_cache_size: int = 64) -> None:
+        check_tokenizer(tokenizer, config.max_length)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.template = PairTemplate.for_tokenizer(tokenizer)
+        self.with_token_types = "token_type_ids" in tokenizer.model_input_names
+        self._contexts: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_size = context_cache_size
+
+    def _encode_contexts(self, contexts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        missing = list(dict.fromkeys(c for c in contexts if c not in self._contexts))
+        if missing:
+            encoded = self.tokenizer.backend_tokenizer.encode_batch(missing, add_special_tokens=False)
+            for context, encoding in zip(missing, encoded):
+                self._contexts[context] = (np.array(encoding.ids, dtype=np.int32),
+                                           np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2))
+        result = []
+        for context in contexts:
+            self._contexts.move_to_end(context)
+            result.append(self._contexts[context])
+        while len(self._contexts) > max(self._cache_size, len(set(contexts))):
+            self._contexts.popitem(last=False)
+        return result
+
+    def build(self, examples: Sequence[dict]) -> tuple[pa.RecordBatch, FeatureStats]:
+        """Every window of every example, labelled, as one Arrow record batch."""
+        t, cfg = self.template, self.config
+        stats = FeatureStats()
+        questions = self.tokenizer.backend_tokenizer.encode_batch(
+            [e["question"].lstrip() for e in examples], add_special_tokens=False)
+        contexts = self._encode_contexts([e["context"] for e in examples])
+
+        ids_parts, type_parts, offset_parts, context_mask_parts = [], [], [], []
+        lengths, starts_out, ends_out, window_index, example_ids = [], [], [], [], []
+        for example, question, (context_ids, context_offsets) in zip(examples, questions, contexts):
+            question_ids = np.array(question.ids, dtype=np.int32)
+            capacity = cfg.max_length - len(question_ids) - t.num_special
+            if capacity <= cfg.doc_stride or len(context_ids) == 0:
+                reason = "question_too_long" if len(context_ids) else "context_has_no_tokens"
+                stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+                continue
+            answer_tokens = None
+            answers = example["answers"]
+            if answers["text"]:
+                stats.answerable += 1
+                answer_start = answers["answer_start"][0]
+                answer_tokens = answer_token_span(context_offsets[:, 0], context_offsets[:, 1],
+                                                  answer_start, answer_start + len(answers["text"][0]))
+            head = np.concatenate([t.prefix, question_ids, t.middle]).astype(np.int32)
+            head_types = np.concatenate([t.prefix_types, np.full(len(question_ids), t.question_type), t.middle_types])
+            covered = False
+            for w, first in enumerate(window_starts(len(context_ids), capacity, cfg.doc_stride)):
+                last = min(first + capacity, len(context_ids))  # exclusive
+                n_context = last - first
+                ids_parts += [head, context_ids[first:last], t.suffix]
+                if self.with_token_types:
+                    type_parts += [head_types, np.full(n_context, t.context_type), t.suffix_types]
+                offset_parts += [np.full((len(head), 2), -1, np.int32), context_offsets[first:last],
+                                 np.full((len(t.suffix), 2), -1, np.int32)]
+                context_mask_parts += [np.zeros(len(head), bool), np.ones(n_context, bool),
+                                       np.zeros(len(t.suffix), bool)]
+                lengths.append(len(head) + n_context + len(t.suffix))
+                if answer_tokens is not None and first <= answer_tokens[0] and answer_tokens[1] < last:
+                    starts_out.append(len(head) + answer_tokens[0] - first)
+                    ends_out.append(len(head) + answer_tokens[1] - first)
+                    covered = True
+                else:
+                    starts_out.append(t.cls_index)
+                    ends_out.append(t.cls_index)
+                window_index.append(w)
+                example_ids.append(example["id"])
+            stats.answers_covered += covered
+
+        stats.features = len(lengths)
+        return self._to_record_batch(ids_parts, type_parts, offset_parts, context_mask_parts, lengths,
+                                     starts_out, ends_out, window_index, example_ids), stats
+
+    def _to_record_batch(self, ids_parts, type_parts, offset_parts, context_mask_parts, lengths,
+                         starts, ends, window_index, example_ids) -> pa.RecordBatch:
+        lengths = np.asarray(lengths, dtype=np.int32)
+        total = int(lengths.sum())
+        concat = (lambda parts, dtype, shape=(0,): np.concatenate(parts).astype(dtype) if parts
+                  else np.zeros(shape, dtype))
+        ids = concat(ids_parts, np.int32)
+        offsets = concat(offset_parts, np.int32, (0, 2))
+        is_context = concat(context_mask_parts, bool)
+        token_offsets = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * total + 1, 2, dtype=np.int32)),
+                                                 pa.array(offsets.reshape(-1)), mask=pa.array(~is_context))
+        columns = {
+            "input_ids": _list_array(lengths, pa.array(ids)),
+            "attention_mask": _list_array(lengths, pa.array(np.ones(total, dtype=np.int8))),
+        }
+        if self.with_token_types:
+            columns["token_type_ids"] = _list_array(lengths, pa.array(concat(type_parts, np.int8)))
+        starts = np.asarray(starts, dtype=np.int32)
+        columns.update({
+            "start_positions": pa.array(starts),
+            "end_positions": pa.array(np.asarray(ends, dtype=np.int32)),
+            "example_id": pa.array(example_ids, type=pa.string()),
+            "offset_mapping": _list_array(lengths, token_offsets),
+            "window_index": pa.array(np.asarray(window_index, dtype=np.int32)),
+            "has_answer": pa.array(starts != self.template.cls_index),
+            "num_tokens": pa.array(lengths),
+        })
+        return pa.RecordBatch.from_pydict(columns)
+
+
+def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.Array:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def offsets_to_numpy(offset_mapping: pa.Array | pa.ChunkedArray, pad_to: int | None = None) -> np.ndarray:
+    """``offset_mapping`` column -> int32 ``[F, L, 2]``, -1 for non-context tokens and padding."""
+    if isinstance(offset_mapping, pa.ChunkedArray):
+        offset_mapping = offset_mapping.combine_chunks()
+    lengths = offset_mapping.value_lengths().to_numpy(zero_copy_only=False)
+    width = int(lengths.max(initial=0)) if pad_to is None else pad_to
+    tokens = offset_mapping.flatten()  # one [start, end] per token, null outside the context
+    valid = tokens.is_valid().to_numpy(zero_copy_only=False)
+    flat = np.full((len(tokens), 2), -1, dtype=np.int32)
+    flat[valid] = tokens.flatten().to_numpy(zero_copy_only=False).reshape(-1, 2)
+    out = np.full((len(lengths), width, 2), -1, dtype=np.int32)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[rows, cols] = flat
+    return out

@@ -1,0 +1,174 @@
+"""SQuAD v1.1 / v2.0 metrics computed locally (no hub access).
+
+The text metrics follow the official evaluation scripts: answers are
+normalised (lowercase, punctuation removed, articles a/an/the removed,
+whitespace collapsed), exact match and token-overlap F1 are taken as the
+maximum over all gold answers, and an unanswerable question (no gold answer)
+has the single gold answer "" (v2.0 convention).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+SQUAD_METRIC_DIR = Path(__file__).resolve().parent / "squad_metric"
+
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+@lru_cache(maxsize=65536)
+def normalize_answer(text: str) -> str:
+    """Official SQuAD normalisation; cached because gold answers repeat a lot."""
+    lowered = text.lower()
+    without_punctuation = "".join(ch for ch in lowered if ch not in _PUNCTUATION)
+    without_articles = _ARTICLES.sub(" ", without_punctuation)
+    return " ".join(without_articles.split())
+
+
+def _tokens(text: str) -> list[str]:
+    return normalize_answer(text).split()
+
+
+def exact_match_score(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    """Token-overlap F1 after normalisation (official v2.0 definition).
+
+    Both empty -> 1 (correctly predicted no-answer); exactly one empty -> 0.
+    """
+    prediction_tokens = _tokens(prediction)
+    gold_tokens = _tokens(gold)
+    if not prediction_tokens or not gold_tokens:
+        return float(prediction_tokens == gold_tokens)
+    overlap = sum((Counter(prediction_tokens) & Counter(gold_tokens)).values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(prediction_tokens)
+    recall = overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def gold_answers_or_empty(golds: Sequence[str]) -> list[str]:
+    """Gold answers that survive normalisation; [""] when none (unanswerable)."""
+    kept = [gold for gold in golds if normalize_answer(gold)]
+    return kept or [""]
+
+
+def max_over_golds(metric, prediction: str, golds: Sequence[str]) -> float:
+    return max(metric(prediction, gold) for gold in gold_answers_or_empty(golds))
+
+
+def _percent(values: list[float]) -> float:
+    # An empty subset (e.g. no answerable questions) reports 0 rather than NaN
+    # so the result stays JSON/logging friendly; its *_total says it is empty.
+    return 100.0 * sum(values) / len(values) if values else 0.0
+
+
+def squad_scores(
+    predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]
+) -> dict[str, float | int]:
+    """SQuAD EM/F1 (percentages) over the questions in ``references``.
+
+    ``references`` maps question id -> gold answer texts (empty list for an
+    unanswerable question).  A question without prediction is scored as ""
+    and counted in ``missing_predictions``; predictions for unknown ids are
+    ignored.  The HasAns_/NoAns_ breakdown is added as soon as one question is
+    unanswerable.
+    """
+    exact: dict[bool, list[float]] = {True: [], False: []}
+    f1: dict[bool, list[float]] = {True: [], False: []}
+    missing = 0
+    for question_id, golds in references.items():
+        prediction = predictions.get(question_id)
+        if prediction is None:
+            missing += 1
+            prediction = ""
+        # As the official v2.0 script: answerable means "has gold answers".
+        has_answer = len(golds) > 0
+        exact[has_answer].append(max_over_golds(exact_match_score, prediction, golds))
+        f1[has_answer].append(max_over_golds(f1_score, prediction, golds))
+
+    all_exact = exact[True] + exact[False]
+    all_f1 = f1[True] + f1[False]
+    scores: dict[str, float | int] = {
+        "exact_match": _percent(all_exact),
+        "f1": _percent(all_f1),
+        "total": len(all_exact),
+        "missing_predictions": missing,
+    }
+    if exact[False]:
+        scores.update(
+            HasAns_exact=_percent(exact[True]),
+            HasAns_f1=_percent(f1[True]),
+            HasAns_total=len(exact[True]),
+            NoAns_exact=_percent(exact[False]),
+            NoAns_f1=_percent(f1[False]),
+            NoAns_total=len(exact[False]),
+        )
+    return scores
+
+
+def start_end_scores(
+    pred_start: Sequence[int] | np.ndarray,
+    pred_end: Sequence[int] | np.ndarray,
+    gold_start: Sequence[int] | np.ndarray,
+    gold_end: Sequence[int] | np.ndarray,
+) -> dict[str, float]:
+    """Token-position metrics as fractions in [0, 1].
+
+    ``start_f1``/``end_f1`` are scikit-learn macro F1 over token positions
+    (each position is a class), as in the tutorial this project replaces.
+    """
+    from sklearn.metrics import f1_score as sklearn_f1  # heavy import, only when used
+
+    pred_start, pred_end = np.asarray(pred_start), np.asarray(pred_end)
+    gold_start, gold_end = np.asarray(gold_start), np.asarray(gold_end)
+    if not (pred_start.shape == pred_end.shape == gold_start.shape == gold_end.shape):
+        raise ValueError("start/end prediction and gold arrays must have the same shape")
+    if pred_start.size == 0:
+        raise ValueError("start_end_scores needs at least one position")
+    start_right = pred_start == gold_start
+    end_right = pred_end == gold_end
+    return {
+        # zero_division=0 is sklearn's default value, without the warning.
+        "start_f1": float(sklearn_f1(gold_start, pred_start, average="macro", zero_division=0)),
+        "end_f1": float(sklearn_f1(gold_end, pred_end, average="macro", zero_division=0)),
+        "start_accuracy": float(start_right.mean()),
+        "end_accuracy": float(end_right.mean()),
+        "span_exact": float((start_right & end_right).mean()),
+    }
+
+
+def squad_scores_from_hf_format(
+    predictions: Sequence[Mapping], references: Sequence[Mapping]
+) -> dict[str, float | int]:
+    """:func:`squad_scores` on HF squad-style inputs.
+
+    predictions: ``[{"id", "prediction_text"}]``;
+    references: ``[{"id", "answers": {"text": [...], "answer_start": [...]}}]``.
+    """
+    return squad_scores(
+        {p["id"]: p["prediction_text"] for p in predictions},
+        {r["id"]: list(r["answers"]["text"]) for r in references},
+    )
+
+
+def load_evaluate_metric(**load_kwargs):
+    """The SQuAD metric as an ``evaluate`` module, loaded from the package folder.
+
+    Works offline: ``evaluate.load`` on a local folder only copies the script
+    into the modules cache, it never contacts the hub.
+    """
+    import evaluate  # optional heavy dependency, imported on demand
+
+    return evaluate.load(str(SQUAD_METRIC_DIR), **load_kwargs)

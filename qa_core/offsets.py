@@ -1,0 +1,77 @@
+"""UTF-8 byte offsets <-> Python character offsets, exact for any text.
+
+TyDi QA gives answer spans as UTF-8 *byte* offsets into ``document_plaintext``.
+Slicing a Python ``str`` with them (what the 2023 tutorial did) shifts every span
+that follows a multi-byte character. Here a byte offset is converted only when it
+lies on a character boundary; anything else is reported, never rounded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class OffsetError(ValueError):
+    """A byte span that cannot be mapped to characters; ``reason`` is a short counter key."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ByteCharMap:
+    """Byte -> char lookup for one text, built once and reused for all its spans."""
+
+    num_bytes: int
+    # char_before[b] = number of characters that start before byte b (length num_bytes + 1)
+    char_before: np.ndarray
+    # is_boundary[b] = True where byte b starts a character, or b == num_bytes
+    is_boundary: np.ndarray
+
+    @classmethod
+    def for_text(cls, text: str) -> "ByteCharMap":
+        data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        # A UTF-8 continuation byte looks like 0b10xxxxxx; every other byte starts a character.
+        starts = (data & 0xC0) != 0x80
+        is_boundary = np.append(starts, True)
+        char_before = np.zeros(len(data) + 1, dtype=np.int64)
+        np.cumsum(starts, out=char_before[1:])
+        return cls(num_bytes=len(data), char_before=char_before, is_boundary=is_boundary)
+
+    def to_char(self, byte_offset: int) -> int:
+        """Character offset of a byte offset that lies on a character boundary."""
+        if not 0 <= byte_offset <= self.num_bytes:
+            raise OffsetError(
+                "byte_offset_out_of_range",
+                f"byte offset {byte_offset} is outside the text (0..{self.num_bytes})",
+            )
+        if not self.is_boundary[byte_offset]:
+            raise OffsetError(
+                "byte_offset_splits_character",
+                f"byte offset {byte_offset} falls inside a multi-byte UTF-8 character",
+            )
+        return int(self.char_before[byte_offset])
+
+    def span_to_chars(self, start_byte: int, end_byte: int) -> tuple[int, int]:
+        """Half-open byte span [start, end) -> half-open char span; empty or reversed spans fail."""
+        if end_byte <= start_byte:
+            raise OffsetError(
+                "empty_or_reversed_span", f"byte span [{start_byte}, {end_byte}) is empty or reversed"
+            )
+        return self.to_char(start_byte), self.to_char(end_byte)
+
+
+def byte_span_to_char_span(text: str, start_byte: int, end_byte: int) -> tuple[int, int]:
+    """One-off conversion; build a :class:`ByteCharMap` when a text has several spans."""
+    return ByteCharMap.for_text(text).span_to_chars(start_byte, end_byte)
+
+
+def char_to_byte(text: str, char_offset: int) -> int:
+    """Character offset -> UTF-8 byte offset (the inverse of :meth:`ByteCharMap.to_char`)."""
+    if not 0 <= char_offset <= len(text):
+        raise OffsetError(
+            "char_offset_out_of_range", f"char offset {char_offset} is outside the text (0..{len(text)})"
+        )
+    return len(text[:char_offset].encode("utf-8"))
