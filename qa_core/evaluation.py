@@ -1,0 +1,87 @@
+"""Streaming evaluation: per-batch logits -> compact spans -> answers -> SQuAD and start/end metrics.
+
+The training loop feeds gathered batches to :class:`EvalAccumulator`; it keeps only each
+feature's top spans and argmax positions (a few numbers per feature), never a
+features x max_length logits array.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from qa_core.decode import DecodeConfig, FeatureSpans, Prediction, best_answers, concat_feature_spans, feature_topk_spans
+from qa_core.metrics import squad_scores, start_end_scores
+
+
+@dataclass
+class EvalReferences:
+    """What decoding and scoring need about the evaluated examples and features."""
+
+    example_ids: list[str]
+    contexts: list[str]
+    gold_answers: list[list[str]]
+    feature_example_index: np.ndarray     # [F] index into example_ids
+    offsets: np.ndarray                   # [F, L, 2], -1 outside the context
+    start_positions: np.ndarray           # [F] gold labels (CLS index for no answer)
+    end_positions: np.ndarray
+
+    @classmethod
+    def build(cls, examples: pa.Table, feature_example_ids: list[str], offsets: np.ndarray,
+              start_positions: np.ndarray, end_positions: np.ndarray) -> "EvalReferences":
+        example_ids = examples.column("id").to_pylist()
+        position = {example_id: i for i, example_id in enumerate(example_ids)}
+        return cls(
+            example_ids=example_ids,
+            contexts=examples.column("context").to_pylist(),
+            gold_answers=[a["text"] for a in examples.column("answers").to_pylist()],
+            feature_example_index=np.array([position[e] for e in feature_example_ids], dtype=np.int64),
+            offsets=offsets,
+            start_positions=start_positions,
+            end_positions=end_positions,
+        )
+
+
+class EvalAccumulator:
+    """Collects per-batch results in any order; :meth:`finish` decodes and scores them."""
+
+    def __init__(self, references: EvalReferences, config: DecodeConfig) -> None:
+        self.references = references
+        self.config = config
+        self._spans: list[FeatureSpans] = []
+        self._feature_index: list[np.ndarray] = []
+        self._start_argmax: list[np.ndarray] = []
+        self._end_argmax: list[np.ndarray] = []
+
+    def add(self, feature_index: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray) -> None:
+        """One gathered batch: float32 logits ``[B, L]`` for the features ``feature_index``."""
+        offsets = self.references.offsets[feature_index]
+        self._spans.append(feature_topk_spans(start_logits, end_logits, offsets,
+                                              self.config.n_best_size, self.config.max_answer_length))
+        self._feature_index.append(np.asarray(feature_index, dtype=np.int64))
+        # The tutorial's token metrics: plain argmax over all positions.
+        self._start_argmax.append(start_logits.argmax(axis=1))
+        self._end_argmax.append(end_logits.argmax(axis=1))
+
+    def finish(self) -> tuple[dict, dict[str, Prediction]]:
+        refs = self.references
+        feature_index = np.concatenate(self._feature_index) if self._feature_index else np.zeros(0, np.int64)
+        if len(np.unique(feature_index)) != len(feature_index):
+            raise RuntimeError("a feature was evaluated twice: duplicates from uneven batches were not dropped")
+        # Order by feature index so ties break the same way whatever the process count was.
+        order = np.argsort(feature_index, kind="stable")
+        spans = concat_feature_spans(self._spans)
+        spans = FeatureSpans(**{name: getattr(spans, name)[order] for name in spans.__dataclass_fields__})
+        feature_index = feature_index[order]
+        predictions = best_answers(spans, refs.feature_example_index[feature_index], refs.contexts,
+                                   refs.example_ids, self.config)
+        metrics = squad_scores({k: p.text for k, p in predictions.items()},
+                               dict(zip(refs.example_ids, refs.gold_answers)))
+        metrics.update(start_end_scores(
+            np.concatenate(self._start_argmax)[order], np.concatenate(self._end_argmax)[order],
+            refs.start_positions[feature_index], refs.end_positions[feature_index],
+        ))
+        metrics["features"] = int(len(feature_index))
+        metrics["features_expected"] = int(len(refs.feature_example_index))
+        return metrics, predictions
