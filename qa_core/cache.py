@@ -31,6 +31,33 @@ def fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
+# Files that define a Hugging Face tokenizer; hashing them keys the cache without loading it.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_files_fingerprint(model: str) -> str | None:
+    """Hash of a local model folder's tokenizer files; None when ``model`` is not such a folder.
+
+    This keeps a cache hit cheap: loading a tokenizer costs seconds, hashing its files milliseconds.
+    """
+    folder = Path(model)
+    if not folder.is_dir():
+        return None
+    digests = {name: file_sha256(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
+    return fingerprint({"files": digests}) if digests else None
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of what decides token ids: the serialized fast tokenizer and its special-token setup."""
     parts = {

@@ -20,7 +20,9 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qa_core.cache import CacheEntryWriter, finished_entry, fingerprint, read_summary, tokenizer_fingerprint
+from qa_core.cache import (
+    CacheEntryWriter, finished_entry, fingerprint, read_summary, tokenizer_files_fingerprint, tokenizer_fingerprint,
+)
 from qa_core.features import FeatureBuilder, FeatureConfig, FeatureStats
 from qa_core.readers import ExampleSource, ReadStats, SourceSpec, open_source
 
@@ -68,7 +70,16 @@ def load_tokenizer(model: str):
         ) from None
 
 
-def cache_key(source: ExampleSource, tokenizer, config: PreprocessConfig) -> str:
+def tokenizer_key(model: str) -> tuple[str, object | None]:
+    """(fingerprint of the tokenizer, the tokenizer if it had to be loaded to get it)."""
+    key = tokenizer_files_fingerprint(model)
+    if key is not None:
+        return key, None
+    tokenizer = load_tokenizer(model)  # a hub name: only the loaded tokenizer can say what it is
+    return tokenizer_fingerprint(tokenizer), tokenizer
+
+
+def cache_key(source: ExampleSource, tokenizer_key: str, config: PreprocessConfig) -> str:
     return fingerprint({
         "code": CODE_VERSION,
         "data": source.fingerprint,
@@ -76,7 +87,7 @@ def cache_key(source: ExampleSource, tokenizer, config: PreprocessConfig) -> str
         "split": config.split if source.kind in ("hub", "load_from_disk") else None,
         "language": config.language.lower(),
         "hub_config": config.hub_config,
-        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "tokenizer": tokenizer_key,
         "features": FeatureConfig(config.max_length, config.doc_stride).as_dict(),
     })
 
@@ -135,18 +146,22 @@ def prepare(config: PreprocessConfig) -> PrepareResult:
     """Build (or reuse) the cache entry for ``config``; returns its folder and summary."""
     started = time.perf_counter()
     source = open_source(SourceSpec(config.data, config.split, config.language, config.hub_config))
-    tokenizer = load_tokenizer(config.model)
-    feature_config = FeatureConfig(config.max_length, config.doc_stride)
-    builder = FeatureBuilder(tokenizer, feature_config)  # validates tokenizer and settings before any work
-    key = cache_key(source, tokenizer, config)
+    feature_config = FeatureConfig(config.max_length, config.doc_stride)  # validates the settings
+    tokenizer_fp, tokenizer = tokenizer_key(config.model)
+    key = cache_key(source, tokenizer_fp, config)
     cache_root = Path(config.cache_dir)
 
     entry = finished_entry(cache_root, key)
     if entry is not None and not config.overwrite_cache:
         summary = read_summary(entry)
+        # seconds and examples_per_s describe this run; the build's own figures keep a build_ prefix
+        summary.update(build_seconds=summary.pop("seconds"), build_examples_per_s=summary.pop("examples_per_s"))
         summary.update(cache_hit=True, seconds=round(time.perf_counter() - started, 3), cache_dir=str(entry))
+        summary["examples_per_s"] = round(summary["examples"] / summary["seconds"], 1) if summary["seconds"] else None
         return PrepareResult(entry, summary)
 
+    tokenizer = tokenizer or load_tokenizer(config.model)
+    builder = FeatureBuilder(tokenizer, feature_config)  # validates the tokenizer before any work
     writer = CacheEntryWriter(cache_root, key, config.rows_per_shard)
     read_stats, feature_stats = ReadStats(), FeatureStats()
     example_rows = answerable_rows = windows_with_answer = 0

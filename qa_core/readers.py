@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from qa_core.cache import file_sha256
 from qa_core.offsets import ByteCharMap, OffsetError
 
 TYDI_HUB_CONFIG = "primary_task"
@@ -238,14 +239,6 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class ExampleSource:
     """A validated source: ``kind``, a content ``fingerprint`` and a streaming ``rows`` iterator."""
@@ -354,10 +347,10 @@ def open_source(spec: SourceSpec) -> ExampleSource:
             if not ({"document_plaintext", "annotations"} & set(first[0]) or {"question", "context"} <= set(first[0])):
                 raise DataSourceError(f"{first[2]}: unknown format: expected TyDi (document_plaintext, annotations) "
                                       f"or SQuAD-style (question, context, answers) fields, got {sorted(first[0])}")
-            return ExampleSource("jsonl", str(path), _file_sha256(path), lambda: _jsonl_rows(path), spec)
+            return ExampleSource("jsonl", str(path), file_sha256(path), lambda: _jsonl_rows(path), spec)
         if name.endswith((".json", ".json.gz")):
             _load_squad_json(path)  # fail on an unknown layout now, not mid-run
-            return ExampleSource("squad_json", str(path), _file_sha256(path), lambda: _squad_rows(path), spec)
+            return ExampleSource("squad_json", str(path), file_sha256(path), lambda: _squad_rows(path), spec)
         raise DataSourceError(f"{path}: unknown format: expected .jsonl, .jsonl.gz, .json, .json.gz or a load_from_disk folder")
     looks_local = spec.data.startswith((".", "/", "~")) or os.sep in spec.data.rstrip("/").split("/", 1)[0] \
         or spec.data.count("/") > 1 or spec.data.endswith((".json", ".jsonl", ".gz"))

