@@ -130,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     from qa_core.training import (
         EpochSampler, NonFiniteGuard, PackedFeatures, RunState, freeze_encoder, identity_collate, lr_lambda,
         model_inputs, optimizer_param_groups, optimizer_steps_per_epoch, prune_checkpoints, resolve_resume,
-        zero_loss,
     )
 
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "accelerator") and torch.accelerator.is_available())
@@ -246,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                      gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                      train_data_key=train_summary["key"] if do_train else "")
     last_eval: dict = {}
+    paused = {"seconds": 0.0}  # evaluation and checkpoint time, left out of the training throughput
 
     def run_eval(reason: str) -> None:
+        began = time.perf_counter()
         metrics, predictions = evaluate()
         last_eval.update(metrics=metrics, predictions=predictions, step=state.global_step)
         log({"event": "eval", "reason": reason, "step": state.global_step, "epoch": state.epoch, **metrics})
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             accelerator.unwrap_model(model).save_pretrained(
                 output_dir / "best_model", is_main_process=accelerator.is_main_process,
                 save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
+        paused["seconds"] += time.perf_counter() - began
 
     # --- training ----------------------------------------------------------------------------------
     train_seconds = 0.0
@@ -269,9 +271,12 @@ def main(argv: list[str] | None = None) -> int:
             optimizer.optimizer, lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, total_steps))
         accelerator.register_for_checkpointing(scheduler)
 
-        resume_folder = resolve_resume(output_dir, cfg.resume_from_checkpoint)
+        try:
+            resume_folder = resolve_resume(output_dir, cfg.resume_from_checkpoint)
+            saved = RunState.load(resume_folder) if resume_folder is not None else None
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"train_accelerate.py: error: {err}") from None
         if resume_folder is not None:
-            saved = RunState.load(resume_folder)
             problems = saved.mismatches(state)
             if problems:
                 raise SystemExit(f"cannot resume exactly from {resume_folder}: " + "; ".join(problems))
@@ -281,12 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                               f"(epoch {state.epoch}, batch {state.batches_in_epoch})")
 
         def save_checkpoint() -> None:
+            began = time.perf_counter()
             folder = output_dir / "checkpoints" / f"step_{state.global_step}"
             accelerator.save_state(str(folder))
             if accelerator.is_main_process:
                 state.save(folder)  # written last: a folder without it is not a checkpoint
                 prune_checkpoints(output_dir, cfg.keep_last)
             accelerator.wait_for_everyone()
+            paused["seconds"] += time.perf_counter() - began
 
         if cfg.report_to != "none":
             accelerator.init_trackers("qa-accelerate", config=dataclasses.asdict(cfg))
@@ -296,9 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         guard = NonFiniteGuard(cfg.max_consecutive_nonfinite)
         progress = tqdm(total=total_steps, initial=state.global_step, desc="train",
                         disable=not accelerator.is_local_main_process)
-        window_start, window_samples, window_loss, window_batches = time.perf_counter(), 0, 0.0, 0
-        poisoned = False  # a non-finite micro-batch in the current accumulation: skip its optimizer step
-        grad_norm = None
+        window_start, window_samples, window_batches = time.perf_counter(), 0, 0
+        window_loss = torch.zeros((), device=accelerator.device)
+        nonfinite_losses = torch.zeros((), device=accelerator.device)  # in the current accumulation
         model.train()
         started = time.perf_counter()
         for epoch in range(state.epoch, num_epochs):
@@ -315,42 +322,53 @@ def main(argv: list[str] | None = None) -> int:
             for batch in batches:
                 with accelerator.accumulate(model):
                     loss = model(**model_inputs(batch)).loss
-                    # Decided together: a process skipping backward alone would hang the all-reduce.
-                    nonfinite = accelerator.reduce(torch.isfinite(loss.detach()).logical_not().float(), "max")
-                    if guard.update(nonfinite.item() == 0, state.global_step):
-                        poisoned = True
-                        log({"event": "nonfinite_loss", "step": state.global_step, "epoch": epoch})
-                        loss = zero_loss(model)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and not poisoned:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                        optimizer.step()
-                    optimizer.zero_grad()
+                    finite = torch.isfinite(loss.detach())
+                    nonfinite_losses += finite.logical_not()   # stays on the device: no sync per micro-batch
+                    window_loss += torch.where(finite, loss.detach(), 0.0)
+                    accelerator.backward(loss)  # a NaN spreads to every process's gradients in the all-reduce
+                    if accelerator.sync_gradients:
+                        # One small all-reduce per optimizer step decides, identically on every process,
+                        # whether this step saw a non-finite loss; such a step is skipped, not applied.
+                        bad_losses = int(accelerator.reduce(nonfinite_losses, "sum").item())
+                        grad_norm = None
+                        if not bad_losses:
+                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        # Gradients are all-reduced, so the norm is the same everywhere. With fp16 the
+                        # scaler itself skips overflowing steps (and lowers its scale): let it see them.
+                        bad_grads = grad_norm is not None and accelerator.scaler is None and \
+                            not math.isfinite(float(grad_norm))
+                        if not (bad_losses or bad_grads):
+                            optimizer.step()
+                        optimizer.zero_grad()
+                        nonfinite_losses.zero_()
                 state.batches_in_epoch += 1
                 batch_samples = len(batch["input_ids"]) * accelerator.num_processes
                 state.samples_seen += batch_samples
                 window_samples += batch_samples
-                window_loss += loss.item()
                 window_batches += 1
                 if not accelerator.sync_gradients:
                     continue
 
-                # one optimizer step done (or skipped because of a non-finite loss)
-                state.nonfinite_steps += poisoned
-                poisoned = False
+                # one optimizer step done, or skipped because of a non-finite loss or gradient
+                lr = scheduler.get_last_lr()[0]  # the rate this step used
                 scheduler.step()
                 state.global_step += 1
+                if guard.update(not (bad_losses or bad_grads), state.global_step):
+                    state.nonfinite_steps += 1
+                    log({"event": "nonfinite_step", "step": state.global_step, "epoch": epoch,
+                         "nonfinite_losses": bad_losses, "nonfinite_grad_norm": bad_grads})
                 progress.update(1)
                 if state.global_step % cfg.logging_steps == 0 or state.global_step == total_steps:
                     elapsed = time.perf_counter() - window_start
                     record = {"event": "train", "step": state.global_step, "epoch": epoch,
-                              "loss": window_loss / window_batches, "lr": scheduler.get_last_lr()[0],
+                              "loss": window_loss.item() / window_batches, "lr": lr,
                               "grad_norm": float(grad_norm) if grad_norm is not None else None,
                               "samples_per_s": window_samples / elapsed, "nonfinite_steps": state.nonfinite_steps}
                     log(record)
                     progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                                          sps=f"{record['samples_per_s']:.1f}")
-                    window_start, window_samples, window_loss, window_batches = time.perf_counter(), 0, 0.0, 0
+                    window_start, window_samples, window_batches = time.perf_counter(), 0, 0
+                    window_loss.zero_()
                 if cfg.checkpointing_steps and state.global_step % cfg.checkpointing_steps == 0:
                     save_checkpoint()
                 if cfg.eval_strategy == "steps" and state.global_step % cfg.eval_steps == 0:
@@ -364,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             if cfg.eval_strategy == "epoch":
                 run_eval("epoch")
         progress.close()
-        train_seconds = time.perf_counter() - started
+        train_seconds = time.perf_counter() - started - paused["seconds"]
     if last_eval.get("step") != state.global_step:  # the final evaluation, unless it just ran
         run_eval("final")
     metrics, predictions = last_eval["metrics"], last_eval["predictions"]

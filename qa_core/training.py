@@ -277,7 +277,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class NonFiniteGuard:
-    """Counts non-finite losses; too many in a row stops the run with a clear message."""
+    """Counts optimizer steps skipped for non-finite losses or gradients; too many in a row stop the run."""
 
     def __init__(self, max_consecutive: int) -> None:
         self.max_consecutive = max_consecutive
@@ -285,7 +285,7 @@ class NonFiniteGuard:
         self.total = 0
 
     def update(self, finite: bool, step: int) -> bool:
-        """Record one micro-batch; returns True when it must be skipped."""
+        """Record one optimizer step; returns True when it was non-finite (and so skipped)."""
         if finite:
             self.consecutive = 0
             return False
@@ -293,16 +293,8 @@ class NonFiniteGuard:
         self.total += 1
         if self.consecutive > self.max_consecutive:
             raise NonFiniteLossError(
-                f"{self.consecutive} non-finite losses in a row (at optimizer step {step}); stopping. "
+                f"{self.consecutive} optimizer steps in a row had non-finite losses or gradients "
+                f"(at optimizer step {step}); stopping. "
                 "Lower the learning rate, use bf16 instead of fp16, or check the data."
             )
         return True
-
-
-def zero_loss(model: torch.nn.Module) -> torch.Tensor:
-    """A loss of exactly 0 that touches every trainable parameter.
-
-    Used instead of a non-finite loss so that every process still runs a backward pass (DDP
-    all-reduces inside it) while adding nothing to the gradients.
-    """
-    return torch.stack([p.sum() for p in model.parameters() if p.requires_grad]).sum() * 0.0
