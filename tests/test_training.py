@@ -558,3 +558,26 @@ def test_freeze_encoder_run_changes_only_the_head(tiny_model, cache_dir, tmp_pat
             assert not torch.equal(before[name], after[name]), name
         else:
             assert torch.equal(before[name], after[name]), name
+
+
+def test_set_attention_dropout_finds_the_field_of_each_architecture():
+    from transformers import BertConfig, DistilBertConfig, GPT2Config
+
+    from qa_core.training import set_attention_dropout
+
+    bert, distil = BertConfig(), DistilBertConfig()
+    assert set_attention_dropout(bert, 0.0) == ["attention_probs_dropout_prob"]
+    assert bert.attention_probs_dropout_prob == 0.0 and bert.hidden_dropout_prob == 0.1
+    assert set_attention_dropout(distil, 0.05) == ["attention_dropout"] and distil.attention_dropout == 0.05
+    with pytest.raises(ValueError, match="no attention dropout field"):
+        set_attention_dropout(GPT2Config(), 0.0)
+
+
+def test_resolve_mixed_precision_auto(monkeypatch):
+    from qa_core import training
+
+    monkeypatch.setattr(training, "native_bf16_available", lambda: True)
+    assert training.resolve_mixed_precision("auto") == "bf16"
+    monkeypatch.setattr(training, "native_bf16_available", lambda: False)
+    assert training.resolve_mixed_precision("auto") == "no"
+    assert training.resolve_mixed_precision("fp16") == "fp16" and training.resolve_mixed_precision(None) is None
