@@ -90,19 +90,29 @@ def tokenizer_source(model: str) -> str:
     return model
 
 
-def build_model(model: str):
+def build_model(model: str, attention_dropout: float | None = None):
     """(model, description). ``minilm``: the packaged all-MiniLM-L6-v2 weights; ``distilbert-base`` and
-    ``bert-base``: random init from the library's default config (no download)."""
-    from transformers import (AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering,
+    ``bert-base``: random init from the library's default config (no download). ``attention_dropout``
+    overrides the config as ``train_accelerate.py --attention_dropout`` does."""
+    from transformers import (AutoConfig, AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering,
                               DistilBertConfig, DistilBertForQuestionAnswering)
 
-    if model == "minilm":
-        return AutoModelForQuestionAnswering.from_pretrained(packaged_minilm()), "all-MiniLM-L6-v2 (packaged weights)"
+    from qa_core.training import set_attention_dropout
+
+    def configured(config):
+        if attention_dropout is not None:
+            set_attention_dropout(config, attention_dropout)
+        return config
+
+    suffix = "" if attention_dropout is None else f", attention dropout {attention_dropout}"
     if model == "distilbert-base":
-        return DistilBertForQuestionAnswering(DistilBertConfig()), "DistilBertConfig() random init"
+        return DistilBertForQuestionAnswering(configured(DistilBertConfig())), "DistilBertConfig() random init" + suffix
     if model == "bert-base":
-        return BertForQuestionAnswering(BertConfig()), "BertConfig() random init"
-    return AutoModelForQuestionAnswering.from_pretrained(model), model
+        return BertForQuestionAnswering(configured(BertConfig())), "BertConfig() random init" + suffix
+    path = packaged_minilm() if model == "minilm" else model
+    label = "all-MiniLM-L6-v2 (packaged weights)" if model == "minilm" else model
+    return AutoModelForQuestionAnswering.from_pretrained(path, config=configured(AutoConfig.from_pretrained(path))), \
+        label + suffix
 
 
 def param_counts(model) -> dict:
@@ -183,7 +193,7 @@ def run_config(cfg: dict) -> dict:
     entry = prepare_features(cfg["data"], cfg["model"], seq_len, cfg["cache_dir"], cfg["language"]).entry
     table = datasets.load_from_disk(str(entry))["features"].data.table
     tokenizer = load_tokenizer(tokenizer_source(cfg["model"]))
-    model, model_desc = build_model(cfg["model"])
+    model, model_desc = build_model(cfg["model"], cfg.get("attention_dropout"))
     vocab = model.config.vocab_size
     multiple = 8 if mixed in ("fp16", "bf16") else None
     dataset = PackedFeatures(table, tokenizer.pad_token_id, "max_length" if padding == "max_length" else "longest",
@@ -360,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache_dir", default="cache/preprocess")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 8 on CPU, 30 on CUDA)")
     parser.add_argument("--warmup_steps", type=int, default=None, help="untimed steps first (default: 2 CPU, 5 CUDA)")
+    parser.add_argument("--attention_dropout", type=float, default=None,
+                        help="override the model's attention dropout (as train_accelerate.py; 0 keeps SDPA fused on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--world_size", type=int, default=None,
                         help="expected number of processes (information; the launcher decides)")
@@ -430,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                "model": args.model, "model_label": args.model if args.model in BUILTIN_MODELS else Path(args.model).name,
                "data": data, "data_label": args.data, "language": args.language, "cache_dir": args.cache_dir,
                "steps": steps, "warmup_steps": warmup, "threads": args.threads,
+               "attention_dropout": args.attention_dropout,
                "fresh_process": not in_process, **peaks[precision]}
         if rank0:
             log(f"[{n}/{len(configs)}] {precision} batch {batch_size} seq_len {seq_len} padding {padding}")
