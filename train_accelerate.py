@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
 
     import datasets
-    import pyarrow.compute as pc
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from qa_core.decode import DecodeConfig
     from qa_core.evaluation import EvalAccumulator, EvalReferences
-    from qa_core.pipeline import PreprocessConfig, load_tokenizer, prepare
+    from qa_core.pipeline import PreprocessConfig, first_examples, load_tokenizer, prepare
     from qa_core.readers import DataSourceError
     from qa_core.training import (
         EpochSampler, NonFiniteGuard, PackedFeatures, RunState, freeze_encoder, identity_collate, lr_lambda,
@@ -170,13 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             result = prepare(config)
         dataset = datasets.load_from_disk(str(result.entry))
         return result.summary, dataset["features"].data.table, dataset["examples"].data.table
-
-    def first_examples(features, examples, limit):
-        if limit is None or limit >= examples.num_rows:
-            return features, examples
-        examples = examples.slice(0, limit)
-        keep = pc.is_in(features.column("example_id"), value_set=examples.column("id"))
-        return features.filter(keep), examples
 
     try:
         tokenizer = load_tokenizer(cfg.model)

@@ -235,22 +235,12 @@ def phase_tutorial(args) -> dict:
 # Child: our preprocessing (cold) and label check
 # ---------------------------------------------------------------------------------------------
 
-def first_examples(features, examples, limit):
-    import pyarrow.compute as pc
-
-    if limit is None or limit >= examples.num_rows:
-        return features, examples
-    examples = examples.slice(0, limit)
-    keep = pc.is_in(features.column("example_id"), value_set=examples.column("id"))
-    return features.filter(keep), examples
-
-
 def phase_ours_prepare(args) -> dict:
     import datasets
     import numpy as np
 
     from qa_core.features import offsets_to_numpy
-    from qa_core.pipeline import PreprocessConfig, prepare
+    from qa_core.pipeline import PreprocessConfig, first_examples, prepare
 
     def config(data: str) -> PreprocessConfig:
         return PreprocessConfig(data=data, model=args.model, cache_dir=args.cache_dir, language=args.language,
@@ -357,6 +347,7 @@ def replay_tokens(args, prep: dict, mixed_precision: str) -> dict:
     import datasets
     import numpy as np
 
+    from qa_core.pipeline import first_examples
     from qa_core.training import epoch_order
 
     loaded = datasets.load_from_disk(prep["train_entry"])

