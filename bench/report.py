@@ -50,6 +50,24 @@ PREFERRED_COLUMNS = (
     "final_f1", "time_s", "wall_s",
 )
 SKIP_COLUMNS = {"bench", "hardware", "curve", "timestamp_utc", "notes"}
+# the columns that tell each known bench's story (nested fields as "outer.inner"); others get the generic pick
+BENCH_COLUMNS = {
+    "throughput": ("model", "precision", "batch_size", "seq_len", "padding", "attention_dropout", "samples_per_s",
+                   "nonpad_tokens_per_s", "pad_fraction", "step_time_p50_s", "step_time_p90_s", "peak_memory_mb",
+                   "achieved_flops_per_s", "mfu_measured", "mfu_nominal"),
+    "vs_tutorial": ("train_data", "max_train_steps", "batch_size", "ratios.preprocess_examples_per_s",
+                    "ratios.train_samples_per_s", "ratios.train_nonpad_tokens_per_s", "ratios.answers_labelled",
+                    "tutorial.train_samples_per_s", "ours.train_samples_per_s", "bf16.train_samples_per_s",
+                    "tutorial.f1", "ours.f1", "tutorial.start_f1", "ours.start_f1", "tutorial.end_f1", "ours.end_f1"),
+    "decode": ("data", "features", "examples", "identical", "vectorized_s", "reference_s", "speedup",
+               "speedup_all_cores", "exact_match", "f1"),
+    "preprocess": ("data", "tutorial.examples_per_s", "ours.num_proc_1.examples_per_s",
+                   "ours.num_proc_2.examples_per_s", "ours.warm.seconds", "cold_over_warm",
+                   "ours.num_proc_2.peak_rss_mb", "cache_keys_equal", "tutorial.answers_labelled_frac",
+                   "label_check.data.answers_labelled_frac", "ratios.preprocess_examples_per_s"),
+    "quality": ("name", "model", "mixed_precision", "global_step", "train_samples_per_s", "wall_seconds",
+                "eval_questions", "exact_match", "f1", "start_f1", "end_f1", "HasAns_f1", "NoAns_f1"),
+}
 MAX_COLUMNS = 14
 
 
@@ -145,14 +163,29 @@ def _is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
 
 
-def choose_columns(records: list[dict]) -> list[str]:
+def flatten(record: dict, prefix: str = "") -> dict:
+    """Nested dicts -> dotted keys ("ratios.train_samples_per_s"); other values kept as they are."""
+    flat: dict = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and key != "hardware":
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def choose_columns(records: list[dict], name: str | None = None) -> list[str]:
     counts: Counter[str] = Counter()
     for r in records:
-        for k, v in r.items():
-            if k not in SKIP_COLUMNS and _is_scalar(v):
+        for k, v in flatten(r).items():
+            if k.split(".")[0] not in SKIP_COLUMNS and _is_scalar(v) and v is not None:
                 counts[k] += 1
+    known = [c for c in BENCH_COLUMNS.get(name, ()) if c in counts]
+    if known:  # a known bench: its story first, then other fields if there is room
+        rest = sorted((c for c in counts if c not in known and "." not in c), key=lambda c: (-counts[c], c))
+        return known + rest[:max(0, MAX_COLUMNS - len(known))]
     cols = [c for c in PREFERRED_COLUMNS if c in counts]
-    rest = sorted((c for c in counts if c not in cols), key=lambda c: (-counts[c], c))
+    rest = sorted((c for c in counts if c not in cols and "." not in c), key=lambda c: (-counts[c], c))
     cols += rest
     return cols[:MAX_COLUMNS]
 
@@ -161,8 +194,8 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "bench"
 
 
-def markdown_table(records: list[dict]) -> str:
-    cols = choose_columns(records)
+def markdown_table(records: list[dict], name: str | None = None) -> str:
+    cols = choose_columns(records, name)
     header = ["hardware", *cols, "date (UTC)"]
     lines = [
         "| " + " | ".join(header) + " |",
@@ -170,7 +203,8 @@ def markdown_table(records: list[dict]) -> str:
     ]
     for r in records:
         ts = str(r.get("timestamp_utc", ""))[:16].replace("T", " ")
-        cells = [_fmt(hardware_label(r)), *(_fmt(r.get(c)) for c in cols), ts]
+        flat = flatten(r)
+        cells = [_fmt(hardware_label(r)), *(_fmt(flat.get(c)) for c in cols), ts]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -294,7 +328,7 @@ def build_report(
     for name, records in data.items():
         parts.append(f"### {name}\n")
         parts.append(f"{len(records)} record(s) from `{name}.jsonl`.\n")
-        parts.append(markdown_table(records) + "\n")
+        parts.append(markdown_table(records, name) + "\n")
         for fn in (plot_throughput, plot_curves):
             try:
                 p = fn(name, records, plots_dir)

@@ -26,7 +26,7 @@ from qa_core.cache import (
 from qa_core.features import FeatureBuilder, FeatureConfig, FeatureStats
 from qa_core.readers import ExampleSource, ReadStats, SourceSpec, open_source
 
-CODE_VERSION = "features-v1"
+CODE_VERSION = "features-v2"  # v2: summaries record the source schema ("formats")
 
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("question", pa.string()), ("context", pa.string()),
@@ -189,6 +189,7 @@ def prepare(config: PreprocessConfig) -> PrepareResult:
             "answers_covered": feature_stats.answers_covered,
             "skipped": dict(sorted(skipped.items())),
             "notes": read_stats.as_dict()["notes"],
+            "formats": read_stats.as_dict()["formats"],
             "settings": {k: v for k, v in asdict(config).items() if k not in ("cache_dir", "overwrite_cache")},
             "num_shards": {name: len(w.files) or 1 for name, w in writer.splits.items()},
             "seconds": round(seconds, 3),

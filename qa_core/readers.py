@@ -46,6 +46,7 @@ class ReadStats:
     answerable: int = 0
     skipped: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)   # rows read per schema: "tydi", "squad"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class ReadStats:
             "answerable": self.answerable,
             "skipped": dict(sorted(self.skipped.items())),
             "notes": dict(sorted(self.notes.items())),
+            "formats": dict(sorted(self.formats.items())),
         }
 
 
@@ -224,9 +226,11 @@ def squad_qa_to_example(qa: dict, context: Any, title: str, fallback_id: str, wh
 def flat_row_to_example(row: dict, fallback_id: str, where: str, stats: ReadStats) -> dict | None:
     """A row that is already flat (TyDi HF schema, or SQuAD-style id/question/context/answers)."""
     if "document_plaintext" in row or "annotations" in row:
+        stats.formats["tydi"] += 1
         if isinstance(row.get("annotations"), list):
             row = raw_tydi_to_hf(row, where)
         return tydi_hf_to_example(row, fallback_id, where, stats)
+    stats.formats["squad"] += 1
     context = _require(row, "context", f"{where} (example id {_record_id(row, fallback_id)})")
     return squad_qa_to_example(row, context, row.get("title") or "", fallback_id, where, stats)
 
