@@ -19,11 +19,10 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 import math
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -256,7 +256,6 @@ class RunState:
     per_device_train_batch_size: int = 0
     gradient_accumulation_steps: int = 1
     train_data_key: str = ""
-    extra: dict = field(default_factory=dict)
 
     MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size", "gradient_accumulation_steps",
                   "train_data_key")

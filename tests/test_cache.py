@@ -17,7 +17,6 @@ import pytest
 import preprocess
 from conftest import raw_tydi_record, tydi_raw_records, write_jsonl
 from qa_core import cache as cache_mod
-from qa_core import pipeline
 from qa_core.features import FeatureBuilder
 from qa_core.pipeline import PreprocessConfig, cache_key, prepare, tokenizer_key
 from qa_core.readers import SourceSpec, open_source

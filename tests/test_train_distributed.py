@@ -22,8 +22,7 @@ import torch
 
 from qa_core.training import lr_lambda
 from tiny_models import (
-    REPO, free_port, last_json_line, load_weights, run_main_in_process, run_script, session_folder,
-    tiny_model_folder, train_args, train_records,
+    REPO, free_port, last_json_line, load_weights, run_main_in_process, run_script, train_args, train_records,
 )
 
 pytestmark = pytest.mark.slow

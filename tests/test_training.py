@@ -23,7 +23,7 @@ from qa_core.training import (
     resolve_resume,
 )
 from tiny_models import (
-    EVAL_DATA, load_weights, read_log, run_main_in_process, session_folder, tiny_model_folder, train_args,
+    EVAL_DATA, load_weights, read_log, run_main_in_process, train_args,
     train_records,
 )
 
