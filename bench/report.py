@@ -230,7 +230,9 @@ def plot_throughput(name: str, records: list[dict], plots_dir: Path) -> Optional
         if bs is None or sps is None:
             continue
         prec = _first(r, PRECISION_KEYS) or "default"
-        key = f"{prec} - {hardware_label(r)}"
+        variant = " ".join(str(r[k]) if k == "padding" else f"{k}={r[k]}"
+                           for k in ("padding", "attention_dropout") if r.get(k) is not None)
+        key = f"{prec} {variant} - {hardware_label(r)}".replace("  ", " ")
         series[key][bs] = max(sps, series[key].get(bs, 0.0))  # best run per point
     if not series:
         return None

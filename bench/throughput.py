@@ -282,7 +282,7 @@ def run_config(cfg: dict) -> dict:
     nominal, nominal_source = nominal_peak_flops(device_name, precision)
     measured_peak = cfg.get("measured_peak_flops")
     record = {
-        "model": cfg["model_label"], "model_desc": model_desc, **counts, "layers": layers, "hidden": hidden,
+        "model": cfg["model_label"], "model_desc": model_desc, "attention_dropout": cfg.get("attention_dropout"), **counts, "layers": layers, "hidden": hidden,
         "data": cfg["data_label"], "precision": precision, "mixed_precision": accelerator.mixed_precision,
         "batch_size": batch_size, "seq_len": seq_len, "padding": padding, "pad_to_multiple_of": multiple,
         "input_ids_clipped_to_vocab": clip_ids,
