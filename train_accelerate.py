@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if do_train:
             train_summary, train_table, train_examples = cached(cfg.train_data, cfg.train_split)
             train_table, train_examples = first_examples(train_table, train_examples, cfg.max_train_examples)
-        eval_summary, eval_table, eval_examples = cached(cfg.eval_data or cfg.train_data, cfg.eval_split)
+        _, eval_table, eval_examples = cached(cfg.eval_data or cfg.train_data, cfg.eval_split)
     except (DataSourceError, ValueError) as err:
         accelerator.print(f"train_accelerate.py: error: {err}")
         return 2

@@ -164,7 +164,7 @@ def prepare(config: PreprocessConfig) -> PrepareResult:
     builder = FeatureBuilder(tokenizer, feature_config)  # validates the tokenizer before any work
     writer = CacheEntryWriter(cache_root, key, config.rows_per_shard)
     read_stats, feature_stats = ReadStats(), FeatureStats()
-    example_rows = answerable_rows = windows_with_answer = 0
+    example_rows = windows_with_answer = 0
     try:
         batches = _batches(source.iter_examples(read_stats), config.batch_size)
         for features, examples, stats in _ordered_results(batches, config, builder):
@@ -172,7 +172,6 @@ def prepare(config: PreprocessConfig) -> PrepareResult:
             writer.splits["examples"].write(examples)
             feature_stats.add(stats)
             example_rows += examples.num_rows
-            answerable_rows += pc.sum(pc.greater(pc.list_value_length(examples.column("answers").field("text")), 0)).as_py() or 0
             windows_with_answer += pc.sum(features.column("has_answer")).as_py() or 0
         skipped = Counter(read_stats.skipped) + Counter(feature_stats.skipped)
         seconds = time.perf_counter() - started
@@ -183,7 +182,7 @@ def prepare(config: PreprocessConfig) -> PrepareResult:
             "source": source.description,
             "source_kind": source.kind,
             "examples": example_rows,
-            "answerable": answerable_rows,
+            "answerable": feature_stats.answerable,
             "features": feature_stats.features,
             "features_with_answer": windows_with_answer,
             "answers_covered": feature_stats.answers_covered,
