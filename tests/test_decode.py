@@ -234,7 +234,7 @@ def test_feature_spans_layout_and_concat():
 
 
 def random_features(rng: np.random.Generator, num_features: int, length: int, num_examples: int):
-    """Random features with question prefix, padding and frequent exact ties."""
+    """Random features with question prefix, padding, some NaN and frequent exact ties."""
     # Rounding to 0.5 makes equal logits and equal scores common, so the
     # tie-break rule is exercised heavily.
     start = np.round(rng.normal(size=(num_features, length)) * 2) / 2
@@ -251,6 +251,10 @@ def random_features(rng: np.random.Generator, num_features: int, length: int, nu
     pad_value = np.where(rng.random(num_features) < 0.5, NEG, -np.inf)[:, None]
     start = np.where(is_padding, pad_value, start).astype(np.float32)
     end = np.where(is_padding, NEG, end).astype(np.float32)
+    # NaN anywhere in a few rows (a diverged model): never chosen, on both paths.
+    for logits in (start, end):
+        nan_rows = np.flatnonzero(rng.random(num_features) < 0.05)
+        logits[nan_rows, rng.integers(0, length, len(nan_rows))] = np.nan
     example_index = np.sort(rng.integers(0, num_examples, num_features))
     alphabet = "abcdefghijklmnopqrstuvwxyz"
     contexts = ["".join(rng.choice(list(alphabet), size=4 * length)) for _ in range(num_examples)]
