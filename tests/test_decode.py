@@ -327,6 +327,21 @@ def test_threads_and_chunk_sizes_do_not_change_spans():
             np.testing.assert_array_equal(getattr(other, field), getattr(one, field))
 
 
+@pytest.mark.parametrize("narrow_cells", [1, 12, 30])
+def test_narrow_first_packing_does_not_change_spans(monkeypatch, narrow_cells):
+    """Rows with more candidate cells than the narrow packing are redone wide."""
+    import qa_core.decode as decode_module
+
+    rng = np.random.default_rng(5)
+    start, end, offsets, *_ = random_features(rng, 200, 64, 80)
+    monkeypatch.setattr(decode_module, "_NARROW_CELLS", 10_000)  # every row narrow
+    single = feature_topk_spans(start, end, offsets, 12, 30)
+    monkeypatch.setattr(decode_module, "_NARROW_CELLS", narrow_cells)
+    split = feature_topk_spans(start, end, offsets, 12, 30)
+    for field in ("scores", "start_token", "end_token", "start_char", "end_char", "null_score"):
+        np.testing.assert_array_equal(getattr(split, field), getattr(single, field))
+
+
 def test_token_ties_at_the_top_n_cut_keep_lower_tokens():
     # Six context tokens with the same start logit, n_best_size=2: the classic
     # stable argsort keeps tokens 0 and 1 (the two lowest indices), so the best
