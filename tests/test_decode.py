@@ -327,16 +327,17 @@ def test_threads_and_chunk_sizes_do_not_change_spans():
             np.testing.assert_array_equal(getattr(other, field), getattr(one, field))
 
 
-@pytest.mark.parametrize("narrow_cells", [1, 12, 30])
-def test_narrow_first_packing_does_not_change_spans(monkeypatch, narrow_cells):
-    """Rows with more candidate cells than the narrow packing are redone wide."""
+@pytest.mark.parametrize("narrow_width", [12, 15, 45])
+def test_narrow_first_packing_does_not_change_spans(monkeypatch, narrow_width):
+    """Rows with more candidate cells than the narrow packing are redone wide,
+    and rows wider than 3 x n_best_size are cut to their best cells first."""
     import qa_core.decode as decode_module
 
     rng = np.random.default_rng(5)
     start, end, offsets, *_ = random_features(rng, 200, 64, 80)
-    monkeypatch.setattr(decode_module, "_NARROW_CELLS", 10_000)  # every row narrow
+    monkeypatch.setattr(decode_module, "_narrow_width", lambda count, k: 10_000)  # all narrow
     single = feature_topk_spans(start, end, offsets, 12, 30)
-    monkeypatch.setattr(decode_module, "_NARROW_CELLS", narrow_cells)
+    monkeypatch.setattr(decode_module, "_narrow_width", lambda count, k: narrow_width)
     split = feature_topk_spans(start, end, offsets, 12, 30)
     for field in ("scores", "start_token", "end_token", "start_char", "end_char", "null_score"):
         np.testing.assert_array_equal(getattr(split, field), getattr(single, field))
