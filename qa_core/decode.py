@@ -35,7 +35,9 @@ faster than ``torch.topk`` on CPU, and free of its unspecified tie order).
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -189,6 +191,23 @@ def _check_inputs(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.
 # --------------------------------------------------------------------------- #
 
 
+@functools.cache
+def _keep_freed_memory_for_reuse() -> None:
+    """Once per process: allocate and free one 16 MiB block.
+
+    Each chunk allocates and frees a few MB of temporaries.  glibc hands freed
+    heap memory back to the OS as soon as the free top of the heap exceeds a
+    threshold that grows with the largest block freed so far, so in a fresh
+    process every chunk page-faults its temporaries in anew (measured on
+    SQuAD-format windows: ~20k faults and 27 % of the decoding time).  Freeing
+    one 16 MiB block (below glibc's 32 MiB cap for that adjustment) raises the
+    threshold, as any training process does with its first big tensor.  Other
+    allocators are unaffected; the block's pages are never touched.
+    """
+    block = np.empty(16 << 20, dtype=np.uint8)
+    del block
+
+
 def _top_k_mask_exact(values: np.ndarray, kth: np.ndarray, k: int) -> np.ndarray:
     """Exactly k True per row: values above the row's k-th largest ``kth``, then the
     lowest-index entries equal to it (a stable descending sort cut at k)."""
@@ -221,7 +240,7 @@ def _top_k_columns(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if np.isnan(ordered[:, -1]).any():
         values = _nan_to_neg_inf(values)
         ordered = np.sort(values, axis=1)
-    kth = ordered[:, length - k, None]
+    kth = ordered[:, length - k].copy()[:, None]  # contiguous: faster to broadcast
     selected = values >= kth
     flat = np.flatnonzero(selected)
     if len(flat) != num_rows * k:  # some row has more than k: a tie at the cut
@@ -323,10 +342,11 @@ def _topk_spans_chunk(
     span = span_end[:, None, :] - span_start[:, :, None]
     valid = span.view(unsigned) < max_answer_length
     flat = np.flatnonzero(valid)
-    row = flat // (n * n)
-    cell = flat - row * (n * n)
-    start_slot, end_slot = np.divmod(cell, n)
-    cell_score = start_val.reshape(-1)[row * n + start_slot] + end_val.reshape(-1)[row * n + end_slot]
+    # flat = (row * n + start slot) * n + end slot, so the cell's start logit
+    # is start_val's flat // n and its end logit end_val's row * n + end slot.
+    start_at = flat // n
+    row = start_at // n
+    cell_score = start_val.reshape(-1)[start_at] + end_val.reshape(-1)[flat - (start_at - row) * n]
     count = np.bincount(row, minlength=num_features)
     first = np.cumsum(count) - count  # position in `flat` of each row's first cell
 
@@ -353,7 +373,7 @@ def _topk_spans_chunk(
     invalid = out.scores == -np.inf
     # Packed position -> position in `flat` (the filler points at a sentinel).
     position = np.where(invalid, len(flat), first[:, None] + best_first)
-    start_slot, end_slot = np.divmod(np.append(cell, 0)[position], n)
+    start_slot, end_slot = np.divmod(np.append(flat, 0)[position] % (n * n), n)
 
     def fill(target: np.ndarray, values: np.ndarray, slots: np.ndarray) -> None:
         target[...] = _row_take(values, slots)
@@ -398,6 +418,7 @@ def feature_topk_spans(
     start_logits = _float_logits(start_logits)
     end_logits = _float_logits(end_logits)
     offsets = _aligned_offsets(offsets, start_logits.shape[1])
+    _keep_freed_memory_for_reuse()
     _check_inputs(start_logits, end_logits, offsets)
 
     # Chunks write straight into their rows of the result (no concatenation).
@@ -485,31 +506,22 @@ def _build_predictions(
     example_ids: Sequence[str],
     config: DecodeConfig,
 ) -> dict[str, Prediction]:
-    """The only per-example Python step: slicing strings and applying the null rule."""
-    neg_inf = float("-inf")
-    # Python lists: indexing numpy arrays element by element is ~10x slower.
-    rows = zip(
-        example_ids,
-        contexts,
-        has_features.tolist(),
-        best_score.tolist(),
-        null_score.tolist(),
-        best_start_char.tolist(),
-        best_end_char.tolist(),
-    )
-    allow_no_answer, threshold = config.allow_no_answer, config.null_score_diff_threshold
-    predictions: dict[str, Prediction] = {}
-    for example_id, context, has_feature, score, null, start, end in rows:
-        if not has_feature:
-            # Nothing was scored for this example: no span, no null score.
-            predictions[example_id] = Prediction("", neg_inf, -1, -1, neg_inf)
-        elif allow_no_answer and null - score > threshold:
-            predictions[example_id] = Prediction("", null, -1, -1, null)
-        elif score == neg_inf:
-            predictions[example_id] = Prediction("", score, -1, -1, null)
-        else:
-            predictions[example_id] = Prediction(context[start:end], score, start, end, null)
-    return predictions
+    """The null rule in numpy, then the only per-example Python step: slicing strings."""
+    # Nothing scored for an example (no features): no span, no null score.
+    score = np.where(has_features, best_score, -np.inf)
+    null = np.where(has_features, null_score, -np.inf)
+    with np.errstate(invalid="ignore"):  # -inf - -inf is NaN, and NaN > x is False
+        margin = null - score
+    answers_null = has_features & config.allow_no_answer & (margin > config.null_score_diff_threshold)
+    score = np.where(answers_null, null, score)
+    no_span = answers_null | (score == -np.inf)
+    start = np.where(no_span, -1, best_start_char).tolist()
+    end = np.where(no_span, -1, best_end_char).tolist()
+    # context[-1:-1] == "": spanless examples need no branch.  Python lists
+    # and map: indexing numpy arrays element by element is ~10x slower.
+    texts = map(operator.getitem, contexts, map(slice, start, end))
+    rows = zip(texts, score.tolist(), start, end, null.tolist())
+    return dict(zip(example_ids, map(Prediction._make, rows)))
 
 
 def best_answers(
