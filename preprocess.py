@@ -19,7 +19,7 @@ from qa_core.readers import DataSourceError
 def parse_args(argv: list[str] | None = None) -> PreprocessConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True,
-                        help="TyDi/SQuAD .jsonl(.gz) or .json(.gz), a datasets.save_to_disk folder, or a hub name")
+                        help="TyDi (raw, HF or PrimeQA schema)/SQuAD .jsonl(.gz) or .json(.gz), a datasets.save_to_disk folder, or a hub name")
     parser.add_argument("--split", default="train", help="split of a hub dataset or saved DatasetDict")
     parser.add_argument("--hub_config", default=None, help="hub dataset config (TyDi: primary_task)")
     parser.add_argument("--model", required=True, help="model name or folder whose (fast) tokenizer to use")

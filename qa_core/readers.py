@@ -9,6 +9,9 @@ Example schema (one dict per question; also the ``examples`` split of the cache)
     yes_no_answer: str           "YES"/"NO" when an annotator said so (TyDi), else "NONE"
     passage_answer_start / passage_answer_end: int   char span of the gold TyDi passage, or -1
 
+Sources: TyDi primary task (hub, ``save_to_disk`` folder, raw or HF-schema jsonl with byte
+offsets; PrimeQA "base" jsonl with character offsets) and SQuAD (v1.1/v2.0 JSON, flat jsonl).
+
 Training labels use the first answer (TyDi: the first non-null minimal answer); evaluation
 uses all of them. A TyDi example whose annotators marked only YES/NO or only a passage has
 no span, so it is labelled no-answer; those choices are counted (``notes``), not hidden.
@@ -46,7 +49,7 @@ class ReadStats:
     answerable: int = 0
     skipped: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
-    formats: Counter = field(default_factory=Counter)   # rows read per schema: "tydi", "squad"
+    formats: Counter = field(default_factory=Counter)   # rows read per schema: "tydi", "primeqa", "squad"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -177,6 +180,11 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str, stats: ReadSt
         except (KeyError, IndexError, TypeError, OffsetError):
             stats.notes["passage_candidate_unusable"] += 1
 
+    return _finish_annotated(example, had_span, gold_passage >= 0, stats)
+
+
+def _finish_annotated(example: dict, had_span: bool, had_passage: bool, stats: ReadStats) -> dict | None:
+    """Shared end of TyDi-style rows: unusable spans skip, span-less labels are counted."""
     if had_span and not example["answers"]["text"]:
         # Every annotated span was unusable: labelling this no-answer would be a silent mislabel.
         stats.skipped["all_answer_spans_invalid"] += 1
@@ -184,11 +192,57 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str, stats: ReadSt
     if not example["answers"]["text"]:
         if example["yes_no_answer"] != "NONE":
             stats.notes["yes_no_only_labelled_no_answer"] += 1
-        elif gold_passage >= 0:
+        elif had_passage:
             stats.notes["passage_only_labelled_no_answer"] += 1
         else:
             stats.notes["no_answer"] += 1
     return example
+
+
+def primeqa_to_example(record: dict, fallback_id: str, where: str, stats: ReadStats) -> dict | None:
+    """PrimeQA "base" row -> Example.
+
+    Layout: ``question``, ``context`` (a list holding the one document), ``language`` and
+    ``target`` {``start_positions``, ``end_positions``: *character* offsets into the
+    document, end exclusive, -1 = no span; ``passage_indices``; ``yes_no_answer``}, one entry
+    per annotator.  ``example_id`` is PrimeQA's own id (a UUID for TyDi, not TyDi's id).
+    """
+    example_id = _record_id(record, fallback_id)
+    where = f"{where} (example id {example_id})"
+    question = _require(record, "question", where)
+    documents = _require(record, "context", where)
+    target = _require(record, "target", where)
+    if not isinstance(documents, list) or len(documents) != 1:
+        count = len(documents) if isinstance(documents, list) else type(documents).__name__
+        raise DataSourceError(f"{where}: field 'context' must be a list holding one document "
+                              f"(PrimeQA single-context layout), got {count}")
+    context = documents[0]
+    try:
+        starts, ends = list(target["start_positions"]), list(target["end_positions"])
+        passages = target.get("passage_indices") or [-1] * len(starts)
+        yes_no = target.get("yes_no_answer") or ["NONE"] * len(starts)
+    except (KeyError, TypeError):
+        raise DataSourceError(f"{where}: field 'target' lacks 'start_positions'/'end_positions'") from None
+    if len(starts) != len(ends):
+        raise DataSourceError(f"{where}: field 'target' has {len(starts)} start_positions "
+                              f"but {len(ends)} end_positions")
+    if not _has_text(stats, question, context):
+        return None
+    example = _base_example(example_id, question, context, language=record.get("language"))
+    had_span = False
+    for start, end in zip(starts, ends):
+        if start is None or start < 0:
+            continue
+        had_span = True
+        if end is None or not 0 <= start < end <= len(context):
+            stats.skipped["answer_char_offset_out_of_range"] += 1
+            continue
+        example["answers"]["text"].append(context[start:end])
+        example["answers"]["answer_start"].append(start)
+    example["yes_no_answer"] = next((v for v in yes_no if v and v != "NONE"), "NONE")
+    # Passage candidates are not in the layout: the gold passage index is kept only as a count.
+    had_passage = any(p is not None and p >= 0 for p in passages)
+    return _finish_annotated(example, had_span, had_passage, stats)
 
 
 def squad_qa_to_example(qa: dict, context: Any, title: str, fallback_id: str, where: str,
@@ -224,7 +278,11 @@ def squad_qa_to_example(qa: dict, context: Any, title: str, fallback_id: str, wh
 
 
 def flat_row_to_example(row: dict, fallback_id: str, where: str, stats: ReadStats) -> dict | None:
-    """A row that is already flat (TyDi HF schema, or SQuAD-style id/question/context/answers)."""
+    """A row that is already flat (TyDi HF schema, PrimeQA base, or SQuAD-style
+    id/question/context/answers)."""
+    if isinstance(row.get("target"), dict) and isinstance(row.get("context"), list):
+        stats.formats["primeqa"] += 1
+        return primeqa_to_example(row, fallback_id, where, stats)
     if "document_plaintext" in row or "annotations" in row:
         stats.formats["tydi"] += 1
         if isinstance(row.get("annotations"), list):
@@ -349,8 +407,9 @@ def open_source(spec: SourceSpec) -> ExampleSource:
             if first is None:
                 raise DataSourceError(f"{path}: no records")
             if not ({"document_plaintext", "annotations"} & set(first[0]) or {"question", "context"} <= set(first[0])):
-                raise DataSourceError(f"{first[2]}: unknown format: expected TyDi (document_plaintext, annotations) "
-                                      f"or SQuAD-style (question, context, answers) fields, got {sorted(first[0])}")
+                raise DataSourceError(f"{first[2]}: unknown format: expected TyDi (document_plaintext, annotations), "
+                                      f"PrimeQA (question, context, target) or SQuAD-style "
+                                      f"(question, context, answers) fields, got {sorted(first[0])}")
             return ExampleSource("jsonl", str(path), file_sha256(path), lambda: _jsonl_rows(path), spec)
         if name.endswith((".json", ".json.gz")):
             _load_squad_json(path)  # fail on an unknown layout now, not mid-run

@@ -147,6 +147,54 @@ def test_flat_squad_style_jsonl(tmp_path):
     assert examples[0]["answers"]["text"] == ["2012"]
 
 
+def primeqa_row(example_id: str, question: str, spans: list[tuple[int, int]], document: str = DOC,
+                yes_no: list[str] | None = None, passages: list[int] | None = None,
+                language: str = "english") -> dict:
+    """A PrimeQA "base" row: character offsets (end exclusive), -1 for "no span"."""
+    spans = spans or [(-1, -1)]
+    return {"example_id": example_id, "question": question, "language": language, "context": [document],
+            "target": {"start_positions": [s for s, _ in spans], "end_positions": [e for _, e in spans],
+                       "passage_indices": passages or [-1] * len(spans),
+                       "yes_no_answer": yes_no or ["NONE"] * len(spans)}}
+
+
+def test_primeqa_base_jsonl(tmp_path):
+    start = DOC.index("2012")  # after multi-byte characters: a character offset, not a byte one
+    path = write_jsonl(tmp_path / "primeqa.jsonl", [
+        primeqa_row("u1", "When?", [(start, start + 4), (-1, -1), (start - 3, start + 4)]),
+        primeqa_row("u2", "Is it a particle?", [], yes_no=["YES"]),
+        primeqa_row("u3", "What did ATLAS do?", [], passages=[1]),
+        primeqa_row("u4", "Nothing?", []),
+        primeqa_row("u5", "Out of range?", [(start, len(DOC) + 5)]),
+        primeqa_row("u6", "Japanese?", [], language="japanese"),
+    ])
+    examples, stats = read(path)
+    assert [e["id"] for e in examples] == ["u1", "u2", "u3", "u4"]
+    assert examples[0]["answers"] == {"text": ["2012", "in 2012"], "answer_start": [start, start - 3]}
+    assert examples[1]["yes_no_answer"] == "YES" and not examples[1]["answers"]["text"]
+    assert stats.formats == {"primeqa": 6}
+    assert stats.answerable == 1
+    # notes count rows before the language filter (u6 is also a no-answer row)
+    assert stats.notes == {"yes_no_only_labelled_no_answer": 1, "passage_only_labelled_no_answer": 1,
+                           "no_answer": 2, "other_language": 1}
+    assert stats.skipped == {"answer_char_offset_out_of_range": 1, "all_answer_spans_invalid": 1}
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"example_id": "m1", "question": "Q?", "context": [DOC, DOC], "target": {}}, "one document"),
+    ({"example_id": "m2", "question": "Q?", "context": [DOC], "target": {"start_positions": [0]}},
+     "'target' lacks"),
+    ({"example_id": "m3", "question": "Q?", "context": [DOC],
+      "target": {"start_positions": [0], "end_positions": [1, 2]}}, "1 start_positions but 2"),
+    ({"example_id": "m4", "context": [DOC], "target": {}}, "'question'"),
+])
+def test_primeqa_bad_rows_name_line_id_and_field(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [primeqa_row("ok", "When?", []), row])
+    with pytest.raises(DataSourceError, match=message) as info:
+        read(path)
+    assert f"{path}:2 (example id {row['example_id']})" in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------
