@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                                   language=cfg.language, max_length=cfg.max_length, doc_stride=cfg.doc_stride,
                                   num_proc=cfg.num_proc)
         with accelerator.main_process_first():
-            result = prepare(config)
+            result = prepare(config, tokenizer)
         dataset = datasets.load_from_disk(str(result.entry))
         return result.summary, dataset["features"].data.table, dataset["examples"].data.table
 
@@ -338,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
                             optimizer.step()
                         optimizer.zero_grad()
                         nonfinite_losses.zero_()
+                # The epoch's last round may hold samples repeated to even out the processes
+                # (even_batches): only the epoch's real samples count.
+                counted = min(state.batches_in_epoch * cfg.per_device_train_batch_size
+                              * accelerator.num_processes, len(sampler))
+                batch_samples = min(len(batch["input_ids"]) * accelerator.num_processes, len(sampler) - counted)
                 state.batches_in_epoch += 1
-                batch_samples = len(batch["input_ids"]) * accelerator.num_processes
                 state.samples_seen += batch_samples
                 window_samples += batch_samples
                 window_batches += 1

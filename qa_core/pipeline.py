@@ -70,12 +70,15 @@ def load_tokenizer(model: str):
         ) from None
 
 
-def tokenizer_key(model: str) -> tuple[str, object | None]:
-    """(fingerprint of the tokenizer, the tokenizer if it had to be loaded to get it)."""
+def tokenizer_key(model: str, tokenizer=None) -> tuple[str, object | None]:
+    """(fingerprint of the tokenizer, the tokenizer if it was given or had to be loaded).
+
+    ``tokenizer``, when given, must be ``model``'s tokenizer already loaded by the caller.
+    """
     key = tokenizer_files_fingerprint(model)
     if key is not None:
-        return key, None
-    tokenizer = load_tokenizer(model)  # a hub name: only the loaded tokenizer can say what it is
+        return key, tokenizer
+    tokenizer = tokenizer or load_tokenizer(model)  # a hub name: only the loaded tokenizer can say what it is
     return tokenizer_fingerprint(tokenizer), tokenizer
 
 
@@ -142,12 +145,16 @@ def _ordered_results(batches: Iterator[list[dict]], config: PreprocessConfig, bu
             yield pending.popleft().get()
 
 
-def prepare(config: PreprocessConfig) -> PrepareResult:
-    """Build (or reuse) the cache entry for ``config``; returns its folder and summary."""
+def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
+    """Build (or reuse) the cache entry for ``config``; returns its folder and summary.
+
+    ``tokenizer``: ``config.model``'s tokenizer when the caller has already loaded it
+    (a training run does), so it is not loaded a second time.
+    """
     started = time.perf_counter()
     source = open_source(SourceSpec(config.data, config.split, config.language, config.hub_config))
     feature_config = FeatureConfig(config.max_length, config.doc_stride)  # validates the settings
-    tokenizer_fp, tokenizer = tokenizer_key(config.model)
+    tokenizer_fp, tokenizer = tokenizer_key(config.model, tokenizer)
     key = cache_key(source, tokenizer_fp, config)
     cache_root = Path(config.cache_dir)
 

@@ -70,6 +70,8 @@ def test_launch_runs_two_ranks(two_process_training):
     summary, out = two_process_training
     assert summary["world_size"] == 2
     assert summary["global_step"] == 12
+    # 6 rounds of 2 x 4 hold 48 samples per epoch, 5 of them repeats that even out the ranks.
+    assert summary["samples_seen"] == 2 * 43
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
     assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
     # Only the main process writes the log: one record per step, no duplicates from rank 1.
