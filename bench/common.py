@@ -28,6 +28,13 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # --------------------------------------------------------------------------------------
 
 
+def repo_path(path: str | Path) -> str:
+    """``path`` as given when absolute or found from the current directory; otherwise relative
+    to the repository root, where the benches' defaults live."""
+    p = Path(path)
+    return str(p if p.is_absolute() or p.exists() else REPO_ROOT / p)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

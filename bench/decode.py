@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import append_record, print_summary  # noqa: E402
+from bench.common import append_record, print_summary, repo_path  # noqa: E402
 from qa_core.decode import (  # noqa: E402
     DecodeConfig,
     best_answers,
@@ -124,8 +124,9 @@ def synthetic_logits(
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=DEFAULT_DATA, help="relative to the repository root")
-    parser.add_argument("--cache-dir", default="cache", help="preprocessing cache (repo-relative)")
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="from the current directory, else from the repository root")
+    parser.add_argument("--cache-dir", default="cache", help="preprocessing cache (same rule)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--language", default="english")
     parser.add_argument("--num-proc", type=int, default=min(4, os.cpu_count() or 1))
@@ -135,12 +136,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the vectorized path")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/results")
     args = parser.parse_args(argv)
-    os.chdir(REPO_ROOT)  # --data / --cache-dir are relative to the repository root
     config = DecodeConfig()  # n_best_size 20, max_answer_length 30
 
     t0 = time.perf_counter()
     features, examples, summary = load_real_features(
-        args.data, args.cache_dir, args.split, args.language, args.num_proc
+        repo_path(args.data), repo_path(args.cache_dir), args.split, args.language, args.num_proc
     )
     if args.max_features is not None:
         features = features.select(range(min(args.max_features, len(features))))

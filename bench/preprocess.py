@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, peak_rss_mb, print_summary  # noqa: E402
+from bench.common import append_record, peak_rss_mb, print_summary, repo_path  # noqa: E402
 
 # Relative to the repository, not to this machine: the team keeps the data next to the checkout.
 SHARED = Path(os.path.relpath(REPO.parent / "shared" / "data", Path.cwd()))
@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "ours":
         print(json.dumps(phase_ours(args)))
         return 0
+    args.data, args.check_data = repo_path(args.data), repo_path(args.check_data)  # children run in the repo
     for name in ("data", "check_data"):
         if not Path(getattr(args, name)).is_file():
             parser.error(f"--{name} {getattr(args, name)}: no such file (pass --{name})")

