@@ -80,7 +80,9 @@ def _git(*args: str) -> Optional[str]:
 
 def git_state() -> dict:
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # Records and plots are written by the benches themselves: they do not make the code dirty.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":(exclude)bench/results", ":(exclude)bench/plots", ":(exclude)bench/README.md")
     return {
         "git_commit": commit,
         "git_dirty": None if status is None else bool(status),
