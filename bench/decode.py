@@ -8,7 +8,8 @@
    ``features``/``examples`` splits: real windows, real offsets, real example grouping.
 2. Synthesizes realistic logits per feature from its labels (no trained model is available
    offline; see ``synthetic_logits``), seeded.
-3. Decodes with ``qa_core.decode`` (``feature_topk_spans`` + ``best_answers``; best of 3
+3. Decodes with ``qa_core.decode`` (``feature_topk_spans`` keeping each feature's best span,
+   as evaluation does, + ``best_answers``; best of 3
    after a warm-up, single-threaded for the headline ``speedup`` and again with chunks on
    all cores for ``speedup_all_cores``) and with ``reference_decode`` (the classic algorithm: per feature
    top-20 starts x top-20 ends in a Python double loop; run once), checks that every
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     def vectorized(num_threads):
         spans = feature_topk_spans(
             start_logits, end_logits, offsets, config.n_best_size, config.max_answer_length,
-            num_threads=num_threads,
+            num_threads=num_threads, spans_per_feature=1,  # as evaluation does
         )
         return best_answers(spans, feature_example_index, contexts, example_ids, config)
 
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seq_len": MAX_LENGTH,
         "n_best_size": config.n_best_size,
         "max_answer_length": config.max_answer_length,
+        "spans_per_feature": 1,
         "identical": identical,
         "mismatched_examples": len(mismatches),
         "vectorized_s": round(vectorized_s, 4),

@@ -4,8 +4,9 @@ Turning start/end logits into answer strings happens in two stages so the
 evaluation loop can stream:
 
 1. :func:`feature_topk_spans` runs on one batch of features at a time and
-   keeps only a compact ``[F, n_best_size]`` summary (scores, token indices and
-   character offsets of the best spans, plus the null score).  The caller
+   keeps only a compact ``[F, K]`` summary (scores, token indices and character
+   offsets of its K best spans, plus the null score; K = 1 is all an answer
+   needs, K = ``n_best_size`` keeps every feature's n-best list).  The caller
    concatenates those summaries with :func:`concat_feature_spans`; the full
    ``features x max_length`` logits never need to exist at once.
 2. :func:`best_answers` reduces the summaries to one :class:`Prediction` per
@@ -69,7 +70,8 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class FeatureSpans:
-    """Top-K candidate spans per feature, best first (K = n_best_size).
+    """Top-K candidate spans per feature, best first (K = ``spans_per_feature``,
+    ``n_best_size`` unless asked otherwise).
 
     Slots without a valid candidate have score ``-inf`` and ``-1`` in every
     integer field.  ``end_char`` is exclusive.
@@ -86,7 +88,7 @@ class FeatureSpans:
         return int(self.scores.shape[0])
 
     @property
-    def n_best_size(self) -> int:
+    def spans_per_feature(self) -> int:
         return int(self.scores.shape[1])
 
     @classmethod
@@ -112,9 +114,9 @@ def concat_feature_spans(parts: Sequence[FeatureSpans]) -> FeatureSpans:
     """Stack per-batch FeatureSpans along the feature axis (order preserved)."""
     if not parts:
         raise ValueError("concat_feature_spans needs at least one FeatureSpans")
-    widths = {part.n_best_size for part in parts}
+    widths = {part.spans_per_feature for part in parts}
     if len(widths) != 1:
-        raise ValueError(f"cannot concatenate FeatureSpans with different n_best_size: {widths}")
+        raise ValueError(f"cannot concatenate FeatureSpans with different spans_per_feature: {widths}")
     return FeatureSpans(
         scores=np.concatenate([p.scores for p in parts]),
         start_token=np.concatenate([p.start_token for p in parts]),
@@ -270,6 +272,9 @@ def _best_first(packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     arbitrarily, so the (rare) rows with equal finite values among the kept
     ones or at the cut are sorted again, stably.
     """
+    if k == 1:  # the first maximum is the lowest column: the tie rule for free
+        best = np.argmax(packed, axis=1)[:, None]
+        return best, _row_take(packed, best)
     columns = None
     if packed.shape[1] > 3 * k:
         _, columns = _top_k_columns(packed, k)
@@ -350,17 +355,18 @@ def _topk_spans_chunk(
     count = np.bincount(row, minlength=num_features)
     first = np.cumsum(count) - count  # position in `flat` of each row's first cell
 
-    # 4. The best n_best_size cells of each row, best first (see
+    # 4. The best `keep` cells of each row, best first (see
     #    _best_first).  Cell counts vary a lot (a few dozen per window of a
     #    long document, hundreds for a short paragraph), so rows are packed to
     #    the chunk's 95th-percentile count first (a wider row's extra cells all
     #    land in its last column) and only the wider rows are redone at their
     #    full width: the sorts do not spend their time on -inf filler.
     position = np.arange(len(flat)) - first[row]
-    narrow = _narrow_width(count, n_best_size)
+    keep = out.spans_per_feature
+    narrow = _narrow_width(count, keep)
     packed = np.full((num_features, narrow), -np.inf)
     packed[row, np.minimum(position, narrow - 1)] = cell_score
-    best_first, scores = _best_first(packed, n_best_size)
+    best_first, scores = _best_first(packed, keep)
     wide = np.flatnonzero(count > narrow)
     if len(wide):
         wide_count = count[wide]
@@ -368,7 +374,7 @@ def _topk_spans_chunk(
         local = np.arange(len(wide_row)) - np.repeat(np.cumsum(wide_count) - wide_count, wide_count)
         packed = np.full((len(wide), int(wide_count.max())), -np.inf)
         packed[wide_row, local] = cell_score[np.repeat(first[wide], wide_count) + local]
-        best_first[wide], scores[wide] = _best_first(packed, n_best_size)
+        best_first[wide], scores[wide] = _best_first(packed, keep)
     out.scores[...] = scores
     invalid = out.scores == -np.inf
     # Packed position -> position in `flat` (the filler points at a sentinel).
@@ -394,8 +400,9 @@ def feature_topk_spans(
     max_answer_length: int = 30,
     chunk_size: int = _DEFAULT_CHUNK_SIZE,
     num_threads: int | None = 1,
+    spans_per_feature: int | None = None,
 ) -> FeatureSpans:
-    """Best ``n_best_size`` candidate spans of each feature of one batch.
+    """Best candidate spans of each feature of one batch (``n_best_size`` of them by default).
 
     Args:
         start_logits, end_logits: ``[F, L]`` float logits; padded positions may
@@ -404,16 +411,23 @@ def feature_topk_spans(
         offsets: ``[F, L', 2]`` int (start_char, end_char) of each token in the
             example's context, ``-1`` for non-context tokens.  ``L'`` may
             differ from ``L``: it is cut or padded with ``-1``.
-        n_best_size: number of top start/end tokens tried and of spans kept.
+        n_best_size: number of top start/end tokens tried (and of spans kept, by default).
         max_answer_length: longest allowed span, in tokens.
         chunk_size: features per vectorized step (bounds temporary memory).
         num_threads: chunks decoded concurrently (numpy releases the GIL in
             its kernels); ``None`` = one per usable CPU core.  The result does
             not depend on it.  Default 1: evaluation batches are small, and a
             single thread keeps timings comparable with the reference.
+        spans_per_feature: spans kept per feature, best first; ``None`` =
+            ``n_best_size``.  An answer needs only each feature's best span
+            (``best_answers`` reads slot 0), so evaluation and :func:`decode`
+            keep 1, which also skips ordering the runners-up.
     """
     if n_best_size < 1:
         raise ValueError("n_best_size must be >= 1")
+    keep = n_best_size if spans_per_feature is None else spans_per_feature
+    if keep < 1:
+        raise ValueError("spans_per_feature must be >= 1")
     # NaN is handled per chunk, where the top-k row sort reveals it for free.
     start_logits = _float_logits(start_logits)
     end_logits = _float_logits(end_logits)
@@ -424,11 +438,11 @@ def feature_topk_spans(
     # Chunks write straight into their rows of the result (no concatenation).
     num_features = len(start_logits)
     result = FeatureSpans(
-        scores=np.empty((num_features, n_best_size)),
-        start_token=np.empty((num_features, n_best_size), dtype=np.int32),
-        end_token=np.empty((num_features, n_best_size), dtype=np.int32),
-        start_char=np.empty((num_features, n_best_size), dtype=np.int32),
-        end_char=np.empty((num_features, n_best_size), dtype=np.int32),
+        scores=np.empty((num_features, keep)),
+        start_token=np.empty((num_features, keep), dtype=np.int32),
+        end_token=np.empty((num_features, keep), dtype=np.int32),
+        start_char=np.empty((num_features, keep), dtype=np.int32),
+        end_char=np.empty((num_features, keep), dtype=np.int32),
         null_score=np.empty(num_features),
     )
 
@@ -575,7 +589,8 @@ def decode(
 ) -> dict[str, Prediction]:
     """Non-streaming convenience: :func:`feature_topk_spans` then :func:`best_answers`."""
     spans = feature_topk_spans(
-        start_logits, end_logits, offsets, config.n_best_size, config.max_answer_length
+        start_logits, end_logits, offsets, config.n_best_size, config.max_answer_length,
+        spans_per_feature=1,
     )
     return best_answers(spans, feature_example_index, contexts, example_ids, config)
 

@@ -58,7 +58,8 @@ class EvalAccumulator:
         """One gathered batch: float32 logits ``[B, L]`` for the features ``feature_index``."""
         offsets = self.references.offsets[feature_index]
         self._spans.append(feature_topk_spans(start_logits, end_logits, offsets,
-                                              self.config.n_best_size, self.config.max_answer_length))
+                                              self.config.n_best_size, self.config.max_answer_length,
+                                              spans_per_feature=1))  # answers need each feature's best
         self._feature_index.append(np.asarray(feature_index, dtype=np.int64))
         # The tutorial's token metrics: plain argmax over all positions.
         self._start_argmax.append(start_logits.argmax(axis=1))

@@ -58,7 +58,8 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
         offsets = features.offsets[begin:begin + len(inputs["input_ids"])]
         spans.append(feature_topk_spans(outputs.start_logits.float().cpu().numpy(),
                                         outputs.end_logits.float().cpu().numpy(), offsets,
-                                        decode_config.n_best_size, decode_config.max_answer_length))
+                                        decode_config.n_best_size, decode_config.max_answer_length,
+                                        spans_per_feature=1))
     model.train(was_training)
     example_index = np.array([int(e) for e in features.example_ids], dtype=np.int64)
     predictions = best_answers(concat_feature_spans(spans), example_index, [context] * len(questions),

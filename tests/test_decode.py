@@ -343,6 +343,20 @@ def test_narrow_first_packing_does_not_change_spans(monkeypatch, narrow_width):
         np.testing.assert_array_equal(getattr(split, field), getattr(single, field))
 
 
+@pytest.mark.parametrize("keep", [1, 3])
+def test_fewer_spans_per_feature_are_the_head_of_the_n_best(keep):
+    rng = np.random.default_rng(9)
+    start, end, offsets, *_ = random_features(rng, 200, 64, 80)
+    full = feature_topk_spans(start, end, offsets, 12, 30)
+    head = feature_topk_spans(start, end, offsets, 12, 30, spans_per_feature=keep)
+    assert head.spans_per_feature == keep and full.spans_per_feature == 12
+    for field in ("scores", "start_token", "end_token", "start_char", "end_char"):
+        np.testing.assert_array_equal(getattr(head, field), getattr(full, field)[:, :keep])
+    np.testing.assert_array_equal(head.null_score, full.null_score)
+    with pytest.raises(ValueError, match="spans_per_feature"):
+        feature_topk_spans(start, end, offsets, 12, 30, spans_per_feature=0)
+
+
 def test_token_ties_at_the_top_n_cut_keep_lower_tokens():
     # Six context tokens with the same start logit, n_best_size=2: the classic
     # stable argsort keeps tokens 0 and 1 (the two lowest indices), so the best
