@@ -26,12 +26,16 @@ Tie-breaking (deterministic, identical in :func:`reference_decode`):
 * choosing the best span: higher score first, then lower feature index, then
   lower start token, then lower end token.
 
-Implementation notes (vectorized path): the top-n tokens come from one
-``np.partition`` per row block (k-th largest value) plus a ``>=`` mask, with the
-exact lowest-index rule applied only to rows tied at the cut; only the valid
-(start, end) cells are scored; the best spans are picked with a partition over
-the packed valid cells.  Plain numpy, single-threaded by default (measured
-faster than ``torch.topk`` on CPU, and free of its unspecified tie order).
+Implementation notes (vectorized path): the top-n tokens come from one SIMD
+``np.sort`` per row block (k-th largest value; NaN shows up as the row's last
+value) plus a ``>=`` mask, with the exact lowest-index rule applied only to
+rows tied at the cut; only the valid (start, end) cells are scored, listed row
+by row in cell order.  One span per feature (what answers need) is a segment
+max over that list; an n-best list packs the cells per row and orders them with
+one SIMD argsort (a stable re-sort only for rows holding equal scores).  Chunks
+write into one preallocated result.  Plain numpy, single-threaded by default
+(measured faster than ``torch.topk`` on CPU, and free of its unspecified tie
+order).
 """
 
 from __future__ import annotations
@@ -272,9 +276,6 @@ def _best_first(packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     arbitrarily, so the (rare) rows with equal finite values among the kept
     ones or at the cut are sorted again, stably.
     """
-    if k == 1:  # the first maximum is the lowest column: the tie rule for free
-        best = np.argmax(packed, axis=1)[:, None]
-        return best, _row_take(packed, best)
     columns = None
     if packed.shape[1] > 3 * k:
         _, columns = _top_k_columns(packed, k)
@@ -288,6 +289,56 @@ def _best_first(packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = order[:, :k]
     best = order if columns is None else _row_take(columns, order)
     return best, _row_take(packed, order)
+
+
+def _best_cell(cell_score: np.ndarray, row: np.ndarray, first: np.ndarray,
+               count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Score ``[F, 1]`` and position in the flat cell list ``[F, 1]`` of each row's best cell.
+
+    The cells are listed row by row in cell order, so segment reductions find
+    each row's maximum and its first cell reaching it (the tie rule), with no
+    packing: the evaluation path (one span per feature), measured 4-9 % faster
+    than packing plus argmax.
+    """
+    num_rows, num_cells = len(count), len(cell_score)
+    scores = np.full((num_rows, 1), -np.inf)
+    position = np.full((num_rows, 1), num_cells)
+    has_cells = count > 0
+    if not has_cells.any():
+        return scores, position
+    scores[has_cells, 0] = np.maximum.reduceat(cell_score, first[has_cells])
+    at_max = np.flatnonzero(cell_score == scores[row, 0])
+    max_row = row[at_max]
+    first_of_row = np.r_[True, max_row[1:] != max_row[:-1]]
+    position[max_row[first_of_row], 0] = at_max[first_of_row]
+    return scores, position
+
+
+def _best_cells(cell_score: np.ndarray, row: np.ndarray, first: np.ndarray, count: np.ndarray,
+                keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ``[F, keep]`` and flat positions ``[F, keep]`` of each row's ``keep`` best cells.
+
+    Cell counts vary a lot (a few dozen per window of a long document,
+    hundreds for a short paragraph), so rows are packed to the chunk's
+    95th-percentile count first (a wider row's extra cells all land in its last
+    column) and only the wider rows are redone at their full width: the sorts
+    of :func:`_best_first` do not spend their time on -inf filler.
+    """
+    position = np.arange(len(cell_score)) - first[row]
+    narrow = _narrow_width(count, keep)
+    packed = np.full((len(count), narrow), -np.inf)
+    packed[row, np.minimum(position, narrow - 1)] = cell_score
+    best_first, scores = _best_first(packed, keep)
+    wide = np.flatnonzero(count > narrow)
+    if len(wide):
+        wide_count = count[wide]
+        wide_row = np.repeat(np.arange(len(wide)), wide_count)
+        local = np.arange(len(wide_row)) - np.repeat(np.cumsum(wide_count) - wide_count, wide_count)
+        packed = np.full((len(wide), int(wide_count.max())), -np.inf)
+        packed[wide_row, local] = cell_score[np.repeat(first[wide], wide_count) + local]
+        best_first[wide], scores[wide] = _best_first(packed, keep)
+    # Packed column -> position in the flat list (the filler points past its end).
+    return scores, np.where(scores == -np.inf, len(cell_score), first[:, None] + best_first)
 
 
 def _row_take(array: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -355,30 +406,15 @@ def _topk_spans_chunk(
     count = np.bincount(row, minlength=num_features)
     first = np.cumsum(count) - count  # position in `flat` of each row's first cell
 
-    # 4. The best `keep` cells of each row, best first (see
-    #    _best_first).  Cell counts vary a lot (a few dozen per window of a
-    #    long document, hundreds for a short paragraph), so rows are packed to
-    #    the chunk's 95th-percentile count first (a wider row's extra cells all
-    #    land in its last column) and only the wider rows are redone at their
-    #    full width: the sorts do not spend their time on -inf filler.
-    position = np.arange(len(flat)) - first[row]
+    # 4. The best `keep` cells of each row, best first, as positions in `flat`
+    #    (len(flat) where a row has fewer cells); equal scores keep cell order.
     keep = out.spans_per_feature
-    narrow = _narrow_width(count, keep)
-    packed = np.full((num_features, narrow), -np.inf)
-    packed[row, np.minimum(position, narrow - 1)] = cell_score
-    best_first, scores = _best_first(packed, keep)
-    wide = np.flatnonzero(count > narrow)
-    if len(wide):
-        wide_count = count[wide]
-        wide_row = np.repeat(np.arange(len(wide)), wide_count)
-        local = np.arange(len(wide_row)) - np.repeat(np.cumsum(wide_count) - wide_count, wide_count)
-        packed = np.full((len(wide), int(wide_count.max())), -np.inf)
-        packed[wide_row, local] = cell_score[np.repeat(first[wide], wide_count) + local]
-        best_first[wide], scores[wide] = _best_first(packed, keep)
+    if keep == 1:
+        scores, position = _best_cell(cell_score, row, first, count)
+    else:
+        scores, position = _best_cells(cell_score, row, first, count, keep)
     out.scores[...] = scores
-    invalid = out.scores == -np.inf
-    # Packed position -> position in `flat` (the filler points at a sentinel).
-    position = np.where(invalid, len(flat), first[:, None] + best_first)
+    invalid = scores == -np.inf
     start_slot, end_slot = np.divmod(np.append(flat, 0)[position] % (n * n), n)
 
     def fill(target: np.ndarray, values: np.ndarray, slots: np.ndarray) -> None:
