@@ -207,14 +207,14 @@ def run_config(cfg: dict) -> dict:
     config = accelerator.unwrap_model(model).config
     layers, hidden = config.num_hidden_layers, config.hidden_size
 
-    def batches():
+    def batches(loader):
         epoch = 0
         while True:
             sampler.set_epoch(epoch)
             yield from loader
             epoch += 1
 
-    source = batches()
+    source = batches(loader)
     sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -318,7 +318,7 @@ def run_config(cfg: dict) -> dict:
                   "achieved_flops_per_s": float(all_flop) / slowest},
         "fresh_process": bool(cfg.get("fresh_process")),
     }
-    del model, optimizer, loader
+    del source, model, optimizer, loader
     accelerator.free_memory()
     return record
 
