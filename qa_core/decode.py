@@ -60,7 +60,6 @@ INVALID_INDEX = -1
 _DEFAULT_CHUNK_SIZE = 1024
 
 
-
 @dataclass(frozen=True)
 class DecodeConfig:
     """How logits are turned into answers."""
