@@ -29,10 +29,22 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def repo_path(path: str | Path) -> str:
-    """``path`` as given when absolute or found from the current directory; otherwise relative
-    to the repository root, where the benches' defaults live."""
+    """``path`` made absolute: from the current directory when it is found there, otherwise from
+    the repository root, where the benches' defaults live.  Absolute, because the benches run
+    their children in the repository root."""
     p = Path(path)
-    return str(p if p.is_absolute() or p.exists() else REPO_ROOT / p)
+    return str(p.absolute() if p.is_absolute() or p.exists() else REPO_ROOT / p)
+
+
+def resolve_data_files(parser: Any, args: Any, *names: str) -> dict[str, str]:
+    """Each named path argument through :func:`repo_path`, in place; ``parser.error`` when one
+    is not a file.  Returns the values as the user gave them (labels for the records)."""
+    given = {name: getattr(args, name) for name in names}
+    for name in names:
+        setattr(args, name, repo_path(given[name]))
+        if not Path(getattr(args, name)).is_file():
+            parser.error(f"--{name} {given[name]}: no such file")
+    return given
 
 
 def _cpu_model() -> str:

