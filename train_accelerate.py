@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     from qa_core.pipeline import PreprocessConfig, first_examples, load_tokenizer, prepare
     from qa_core.readers import DataSourceError
     from qa_core.training import (
-        EpochSampler, NonFiniteGuard, PackedFeatures, RunState, freeze_encoder, identity_collate, lr_lambda,
-        model_inputs, optimizer_param_groups, optimizer_steps_per_epoch, prune_checkpoints, resolve_mixed_precision,
-        resolve_resume, set_attention_dropout,
+        NonFiniteGuard, PackedFeatures, RunState, freeze_encoder, identity_collate, lr_lambda, model_inputs,
+        optimizer_param_groups, optimizer_steps_per_epoch, pad_multiple, prune_checkpoints, resolve_mixed_precision,
+        resolve_resume, set_attention_dropout, training_loader,
     )
 
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "accelerator") and torch.accelerator.is_available())
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     eval_table, eval_examples = first_examples(eval_table, eval_examples, cfg.max_eval_examples)
 
-    pad_multiple = 8 if accelerator.mixed_precision in ("fp16", "bf16") else None
-    eval_set = PackedFeatures(eval_table, tokenizer.pad_token_id, cfg.pad_to, pad_multiple, cfg.max_length,
+    multiple = pad_multiple(accelerator.mixed_precision)
+    eval_set = PackedFeatures(eval_table, tokenizer.pad_token_id, cfg.pad_to, multiple, cfg.max_length,
                               with_offsets=True)
     references = EvalReferences.build(eval_examples, eval_set.example_ids, eval_set.offsets,
                                       eval_set.start_positions, eval_set.end_positions)
@@ -209,14 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         negative_fraction = cfg.negative_window_fraction
         if negative_fraction is None:  # long TyDi articles: most windows hold no answer
             negative_fraction = 0.1 if "tydi" in train_summary.get("formats", {}) else 1.0
-        train_set = PackedFeatures(train_table, tokenizer.pad_token_id, cfg.pad_to, pad_multiple, cfg.max_length)
-        sampler = EpochSampler(train_set.has_answer, negative_fraction, cfg.seed,
-                               train_set.lengths if cfg.group_by_length else None,
-                               50 * cfg.per_device_train_batch_size * accelerator.num_processes)
-        train_loader = torch.utils.data.DataLoader(
-            train_set, batch_size=cfg.per_device_train_batch_size, sampler=sampler, collate_fn=identity_collate,
-            generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG (dropout) untouched
-        )
+        train_set = PackedFeatures(train_table, tokenizer.pad_token_id, cfg.pad_to, multiple, cfg.max_length)
+        sampler, train_loader = training_loader(train_set, cfg.per_device_train_batch_size, accelerator.num_processes,
+                                                negative_fraction, cfg.seed, cfg.group_by_length)
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     else:
         model, eval_loader = accelerator.prepare(model, eval_loader)

@@ -174,7 +174,7 @@ def run_config(cfg: dict) -> dict:
     import torch
 
     from qa_core.pipeline import load_tokenizer
-    from qa_core.training import EpochSampler, PackedFeatures, identity_collate, model_inputs, optimizer_param_groups
+    from qa_core.training import PackedFeatures, model_inputs, optimizer_param_groups, pad_multiple, training_loader
 
     import transformers
 
@@ -192,14 +192,12 @@ def run_config(cfg: dict) -> dict:
     tokenizer = load_tokenizer(tokenizer_source(cfg["model"]))
     model, model_desc = build_model(cfg["model"], cfg.get("attention_dropout"))
     vocab = model.config.vocab_size
-    multiple = 8 if mixed in ("fp16", "bf16") else None
+    multiple = pad_multiple(mixed)
     dataset = PackedFeatures(table, tokenizer.pad_token_id, "max_length" if padding == "max_length" else "longest",
                              multiple, seq_len)
     clip_ids = int(table.column("input_ids").combine_chunks().values.to_numpy().max()) >= vocab
-    sampler = EpochSampler(dataset.has_answer, 1.0, SEED, dataset.lengths if padding == "grouped" else None,
-                           50 * batch_size * accelerator.num_processes)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=identity_collate,
-                                         generator=torch.Generator().manual_seed(SEED))
+    sampler, loader = training_loader(dataset, batch_size, accelerator.num_processes, 1.0, SEED,
+                                      group_by_length=padding == "grouped")
     optimizer = torch.optim.AdamW(optimizer_param_groups(model, 0.01), lr=5e-5)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.train()

@@ -342,24 +342,22 @@ def replay_tokens(args, prep: dict, mixed_precision: str) -> dict:
     import numpy as np
 
     from qa_core.pipeline import first_examples
-    from qa_core.training import epoch_order
+    from qa_core.training import LENGTH_GROUP_BATCHES, epoch_order, pad_multiple, padded_width
 
     loaded = datasets.load_from_disk(prep["train_entry"])
     features, _ = first_examples(loaded["features"].data.table, loaded["examples"].data.table,
                                  args.max_train_examples)
     lengths = features.column("input_ids").combine_chunks().value_lengths().to_numpy().astype(np.int64)
     has_answer = features.column("has_answer").to_numpy(zero_copy_only=False).astype(bool)
-    multiple = 8 if mixed_precision in ("fp16", "bf16") else None
+    multiple = pad_multiple(mixed_precision)
     nonpad = padded = samples = steps = 0
     epoch = 0
     while steps < args.max_train_steps:
         order = epoch_order(has_answer, negative_fraction(args, prep), SEED, epoch,
-                            lengths if args.group_by_length else None, 50 * BATCH_SIZE)
+                            lengths if args.group_by_length else None, LENGTH_GROUP_BATCHES * BATCH_SIZE)
         for i in range(0, len(order), BATCH_SIZE):
             batch = lengths[order[i:i + BATCH_SIZE]]
-            width = int(batch.max())
-            if multiple:
-                width = -(-width // multiple) * multiple
+            width = padded_width(int(batch.max()), multiple)
             nonpad += int(batch.sum())
             padded += width * len(batch)
             samples += len(batch)

@@ -109,6 +109,21 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
 # Data: packed features, epoch order, batches
 # ---------------------------------------------------------------------------------------------
 
+# Length grouping sorts the shuffled order inside groups of this many global batches: little
+# padding, yet batches still differ from epoch to epoch.
+LENGTH_GROUP_BATCHES = 50
+
+
+def pad_multiple(mixed_precision: str | None) -> int | None:
+    """Batch widths round up to a multiple of 8 under fp16/bf16 (shapes the matrix units like)."""
+    return 8 if mixed_precision in ("fp16", "bf16") else None
+
+
+def padded_width(longest: int, multiple: int | None) -> int:
+    """A batch's width: its longest window, rounded up to ``multiple`` when given."""
+    return -(-longest // multiple) * multiple if multiple else longest
+
+
 def _flat_list_column(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """list<int> column -> (values, row_offsets) numpy arrays."""
     array = column.combine_chunks()
@@ -153,10 +168,7 @@ class PackedFeatures(torch.utils.data.Dataset):
     def batch_width(self, indices: np.ndarray) -> int:
         if self.pad_to == "max_length":
             return self.max_length
-        width = int(self.lengths[indices].max())
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        return width
+        return padded_width(int(self.lengths[indices].max()), self.pad_to_multiple_of)
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         indices = np.asarray(indices, dtype=np.int64)
@@ -233,6 +245,24 @@ class EpochSampler(torch.utils.data.Sampler):
         order = epoch_order(self.has_answer, self.negative_fraction, self.seed, self.epoch,
                             self.lengths, self.group_size)
         return iter(order.tolist())
+
+
+def training_loader(dataset: PackedFeatures, batch_size: int, num_processes: int, negative_fraction: float,
+                    seed: int, group_by_length: bool) -> tuple[EpochSampler, torch.utils.data.DataLoader]:
+    """The training order and its batches, as ``train_accelerate.py`` trains (and the benches measure).
+
+    Answer-less windows are subsampled to ``negative_fraction`` each epoch; with
+    ``group_by_length`` the order is length-sorted inside groups of
+    ``LENGTH_GROUP_BATCHES`` global batches.  The loader draws from its own seeded generator,
+    which keeps the global RNG (dropout) untouched.
+    """
+    sampler = EpochSampler(dataset.has_answer, negative_fraction, seed,
+                           dataset.lengths if group_by_length else None,
+                           LENGTH_GROUP_BATCHES * batch_size * num_processes)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                         collate_fn=identity_collate,
+                                         generator=torch.Generator().manual_seed(seed))
+    return sampler, loader
 
 
 # ---------------------------------------------------------------------------------------------
