@@ -89,7 +89,7 @@ def build_model(model: str, attention_dropout: float | None = None):
     from transformers import (AutoConfig, AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering,
                               DistilBertConfig, DistilBertForQuestionAnswering)
 
-    from qa_core.training import set_attention_dropout
+    from qa_core.modeling import set_attention_dropout
 
     def configured(config):
         if attention_dropout is not None:
@@ -169,7 +169,8 @@ def run_config(cfg: dict) -> dict:
     import torch
 
     from qa_core.pipeline import load_tokenizer
-    from qa_core.training import PackedFeatures, model_inputs, optimizer_param_groups, pad_multiple, training_loader
+    from qa_core.optim import optimizer_param_groups
+    from qa_core.training import PackedFeatures, model_inputs, pad_multiple, training_loader
 
     import transformers
 

@@ -7,12 +7,16 @@ features x max_length logits array.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
 
 from qa_core.decode import DecodeConfig, FeatureSpans, Prediction, best_answers, concat_feature_spans, feature_topk_spans
 from qa_core.metrics import squad_scores, start_end_scores
+from qa_core.training import model_inputs
 
 
 @dataclass
@@ -65,18 +69,29 @@ class EvalAccumulator:
         self._start_argmax.append(start_logits.argmax(axis=1))
         self._end_argmax.append(end_logits.argmax(axis=1))
 
-    def finish(self) -> tuple[dict, dict[str, Prediction]]:
-        refs = self.references
+    def _ordered_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """(feature indices, their order): sorted by feature index, so ties break the same way
+        whatever the process count was."""
         feature_index = np.concatenate(self._feature_index) if self._feature_index else np.zeros(0, np.int64)
         if len(np.unique(feature_index)) != len(feature_index):
             raise RuntimeError("a feature was evaluated twice: duplicates from uneven batches were not dropped")
-        # Order by feature index so ties break the same way whatever the process count was.
         order = np.argsort(feature_index, kind="stable")
+        return feature_index[order], order
+
+    def predictions(self) -> dict[str, Prediction]:
+        """Each example's answer, from the best span of each of its windows."""
+        refs = self.references
+        feature_index, order = self._ordered_features()
         spans = concat_feature_spans(self._spans)
         spans = FeatureSpans(**{name: getattr(spans, name)[order] for name in spans.__dataclass_fields__})
-        feature_index = feature_index[order]
-        predictions = best_answers(spans, refs.feature_example_index[feature_index], refs.contexts,
-                                   refs.example_ids, self.config)
+        return best_answers(spans, refs.feature_example_index[feature_index], refs.contexts,
+                            refs.example_ids, self.config)
+
+    def finish(self) -> tuple[dict, dict[str, Prediction]]:
+        """Predictions and metrics (SQuAD EM/F1, the tutorial's start/end token F1)."""
+        refs = self.references
+        predictions = self.predictions()
+        feature_index, order = self._ordered_features()
         metrics = squad_scores({k: p.text for k, p in predictions.items()},
                                dict(zip(refs.example_ids, refs.gold_answers)))
         metrics.update(start_end_scores(
@@ -86,3 +101,45 @@ class EvalAccumulator:
         metrics["features"] = int(len(feature_index))
         metrics["features_expected"] = int(len(refs.feature_example_index))
         return metrics, predictions
+
+
+def accumulate_logits(model, batches, accumulator: EvalAccumulator, accelerator=None) -> None:
+    """Run ``model`` over ``batches`` and feed each batch's float32 logits to ``accumulator``.
+
+    With an ``accelerator`` the logits of every process are gathered first (windows are padded
+    per batch and per process, so widths are equalised; even-out repeats are dropped). Without
+    one (``qa-answer``) the batches go straight in. Evaluation and inference share this path.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for batch in batches:
+        inputs = {k: v.to(device) for k, v in model_inputs(batch).items()
+                  if not k.endswith("_positions")}
+        with torch.no_grad():
+            outputs = model(**inputs)
+        start, end = outputs.start_logits.float(), outputs.end_logits.float()
+        index = batch["feature_index"]
+        if accelerator is not None:
+            start = accelerator.pad_across_processes(start, dim=1, pad_index=-1e4)
+            end = accelerator.pad_across_processes(end, dim=1, pad_index=-1e4)
+            start, end, index = accelerator.gather_for_metrics((start, end, index))
+        accumulator.add(index.cpu().numpy(), start.cpu().numpy(), end.cpu().numpy())
+    model.train(was_training)
+
+
+@dataclass
+class Evaluator:
+    """Evaluation of a prepared model on the prepared eval loader, on every process."""
+
+    accelerator: Any
+    loader: Any
+    references: EvalReferences
+    decode_config: DecodeConfig
+
+    def evaluate(self, model) -> tuple[dict, dict[str, Prediction]]:
+        accumulator = EvalAccumulator(self.references, self.decode_config)
+        batches = tqdm(self.loader, desc="eval", leave=False,
+                       disable=not self.accelerator.is_local_main_process)
+        accumulate_logits(model, batches, accumulator, self.accelerator)
+        return accumulator.finish()

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import torch
 
-from qa_core.decode import DecodeConfig, best_answers, concat_feature_spans, feature_topk_spans
+from qa_core.decode import DecodeConfig
+from qa_core.evaluation import EvalAccumulator, EvalReferences, accumulate_logits
 from qa_core.features import FeatureBuilder, FeatureConfig
-from qa_core.training import PackedFeatures, model_inputs
+from qa_core.training import PackedFeatures, identity_collate
 
 
 @dataclass
@@ -38,32 +38,22 @@ def demo_passage() -> dict:
     return json.loads(resources.files("qa_core").joinpath("data/comic_books.json").read_text(encoding="utf-8"))
 
 
-@torch.no_grad()
 def answer_questions(model, tokenizer, questions: list[str], context: str,
                      decode_config: DecodeConfig = DecodeConfig(),
                      feature_config: FeatureConfig = FeatureConfig(), batch_size: int = 16) -> list[Answer]:
-    """Answer each question about ``context``; long contexts are windowed as in training."""
-    examples = [{"id": str(i), "question": q, "context": context, "answers": {"text": [], "answer_start": []}}
-                for i, q in enumerate(questions)]
-    batch, _ = FeatureBuilder(tokenizer, feature_config).build(examples)
+    """Answer each question about ``context``; long contexts are windowed as in training, and
+    logits become answers through evaluation's path (:func:`accumulate_logits`)."""
+    examples = pa.Table.from_pylist([
+        {"id": str(i), "question": q, "context": context, "answers": {"text": [], "answer_start": []}}
+        for i, q in enumerate(questions)])
+    batch, _ = FeatureBuilder(tokenizer, feature_config).build(examples.to_pylist())
     features = PackedFeatures(pa.Table.from_batches([batch]), tokenizer.pad_token_id, with_offsets=True)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    spans = []
-    for begin in range(0, len(features), batch_size):
-        inputs = model_inputs(features.__getitems__(list(range(begin, min(begin + batch_size, len(features))))))
-        inputs = {k: v.to(device) for k, v in inputs.items() if k not in ("start_positions", "end_positions")}
-        outputs = model(**inputs)
-        offsets = features.offsets[begin:begin + len(inputs["input_ids"])]
-        spans.append(feature_topk_spans(outputs.start_logits.float().cpu().numpy(),
-                                        outputs.end_logits.float().cpu().numpy(), offsets,
-                                        decode_config.n_best_size, decode_config.max_answer_length,
-                                        spans_per_feature=1))
-    model.train(was_training)
-    example_index = np.array([int(e) for e in features.example_ids], dtype=np.int64)
-    predictions = best_answers(concat_feature_spans(spans), example_index, [context] * len(questions),
-                               [e["id"] for e in examples], decode_config)
+    references = EvalReferences.build(examples, features.example_ids, features.offsets,
+                                      features.start_positions, features.end_positions)
+    loader = torch.utils.data.DataLoader(features, batch_size=batch_size, collate_fn=identity_collate)
+    accumulator = EvalAccumulator(references, decode_config)
+    accumulate_logits(model, loader, accumulator)
+    predictions = accumulator.predictions()
     return [Answer(q, predictions[str(i)].text, float(predictions[str(i)].score), predictions[str(i)].start_char,
                    predictions[str(i)].end_char, float(predictions[str(i)].null_score))
             for i, q in enumerate(questions)]

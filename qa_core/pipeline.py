@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from qa_core.cache import (
     CacheEntryWriter, finished_entry, fingerprint, read_summary, tokenizer_files_fingerprint, tokenizer_fingerprint,
 )
+from qa_core.errors import QAError
 from qa_core.features import FeatureBuilder, FeatureConfig, FeatureStats
 from qa_core.readers import ExampleSource, ReadStats, SourceSpec, open_source
 
@@ -63,8 +64,8 @@ def load_tokenizer(model: str):
 
     try:
         return AutoTokenizer.from_pretrained(model, use_fast=True)
-    except OSError as err:
-        raise ValueError(
+    except (OSError, ValueError) as err:  # transformers raises either for a folder without one
+        raise QAError(
             f"cannot load a tokenizer for {model!r}: not a local model folder, and the hub could not "
             f"supply it ({str(err).splitlines()[0][:160]}); pass a local folder or run where there is network"
         ) from None

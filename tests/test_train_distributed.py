@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qa_core.training import lr_lambda
+from qa_core.optim import lr_lambda
 from tiny_models import (
     REPO, free_port, last_json_line, load_weights, run_main_in_process, run_script, train_args, train_records,
 )

@@ -17,13 +17,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from qa_core.training import (
-    RUN_STATE_FILE, EpochSampler, NonFiniteGuard, NonFiniteLossError, PackedFeatures, RunState, epoch_order,
-    freeze_encoder, lr_lambda, optimizer_param_groups, optimizer_steps_per_epoch, prune_checkpoints,
-    resolve_resume,
-)
+from qa_core.checkpoints import RUN_STATE_FILE, CheckpointError, RunState, prune_checkpoints, resolve_resume
+from qa_core.loop import StepPlan
+from qa_core.modeling import freeze_encoder
+from qa_core.optim import NonFiniteGuard, NonFiniteLossError, lr_lambda, optimizer_param_groups
+from qa_core.training import EpochSampler, PackedFeatures, epoch_order
 from tiny_models import (
-    EVAL_DATA, load_weights, read_log, run_main_in_process, train_args,
+    EVAL_DATA, load_weights, one_error_line, read_log, run_main_in_process, train_args,
     train_records,
 )
 
@@ -72,10 +72,12 @@ def test_lr_lambda_cosine_constant_and_no_warmup():
         lr_lambda("polynomial", 0, 10)
 
 
-def test_optimizer_steps_per_epoch_counts_the_partial_accumulation():
-    assert optimizer_steps_per_epoch(11, 2) == 6
-    assert optimizer_steps_per_epoch(12, 2) == 6
-    assert optimizer_steps_per_epoch(5, 1) == 5
+def test_step_plan_counts_the_partial_accumulation():
+    assert StepPlan.build(11, 2, None, 1).steps_per_epoch == 6
+    assert StepPlan.build(12, 2, None, 1).steps_per_epoch == 6
+    assert StepPlan.build(5, 1, None, 1).steps_per_epoch == 5
+    assert StepPlan.build(11, 2, None, 2.5) == StepPlan(6, 15, 3)
+    assert StepPlan.build(11, 2, 4, 3) == StepPlan(6, 4, 1)
 
 
 def test_optimizer_param_groups_no_decay_on_bias_and_layernorm():
@@ -241,7 +243,7 @@ def test_run_state_round_trip_and_mismatches(tmp_path):
     # progress fields may differ freely
     assert loaded.mismatches(RunState(**{**state.__dict__, "global_step": 99, "epoch": 5})) == []
 
-    with pytest.raises(FileNotFoundError, match=RUN_STATE_FILE):
+    with pytest.raises(CheckpointError, match=RUN_STATE_FILE):
         RunState.load(tmp_path / "elsewhere")
     (tmp_path / RUN_STATE_FILE).write_text(json.dumps({**json.loads((tmp_path / RUN_STATE_FILE).read_text()),
                                                        "surprise": 1}))
@@ -274,9 +276,9 @@ def test_resolve_resume(tmp_path):
     assert resolve_resume(tmp_path, "auto") == tmp_path / "checkpoints" / "step_10"  # 10 > 9, 30 unfinished
     explicit = tmp_path / "checkpoints" / "step_9"
     assert resolve_resume(tmp_path / "other", str(explicit)) == explicit
-    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
         resolve_resume(tmp_path, str(tmp_path / "checkpoints" / "step_30"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError):
         resolve_resume(tmp_path, str(tmp_path / "missing"))
 
 
@@ -346,10 +348,10 @@ class Interrupted(Exception):
 def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tiny_model, cache_dir, tmp_path,
                                                               monkeypatch):
     """Stop a run right after its mid-epoch checkpoint at step 8, then restart it with ``auto``."""
-    import qa_core.training
+    import qa_core.checkpoints
 
     out = tmp_path / "B"
-    original = qa_core.training.prune_checkpoints
+    original = qa_core.checkpoints.prune_checkpoints
 
     def prune_then_stop(output_dir, keep_last):  # called once a checkpoint is complete
         deleted = original(output_dir, keep_last)
@@ -357,7 +359,7 @@ def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tin
             raise Interrupted
         return deleted
 
-    monkeypatch.setattr(qa_core.training, "prune_checkpoints", prune_then_stop)
+    monkeypatch.setattr(qa_core.checkpoints, "prune_checkpoints", prune_then_stop)
     with pytest.raises(Interrupted):
         run_main_in_process(train_args(tiny_model, cache_dir, out, resume_from_checkpoint="auto", **RESUME_FLAGS))
     monkeypatch.undo()
@@ -389,19 +391,20 @@ def test_resume_mid_first_epoch_reproduces_the_run(uninterrupted, tiny_model, ca
 
 def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, tmp_path):
     flags = {**RESUME_FLAGS, "per_device_train_batch_size": 2}
-    with pytest.raises(SystemExit, match="per_device_train_batch_size: checkpoint 4 != now 2"):
-        run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "D",
-                                       resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"),
-                                       **flags))
+    code, _, output = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "D",
+        resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"), **flags))
+    assert code == 2
+    assert "per_device_train_batch_size: checkpoint 4 != now 2" in one_error_line(output)
 
 
 def test_resume_refuses_a_folder_without_run_state(uninterrupted, tiny_model, cache_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(uninterrupted / "checkpoints" / "step_4", broken)
     (broken / RUN_STATE_FILE).unlink()
-    with pytest.raises(SystemExit, match=RUN_STATE_FILE):
-        run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "E", resume_from_checkpoint=str(broken),
-                                       **RESUME_FLAGS))
+    code, _, output = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "E", resume_from_checkpoint=str(broken), **RESUME_FLAGS))
+    assert code == 2 and RUN_STATE_FILE in one_error_line(output)
     assert not (tmp_path / "E" / "model.safetensors").exists()
 
 
@@ -476,9 +479,9 @@ def test_all_steps_nonfinite_leave_weights_untouched(poison, tiny_model, cache_d
 def test_too_many_consecutive_nonfinite_losses_stop_the_run(poison, tiny_model, cache_dir, tmp_path):
     calls = poison("all")
     out = tmp_path / "stop"
-    with pytest.raises(NonFiniteLossError, match="3 optimizer steps in a row had non-finite"):
-        run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=10,
-                                       max_consecutive_nonfinite=2, eval_strategy="end"))
+    code, _, output = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=10,
+                                                     max_consecutive_nonfinite=2, eval_strategy="end"))
+    assert code == 2 and "3 optimizer steps in a row had non-finite" in one_error_line(output)
     assert calls["n"] == 3
     assert not (out / "model.safetensors").exists()
 
@@ -552,7 +555,7 @@ def test_freeze_encoder_run_changes_only_the_head(tiny_model, cache_dir, tmp_pat
 def test_set_attention_dropout_finds_the_field_of_each_architecture():
     from transformers import BertConfig, DistilBertConfig, GPT2Config
 
-    from qa_core.training import set_attention_dropout
+    from qa_core.modeling import set_attention_dropout
 
     bert, distil = BertConfig(), DistilBertConfig()
     assert set_attention_dropout(bert, 0.0) == ["attention_probs_dropout_prob"]
@@ -563,10 +566,10 @@ def test_set_attention_dropout_finds_the_field_of_each_architecture():
 
 
 def test_resolve_mixed_precision_auto(monkeypatch):
-    from qa_core import training
+    from qa_core import hardware
 
-    monkeypatch.setattr(training, "native_bf16_available", lambda: True)
-    assert training.resolve_mixed_precision("auto") == "bf16"
-    monkeypatch.setattr(training, "native_bf16_available", lambda: False)
-    assert training.resolve_mixed_precision("auto") == "no"
-    assert training.resolve_mixed_precision("fp16") == "fp16" and training.resolve_mixed_precision(None) is None
+    monkeypatch.setattr(hardware, "native_bf16_available", lambda: True)
+    assert hardware.resolve_mixed_precision("auto") == "bf16"
+    monkeypatch.setattr(hardware, "native_bf16_available", lambda: False)
+    assert hardware.resolve_mixed_precision("auto") == "no"
+    assert hardware.resolve_mixed_precision("fp16") == "fp16" and hardware.resolve_mixed_precision(None) is None

@@ -86,7 +86,7 @@ def train_args(model: str, cache_dir, output_dir, **flags) -> list[str]:
         if value is None:
             continue
         if isinstance(value, bool):
-            args.append(f"--{name}" if value else f"--no-{name}")
+            args += [f"--{name}", "true" if value else "false"]
         else:
             args += [f"--{name}", str(value)]
     return args
@@ -109,7 +109,7 @@ def reset_accelerate_state() -> None:
 def run_main_in_process(args: list[str]) -> tuple[int, dict, str]:
     """``train_accelerate.main(args)`` with a fresh accelerate state, one torch thread and stdout captured.
 
-    Returns (exit code, the JSON summary or {} when there is none, stdout)."""
+    Returns (exit code, the JSON summary or {} when there is none, stdout and stderr)."""
     import contextlib
     import io
 
@@ -122,7 +122,7 @@ def run_main_in_process(args: list[str]) -> tuple[int, dict, str]:
     out = io.StringIO()
     reset_accelerate_state()
     try:
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             code = train_accelerate.main(args)
     finally:
         reset_accelerate_state()
@@ -133,6 +133,14 @@ def run_main_in_process(args: list[str]) -> tuple[int, dict, str]:
     except AssertionError:
         summary = {}
     return code, summary, text
+
+
+def one_error_line(output: str) -> str:
+    """The run's ``error:`` line; fails unless there is exactly one and no traceback."""
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if "error: " in line]
+    assert len(errors) == 1, output[-3000:]
+    return errors[0]
 
 
 def session_folder(tmp_path_factory, name: str) -> Path:

@@ -1,0 +1,303 @@
+"""The training loop as named parts: one optimizer step-or-skip, logging, evaluation, checkpoints.
+
+``fit`` reads top to bottom: for each epoch, for each micro-batch, one call to
+:class:`OptimizerStepper`; after each optimizer step, :func:`after_optimizer_step` logs,
+checkpoints and evaluates as the settings ask. Every process runs the same code; all that
+decides whether a step is applied is reduced across processes first, so they never diverge.
+Evaluation and checkpoint time is paused out of the training throughput.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from qa_core import checkpoints
+from qa_core.training import model_inputs
+from qa_core.checkpoints import RunState
+from qa_core.evaluation import Evaluator
+from qa_core.optim import NonFiniteGuard
+from qa_core.settings import OptimArgs, RunArgs
+
+
+class RunLog:
+    """``log.jsonl`` (main process) and the experiment tracker, one record per event."""
+
+    def __init__(self, accelerator, path: Path, report_to: str) -> None:
+        self.accelerator = accelerator
+        self.path = path
+        self.report_to = report_to
+        self.started = time.perf_counter()
+
+    def write(self, record: dict) -> None:
+        record = {**record, "time_s": round(time.perf_counter() - self.started, 3)}
+        if self.accelerator.is_main_process:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self.report_to != "none":
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+            self.accelerator.log(numbers, step=record.get("step"))
+
+
+class Stopwatch:
+    """Training time with evaluation and checkpoint time left out."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.paused = 0.0
+
+    @contextmanager
+    def pause(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - began
+
+    def training_seconds(self) -> float:
+        return time.perf_counter() - self.started - self.paused
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many optimizer steps the run takes, and over how many epochs."""
+
+    steps_per_epoch: int
+    total_steps: int
+    num_epochs: int
+
+    @classmethod
+    def build(cls, batches_per_epoch: int, accumulation: int, max_train_steps: int | None,
+              num_train_epochs: float) -> "StepPlan":
+        # The last partial accumulation of an epoch still steps (accelerate syncs at the end).
+        per_epoch = math.ceil(batches_per_epoch / accumulation)
+        total = max_train_steps or math.ceil(num_train_epochs * per_epoch)
+        return cls(per_epoch, total, math.ceil(total / per_epoch))
+
+
+@dataclass
+class StepOutcome:
+    """One optimizer step: applied, or skipped because some process saw a non-finite value."""
+
+    nonfinite_losses: int
+    nonfinite_grad_norm: bool
+    grad_norm: float | None
+
+    @property
+    def applied(self) -> bool:
+        return not (self.nonfinite_losses or self.nonfinite_grad_norm)
+
+
+class OptimizerStepper:
+    """Forward, backward and (at accumulation boundaries) one optimizer step or skip.
+
+    Non-finite losses are counted on the device (no host sync per micro-batch) and reduced
+    across processes once per optimizer step, so every process takes the same decision.
+    """
+
+    def __init__(self, accelerator, model, optimizer, max_grad_norm: float) -> None:
+        self.accelerator = accelerator
+        self.model = model
+        self.optimizer = optimizer
+        self.max_grad_norm = max_grad_norm
+        self.nonfinite_losses = torch.zeros((), device=accelerator.device)  # this accumulation
+        self.window_loss = torch.zeros((), device=accelerator.device)       # since the last log
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> StepOutcome | None:
+        """Returns the step's outcome at an accumulation boundary, else None."""
+        accelerator = self.accelerator
+        with accelerator.accumulate(self.model):
+            loss = self.model(**model_inputs(batch)).loss
+            finite = torch.isfinite(loss.detach())
+            self.nonfinite_losses += finite.logical_not()
+            self.window_loss += torch.where(finite, loss.detach(), 0.0)
+            accelerator.backward(loss)  # a NaN reaches every process's gradients in the all-reduce
+            if not accelerator.sync_gradients:
+                return None
+            outcome = self._step_or_skip()
+            self.optimizer.zero_grad()
+            self.nonfinite_losses.zero_()
+            return outcome
+
+    def _step_or_skip(self) -> StepOutcome:
+        bad_losses = int(self.accelerator.reduce(self.nonfinite_losses, "sum").item())
+        grad_norm = None
+        if not bad_losses and self.max_grad_norm:
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(),
+                                                               self.max_grad_norm))
+        # Gradients are all-reduced, so the norm is the same everywhere. With fp16 the scaler
+        # itself skips overflowing steps (and lowers its scale): let it see them.
+        bad_grads = grad_norm is not None and self.accelerator.scaler is None and \
+            not math.isfinite(grad_norm)
+        outcome = StepOutcome(bad_losses, bad_grads, grad_norm)
+        if outcome.applied:
+            self.optimizer.step()
+        return outcome
+
+
+@dataclass
+class ThroughputWindow:
+    """Samples and micro-batches since the last training log record."""
+
+    started: float = field(default_factory=time.perf_counter)
+    samples: int = 0
+    batches: int = 0
+
+    def record(self, window_loss: torch.Tensor) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.started
+        return {"loss": window_loss.item() / max(1, self.batches),
+                "samples_per_s": self.samples / elapsed if elapsed else 0.0}
+
+
+def real_samples(state: RunState, batch_rows: int, world_size: int, batch_size: int,
+                 epoch_samples: int) -> int:
+    """Samples a global micro-batch adds, not counting the repeats that even out the processes
+    in an epoch's last round (accelerate's even_batches)."""
+    counted = min(state.batches_in_epoch * batch_size * world_size, epoch_samples)
+    return min(batch_rows * world_size, epoch_samples - counted)
+
+
+@dataclass
+class TrainingRun:
+    """The prepared objects one training run steps through, and where it is."""
+
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    loader: Any               # the prepared training DataLoader
+    sampler: Any              # its EpochSampler (sets the epoch's order)
+    plan: StepPlan
+    state: RunState
+    output_dir: Path
+
+    def epoch_batches(self, epoch: int):
+        """The epoch's batches, past those a resumed run already consumed."""
+        # The prepared loader re-applies its own epoch counter to the sampler each time it is
+        # iterated (and a resumed run's counter starts at 0): set both, or epochs replay epoch 0.
+        self.loader.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        if self.state.batches_in_epoch:
+            return self.accelerator.skip_first_batches(self.loader, self.state.batches_in_epoch)
+        return self.loader
+
+    def save_checkpoint(self, keep_last: int | None) -> None:
+        folder = self.output_dir / "checkpoints" / f"step_{self.state.global_step}"
+        checkpoints.save_checkpoint(self.accelerator, self.model, self.optimizer, self.scheduler,
+                                    self.state, folder)
+        if self.accelerator.is_main_process:
+            checkpoints.prune_checkpoints(self.output_dir, keep_last)
+        self.accelerator.wait_for_everyone()
+
+    def resume(self, resume_from_checkpoint: str | None) -> Path | None:
+        """Restore the newest (``auto``) or given checkpoint; refuses one that cannot resume
+        exactly. Returns the folder resumed from, or None."""
+        folder = checkpoints.resolve_resume(self.output_dir, resume_from_checkpoint)
+        if folder is None:
+            return None
+        saved = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
+                                            self.scheduler, folder)
+        problems = saved.mismatches(self.state)
+        if problems:
+            raise checkpoints.CheckpointError(
+                f"cannot resume exactly from {folder}: " + "; ".join(problems))
+        self.state = saved
+        return folder
+
+
+@dataclass
+class EvalTracker:
+    """The latest evaluation, and the best model so far (saved to ``best_model/``)."""
+
+    evaluator: Evaluator
+    output_dir: Path
+    save_best: bool
+    metrics: dict | None = None
+    predictions: dict | None = None
+    step: int | None = None
+
+    def run(self, run: TrainingRun | None, model, reason: str, log: RunLog) -> None:
+        state = run.state if run is not None else RunState()
+        self.metrics, self.predictions = self.evaluator.evaluate(model)
+        self.step = state.global_step
+        log.write({"event": "eval", "reason": reason, "step": state.global_step,
+                   "epoch": state.epoch, **self.metrics})
+        m = self.metrics
+        self.evaluator.accelerator.print(
+            f"step {state.global_step}: EM {m['exact_match']:.2f} F1 {m['f1']:.2f} "
+            f"start_f1 {m['start_f1']:.3f} end_f1 {m['end_f1']:.3f}")
+        if self.save_best and (state.best_f1 is None or m["f1"] > state.best_f1):
+            state.best_f1, state.best_step = m["f1"], state.global_step
+            checkpoints.save_model(self.evaluator.accelerator, model, self.output_dir / "best_model")
+
+
+def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: OptimizerStepper,
+                         window: ThroughputWindow, guard: NonFiniteGuard, log: RunLog,
+                         tracker: EvalTracker, settings: RunArgs, clock: Stopwatch,
+                         ) -> ThroughputWindow:
+    """Schedule, counters, logging, checkpoint and evaluation after one optimizer step."""
+    state = run.state
+    lr = run.scheduler.get_last_lr()[0]  # the rate this step used
+    run.scheduler.step()
+    state.global_step += 1
+    if guard.update(outcome.applied, state.global_step):
+        state.nonfinite_steps += 1
+        log.write({"event": "nonfinite_step", "step": state.global_step, "epoch": state.epoch,
+                   "nonfinite_losses": outcome.nonfinite_losses,
+                   "nonfinite_grad_norm": outcome.nonfinite_grad_norm})
+    step = state.global_step
+    if step % settings.logging_steps == 0 or step == run.plan.total_steps:
+        log.write({"event": "train", "step": step, "epoch": state.epoch,
+                   **window.record(stepper.window_loss), "lr": lr,
+                   "grad_norm": outcome.grad_norm, "nonfinite_steps": state.nonfinite_steps})
+        stepper.window_loss.zero_()
+        window = ThroughputWindow()
+    with clock.pause():
+        if settings.checkpointing_steps and step % settings.checkpointing_steps == 0:
+            run.save_checkpoint(settings.keep_last)
+        if settings.eval_strategy == "steps" and step % settings.eval_steps == 0:
+            tracker.run(run, run.model, "steps", log)
+    return window
+
+
+def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
+        settings: RunArgs, progress) -> float:
+    """Train to ``run.plan.total_steps``; returns the training seconds (eval/checkpoints out)."""
+    state, accelerator = run.state, run.accelerator
+    stepper = OptimizerStepper(accelerator, run.model, run.optimizer, optim.max_grad_norm)
+    guard = NonFiniteGuard(optim.max_consecutive_nonfinite)
+    clock, window = Stopwatch(), ThroughputWindow()
+    run.model.train()
+    for epoch in range(state.epoch, run.plan.num_epochs):
+        if state.global_step >= run.plan.total_steps:
+            break
+        state.epoch = epoch
+        for batch in run.epoch_batches(epoch):
+            outcome = stepper(batch)
+            samples = real_samples(state, len(batch["input_ids"]), accelerator.num_processes,
+                                   optim.per_device_train_batch_size, len(run.sampler))
+            state.batches_in_epoch += 1
+            state.samples_seen += samples
+            window.samples, window.batches = window.samples + samples, window.batches + 1
+            if outcome is None:
+                continue
+            window = after_optimizer_step(run, outcome, stepper, window, guard, log, tracker,
+                                          settings, clock)
+            progress.update(1)
+            if state.global_step >= run.plan.total_steps:
+                break
+        if state.batches_in_epoch < len(run.loader):  # stopped inside the epoch
+            break
+        state.epoch, state.batches_in_epoch = epoch + 1, 0
+        with clock.pause():
+            run.save_checkpoint(settings.keep_last)
+            if settings.eval_strategy == "epoch":
+                tracker.run(run, run.model, "epoch", log)
+    progress.close()
+    return clock.training_seconds()

@@ -1,0 +1,48 @@
+"""What a finished run leaves in ``output_dir`` and prints: model + tokenizer, metrics.json,
+predictions.json, train_config.json, and the JSON summary (the last line printed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SUMMARY_METRICS = ("exact_match", "f1", "start_f1", "end_f1")
+
+
+def run_summary(metrics: dict, state, train_seconds: float, accelerator,
+                output_dir: Path) -> dict[str, Any]:
+    """The JSON summary: headline metrics, all metrics, and the run's facts."""
+    return {
+        **{k: metrics[k] for k in SUMMARY_METRICS},
+        "metrics": metrics, "global_step": state.global_step, "samples_seen": state.samples_seen,
+        "nonfinite_steps": state.nonfinite_steps, "best_f1": state.best_f1,
+        "best_step": state.best_step, "train_seconds": round(train_seconds, 2),
+        "train_samples_per_s": round(state.samples_seen / train_seconds, 2) if train_seconds else None,
+        "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+        "output_dir": str(output_dir),
+    }
+
+
+def write_run_files(output_dir: Path, summary: dict, predictions: dict, config: dict,
+                    tokenizer) -> None:
+    """Main process only: tokenizer, metrics.json, train_config.json, predictions.json."""
+    tokenizer.save_pretrained(output_dir)
+    metrics = {**summary["metrics"], **{k: v for k, v in summary.items() if k != "metrics"}}
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (output_dir / "train_config.json").write_text(json.dumps(config, indent=2))
+    (output_dir / "predictions.json").write_text(
+        json.dumps({k: p.text for k, p in predictions.items()}, ensure_ascii=False, indent=1))
+
+
+def demo_answers(model, tokenizer, decode_config, metrics: dict) -> dict[str, str]:
+    """Answer the packaged comic-book questions; print them under the headline metrics."""
+    from qa_core.inference import answer_questions, demo_passage
+
+    passage = demo_passage()
+    answers = answer_questions(model, tokenizer, passage["questions"], passage["context"],
+                               decode_config)
+    print(f"\nEM {metrics['exact_match']:.2f}  F1 {metrics['f1']:.2f}  "
+          f"start F1 {metrics['start_f1']:.3f}  end F1 {metrics['end_f1']:.3f}\n")
+    for answer in answers:
+        print(f"Q: {answer.question}\nA: {answer.answer}\n")
+    return {a.question: a.answer for a in answers}

