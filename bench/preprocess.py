@@ -30,7 +30,6 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,8 +40,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    append_record, label_tokens_hold, labels_hold, model_label, packaged_model, peak_rss_mb, print_summary,
-    resolve_data_files,
+    append_record, label_tokens_hold, labels_hold, model_label, offline_env, packaged_model,
+    peak_rss_mb, print_summary, resolve_data_files, run_json_child,
 )
 
 # Relative to the repository, not to this machine: the team keeps the data next to the checkout.
@@ -212,12 +211,9 @@ def run_child(args, phase: str, **overrides) -> dict:
     opts = {"data": args.data, **overrides}
     for key, value in opts.items():
         argv += [f"--{key}", str(value)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = offline_env()
     env.pop("TOKENIZERS_PARALLELISM", None)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=str(REPO))
-    if proc.returncode != 0:
-        sys.exit(f"bench/preprocess.py: phase {phase} {overrides} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(argv, f"bench/preprocess.py: phase {phase} {overrides}", env)
 
 
 def main(argv: list[str] | None = None) -> int:

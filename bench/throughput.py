@@ -45,7 +45,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,7 @@ if str(REPO) not in sys.path:
 
 from bench.common import (  # noqa: E402
     append_record, measure_matmul_peak, nominal_peak_flops, packaged_model, peak_rss_mb, print_summary,
-    resolve_data_files,
+    resolve_data_files, run_json_child,
 )
 
 DEFAULT_DATA = "qa_core/data/squadshifts_new_wiki_train.json.gz"
@@ -336,12 +335,9 @@ def measure_peaks(precisions: list[str], budget: float) -> dict[str, dict]:
 
 
 def run_child(cfg: dict) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)],
-                          cwd=REPO, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"config {cfg['precision']} b{cfg['batch_size']} s{cfg['seq_len']} {cfg['padding']} "
-                         f"failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)]
+    return run_json_child(argv, f"config {cfg['precision']} b{cfg['batch_size']} s{cfg['seq_len']} "
+                                f"{cfg['padding']}")
 
 
 def csv(value: str, kind=str) -> list:

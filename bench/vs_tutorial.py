@@ -47,6 +47,7 @@ if str(REPO) not in sys.path:
 
 from bench.common import (  # noqa: E402
     append_record, labels_hold, model_label, packaged_model, peak_rss_mb, print_summary, resolve_data_files,
+    run_json_child,
 )
 
 DEFAULT_TRAIN = "qa_core/data/squadshifts_new_wiki_train.json.gz"
@@ -258,7 +259,7 @@ def phase_ours_prepare(args) -> dict:
     s = train.summary
     return {
         "train_key": s["key"], "train_cache_hit": s["cache_hit"], "source_kind": s["source_kind"],
-        "source": s["source"], "eval_cache_hit": evaluation.summary["cache_hit"],
+        "source": s["source"], "formats": s.get("formats", {}), "eval_cache_hit": evaluation.summary["cache_hit"],
         "train_examples": int(examples.num_rows), "train_features": int(features.num_rows),
         "train_examples_in_file": s["examples"],
         "preprocess_seconds": round(preprocess_seconds, 3),
@@ -275,10 +276,12 @@ def phase_ours_prepare(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def negative_fraction(args, prep: dict) -> float:
-    """train_accelerate.py's default (0.1 of answer-less windows for TyDi sources, else all)."""
+    """train_accelerate.py's share of answer-less windows: the flag, else its one default rule."""
+    from qa_core.run_setup import default_negative_fraction
+
     if args.negative_window_fraction is not None:
         return args.negative_window_fraction
-    return 0.1 if prep["source_kind"] != "squad_json" and "tydi" in prep["source"].lower() else 1.0
+    return default_negative_fraction(prep.get("formats", {}))
 
 
 def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dict:
@@ -292,7 +295,7 @@ def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dic
             "--negative_window_fraction", str(negative_fraction(args, prep)),
             "--eval_strategy", "end", "--pad_to", "longest", "--mixed_precision", mixed_precision,
             "--seed", str(SEED), "--logging_steps", "10", "--keep_last", "1",
-            "--group_by_length" if args.group_by_length else "--no-group_by_length"]
+            "--group_by_length", "true" if args.group_by_length else "false"]
     if args.max_train_examples is not None:
         argv += ["--max_train_examples", str(args.max_train_examples)]
     if args.max_eval_examples is not None:
@@ -365,10 +368,7 @@ def run_child(args, phase: str) -> dict:
     for name in ("max_train_examples", "max_eval_examples"):
         if getattr(args, name) is not None:
             argv += [f"--{name}", str(getattr(args, name))]
-    proc = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"phase {phase} failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(argv, f"phase {phase}")
 
 
 def ratio(a, b):
