@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from qa_core.errors import QAError, exit_with_error
@@ -25,14 +26,15 @@ from qa_core.settings import TrainSettings, parse_train_settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    started_at = time.time()  # a --max_train_minutes budget counts from here
     settings = parse_train_settings(argv)  # a bad flag exits 2 here, before any work
     try:
-        return train(settings)
+        return train(settings, started_at)
     except QAError as err:
         return exit_with_error("train_accelerate.py", err)
 
 
-def train(settings: TrainSettings) -> int:
+def train(settings: TrainSettings, started_at: float) -> int:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -72,7 +74,7 @@ def train(settings: TrainSettings) -> int:
     train_seconds, state = 0.0, RunState()
     if do_train:
         run = start_training(accelerator, settings, model, train_split, evaluator,
-                             tokenizer.pad_token_id, output_dir)
+                             tokenizer.pad_token_id, output_dir, started_at)
         if run_args.report_to != "none":
             accelerator.init_trackers("qa-accelerate", config=settings.as_flat_dict())
         progress = tqdm(total=run.plan.total_steps, initial=run.state.global_step, desc="train",

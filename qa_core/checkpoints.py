@@ -53,6 +53,7 @@ class RunState:
     nonfinite_steps: int = 0
     best_f1: float | None = None
     best_step: int | None = None
+    planned_total_steps: int | None = None   # --max_train_minutes: the plan made after calibration
     # The settings that must match for an exact resume.
     world_size: int = 1
     seed: int = 0

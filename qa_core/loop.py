@@ -12,7 +12,7 @@ import json
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +22,8 @@ from qa_core import checkpoints
 from qa_core.training import model_inputs
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import Evaluator
-from qa_core.optim import NonFiniteGuard
+from qa_core.budget import CALIBRATION_STEPS, TimeBudget
+from qa_core.optim import NonFiniteGuard, lr_lambda
 from qa_core.settings import OptimArgs, RunArgs
 
 
@@ -176,6 +177,16 @@ class TrainingRun:
     plan: StepPlan
     state: RunState
     output_dir: Path
+    budget: TimeBudget | None = None
+    final_reserve_seconds: float = 0.0   # kept back for the final evaluation and save
+
+    def set_total_steps(self, total_steps: int, warmup_steps: int, schedule: str) -> None:
+        """Fix the number of optimizer steps (a budget's plan) and the LR schedule with it."""
+        self.plan = replace(self.plan, total_steps=total_steps,
+                            num_epochs=math.ceil(total_steps / self.plan.steps_per_epoch))
+        multiplier = lr_lambda(schedule, warmup_steps, total_steps)
+        self.scheduler.lr_lambdas = [multiplier] * len(self.scheduler.lr_lambdas)
+        self.state.planned_total_steps = total_steps
 
     def epoch_batches(self, epoch: int):
         """The epoch's batches, past those a resumed run already consumed."""
@@ -237,6 +248,31 @@ class EvalTracker:
             checkpoints.save_model(self.evaluator.accelerator, model, self.output_dir / "best_model")
 
 
+def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
+                     settings: RunArgs) -> bool:
+    """With ``--max_train_minutes``: time the calibration steps, then fix the plan once; stop
+    early (on every process alike) if the remaining time no longer covers the final evaluation
+    and save."""
+    budget, state = run.budget, run.state
+    if budget is None:
+        return False
+    budget.observe_step(state.global_step)
+    if state.planned_total_steps is None and state.global_step >= CALIBRATION_STEPS:
+        accelerator = run.accelerator
+        plan = budget.plan(
+            state.global_step, len(tracker.evaluator.references.feature_example_index),
+            optim.per_device_train_batch_size * accelerator.num_processes,
+            run.plan.steps_per_epoch, settings.eval_steps if settings.eval_strategy == "steps"
+            else None, settings.eval_strategy == "epoch", settings.checkpointing_steps)
+        total = min(plan.total_steps, optim.max_train_steps or plan.total_steps)
+        run.set_total_steps(total, optim.warmup_steps, optim.lr_scheduler)
+        run.final_reserve_seconds = plan.reserved_seconds / max(1, plan.evaluations)
+        accelerator.print(f"time budget: {total} optimizer steps planned "
+                          f"({plan.seconds_per_step:.2f} s/step, {plan.reserved_seconds:.0f} s "
+                          f"kept for {plan.evaluations} evaluation(s) and checkpoints)")
+    return budget.time_is_up(run.final_reserve_seconds)
+
+
 def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: OptimizerStepper,
                          window: ThroughputWindow, guard: NonFiniteGuard, log: RunLog,
                          tracker: EvalTracker, settings: RunArgs, clock: Stopwatch,
@@ -273,6 +309,7 @@ def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
     stepper = OptimizerStepper(accelerator, run.model, run.optimizer, optim.max_grad_norm)
     guard = NonFiniteGuard(optim.max_consecutive_nonfinite)
     clock, window = Stopwatch(), ThroughputWindow()
+    out_of_time = False
     run.model.train()
     for epoch in range(state.epoch, run.plan.num_epochs):
         if state.global_step >= run.plan.total_steps:
@@ -290,9 +327,14 @@ def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
             window = after_optimizer_step(run, outcome, stepper, window, guard, log, tracker,
                                           settings, clock)
             progress.update(1)
+            out_of_time = budget_says_stop(run, tracker, optim, settings)
+            if out_of_time:
+                log.write({"event": "time_budget_stop", "step": state.global_step})
+                break
+            progress.total = run.plan.total_steps
             if state.global_step >= run.plan.total_steps:
                 break
-        if state.batches_in_epoch < len(run.loader):  # stopped inside the epoch
+        if out_of_time or state.batches_in_epoch < len(run.loader):  # stopped inside the epoch
             break
         state.epoch, state.batches_in_epoch = epoch + 1, 0
         with clock.pause():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+from qa_core.budget import TimeBudget
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
@@ -23,6 +24,8 @@ from qa_core.training import PackedFeatures, identity_collate, pad_multiple, tra
 # TyDi-style long documents have mostly answer-less windows, so keep 10 % of them (the TyDi
 # baseline's choice); SQuAD-style paragraphs keep all.
 TYDI_NEGATIVE_WINDOW_FRACTION = 0.1
+# Before a time budget's plan is made, the schedule runs its warm-up toward this many steps.
+UNPLANNED_STEPS = 10**9
 
 
 def default_negative_fraction(formats: dict[str, int]) -> float:
@@ -85,9 +88,12 @@ def negative_fraction(settings: TrainSettings, split: CachedSplit) -> float:
 
 
 def start_training(accelerator, settings: TrainSettings, model, split: CachedSplit,
-                   evaluator: Evaluator, pad_token_id: int, output_dir: Path) -> TrainingRun:
+                   evaluator: Evaluator, pad_token_id: int, output_dir: Path,
+                   started_at: float) -> TrainingRun:
     """Optimizer, batches, schedule and run state, all prepared; resumed when asked."""
     optim = settings.optim
+    if optim.torch_compile:
+        model.compile()  # in place: state_dict keys and save_pretrained stay plain
     optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
     train_set = build_train_set(accelerator, settings, split, pad_token_id)
     sampler, loader = training_loader(train_set, optim.per_device_train_batch_size,
@@ -95,7 +101,10 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                                       optim.seed, optim.group_by_length)
     model, optimizer, loader, evaluator.loader = accelerator.prepare(
         model, optimizer, loader, evaluator.loader)
-    plan = StepPlan.build(len(loader), optim.gradient_accumulation_steps, optim.max_train_steps,
+    budget = TimeBudget(accelerator, optim.max_train_minutes, started_at) \
+        if optim.max_train_minutes else None
+    plan = StepPlan.build(len(loader), optim.gradient_accumulation_steps,
+                          optim.max_train_steps or (UNPLANNED_STEPS if budget else None),
                           optim.num_train_epochs)
     scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps,
                                 plan.total_steps)
@@ -104,8 +113,10 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                      gradient_accumulation_steps=optim.gradient_accumulation_steps,
                      train_data_key=split.summary["key"])
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
-                      output_dir)
+                      output_dir, budget)
     resumed = run.resume(settings.run.resume_from_checkpoint)
+    if run.state.planned_total_steps is not None:  # a budgeted run's plan continues unchanged
+        run.set_total_steps(run.state.planned_total_steps, optim.warmup_steps, optim.lr_scheduler)
     if resumed is not None:
         accelerator.print(f"resumed from {resumed} at step {run.state.global_step} "
                           f"(epoch {run.state.epoch}, batch {run.state.batches_in_epoch})")

@@ -140,6 +140,12 @@ class OptimArgs:
                        choices=PAD_TO)
     max_consecutive_nonfinite: int = _arg(10, "stop after this many optimizer steps in a row "
                                               "with a non-finite loss or gradient")
+    torch_compile: bool = _arg(False, "compile the model's forward and backward with "
+                                      "torch.compile (inductor; checkpoints stay plain)")
+    max_train_minutes: Optional[float] = _arg(
+        None, "wall-clock budget for the whole run (preprocessing, training, evaluation, "
+              "saving): the number of optimizer steps is planned to fit it after a few timed "
+              "steps (num_train_epochs is then ignored; max_train_steps still caps it)")
 
 
 @dataclass
@@ -219,6 +225,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("max_grad_norm", _non_negative, "a finite number >= 0"),
     ("attention_dropout", _fraction, "a probability in [0, 1]"),
     ("max_consecutive_nonfinite", _non_negative, "a number of steps >= 0"),
+    ("max_train_minutes", _positive, "a positive number of minutes"),
     ("n_best_size", _positive, "at least 1"),
     ("max_answer_length", _positive, "at least 1 token"),
     ("null_score_diff_threshold", lambda v: math.isfinite(v), "a finite number"),

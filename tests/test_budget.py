@@ -1,0 +1,72 @@
+"""--max_train_minutes: the plan fits the budget, is stored, survives a resume; time-up stops."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import qa_core.budget
+from qa_core.budget import CALIBRATION_STEPS, TimeBudget
+from tiny_models import read_log, run_main_in_process, train_args
+
+BUDGET_FLAGS = dict(num_train_epochs=1000, max_train_examples=None, eval_strategy="end",
+                    keep_last=0, checkpointing_steps=None)
+
+
+class FakeAccelerator:
+    num_processes = 1
+    device = "cpu"
+
+    @staticmethod
+    def reduce(tensor, _op):
+        return tensor
+
+
+def test_plan_keeps_back_evaluations_checkpoints_and_margin(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(qa_core.budget.time, "time", lambda: now[0])
+    budget = TimeBudget(FakeAccelerator(), minutes=10, started_at=1000.0)
+    budget.observe_step(qa_core.budget.TIMED_FROM_STEP)
+    now[0] += 8 * 0.5                      # 8 steps of 0.5 s
+    plan = budget.plan(step=12, eval_windows=800, batch_windows=8, steps_per_epoch=1000,
+                       eval_every=None, epoch_evals=False)
+    assert plan.seconds_per_step == pytest.approx(0.5)
+    eval_seconds = 800 / 8 * 0.5 * qa_core.budget.FORWARD_SHARE
+    left = 600 - 4 - qa_core.budget.SAFETY_SHARE * 600
+    checkpoints = (plan.total_steps // 1000 + 1) * qa_core.budget.CHECKPOINT_SECONDS
+    assert plan.evaluations == 1
+    assert plan.total_steps == 12 + int((left - eval_seconds - checkpoints) // 0.5)
+    assert budget.time_is_up(reserve_seconds=600 - 4 + 1) is True   # 596 s left
+    assert budget.time_is_up(reserve_seconds=10) is False
+
+
+def test_budgeted_run_ends_in_time_and_stores_its_plan(tiny_model, cache_dir, tmp_path):
+    out = tmp_path / "budget"
+    started = time.time()
+    code, summary, output = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, max_train_minutes=0.3, checkpointing_steps=50, **{
+            k: v for k, v in BUDGET_FLAGS.items() if k != "checkpointing_steps"}))
+    assert code == 0
+    assert time.time() - started < 0.3 * 60
+    assert "time budget:" in output
+    plans = {json.loads(p.read_text())["planned_total_steps"]
+             for p in (out / "checkpoints").glob("step_*/run_state.json")}
+    plans.discard(None)  # checkpoints written before the plan was made (none at 50 steps)
+    assert len(plans) == 1
+    planned = plans.pop()
+    assert CALIBRATION_STEPS < summary["global_step"] <= planned
+    stopped_early = [r for r in read_log(out) if r["event"] == "time_budget_stop"]
+    assert stopped_early or summary["global_step"] == planned
+
+
+def test_time_up_stops_training_and_still_evaluates(tiny_model, cache_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(TimeBudget, "time_is_up", lambda self, reserve: True)
+    out = tmp_path / "late"
+    code, summary, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, max_train_minutes=5, **BUDGET_FLAGS))
+    assert code == 0 and summary["global_step"] == 1
+    log = read_log(out)
+    assert [r["step"] for r in log if r["event"] == "time_budget_stop"] == [1]
+    assert [r["reason"] for r in log if r["event"] == "eval"] == ["final"]
+    assert (out / "model.safetensors").is_file()
