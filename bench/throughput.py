@@ -168,7 +168,7 @@ def run_config(cfg: dict) -> dict:
     import torch
 
     from qa_core.pipeline import load_tokenizer
-    from qa_core.optim import optimizer_param_groups
+    from qa_core.optim import build_optimizer
     from qa_core.training import PackedFeatures, model_inputs, pad_multiple, training_loader
 
     import transformers
@@ -193,7 +193,9 @@ def run_config(cfg: dict) -> dict:
     clip_ids = int(table.column("input_ids").combine_chunks().values.to_numpy().max()) >= vocab
     sampler, loader = training_loader(dataset, batch_size, accelerator.num_processes, 1.0, SEED,
                                       group_by_length=padding == "grouped")
-    optimizer = torch.optim.AdamW(optimizer_param_groups(model, 0.01), lr=5e-5)
+    optimizer = build_optimizer(cfg.get("optim", "adamw_torch"), model, 5e-5, 0.01)
+    if cfg.get("torch_compile"):
+        model.compile()  # as train_accelerate.py --torch_compile
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     model.train()
     counts = param_counts(accelerator.unwrap_model(model))
@@ -272,7 +274,9 @@ def run_config(cfg: dict) -> dict:
     nominal, nominal_source = nominal_peak_flops(device_name, precision)
     measured_peak = cfg.get("measured_peak_flops")
     record = {
-        "model": cfg["model_label"], "model_desc": model_desc, "attention_dropout": cfg.get("attention_dropout"), **counts, "layers": layers, "hidden": hidden,
+        "model": cfg["model_label"], "model_desc": model_desc,
+        "attention_dropout": cfg.get("attention_dropout"), "optim": cfg.get("optim", "adamw_torch"),
+        "torch_compile": bool(cfg.get("torch_compile")), **counts, "layers": layers, "hidden": hidden,
         "data": cfg["data_label"], "precision": precision, "mixed_precision": accelerator.mixed_precision,
         "batch_size": batch_size, "seq_len": seq_len, "padding": padding, "pad_to_multiple_of": multiple,
         "input_ids_clipped_to_vocab": clip_ids,
@@ -359,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup_steps", type=int, default=None, help="untimed steps first (default: 2 CPU, 5 CUDA)")
     parser.add_argument("--attention_dropout", type=float, default=None,
                         help="override the model's attention dropout (as train_accelerate.py; 0 keeps SDPA fused on CPU)")
+    parser.add_argument("--optims", default="adamw_torch",
+                        help="optimizers to compare (train_accelerate.py --optim names), e.g. "
+                             "adamw_torch,adamw_torch_fused")
+    parser.add_argument("--compile", default="no", help="no, yes or no,yes: torch.compile the model "
+                                                        "(as --torch_compile)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--world_size", type=int, default=None,
                         help="expected number of processes (information; the launcher decides)")
@@ -418,21 +427,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"(cache hit: {summary['cache_hit']})")
 
     peaks = measure_peaks(precisions, args.peak_budget_s)
-    configs = list(itertools.product(precisions, seq_lens, batch_sizes, paddings))
+    compiles = [{"no": False, "yes": True}[c] for c in csv(args.compile)]
+    configs = list(itertools.product(precisions, seq_lens, batch_sizes, paddings, csv(args.optims),
+                                     compiles))
     if rank0:
         log(f"{len(configs)} configs x ({warmup} warm-up + {steps} timed steps), "
             f"{'in this process' if in_process else 'each in a fresh process'}")
     records = []
     started = time.perf_counter()
-    for n, (precision, seq_len, batch_size, padding) in enumerate(configs, start=1):
+    for n, (precision, seq_len, batch_size, padding, optim, compiled) in enumerate(configs, start=1):
         cfg = {"precision": precision, "batch_size": batch_size, "seq_len": seq_len, "padding": padding,
                "model": args.model, "model_label": args.model if args.model in BUILTIN_MODELS else Path(args.model).name,
                "data": args.data, "data_label": data_label, "language": args.language, "cache_dir": args.cache_dir,
                "steps": steps, "warmup_steps": warmup, "threads": args.threads,
-               "attention_dropout": args.attention_dropout,
+               "attention_dropout": args.attention_dropout, "optim": optim, "torch_compile": compiled,
                "fresh_process": not in_process, **peaks[precision]}
         if rank0:
-            log(f"[{n}/{len(configs)}] {precision} batch {batch_size} seq_len {seq_len} padding {padding}")
+            log(f"[{n}/{len(configs)}] {precision} batch {batch_size} seq_len {seq_len} padding {padding} "
+                f"{optim}{' compiled' if compiled else ''}")
         record = run_config(cfg) if in_process else run_child(cfg)
         records.append(record)
         if rank0:
@@ -444,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not rank0:
         return 0
-    keys = ("precision", "batch_size", "seq_len", "padding", "samples_per_s", "nonpad_tokens_per_s",
+    keys = ("precision", "batch_size", "seq_len", "padding", "optim", "torch_compile", "samples_per_s", "nonpad_tokens_per_s",
             "padded_tokens_per_s", "step_time_p50_s", "step_time_p90_s", "peak_memory_mb", "mfu_measured",
             "mfu_nominal")
     best = max(records, key=lambda r: r["nonpad_tokens_per_s"])

@@ -2,7 +2,7 @@
 """The 2023 tutorial's recipe and ours, side by side: same data slice, model, optimizer steps.
 
     python bench/vs_tutorial.py [--train_data FILE] [--eval_data FILE] [--model PATH]
-        [--max_train_steps 60] [--tutorial_max_length 384] [--group_by_length] [--also_bf16]
+        [--max_train_steps 60] [--tutorial_max_length 384] [--plain] [--also_bf16]
         [--no_record]
 
 * tutorial (``bench/_tutorial_recipe.py``): per-example ``process_samples`` in an unbatched
@@ -11,7 +11,10 @@
   0.01, lr 5e-5, ``max_steps`` N, no evaluation during training), argmax start/end decoding.
 * ours: ``qa_core.pipeline.prepare`` (cold, in a fresh cache folder) and ``train_accelerate.py``
   in a subprocess with the same model, batch, lr, warm-up, weight decay and N, ``--pad_to
-  longest`` (``--group_by_length`` optional), ``--eval_strategy end``, n-best decoding.
+  longest`` with the README's speed settings (``qa_core.settings.SPEED_SETTINGS``: length
+  grouping, attention dropout 0, the optimizer and compile choice measured fastest; ``--plain``
+  turns them off), ``--eval_strategy end``, n-best decoding. Speed settings never change the
+  batch size, window length, learning rate or share of answer-less windows.
 
 Every side runs in its own child process (same thread count), one after the other.
 Measured for both: preprocessing examples/s (tokenizer load + reading + features of the train
@@ -284,6 +287,24 @@ def negative_fraction(args, prep: dict) -> float:
     return default_negative_fraction(prep.get("formats", {}))
 
 
+def speed_settings(args) -> dict:
+    """The README's recommended speed settings, or none of them with --plain."""
+    from qa_core.settings import SPEED_SETTINGS
+
+    if args.plain:
+        return dict(group_by_length=False, attention_dropout=None, optim="adamw_torch",
+                    torch_compile=False)
+    return dict(SPEED_SETTINGS)
+
+
+def speed_flags(args) -> list[str]:
+    flags: list[str] = []
+    for name, value in speed_settings(args).items():
+        if value is not None:
+            flags += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return flags
+
+
 def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dict:
     out_dir = work / f"ours_{mixed_precision}"
     argv = ["--model", args.model, "--train_data", args.train_data, "--eval_data", args.eval_data,
@@ -295,7 +316,7 @@ def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dic
             "--negative_window_fraction", str(negative_fraction(args, prep)),
             "--eval_strategy", "end", "--pad_to", "longest", "--mixed_precision", mixed_precision,
             "--seed", str(SEED), "--logging_steps", "10", "--keep_last", "1",
-            "--group_by_length", "true" if args.group_by_length else "false"]
+            *speed_flags(args)]
     if args.max_train_examples is not None:
         argv += ["--max_train_examples", str(args.max_train_examples)]
     if args.max_eval_examples is not None:
@@ -345,7 +366,8 @@ def replay_tokens(args, prep: dict, mixed_precision: str) -> dict:
     epoch = 0
     while steps < args.max_train_steps:
         order = epoch_order(has_answer, negative_fraction(args, prep), SEED, epoch,
-                            lengths if args.group_by_length else None, LENGTH_GROUP_BATCHES * BATCH_SIZE)
+                            lengths if speed_settings(args)["group_by_length"] else None,
+                            LENGTH_GROUP_BATCHES * BATCH_SIZE)
         for i in range(0, len(order), BATCH_SIZE):
             batch = lengths[order[i:i + BATCH_SIZE]]
             width = padded_width(int(batch.max()), multiple)
@@ -393,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                              "tokenizer(question, context, only_second)")
     parser.add_argument("--negative_window_fraction", type=float, default=None,
                         help="ours (default: train_accelerate.py's rule)")
-    parser.add_argument("--group_by_length", action="store_true", help="ours: length-grouped batches")
+    parser.add_argument("--plain", action="store_true",
+                        help="ours without the README's speed settings (no grouping, model's "
+                             "attention dropout, plain AdamW, no compile)")
     parser.add_argument("--also_bf16", action="store_true", help="train ours once more with --mixed_precision bf16")
     parser.add_argument("--work_dir", default=None, help="scratch folder (default: a temp dir, removed)")
     parser.add_argument("--no_record", action="store_true", help="do not append to bench/results/vs_tutorial.jsonl")
@@ -446,9 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_steps": WARMUP_STEPS, "weight_decay": WEIGHT_DECAY, "seed": SEED,
         "max_length": args.max_length, "doc_stride": args.doc_stride,
         "tutorial_max_length": args.tutorial_max_length, "tutorial_order": args.tutorial_order,
-        "group_by_length": args.group_by_length, "max_train_examples": args.max_train_examples,
+        "speed_settings": speed_settings(args), "max_train_examples": args.max_train_examples,
         "max_eval_examples": args.max_eval_examples,
-        "ratios": {k: ratio(ours.get(k), tutorial.get(k)) for k in keys},
+        "ratios": {**{k: ratio(ours.get(k), tutorial.get(k)) for k in keys},
+                   "train_nonpad_tokens_per_s_bf16": None if bf16 is None else ratio(
+                       bf16["train_nonpad_tokens_per_s"], tutorial["train_nonpad_tokens_per_s"])},
         "tutorial": tutorial, "ours": ours,
         "bf16": None if bf16 is None else {
             **bf16, "vs_fp32": {"train_samples_per_s": ratio(bf16["train_samples_per_s"], ours["train_samples_per_s"]),
