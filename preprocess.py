@@ -17,20 +17,28 @@ from qa_core.readers import DataSourceError
 
 
 def parse_args(argv: list[str] | None = None) -> PreprocessConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True,
-                        help="TyDi (raw, HF or PrimeQA schema)/SQuAD .jsonl(.gz) or .json(.gz), a datasets.save_to_disk folder, or a hub name")
-    parser.add_argument("--split", default="train", help="split of a hub dataset or saved DatasetDict")
-    parser.add_argument("--hub_config", default=None, help="hub dataset config (TyDi: primary_task)")
-    parser.add_argument("--model", required=True, help="model name or folder whose (fast) tokenizer to use")
+                        help="TyDi (raw, HF or PrimeQA schema)/SQuAD .jsonl(.gz) or .json(.gz), "
+                             "a datasets.save_to_disk folder, or a hub name")
+    parser.add_argument("--split", default="train",
+                        help="split of a hub dataset or saved DatasetDict")
+    parser.add_argument("--hub_config", default=None,
+                        help="hub dataset config (TyDi: primary_task)")
+    parser.add_argument("--model", required=True,
+                        help="model name or folder whose (fast) tokenizer to use")
     parser.add_argument("--cache_dir", required=True, help="root folder of the preprocessing cache")
     parser.add_argument("--max_length", type=int, default=384)
     parser.add_argument("--doc_stride", type=int, default=128)
-    parser.add_argument("--num_proc", type=int, default=1, help="worker processes (does not change the cache key)")
+    parser.add_argument("--num_proc", type=int, default=1,
+                        help="worker processes, >= 1 (does not change the cache key)")
     parser.add_argument("--language", default="english", help="TyDi language to keep, or 'all'")
     parser.add_argument("--batch_size", type=int, default=64, help="examples per worker task")
-    parser.add_argument("--rows_per_shard", type=int, default=20_000, help="features per Arrow shard")
-    parser.add_argument("--overwrite_cache", action="store_true", help="rebuild even when the cache has this key")
+    parser.add_argument("--rows_per_shard", type=int, default=20_000,
+                        help="features per Arrow shard")
+    parser.add_argument("--overwrite_cache", action="store_true",
+                        help="rebuild even when the cache has this key")
     args = parser.parse_args(argv)
     return PreprocessConfig(**vars(args))
 
