@@ -15,21 +15,19 @@ import sys
 
 from qa_core.errors import QAError, exit_with_error
 from qa_core.pipeline import PreprocessConfig, prepare
-from qa_core.readers import DataSourceError
 from qa_core.settings import parse_preprocess_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    source, cache, features = parse_preprocess_settings(argv, __doc__)
-    config = PreprocessConfig(
-        data=source.data, split=source.split, hub_config=source.hub_config, model=source.model,
-        cache_dir=cache.cache_dir, language=cache.language, num_proc=cache.num_proc,
-        max_length=features.max_length, doc_stride=features.doc_stride,
-        batch_size=source.batch_size, rows_per_shard=source.rows_per_shard,
-        overwrite_cache=source.overwrite_cache)
     try:
-        result = prepare(config)
-    except (QAError, DataSourceError) as err:
+        source, cache, features = parse_preprocess_settings(argv, __doc__)
+        result = prepare(PreprocessConfig(
+            data=source.data, split=source.split, hub_config=source.hub_config,
+            model=source.model, cache_dir=cache.cache_dir, language=cache.language,
+            num_proc=cache.num_proc, max_length=features.max_length,
+            doc_stride=features.doc_stride, batch_size=source.batch_size,
+            rows_per_shard=source.rows_per_shard, overwrite_cache=source.overwrite_cache))
+    except QAError as err:
         return exit_with_error("preprocess.py", err)
     print(json.dumps(result.summary))
     return 0

@@ -27,8 +27,8 @@ from qa_core.settings import TrainSettings, parse_train_settings
 
 def main(argv: list[str] | None = None) -> int:
     started_at = time.time()  # a --max_train_minutes budget counts from here
-    settings = parse_train_settings(argv)  # a bad flag exits 2 here, before any work
     try:
+        settings = parse_train_settings(argv)  # bad flags end here, before any work
         return train(settings, started_at)
     except QAError as err:
         return exit_with_error("train_accelerate.py", err)

@@ -1,13 +1,18 @@
-"""Content-addressed cache of tokenized Arrow shards, written atomically.
+"""Content-addressed cache of tokenized Arrow shards, written atomically and checked on reuse.
 
 Layout of one entry (``<cache_root>/<key>/``), a folder ``datasets.load_from_disk`` opens:
     dataset_dict.json           {"splits": ["features", "examples"]}
     features/data-0000i-of-0000n.arrow, state.json, dataset_info.json
     examples/...                (same)
-    summary.json                what preprocessing counted; present only in finished entries
+    manifest.json               size of every file above (and sha256 of the small ones)
+    summary.json                what preprocessing counted, with the manifest's sha256;
+                                written last, so present only in finished entries
 
-Entries are built in ``<cache_root>/.tmp-<key>-<pid>-<rand>`` and renamed into place, so a
-run killed half-way leaves only a hidden temporary folder that is never read.
+Entries are built in ``<cache_root>/.tmp-<key>-<pid>-<host><rand>`` and renamed into place, so
+a run killed half-way leaves only a hidden temporary folder that is never read; a replaced
+entry is renamed to ``.trash-<key>-<rand>`` before it is deleted. :func:`remove_leftovers`
+deletes temporaries whose writer is gone and every ``.trash-*`` folder. A finished entry is
+reused only when :func:`entry_problem` finds every file of its manifest whole.
 """
 from __future__ import annotations
 
@@ -15,14 +20,26 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from qa_core.errors import QAError
+
 SUMMARY_FILE = "summary.json"
+MANIFEST_FILE = "manifest.json"
 SPLITS = ("features", "examples")
+HASHED_FILE_LIMIT = 1 << 20   # files up to 1 MiB (metadata, small shards) are also hashed
+# Temporaries carry a tag of the machine that writes them: on a cache folder shared between
+# machines, another machine's process id says nothing about whether its writer is alive.
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+class CacheDirError(QAError):
+    """A ``--cache_dir`` that cannot hold the cache; the message names the flag and the path."""
 
 
 def fingerprint(parts: dict[str, Any]) -> str:
@@ -34,7 +51,8 @@ def fingerprint(parts: dict[str, Any]) -> str:
 # Files that define a Hugging Face tokenizer; hashing them keys the cache without loading it.
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "tokenizer.model",
 )
 
 
@@ -54,7 +72,8 @@ def tokenizer_files_fingerprint(model: str) -> str | None:
     folder = Path(model)
     if not folder.is_dir():
         return None
-    digests = {name: file_sha256(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
+    digests = {name: file_sha256(folder / name) for name in TOKENIZER_FILES
+               if (folder / name).is_file()}
     return fingerprint({"files": digests}) if digests else None
 
 
@@ -79,8 +98,160 @@ def read_summary(entry: Path) -> dict:
     return json.loads((entry / SUMMARY_FILE).read_text())
 
 
+# ---------------------------------------------------------------------------------------------
+# The cache folder, its entries' integrity, and what killed runs leave behind
+# ---------------------------------------------------------------------------------------------
+
+def check_writable_folder(cache_root: Path, flag: str = "--cache_dir") -> None:
+    """Refuse a folder flag (``--cache_dir``, ``--output_dir``) that is a file or cannot be
+    created, before any work starts.
+
+    An existing cache folder that is read-only passes: it can still serve cache hits, and
+    :func:`require_writable` refuses it when an entry has to be written.
+    """
+    if cache_root.exists():
+        if not cache_root.is_dir():
+            raise CacheDirError(f"{flag} {cache_root}: is a file, not a folder")
+        return
+    parent = cache_root.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CacheDirError(f"{flag} {cache_root}: cannot be created: {parent} is a file, "
+                            "not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CacheDirError(f"{flag} {cache_root}: cannot be created: {parent} is not writable")
+
+
+def require_writable(cache_root: Path, flag: str = "--cache_dir") -> None:
+    """Create the cache folder if needed and check that entries can be written into it."""
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CacheDirError(f"{flag} {cache_root}: cannot be created "
+                            f"({err.strerror or err})") from None
+    if not os.access(cache_root, os.W_OK | os.X_OK):
+        raise CacheDirError(f"{flag} {cache_root}: not writable "
+                            "(a new cache entry has to be written)")
+
+
+def build_manifest(folder: Path) -> dict:
+    """Size of every file under ``folder`` (sha256 too for files up to ``HASHED_FILE_LIMIT``)."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name in (SUMMARY_FILE, MANIFEST_FILE):
+            continue
+        size = path.stat().st_size
+        files[name] = {"size": size}
+        if size <= HASHED_FILE_LIMIT:
+            files[name]["sha256"] = file_sha256(path)
+    return {"version": 1, "files": files}
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """(parsed JSON, None) or (None, why it could not be read)."""
+    try:
+        return json.loads(path.read_bytes()), None
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as err:
+        return None, f"unreadable ({err.strerror or err})"
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, "not valid JSON (truncated?)"
+
+
+def entry_problem(entry: Path) -> str | None:
+    """None when a cache entry is whole; else ``"<file>: <why>"`` for the first damage found.
+
+    Checks that ``summary.json`` parses and names the manifest's sha256, that ``manifest.json``
+    has that hash, and that every file it lists has its recorded size (and hash, where recorded).
+    An entry without a manifest (written before manifests existed) is not trusted either.
+    """
+    summary, why = _read_json(entry / SUMMARY_FILE)
+    if why or not isinstance(summary, dict):
+        return f"{SUMMARY_FILE}: {why or 'not a JSON object'}"
+    expected = summary.get("manifest_sha256")
+    if not expected:
+        return (f"{SUMMARY_FILE}: no manifest_sha256 "
+                "(written by a version that recorded no file sizes)")
+    try:
+        blob = (entry / MANIFEST_FILE).read_bytes()
+    except OSError:
+        return f"{MANIFEST_FILE}: missing or unreadable"
+    if hashlib.sha256(blob).hexdigest() != expected:
+        return f"{MANIFEST_FILE}: does not match the sha256 recorded in {SUMMARY_FILE}"
+    for name, recorded in json.loads(blob)["files"].items():
+        path = entry / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name}: missing"
+        if size != recorded["size"]:
+            return f"{name}: {size} bytes, {recorded['size']} when written (truncated or replaced)"
+        if "sha256" in recorded and file_sha256(path) != recorded["sha256"]:
+            return f"{name}: content differs from when it was written (sha256 mismatch)"
+    return None
+
+
+def temporary_name(key: str) -> str:
+    """``.tmp-<key>-<pid>-<host tag><random>``: who writes it, so a later run can judge it stale."""
+    return f".tmp-{key}-{os.getpid()}-{HOST_TAG}{uuid.uuid4().hex[:8]}"
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named temporary ``name`` may still be writing it.
+
+    Only a writer on this machine whose process is gone counts as dead; a name this code did
+    not make, or one from another machine, is left alone.
+    """
+    parts = name.split("-")
+    if len(parts) != 4 or not parts[2].isdigit():
+        return True
+    tag = parts[3]
+    if len(tag) == 16 and tag[:8] != HOST_TAG:
+        return True
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _remove(path: Path) -> bool:
+    """Delete a folder (or file); errors are ignored, as another run may be deleting it too."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    return not path.exists()
+
+
+def remove_leftovers(cache_root: Path) -> list[str]:
+    """Delete what killed runs left in ``cache_root``; returns the names removed.
+
+    ``.tmp-*`` folders go when their writer's process is gone (a live writer's stays);
+    ``.trash-*`` folders always go: once renamed aside, an entry is used by no one.
+    """
+    try:
+        names = [p.name for p in cache_root.iterdir()]
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        stale = name.startswith(".trash-") or (name.startswith(".tmp-") and not _writer_alive(name))
+        if stale and _remove(cache_root / name):
+            removed.append(name)
+    return removed
+
+
 class ShardWriter:
-    """Streams record batches of one split into Arrow shard files, rolling every ``rows_per_shard``."""
+    """Streams record batches of one split into Arrow shards, rolling every ``rows_per_shard``."""
 
     def __init__(self, folder: Path, rows_per_shard: int) -> None:
         self.folder = folder
@@ -136,7 +307,8 @@ class ShardWriter:
             names.append({"filename": name})
         state = {
             "_data_files": names, "_fingerprint": uuid.uuid4().hex[:16], "_format_columns": None,
-            "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None,
+            "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+            "_split": None,
         }
         (self.folder / "state.json").write_text(json.dumps(state, indent=2))
         info = datasets.DatasetInfo(features=datasets.Features.from_arrow_schema(self.schema))
@@ -144,27 +316,42 @@ class ShardWriter:
 
 
 class CacheEntryWriter:
-    """A temporary entry folder that becomes ``<cache_root>/<key>`` only when :meth:`commit` runs."""
+    """A temporary entry folder; it becomes ``<cache_root>/<key>`` only when :meth:`commit` runs."""
 
     def __init__(self, cache_root: Path, key: str, rows_per_shard: int) -> None:
         self.cache_root = cache_root
         self.key = key
-        cache_root.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_temporaries(cache_root, key)
-        self.tmp = cache_root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        require_writable(cache_root)
+        self.tmp = cache_root / temporary_name(key)
+        try:
+            self.tmp.mkdir()
+        except OSError as err:
+            raise CacheDirError(f"--cache_dir {cache_root}: cannot write there "
+                                f"({err.strerror or err})") from None
         self.splits = {name: ShardWriter(self.tmp / name, rows_per_shard) for name in SPLITS}
 
-    def commit(self, summary: dict, schemas: dict[str, pa.Schema], overwrite: bool) -> Path:
+    def commit(self, summary: dict, schemas: dict[str, pa.Schema], overwrite: bool,
+               damaged: bool = False) -> Path:
+        """Finish the splits, write the manifest and then the summary, and move the entry in.
+
+        ``overwrite`` replaces a finished entry of the same key; ``damaged`` replaces one only
+        while it is still damaged (another run may have rebuilt it in the meantime).
+        ``summary`` gains ``manifest_sha256``.
+        """
         for name, writer in self.splits.items():
             writer.close(schemas[name])
         (self.tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
-        (self.tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))  # marks the entry finished
+        manifest = json.dumps(build_manifest(self.tmp), indent=1).encode()
+        (self.tmp / MANIFEST_FILE).write_bytes(manifest)
+        summary["manifest_sha256"] = hashlib.sha256(manifest).hexdigest()
+        # summary.json comes last: it marks the entry finished
+        (self.tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         final = self.cache_root / self.key
-        if final.exists() and overwrite:
+        replace = overwrite or (damaged and entry_problem(final) is not None)
+        if final.exists() and replace:
             trash = self.cache_root / f".trash-{self.key}-{uuid.uuid4().hex[:8]}"
             final.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            _remove(trash)  # a kill here leaves .trash-*, which remove_leftovers deletes later
         try:
             self.tmp.rename(final)
         except OSError:
@@ -176,15 +363,3 @@ class CacheEntryWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _remove_abandoned_temporaries(cache_root: Path, key: str) -> None:
-    """Delete temporaries of this key left by processes that no longer exist (killed runs)."""
-    for tmp in cache_root.glob(f".tmp-{key}-*"):
-        try:
-            pid = int(tmp.name.split("-")[2])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue

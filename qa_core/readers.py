@@ -1,7 +1,7 @@
 """Every supported source -> one example schema, with counted skips.
 
 Example schema (one dict per question; also the ``examples`` split of the cache):
-    id: str                      stable: the source's ``id``/``example_id`` or derived from its position
+    id: str                      stable: the source's ``id``/``example_id``, else from its position
     question: str
     context: str
     answers: {"text": [str], "answer_start": [int]}   every annotator's span, *character* offsets
@@ -21,13 +21,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import numbers
 import os
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from qa_core.cache import file_sha256
+from qa_core.errors import QAError
 from qa_core.offsets import ByteCharMap, OffsetError
 
 TYDI_HUB_CONFIG = "primary_task"
@@ -37,7 +40,7 @@ EXAMPLE_COLUMNS = (
 )
 
 
-class DataSourceError(ValueError):
+class DataSourceError(QAError):
     """Input that cannot be read; the message names the file, line or example id and the field."""
 
 
@@ -49,7 +52,8 @@ class ReadStats:
     answerable: int = 0
     skipped: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)
-    formats: Counter = field(default_factory=Counter)   # rows read per schema: "tydi", "primeqa", "squad"
+    # rows of the kept language(s) per schema: "tydi", "primeqa", "squad"
+    formats: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,14 +74,83 @@ class SourceSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# Row converters: one raw record -> Example, or None for a counted skip
+# Field checks: a wrong type is a one-line error naming the field, never a traceback
 # ---------------------------------------------------------------------------------------------
+
+def json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type, for messages ("object", "array", "number", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, numbers.Number):
+        return "number"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a message: its JSON type and a short repr ("number 2012", "null")."""
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{json_type(value)} {text if len(text) <= 60 else text[:57] + '...'}"
+
 
 def _require(record: dict, name: str, where: str) -> Any:
     if name not in record or record[name] is None:
         raise DataSourceError(f"{where}: missing required field '{name}'")
     return record[name]
 
+
+_KIND_NAMES = {dict: "an object", list: "an array", str: "a string"}
+
+
+def _expect(value: Any, kind: type, what: str, where: str) -> Any:
+    """``value`` if it is a ``kind`` (dict, list or str); else an error naming field ``what``."""
+    if not isinstance(value, kind):
+        raise DataSourceError(f"{where}: field '{what}' must be {_KIND_NAMES[kind]}, "
+                              f"got {_shown(value)}")
+    return value
+
+
+def _expect_item(value: Any, kind: type, where: str) -> Any:
+    """An element of a JSON array (``where`` names it, e.g. ``data[3]``) must be a ``kind``."""
+    if not isinstance(value, kind):
+        raise DataSourceError(f"{where}: expected {_KIND_NAMES[kind]}, got {_shown(value)}")
+    return value
+
+
+def as_int(value: Any, what: str, where: str) -> int:
+    """An integer field (an integral float or a numeric string is accepted, as ``int()`` would)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if float(value).is_integer():
+            return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise DataSourceError(f"{where}: field '{what}' must be an integer, got {_shown(value)}")
+
+
+def _optional_str(record: dict, name: str, where: str) -> str:
+    value = record.get(name)
+    if value is None:
+        return ""
+    return _expect(value, str, name, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# Row converters: one raw record -> Example, or None for a counted skip
+# ---------------------------------------------------------------------------------------------
 
 def _record_id(record: dict, fallback: str) -> str:
     for key in ("id", "example_id"):
@@ -86,40 +159,64 @@ def _record_id(record: dict, fallback: str) -> str:
     return fallback
 
 
-def _base_example(example_id: str, question: str, context: str, **extra: Any) -> dict:
+def _base_example(example_id: str, question: str, context: str, title: str = "",
+                  language: str = "") -> dict:
     return {
         "id": example_id,
         "question": question,
         "context": context,
         "answers": {"text": [], "answer_start": []},
-        "title": extra.get("title") or "",
-        "language": extra.get("language") or "",
+        "title": title,
+        "language": language,
         "yes_no_answer": "NONE",
         "passage_answer_start": -1,
         "passage_answer_end": -1,
     }
 
 
-def _has_text(stats: ReadStats, question: Any, context: Any) -> bool:
-    if not isinstance(question, str) or not question.strip():
+def _has_text(stats: ReadStats, question: str, context: str, names: tuple[str, str],
+              where: str) -> bool:
+    """False (a counted skip) for a blank question or context; a non-string one is an error."""
+    _expect(question, str, names[0], where)
+    _expect(context, str, names[1], where)
+    if not question.strip():
         stats.skipped["empty_question"] += 1
         return False
-    if not isinstance(context, str) or not context.strip():
+    if not context.strip():
         stats.skipped["empty_context"] += 1
         return False
     return True
 
 
+def _span_start(value: Any, what: str, where: str, stats: ReadStats) -> int | None:
+    """An annotator's start offset: None for "no span" (null or -1), else the offset.
+
+    Any other negative start is not an offset: it is counted (``answer_start_negative``) and
+    returned as -2 so the caller drops the span but remembers that one was annotated.
+    """
+    if value is None:
+        return None
+    start = as_int(value, what, where)
+    if start == -1:
+        return None
+    if start < 0:
+        stats.skipped["answer_start_negative"] += 1
+    return start
+
+
 def raw_tydi_to_hf(record: dict, where: str) -> dict:
-    """Official TyDi jsonl record -> the HF ``primary_task`` schema (same mapping as HF's loader)."""
-    annotations = _require(record, "annotations", where)
+    """Official TyDi jsonl record -> the HF ``primary_task`` schema (HF's loader's mapping)."""
+    annotations = _expect(_require(record, "annotations", where), list, "annotations", where)
     candidates = record.get("passage_answer_candidates") or []
     try:
         hf = {
             "annotations": {
-                "passage_answer_candidate_index": [a["passage_answer"]["candidate_index"] for a in annotations],
-                "minimal_answers_start_byte": [a["minimal_answer"]["plaintext_start_byte"] for a in annotations],
-                "minimal_answers_end_byte": [a["minimal_answer"]["plaintext_end_byte"] for a in annotations],
+                "passage_answer_candidate_index": [a["passage_answer"]["candidate_index"]
+                                                   for a in annotations],
+                "minimal_answers_start_byte": [a["minimal_answer"]["plaintext_start_byte"]
+                                               for a in annotations],
+                "minimal_answers_end_byte": [a["minimal_answer"]["plaintext_end_byte"]
+                                             for a in annotations],
                 "yes_no_answer": [a.get("yes_no_answer", "NONE") for a in annotations],
             },
             "passage_answer_candidates": {
@@ -127,63 +224,139 @@ def raw_tydi_to_hf(record: dict, where: str) -> dict:
                 "plaintext_end_byte": [c["plaintext_end_byte"] for c in candidates],
             },
         }
-    except (KeyError, TypeError) as err:
-        raise DataSourceError(f"{where}: malformed field 'annotations' or 'passage_answer_candidates' ({err!r})") from None
-    for key in ("question_text", "document_plaintext", "document_title", "language", "id", "example_id"):
+    except (KeyError, TypeError, AttributeError) as err:
+        raise DataSourceError(f"{where}: malformed field 'annotations' or "
+                              f"'passage_answer_candidates' ({err!r})") from None
+    for key in ("question_text", "document_plaintext", "document_title", "language", "id",
+                "example_id"):
         if key in record:
             hf[key] = record[key]
     return hf
 
 
-def tydi_hf_to_example(record: dict, fallback_id: str, where: str, stats: ReadStats) -> dict | None:
+TYDI_ANNOTATION_LISTS = ("minimal_answers_start_byte", "minimal_answers_end_byte",
+                         "passage_answer_candidate_index", "yes_no_answer")
+
+
+def _tydi_annotation_lists(annotations: Any, where: str) -> tuple[list, list, list, list]:
+    """(starts, ends, passage indices, yes/no) of the HF schema: one entry per annotator in each.
+
+    Lists of different lengths would pair annotators wrongly (``zip`` drops the tail), so they
+    are an error naming the field, as in the PrimeQA layout.
+    """
+    _expect(annotations, dict, "annotations", where)
+    if not {"minimal_answers_start_byte", "minimal_answers_end_byte"} <= set(annotations):
+        raise DataSourceError(f"{where}: field 'annotations' lacks "
+                              "'minimal_answers_start_byte'/'minimal_answers_end_byte'")
+    lists = {}
+    for name in TYDI_ANNOTATION_LISTS:
+        value = annotations.get(name)
+        if value is None and name in TYDI_ANNOTATION_LISTS[2:]:
+            value = []
+        lists[name] = list(_expect(value, list, f"annotations.{name}", where))
+    count = len(lists["minimal_answers_start_byte"])
+    for name, values in lists.items():
+        optional_and_empty = not values and name in TYDI_ANNOTATION_LISTS[2:]
+        if len(values) != count and not optional_and_empty:
+            raise DataSourceError(
+                f"{where}: field 'annotations' has {count} minimal_answers_start_byte but "
+                f"{len(values)} {name} (one entry per annotator in each)")
+    passages = lists["passage_answer_candidate_index"] or [-1] * count
+    yes_no = lists["yes_no_answer"] or ["NONE"] * count
+    return lists["minimal_answers_start_byte"], lists["minimal_answers_end_byte"], passages, yes_no
+
+
+def _add_byte_spans(example: dict, byte_map: ByteCharMap, starts: list, ends: list, where: str,
+                    stats: ReadStats) -> bool:
+    """Append every usable annotator span (bytes -> chars); True when any span was annotated."""
+    had_span = False
+    context = example["context"]
+    for i, (start_value, end_value) in enumerate(zip(starts, ends)):
+        start_byte = _span_start(start_value, f"annotations.minimal_answers_start_byte[{i}]",
+                                 where, stats)
+        if start_byte is None:
+            continue
+        had_span = True
+        end_byte = as_int(end_value, f"annotations.minimal_answers_end_byte[{i}]", where)
+        if start_byte < 0:
+            continue
+        try:
+            start, end = byte_map.span_to_chars(start_byte, end_byte)
+        except OffsetError as err:
+            stats.skipped[f"answer_{err.reason}"] += 1
+            continue
+        example["answers"]["text"].append(context[start:end])
+        example["answers"]["answer_start"].append(start)
+    return had_span
+
+
+def _yes_no(values: list, what: str, where: str) -> str:
+    for value in values:
+        if value is not None and not isinstance(value, str):
+            raise DataSourceError(f"{where}: field '{what}' must hold strings (YES/NO/NONE), "
+                                  f"got {_shown(value)}")
+    return next((v for v in values if v and v != "NONE"), "NONE")
+
+
+def _gold_passage(passages: list, what: str, where: str) -> int:
+    indices = (as_int(p, what, where) for p in passages if p is not None)
+    return next((p for p in indices if p >= 0), -1)
+
+
+def _tydi_candidates(record: dict, where: str) -> tuple[list, list]:
+    """(start bytes, end bytes) of the passage candidates: two lists of one length."""
+    candidates = _expect(record.get("passage_answer_candidates") or {}, dict,
+                         "passage_answer_candidates", where)
+    starts = _expect(candidates.get("plaintext_start_byte") or [], list,
+                     "passage_answer_candidates.plaintext_start_byte", where)
+    ends = _expect(candidates.get("plaintext_end_byte") or [], list,
+                   "passage_answer_candidates.plaintext_end_byte", where)
+    if len(starts) != len(ends):
+        raise DataSourceError(f"{where}: field 'passage_answer_candidates' has {len(starts)} "
+                              f"plaintext_start_byte but {len(ends)} plaintext_end_byte")
+    return starts, ends
+
+
+def _tydi_passage_span(candidates: tuple[list, list], gold: int, byte_map: ByteCharMap,
+                       where: str, stats: ReadStats) -> tuple[int, int]:
+    """Char span of the gold passage candidate, or (-1, -1) noted as unusable."""
+    starts, ends = candidates
+    try:
+        return byte_map.span_to_chars(
+            as_int(starts[gold], f"passage_answer_candidates.plaintext_start_byte[{gold}]", where),
+            as_int(ends[gold], f"passage_answer_candidates.plaintext_end_byte[{gold}]", where))
+    except (IndexError, OffsetError):
+        stats.notes["passage_candidate_unusable"] += 1
+        return -1, -1
+
+
+def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
+                       stats: ReadStats) -> dict | None:
     """HF ``tydiqa/primary_task`` row -> Example. Byte offsets become exact character offsets."""
     example_id = _record_id(record, fallback_id)
     where = f"{where} (example id {example_id})"
     question = _require(record, "question_text", where)
     context = _require(record, "document_plaintext", where)
     annotations = _require(record, "annotations", where)
-    if not _has_text(stats, question, context):
+    if not _has_text(stats, question, context, ("question_text", "document_plaintext"), where):
         return None
+    starts, ends, passages, yes_no = _tydi_annotation_lists(annotations, where)
+    candidates = _tydi_candidates(record, where)
     example = _base_example(example_id, question, context,
-                            title=record.get("document_title"), language=record.get("language"))
-    try:
-        starts = annotations["minimal_answers_start_byte"]
-        ends = annotations["minimal_answers_end_byte"]
-        passages = annotations.get("passage_answer_candidate_index") or [-1] * len(starts)
-        yes_no = annotations.get("yes_no_answer") or ["NONE"] * len(starts)
-    except (KeyError, TypeError):
-        raise DataSourceError(f"{where}: field 'annotations' lacks 'minimal_answers_start_byte'/'minimal_answers_end_byte'") from None
-
+                            title=_optional_str(record, "document_title", where),
+                            language=_optional_str(record, "language", where))
     byte_map = ByteCharMap.for_text(context)
-    had_span = False
-    for start_byte, end_byte in zip(starts, ends):
-        if start_byte is None or start_byte < 0:
-            continue
-        had_span = True
-        try:
-            start, end = byte_map.span_to_chars(int(start_byte), int(end_byte))
-        except OffsetError as err:
-            stats.skipped[f"answer_{err.reason}"] += 1
-            continue
-        example["answers"]["text"].append(context[start:end])
-        example["answers"]["answer_start"].append(start)
-
-    example["yes_no_answer"] = next((v for v in yes_no if v and v != "NONE"), "NONE")
-    gold_passage = next((int(p) for p in passages if p is not None and p >= 0), -1)
-    candidates = record.get("passage_answer_candidates") or {}
+    had_span = _add_byte_spans(example, byte_map, starts, ends, where, stats)
+    example["yes_no_answer"] = _yes_no(yes_no, "annotations.yes_no_answer", where)
+    gold_passage = _gold_passage(passages, "annotations.passage_answer_candidate_index", where)
     if gold_passage >= 0:
-        try:
-            example["passage_answer_start"], example["passage_answer_end"] = byte_map.span_to_chars(
-                int(candidates["plaintext_start_byte"][gold_passage]),
-                int(candidates["plaintext_end_byte"][gold_passage]),
-            )
-        except (KeyError, IndexError, TypeError, OffsetError):
-            stats.notes["passage_candidate_unusable"] += 1
-
+        example["passage_answer_start"], example["passage_answer_end"] = _tydi_passage_span(
+            candidates, gold_passage, byte_map, where, stats)
     return _finish_annotated(example, had_span, gold_passage >= 0, stats)
 
 
-def _finish_annotated(example: dict, had_span: bool, had_passage: bool, stats: ReadStats) -> dict | None:
+def _finish_annotated(example: dict, had_span: bool, had_passage: bool,
+                      stats: ReadStats) -> dict | None:
     """Shared end of TyDi-style rows: unusable spans skip, span-less labels are counted."""
     if had_span and not example["answers"]["text"]:
         # Every annotated span was unusable: labelling this no-answer would be a silent mislabel.
@@ -197,6 +370,21 @@ def _finish_annotated(example: dict, had_span: bool, had_passage: bool, stats: R
         else:
             stats.notes["no_answer"] += 1
     return example
+
+
+def _primeqa_target(target: Any, where: str) -> tuple[list, list, list, list]:
+    _expect(target, dict, "target", where)
+    try:
+        starts, ends = list(target["start_positions"]), list(target["end_positions"])
+        passages = list(target.get("passage_indices") or [-1] * len(starts))
+        yes_no = list(target.get("yes_no_answer") or ["NONE"] * len(starts))
+    except (KeyError, TypeError):
+        raise DataSourceError(f"{where}: field 'target' lacks "
+                              "'start_positions'/'end_positions'") from None
+    if len(starts) != len(ends):
+        raise DataSourceError(f"{where}: field 'target' has {len(starts)} start_positions "
+                              f"but {len(ends)} end_positions")
+    return starts, ends, passages, yes_no
 
 
 def primeqa_to_example(record: dict, fallback_id: str, where: str, stats: ReadStats) -> dict | None:
@@ -217,59 +405,78 @@ def primeqa_to_example(record: dict, fallback_id: str, where: str, stats: ReadSt
         raise DataSourceError(f"{where}: field 'context' must be a list holding one document "
                               f"(PrimeQA single-context layout), got {count}")
     context = documents[0]
-    try:
-        starts, ends = list(target["start_positions"]), list(target["end_positions"])
-        passages = target.get("passage_indices") or [-1] * len(starts)
-        yes_no = target.get("yes_no_answer") or ["NONE"] * len(starts)
-    except (KeyError, TypeError):
-        raise DataSourceError(f"{where}: field 'target' lacks 'start_positions'/'end_positions'") from None
-    if len(starts) != len(ends):
-        raise DataSourceError(f"{where}: field 'target' has {len(starts)} start_positions "
-                              f"but {len(ends)} end_positions")
-    if not _has_text(stats, question, context):
+    starts, ends, passages, yes_no = _primeqa_target(target, where)
+    if not _has_text(stats, question, context, ("question", "context[0]"), where):
         return None
-    example = _base_example(example_id, question, context, language=record.get("language"))
+    example = _base_example(example_id, question, context,
+                            language=_optional_str(record, "language", where))
     had_span = False
-    for start, end in zip(starts, ends):
-        if start is None or start < 0:
+    for i, (start_value, end_value) in enumerate(zip(starts, ends)):
+        start = _span_start(start_value, f"target.start_positions[{i}]", where, stats)
+        if start is None:
             continue
         had_span = True
-        if end is None or not 0 <= start < end <= len(context):
+        end = as_int(end_value, f"target.end_positions[{i}]", where)
+        if start < 0:
+            continue
+        if not start < end <= len(context):
             stats.skipped["answer_char_offset_out_of_range"] += 1
             continue
         example["answers"]["text"].append(context[start:end])
         example["answers"]["answer_start"].append(start)
-    example["yes_no_answer"] = next((v for v in yes_no if v and v != "NONE"), "NONE")
+    example["yes_no_answer"] = _yes_no(yes_no, "target.yes_no_answer", where)
     # Passage candidates are not in the layout: the gold passage index is kept only as a count.
-    had_passage = any(p is not None and p >= 0 for p in passages)
+    had_passage = _gold_passage(passages, "target.passage_indices", where) >= 0
     return _finish_annotated(example, had_span, had_passage, stats)
 
 
-def squad_qa_to_example(qa: dict, context: Any, title: str, fallback_id: str, where: str,
+def _squad_answers(answers: Any, where: str) -> list[tuple[Any, Any]]:
+    """(text, answer_start) per annotator from the list layout or HF's flat dict layout."""
+    if isinstance(answers, dict):  # flat HF layout: {"text": [...], "answer_start": [...]}
+        texts, starts = answers.get("text"), answers.get("answer_start")
+        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+            raise DataSourceError(f"{where}: field 'answers' must hold lists 'text' and "
+                                  f"'answer_start' of one length, got {_shown(answers)}")
+        return list(zip(texts, starts))
+    pairs = []
+    for answer in _expect(answers, list, "answers", where):
+        if not isinstance(answer, dict) or "text" not in answer or "answer_start" not in answer:
+            raise DataSourceError(f"{where}: malformed field 'answers' ({_shown(answer)})")
+        pairs.append((answer["text"], answer["answer_start"]))
+    return pairs
+
+
+def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, where: str,
                         stats: ReadStats) -> dict | None:
-    """One SQuAD question (v1.1 or v2.0) -> Example; answers are checked against the context."""
+    """One SQuAD question (v1.1 or v2.0) -> Example; answers are checked against the context.
+
+    A start must index the context from its beginning: a negative one (which Python's slicing
+    would read from the end) and one past the context's end are counted skips.
+    """
     example_id = _record_id(qa, fallback_id)
     where = f"{where} (example id {example_id})"
     question = _require(qa, "question", where)
     answers = qa.get("answers")
     if answers is None and not qa.get("is_impossible"):
         raise DataSourceError(f"{where}: missing required field 'answers'")
-    if not _has_text(stats, question, context):
+    if not _has_text(stats, question, context, ("question", "context"), where):
         return None
-    example = _base_example(example_id, question, context, title=title)
-    if isinstance(answers, dict):  # flat HF layout: {"text": [...], "answer_start": [...]}
-        answers = [{"text": t, "answer_start": s} for t, s in zip(answers["text"], answers["answer_start"])]
-    for answer in answers or []:
-        try:
-            text, start = answer["text"], int(answer["answer_start"])
-        except (KeyError, TypeError, ValueError):
-            raise DataSourceError(f"{where}: malformed field 'answers' ({answer!r})") from None
-        if not text or context[start:start + len(text)] != text:
+    example = _base_example(example_id, question, context,
+                            title=_expect(title or "", str, "title", where))
+    pairs = _squad_answers(answers, where) if answers is not None else []
+    for i, (text, start_value) in enumerate(pairs):
+        _expect(text, str, f"answers[{i}].text", where)
+        start = as_int(start_value, f"answers[{i}].answer_start", where)
+        if start < 0:
+            stats.skipped["answer_start_negative"] += 1
+        elif start >= len(context):
+            stats.skipped["answer_start_out_of_range"] += 1
+        elif not text or context[start:start + len(text)] != text:
             stats.skipped["answer_text_mismatch"] += 1
-            continue
-        example["answers"]["text"].append(text)
-        example["answers"]["answer_start"].append(start)
-    if answers and not example["answers"]["text"] and not qa.get("is_impossible"):
+        else:
+            example["answers"]["text"].append(text)
+            example["answers"]["answer_start"].append(start)
+    if pairs and not example["answers"]["text"] and not qa.get("is_impossible"):
         stats.skipped["all_answer_spans_invalid"] += 1
         return None
     if not example["answers"]["text"]:
@@ -277,29 +484,128 @@ def squad_qa_to_example(qa: dict, context: Any, title: str, fallback_id: str, wh
     return example
 
 
+def row_format(row: dict) -> str:
+    """Which layout a flat row is in: "primeqa", "tydi" or "squad"."""
+    if isinstance(row.get("target"), dict) and isinstance(row.get("context"), list):
+        return "primeqa"
+    if "document_plaintext" in row or "annotations" in row:
+        return "tydi"
+    return "squad"
+
+
 def flat_row_to_example(row: dict, fallback_id: str, where: str, stats: ReadStats) -> dict | None:
     """A row that is already flat (TyDi HF schema, PrimeQA base, or SQuAD-style
     id/question/context/answers)."""
-    if isinstance(row.get("target"), dict) and isinstance(row.get("context"), list):
-        stats.formats["primeqa"] += 1
+    kind = row_format(row)
+    stats.formats[kind] += 1
+    if kind == "primeqa":
         return primeqa_to_example(row, fallback_id, where, stats)
-    if "document_plaintext" in row or "annotations" in row:
-        stats.formats["tydi"] += 1
+    if kind == "tydi":
         if isinstance(row.get("annotations"), list):
             row = raw_tydi_to_hf(row, where)
         return tydi_hf_to_example(row, fallback_id, where, stats)
-    stats.formats["squad"] += 1
     context = _require(row, "context", f"{where} (example id {_record_id(row, fallback_id)})")
-    return squad_qa_to_example(row, context, row.get("title") or "", fallback_id, where, stats)
+    return squad_qa_to_example(row, context, row.get("title"), fallback_id, where, stats)
+
+
+def language_kept(row: dict, language: str) -> bool:
+    """The language filter, applied to a raw row before it is converted or counted.
+
+    SQuAD-style rows carry no language and are always kept; ``language`` "all" keeps every row.
+    """
+    if language == "all" or row_format(row) == "squad":
+        return True
+    value = row.get("language")
+    return not value or str(value).lower() == language
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: bytes -> lines of UTF-8 text; damage is named with the file and the line reached
+# ---------------------------------------------------------------------------------------------
+
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+READ_CHUNK = 1 << 16   # small enough that a truncated .json.gz is reported near the line it ends in
+
+
+def _is_gz(path: Path) -> bool:
+    return path.name.lower().endswith(".gz")
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if _is_gz(path) else open(path, "rb")
+
+
+def _gzip_damage(path: Path, lines_read: int, err: Exception) -> DataSourceError:
+    after = f"after line {lines_read}" if lines_read else "within line 1"
+    if isinstance(err, EOFError):
+        return DataSourceError(f"{path}: truncated gzip file: the compressed data ends {after} "
+                               "(an interrupted download or copy?); fetch or compress it again")
+    return DataSourceError(f"{path}: damaged gzip data {after} ({err})")
+
+
+def _not_utf8(where: str, data: bytes, position: int) -> DataSourceError:
+    return DataSourceError(f"{where}: not UTF-8 text (byte 0x{data[position]:02x} at column "
+                           f"{position + 1}); convert the file to UTF-8")
+
+
+def check_file_header(path: Path) -> None:
+    """An empty file, or a ``.gz`` name on content that is not gzip, is refused up front."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if not head:
+        raise DataSourceError(f"{path}: empty file")
+    if _is_gz(path) and head != GZIP_MAGIC:
+        raise DataSourceError(f"{path}: not gzip-compressed although the name ends in .gz (it "
+                              f"starts with {head!r}); decompress it with the right name or "
+                              "gzip it")
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 file, gzipped or not; damage -> DataSourceError."""
+    line_number = 0
+    with _open_binary(path) as handle:
+        lines = iter(handle)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except GZIP_ERRORS as err:
+                raise _gzip_damage(path, line_number, err) from None
+            line_number += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(f"{path}:{line_number}", raw, err.start) from None
+            yield line_number, line
+
+
+def _read_text(path: Path) -> str:
+    """The whole UTF-8 text of a file, gzipped or not; damage -> DataSourceError with the line."""
+    chunks, lines_read = [], 0
+    with _open_binary(path) as handle:
+        while True:
+            try:
+                chunk = handle.read(READ_CHUNK)
+            except GZIP_ERRORS as err:
+                raise _gzip_damage(path, lines_read, err) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            lines_read += chunk.count(b"\n")
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        line = data.count(b"\n", 0, err.start) + 1
+        raise _not_utf8(f"{path}:{line}", data[line_start:], err.start - line_start) from None
 
 
 # ---------------------------------------------------------------------------------------------
 # Sources: validate up front, then stream examples
 # ---------------------------------------------------------------------------------------------
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
 
 @dataclass
 class ExampleSource:
@@ -312,15 +618,19 @@ class ExampleSource:
     spec: SourceSpec
 
     def iter_examples(self, stats: ReadStats) -> Iterator[dict]:
-        """Examples that pass the language filter, with unique ids; skips counted in ``stats``."""
+        """Examples that pass the language filter, with unique ids; skips counted in ``stats``.
+
+        The language filter comes first: a row of another language is counted once
+        (``notes.other_language``) and adds nothing to ``formats``, ``skipped`` or the other notes.
+        """
         language = self.spec.language.lower()
         seen_ids: set[str] = set()
         for record, fallback_id, where in self.rows():
+            if not language_kept(record, language):
+                stats.notes["other_language"] += 1
+                continue
             example = flat_row_to_example(record, fallback_id, where, stats)
             if example is None:
-                continue
-            if language != "all" and example["language"] and example["language"].lower() != language:
-                stats.notes["other_language"] += 1
                 continue
             if example["id"] in seen_ids:
                 stats.skipped["duplicate_id"] += 1
@@ -332,40 +642,46 @@ class ExampleSource:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[dict, str, str]]:
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataSourceError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise DataSourceError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield record, f"{path.name}:{line_number}", where
+    for line_number, line in _text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataSourceError(f"{where}: malformed JSON "
+                                  f"({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise DataSourceError(f"{where}: expected a JSON object, got {json_type(record)}")
+        yield record, f"{path.name}:{line_number}", where
 
 
 def _load_squad_json(path: Path) -> dict:
     try:
-        with _open_text(path) as handle:
-            document = json.load(handle)
+        document = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
-        raise DataSourceError(f"{path}: malformed JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+        raise DataSourceError(f"{path}: malformed JSON "
+                              f"({err.msg} at line {err.lineno} column {err.colno})") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
-        raise DataSourceError(f"{path}: unknown format: a .json file must be SQuAD JSON with a top-level 'data' list")
+        raise DataSourceError(f"{path}: unknown format: a .json file must be SQuAD JSON with a "
+                              "top-level 'data' list")
     return document
 
 
 def _squad_rows(path: Path) -> Iterator[tuple[dict, str, str]]:
     document = _load_squad_json(path)
     for a, article in enumerate(document["data"]):
-        title = article.get("title") or ""
-        for p, paragraph in enumerate(article.get("paragraphs") or []):
-            where = f"{path}: data[{a}].paragraphs[{p}]"
+        where_article = f"{path}: data[{a}]"
+        _expect_item(article, dict, where_article)
+        paragraphs = _expect(_require(article, "paragraphs", where_article), list, "paragraphs",
+                             where_article)
+        for p, paragraph in enumerate(paragraphs):
+            where = f"{where_article}.paragraphs[{p}]"
+            _expect_item(paragraph, dict, where)
             context = _require(paragraph, "context", where)
-            for q, qa in enumerate(_require(paragraph, "qas", where)):
-                row = dict(qa, context=context, title=title)
+            for q, qa in enumerate(_expect(_require(paragraph, "qas", where), list, "qas", where)):
+                _expect_item(qa, dict, f"{where}.qas[{q}]")
+                row = dict(qa, context=context, title=article.get("title"))
                 yield row, f"{path.name}:{a}:{p}:{q}", f"{where}.qas[{q}]"
 
 
@@ -399,38 +715,52 @@ def open_source(spec: SourceSpec) -> ExampleSource:
     if path.is_dir():
         return _open_disk_dataset(path, spec)
     if path.is_file():
-        if not os.access(path, os.R_OK):
-            raise DataSourceError(f"{path}: not readable")
-        name = path.name.lower()
-        if name.endswith((".jsonl", ".jsonl.gz")):
-            first = next(_jsonl_rows(path), None)
-            if first is None:
-                raise DataSourceError(f"{path}: no records")
-            if not ({"document_plaintext", "annotations"} & set(first[0]) or {"question", "context"} <= set(first[0])):
-                raise DataSourceError(f"{first[2]}: unknown format: expected TyDi (document_plaintext, annotations), "
-                                      f"PrimeQA (question, context, target) or SQuAD-style "
-                                      f"(question, context, answers) fields, got {sorted(first[0])}")
-            return ExampleSource("jsonl", str(path), file_sha256(path), lambda: _jsonl_rows(path), spec)
-        if name.endswith((".json", ".json.gz")):
-            _load_squad_json(path)  # fail on an unknown layout now, not mid-run
-            return ExampleSource("squad_json", str(path), file_sha256(path), lambda: _squad_rows(path), spec)
-        raise DataSourceError(f"{path}: unknown format: expected .jsonl, .jsonl.gz, .json, .json.gz or a load_from_disk folder")
-    looks_local = spec.data.startswith((".", "/", "~")) or os.sep in spec.data.rstrip("/").split("/", 1)[0] \
-        or spec.data.count("/") > 1 or spec.data.endswith((".json", ".jsonl", ".gz"))
+        return _open_file(path, spec)
+    data = spec.data
+    looks_local = (data.startswith((".", "/", "~")) or os.sep in data.rstrip("/").split("/", 1)[0]
+                   or data.count("/") > 1 or data.endswith((".json", ".jsonl", ".gz")))
     if looks_local:
-        raise DataSourceError(f"{spec.data}: no such file or folder")
+        raise DataSourceError(f"{data}: no such file or folder")
     return _open_hub_dataset(spec)
+
+
+def _open_file(path: Path, spec: SourceSpec) -> ExampleSource:
+    """A local .jsonl(.gz) or .json(.gz) file: readable, and its first record in a known layout."""
+    if not os.access(path, os.R_OK):
+        raise DataSourceError(f"{path}: not readable")
+    check_file_header(path)
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        first = next(_jsonl_rows(path), None)
+        if first is None:
+            raise DataSourceError(f"{path}: no records")
+        fields = set(first[0])
+        if not ({"document_plaintext", "annotations"} & fields
+                or {"question", "context"} <= fields):
+            raise DataSourceError(
+                f"{first[2]}: unknown format: expected TyDi (document_plaintext, annotations), "
+                "PrimeQA (question, context, target) or SQuAD-style (question, context, answers) "
+                f"fields, got {sorted(fields)}")
+        return ExampleSource("jsonl", str(path), file_sha256(path), lambda: _jsonl_rows(path), spec)
+    if name.endswith((".json", ".json.gz")):
+        _load_squad_json(path)  # fail on an unknown layout now, not mid-run
+        return ExampleSource("squad_json", str(path), file_sha256(path),
+                             lambda: _squad_rows(path), spec)
+    raise DataSourceError(f"{path}: unknown format: expected .jsonl, .jsonl.gz, .json, .json.gz "
+                          "or a load_from_disk folder")
 
 
 def _open_disk_dataset(path: Path, spec: SourceSpec) -> ExampleSource:
     import datasets
 
     if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-        raise DataSourceError(f"{path}: unknown format: a folder must be a datasets.save_to_disk folder")
+        raise DataSourceError(f"{path}: unknown format: a folder must be a "
+                              "datasets.save_to_disk folder")
     dataset = _pick_split(datasets.load_from_disk(str(path)), spec, str(path))
     _check_columns(dataset, str(path))
-    # Each saved dataset carries a content fingerprint; hashing gigabytes of Arrow again is not needed.
-    digest = hashlib.sha256(f"{dataset._fingerprint}|{spec.split}|{len(dataset)}".encode()).hexdigest()
+    # Each saved dataset carries a content fingerprint: no need to hash gigabytes of Arrow again.
+    digest = hashlib.sha256(
+        f"{dataset._fingerprint}|{spec.split}|{len(dataset)}".encode()).hexdigest()
     return ExampleSource("load_from_disk", f"{path} [{spec.split}]", digest,
                          lambda: _dataset_rows(dataset, f"{path.name}/{spec.split}"), spec)
 
@@ -442,13 +772,16 @@ def _open_hub_dataset(spec: SourceSpec) -> ExampleSource:
     try:
         dataset = datasets.load_dataset(spec.data, config, split=spec.split)
     except Exception as err:  # the hub client raises many types; all mean "could not get it"
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        reason = "offline mode is set" if offline else f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        offline = (os.environ.get("HF_HUB_OFFLINE") == "1"
+                   or os.environ.get("HF_DATASETS_OFFLINE") == "1")
+        first_line = str(err).splitlines()[0][:200] if str(err) else ""
+        reason = "offline mode is set" if offline else f"{type(err).__name__}: {first_line}"
         raise DataSourceError(
             f"{spec.data}: not a local path, and the hub dataset could not be loaded ({reason}); "
             "download it where there is network and pass the saved folder or a .jsonl(.gz) file"
         ) from None
     _check_columns(dataset, spec.data)
-    digest = hashlib.sha256(f"{spec.data}|{config}|{spec.split}|{dataset._fingerprint}".encode()).hexdigest()
+    digest = hashlib.sha256(
+        f"{spec.data}|{config}|{spec.split}|{dataset._fingerprint}".encode()).hexdigest()
     return ExampleSource("hub", f"{spec.data} [{config}/{spec.split}]", digest,
                          lambda: _dataset_rows(dataset, f"{spec.data}/{spec.split}"), spec)

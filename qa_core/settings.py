@@ -5,7 +5,7 @@ Groups are shared, so a default lives in one place: ``FeatureArgs`` (windows) an
 ``qa-answer``; ``DecodeArgs`` serves training's evaluation and ``qa-answer``. Each field's
 ``help`` reaches ``--help``; ``choices`` are enforced by argparse. Values are checked by
 :func:`check_settings` before any data or model is touched: a bad value ends the run with
-argparse's usage line and one ``error:`` line naming the flag (exit code 2).
+one ``error:`` line naming the flag (exit code 2).
 
 Presets (``--preset NAME``, listed by ``--help``) replace defaults, never what the user typed.
 """
@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from transformers import HfArgumentParser
 
+from qa_core.cache import check_writable_folder
 from qa_core.decode import DecodeConfig
 from qa_core.errors import SettingsError
 from qa_core.features import FeatureConfig
+from qa_core.pipeline import check_preprocess_settings
 
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_torch_foreach", "sgd", "adafactor")
 LR_SCHEDULES = ("linear", "cosine", "constant")
@@ -206,11 +207,6 @@ def _fraction(value: Any) -> bool:
 
 # (flag, rule, what the rule says); None values of optional flags are not checked.
 RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("max_length", _positive, "a positive number of tokens"),
-    ("doc_stride", _non_negative, "a number of tokens >= 0"),
-    ("num_proc", _positive, "at least 1"),
-    ("batch_size", _positive, "at least 1"),
-    ("rows_per_shard", _positive, "at least 1"),
     ("max_train_examples", _positive, "at least 1 (leave it out for all examples)"),
     ("max_eval_examples", _positive, "at least 1 (leave it out for all examples)"),
     ("negative_window_fraction", _fraction, "a fraction in [0, 1]"),
@@ -236,20 +232,6 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 )
 
 
-def _check_folder_flag(flag: str, value: str) -> None:
-    """A folder the run will create or write into: not a file, and creatable."""
-    path = Path(value).expanduser()
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is None:
-        return
-    if existing == path and not path.is_dir():
-        raise SettingsError(f"--{flag} {value}: is a file, not a folder")
-    if existing != path and not existing.is_dir():
-        raise SettingsError(f"--{flag} {value}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SettingsError(f"--{flag} {value}: {existing} is not writable")
-
-
 def check_settings(*groups: Any) -> None:
     """Refuse any value that cannot work, naming the flag (raises :class:`SettingsError`)."""
     values: dict[str, Any] = {}
@@ -258,12 +240,13 @@ def check_settings(*groups: Any) -> None:
     for flag, rule, meaning in RULES:
         if flag in values and values[flag] is not None and not rule(values[flag]):
             raise SettingsError(f"argument --{flag}: must be {meaning}, got {values[flag]!r}")
-    if "doc_stride" in values and values["doc_stride"] >= values["max_length"]:
-        raise SettingsError(f"argument --doc_stride: must be smaller than --max_length "
-                            f"({values['max_length']}), got {values['doc_stride']}")
+    if "max_length" in values:  # the preprocessing checks, shared with prepare()
+        preprocess_flags = ("max_length", "doc_stride", "num_proc", "batch_size",
+                            "rows_per_shard", "language")
+        check_preprocess_settings(**{k: values[k] for k in preprocess_flags if k in values})
     for flag in ("cache_dir", "output_dir"):
         if values.get(flag):
-            _check_folder_flag(flag, values[flag])
+            check_writable_folder(Path(values[flag]).expanduser(), f"--{flag}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +296,8 @@ PRESETS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
 
 
 def parse_train_settings(argv: list[str] | None = None) -> TrainSettings:
-    """argv -> checked :class:`TrainSettings`; a bad flag exits 2 with argparse's usage line."""
+    """argv -> checked :class:`TrainSettings`. An unknown flag or choice exits 2 with argparse's
+    usage line; a value that cannot work raises :class:`QAError` naming the flag."""
     parser = HfArgumentParser(TRAIN_GROUPS, description=TRAIN_DESCRIPTION + _presets_help(),
                               formatter_class=_HelpFormatter)
     groups = parser.parse_args_into_dataclasses(argv)
@@ -322,10 +306,7 @@ def parse_train_settings(argv: list[str] | None = None) -> TrainSettings:
     if preset:  # preset values replace the defaults, not what the user typed
         parser.set_defaults(**PRESETS[preset][1]())
         groups = parser.parse_args_into_dataclasses(argv)
-    try:
-        check_settings(*groups)
-    except SettingsError as err:
-        parser.error(str(err))
+    check_settings(*groups)
     return TrainSettings(*groups)
 
 
@@ -334,10 +315,7 @@ def parse_preprocess_settings(argv: list[str] | None = None, description: str = 
     parser = HfArgumentParser((SourceArgs, CacheArgs, FeatureArgs), description=description,
                               formatter_class=_HelpFormatter)
     groups = parser.parse_args_into_dataclasses(argv)
-    try:
-        check_settings(*groups)
-    except SettingsError as err:
-        parser.error(str(err))
+    check_settings(*groups)
     return groups
 
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pytest
 
 import preprocess
@@ -19,7 +20,7 @@ from conftest import raw_tydi_record, tydi_raw_records, write_jsonl
 from qa_core import cache as cache_mod
 from qa_core.features import FeatureBuilder
 from qa_core.pipeline import PreprocessConfig, cache_key, prepare, tokenizer_key
-from qa_core.readers import SourceSpec, open_source
+from qa_core.readers import DataSourceError, SourceSpec, open_source
 
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_FIELDS = {"cache_dir", "cache_hit", "examples", "answerable", "features", "answers_covered", "skipped",
@@ -170,14 +171,23 @@ def test_several_shards(config, tmp_path):
     assert features_rows(sharded.entry) == features_rows(single.entry)
 
 
-def test_empty_result_still_loadable(bert_tok_dir, tmp_path):
+def test_empty_result_is_an_error(bert_tok_dir, tmp_path, capsys):
     path = write_jsonl(tmp_path / "only_ja.jsonl", [raw_tydi_record(1, "東京?", "東京は首都です。", "japanese", ["東京"])])
-    result = prepare(PreprocessConfig(data=str(path), model=bert_tok_dir, cache_dir=str(tmp_path / "c"),
-                                      max_length=48, doc_stride=16))
-    assert result.summary["examples"] == 0 and result.summary["notes"] == {"other_language": 1}
-    loaded = datasets.load_from_disk(str(result.entry))
-    assert loaded["features"].num_rows == 0 and loaded["examples"].num_rows == 0
-    assert "input_ids" in loaded["features"].column_names
+    config = PreprocessConfig(data=str(path), model=bert_tok_dir, cache_dir=str(tmp_path / "c"),
+                              max_length=48, doc_stride=16)
+    with pytest.raises(DataSourceError) as info:
+        prepare(config)
+    assert str(info.value).startswith(f"{path}: no usable examples: 1 rows read")
+    assert "another language" in str(info.value)
+    assert finished_keys(tmp_path / "c") == [] and temporaries(tmp_path / "c") == []
+    # every question longer than a window: the skip counts say why
+    code = preprocess.main(["--data", str(write_jsonl(tmp_path / "d.jsonl", tydi_raw_records())),
+                            "--model", bert_tok_dir, "--cache_dir", str(tmp_path / "c"),
+                            "--language", "all", "--max_length", "8", "--doc_stride", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "no usable examples: 6 rows read; skipped question_too_long 6" in err
+    assert finished_keys(tmp_path / "c") == []
 
 
 @pytest.mark.parametrize("where", ["builder", "writer"])
@@ -272,19 +282,201 @@ def test_sigkill_midway_then_rebuild(config, tmp_path):
         config, cache_dir=str(tmp_path / "fresh"))).entry)
 
 
-def test_abandoned_temporary_of_dead_pid_removed(config):
+def dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("hit", [False, True])
+def test_leftovers_removed_by_the_next_run(config, hit):
+    """Stale .tmp-* (writer gone) and every .trash-* go, hit or miss; a live writer's stays."""
     cache_root = Path(config.cache_dir)
+    if hit:
+        prepare(config)
     source = open_source(SourceSpec(config.data, config.split, config.language))
     key = cache_key(source, tokenizer_key(config.model)[0], config)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    cache_root.mkdir(parents=True)
-    abandoned = cache_root / f".tmp-{key}-{dead_pid}-0badf00d"
+    pid = dead_pid()
+    cache_root.mkdir(parents=True, exist_ok=True)
+    abandoned = cache_root / f".tmp-{key}-{pid}-0badf00d"         # name of the previous version
     (abandoned / "features").mkdir(parents=True)
     (abandoned / "features" / "part-00000.arrow").write_bytes(b"partial")
-    other_key = cache_root / f".tmp-ffffffffffffffffffff-{dead_pid}-0badf00d"
+    other_key = cache_root / f".tmp-ffffffffffffffffffff-{pid}-{cache_mod.HOST_TAG}0badf00d"
     other_key.mkdir()
+    trash = cache_root / f".trash-{key}-12345678"                 # killed between rename and delete
+    (trash / "features").mkdir(parents=True)
+    live = cache_root / f".tmp-{key}-{os.getpid()}-{cache_mod.HOST_TAG}deadbeef"
+    live.mkdir()
+    elsewhere = cache_root / f".tmp-{key}-{pid}-0123456789abcdef"  # another machine's writer
+    elsewhere.mkdir()
     result = prepare(config)
-    assert result.summary["key"] == key and not abandoned.exists()
-    assert other_key.exists()  # only this key's temporaries are looked at
+    assert result.summary["cache_hit"] is hit and result.summary["leftovers_removed"] == 3
+    assert not abandoned.exists() and not other_key.exists() and not trash.exists()
+    assert live.exists() and elsewhere.exists()
     assert datasets.load_from_disk(str(result.entry))["features"].num_rows == result.summary["features"]
+
+
+def test_trash_delete_ignores_a_racing_run(config, monkeypatch):
+    """Two runs deleting the same .trash-* folder: the loser's errors are ignored."""
+    cache_root = Path(config.cache_dir)
+    trash = cache_root / ".trash-abc-1"
+    (trash / "x").mkdir(parents=True)
+    real_rmtree = cache_mod.shutil.rmtree
+
+    def racing(path, ignore_errors=False):
+        real_rmtree(path)               # the other run wins the race...
+        real_rmtree(path, ignore_errors=ignore_errors)  # ...then this one tries
+
+    monkeypatch.setattr(cache_mod.shutil, "rmtree", racing)
+    assert cache_mod.remove_leftovers(cache_root) == [".trash-abc-1"]
+
+
+def entry_of(result) -> Path:
+    return Path(result.summary["cache_dir"])
+
+
+def truncate_shard(entry: Path) -> str:
+    shard = sorted((entry / "features").glob("*.arrow"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    return f"features/{shard.name}: 100 bytes"
+
+
+def flip_byte(entry: Path) -> str:
+    shard = sorted((entry / "examples").glob("*.arrow"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF                                   # same size, other content
+    shard.write_bytes(bytes(data))
+    return f"examples/{shard.name}: content differs"
+
+
+def drop_file(name: str, why: str):
+    return lambda entry: ((entry / name).unlink(), f"{name}: {why}")[1]
+
+
+def old_version_entry(entry: Path) -> str:
+    summary = json.loads((entry / "summary.json").read_text())
+    del summary["manifest_sha256"]
+    (entry / "summary.json").write_text(json.dumps(summary))
+    (entry / "manifest.json").unlink()
+    return "summary.json: no manifest_sha256"
+
+
+def truncated_summary(entry: Path) -> str:
+    (entry / "summary.json").write_text('{"examples": 6,')
+    return "summary.json: not valid JSON"
+
+
+def edited_manifest(entry: Path) -> str:
+    manifest = json.loads((entry / "manifest.json").read_text())
+    for record in manifest["files"].values():
+        record["size"] += 1
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    return "manifest.json: does not match"
+
+
+@pytest.mark.parametrize("damage", [
+    truncate_shard, flip_byte, drop_file("features/state.json", "missing"),
+    drop_file("manifest.json", "missing"), drop_file("summary.json", "missing"), old_version_entry,
+    truncated_summary, edited_manifest,
+])
+def test_damaged_entry_is_rebuilt_not_hit(config, damage):
+    first = prepare(config)
+    assert set(json.loads((first.entry / "manifest.json").read_text())["files"]) >= {
+        "dataset_dict.json", "features/state.json", "examples/dataset_info.json"}
+    why = damage(first.entry)
+    rebuilt = prepare(config)
+    assert rebuilt.summary["cache_hit"] is False and rebuilt.entry == first.entry
+    assert rebuilt.summary["cache_rebuilt"].startswith(why)
+    assert features_rows(rebuilt.entry) == features_rows(first.entry)
+    again = prepare(config)
+    assert again.summary["cache_hit"] is True and again.summary["cache_rebuilt"] is None
+    assert finished_keys(Path(config.cache_dir)) == [first.summary["key"]]
+    assert not [p for p in Path(config.cache_dir).iterdir() if p.name.startswith(".")]
+
+
+def test_large_shards_are_sized_not_hashed(config, monkeypatch):
+    monkeypatch.setattr(cache_mod, "HASHED_FILE_LIMIT", 1000)
+    entry = prepare(config).entry
+    files = json.loads((entry / "manifest.json").read_text())["files"]
+    shard = next(name for name in files if name.startswith("features/data-"))
+    assert "sha256" not in files[shard] and files[shard]["size"] > 1000
+    assert "sha256" in files["features/state.json"]
+
+
+def test_rebuild_keeps_an_entry_another_run_already_repaired(config):
+    first = prepare(config)
+    writer = cache_mod.CacheEntryWriter(Path(config.cache_dir), first.summary["key"], 100)
+    stamp = (first.entry / "summary.json").stat().st_mtime_ns
+    # the entry is whole again by the time this (slower) rebuild commits: it is kept
+    assert writer.commit({}, {n: pa.schema([("a", pa.int32())]) for n in cache_mod.SPLITS},
+                         overwrite=False, damaged=True) == first.entry
+    assert (first.entry / "summary.json").stat().st_mtime_ns == stamp
+    assert temporaries(Path(config.cache_dir)) == []
+
+
+def test_cache_dir_errors_name_the_flag(data_file, bert_tok_dir, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    argv = ["--data", str(data_file), "--model", bert_tok_dir, "--language", "all"]
+    for cache_dir, message in ((a_file, "is a file, not a folder"),
+                               (a_file / "sub",
+                                f"cannot be created: {a_file} is a file, not a folder")):
+        assert preprocess.main(argv + ["--cache_dir", str(cache_dir)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"preprocess.py: error: --cache_dir {cache_dir}: {message}"
+    # unwritable (faked: this suite may run as root, which writes anywhere)
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(cache_mod.os, "access",
+                        lambda p, mode: False if Path(p) == read_only else real_access(p, mode))
+    assert preprocess.main(argv + ["--cache_dir", str(read_only)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"preprocess.py: error: --cache_dir {read_only}: not writable "
+                   "(a new cache entry has to be written)")
+    assert preprocess.main(argv + ["--cache_dir", str(read_only / "new")]) == 2
+    assert f"{read_only} is not writable" in capsys.readouterr().err
+
+
+def test_read_only_cache_dir_still_serves_hits(config, monkeypatch):
+    first = prepare(config)
+    root = Path(config.cache_dir)
+    real_access = os.access
+    monkeypatch.setattr(cache_mod.os, "access",
+                        lambda p, mode: False if Path(p) == root else real_access(p, mode))
+    assert prepare(config).summary["cache_hit"] is True
+    assert first.summary["key"] in finished_keys(root)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--num_proc", "0", "--num_proc 0: must be at least 1"),
+    ("--num_proc", "-1", "--num_proc -1: must be at least 1"),
+    ("--batch_size", "0", "--batch_size 0: must be at least 1"),
+    ("--rows_per_shard", "0", "--rows_per_shard 0: must be at least 1"),
+    ("--max_length", "0", "--max_length 0: must be at least 1"),
+    ("--doc_stride", "-1", "--doc_stride -1: must be at least 0"),
+    ("--doc_stride", "48", "--doc_stride 48: must be below --max_length (48)"),
+    ("--language", " ", "--language ' ': give a language name"),
+])
+def test_settings_refused_before_any_work(data_file, bert_tok_dir, tmp_path, capsys, monkeypatch,
+                                          flag, value, message):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the source was opened before the settings were checked")
+
+    monkeypatch.setattr("qa_core.pipeline.open_source", no_work)
+    argv = ["--data", str(data_file), "--model", bert_tok_dir, "--cache_dir", str(tmp_path / "c"),
+            "--max_length", "48", "--doc_stride", "16", flag, value]
+    assert preprocess.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"preprocess.py: error: {message}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "c").exists()
+
+
+def test_check_preprocess_settings_is_importable():
+    from qa_core.pipeline import SettingsError, check_preprocess_settings
+
+    check_preprocess_settings(384, 128, num_proc=2)
+    with pytest.raises(SettingsError, match="--num_proc 0"):
+        check_preprocess_settings(384, 128, num_proc=0)
+    with pytest.raises(SettingsError, match="--max_length True: must be an integer"):
+        check_preprocess_settings(True, 0)

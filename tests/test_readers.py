@@ -1,11 +1,16 @@
 """Every supported source -> one example schema, with counted skips (qa_core.readers)."""
 from __future__ import annotations
 
+import gzip
 import json
+import random
 
 import pytest
 
-from conftest import DOC, P2, raw_to_hf, raw_tydi_record, tydi_raw_records, write_json, write_jsonl
+from conftest import (
+    DOC, P1, P2, P3, SQUAD_V1, byte_span, raw_to_hf, raw_tydi_record, tydi_raw_records, write_json,
+    write_jsonl,
+)
 from qa_core.readers import EXAMPLE_COLUMNS, DataSourceError, ReadStats, SourceSpec, open_source
 
 
@@ -172,11 +177,11 @@ def test_primeqa_base_jsonl(tmp_path):
     assert [e["id"] for e in examples] == ["u1", "u2", "u3", "u4"]
     assert examples[0]["answers"] == {"text": ["2012", "in 2012"], "answer_start": [start, start - 3]}
     assert examples[1]["yes_no_answer"] == "YES" and not examples[1]["answers"]["text"]
-    assert stats.formats == {"primeqa": 6}
+    assert stats.formats == {"primeqa": 5}
     assert stats.answerable == 1
-    # notes count rows before the language filter (u6 is also a no-answer row)
+    # the language filter comes first: u6 (also a no-answer row) counts only as other_language
     assert stats.notes == {"yes_no_only_labelled_no_answer": 1, "passage_only_labelled_no_answer": 1,
-                           "no_answer": 2, "other_language": 1}
+                           "no_answer": 1, "other_language": 1}
     assert stats.skipped == {"answer_char_offset_out_of_range": 1, "all_answer_spans_invalid": 1}
 
 
@@ -329,3 +334,213 @@ def test_hub_name_offline_is_one_line_error(monkeypatch):
         open_source(SourceSpec("tydiqa", split="validation"))
     message = str(info.value)
     assert "\n" not in message and "offline" in message and "tydiqa" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 8: wrong offsets, inconsistent annotations, damaged files (see docs/robustness.md)
+# ---------------------------------------------------------------------------------------------
+
+def squad_doc(qas: list[dict], context: str = "é " + P2) -> dict:
+    return {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}
+
+
+def test_squad_negative_or_past_the_end_start_is_a_counted_skip(tmp_path):
+    context = "é " + P2
+    from_end = context.index("2012") - len(context)           # context[from_end:] starts "2012"
+    assert context[from_end:from_end + 4] == "2012"
+    good = {"text": "2012", "answer_start": context.index("2012")}
+    path = write_json(tmp_path / "n.json", squad_doc([
+        {"id": "neg", "question": "When?", "answers": [{"text": "2012", "answer_start": from_end}]},
+        {"id": "past", "question": "When?",
+         "answers": [{"text": "x", "answer_start": len(context)}]},
+        {"id": "mixed", "question": "When?",
+         "answers": [{"text": "2012", "answer_start": from_end}, good]},
+    ], context))
+    examples, stats = read(path)
+    assert [e["id"] for e in examples] == ["mixed"]
+    assert examples[0]["answers"] == {"text": ["2012"], "answer_start": [good["answer_start"]]}
+    assert stats.skipped == {"answer_start_negative": 2, "answer_start_out_of_range": 1,
+                             "all_answer_spans_invalid": 2}
+
+
+def test_negative_start_in_tydi_and_primeqa_is_counted_not_no_answer(tmp_path):
+    g0, g1 = byte_span(DOC, "2012")
+    tydi = write_jsonl(tmp_path / "t.jsonl", [
+        raw_tydi_record(1, "When?", DOC, answers=[(-14, g1)]),          # -1 alone means "no span"
+        raw_tydi_record(2, "When?", DOC, answers=[(-14, g1), (g0, g1)]),
+        raw_tydi_record(3, "When?", DOC, answers=[(-1, -1)]),
+    ])
+    examples, stats = read(tydi)
+    assert [e["id"] for e in examples] == ["2", "3"]
+    assert examples[0]["answers"]["text"] == ["2012"]
+    assert stats.skipped == {"answer_start_negative": 2, "all_answer_spans_invalid": 1}
+    assert stats.notes == {"no_answer": 1}
+    start = DOC.index("2012")
+    prime = write_jsonl(tmp_path / "p.jsonl", [primeqa_row("u1", "When?", [(-14, start + 4)]),
+                                               primeqa_row("u2", "When?", [(start, start + 4)])])
+    examples, stats = read(prime)
+    assert [e["id"] for e in examples] == ["u2"]
+    assert stats.skipped == {"answer_start_negative": 1, "all_answer_spans_invalid": 1}
+
+
+def hf_row(example_id: str, **annotations) -> dict:
+    row = raw_to_hf(raw_tydi_record(example_id, "When?", DOC, passages=[P1, P2, P3],
+                                    answers=["2012", None]), keep_id=True)
+    row["annotations"].update(annotations)
+    return row
+
+
+@pytest.mark.parametrize("annotations, message", [
+    ({"minimal_answers_end_byte": [-1]},
+     "field 'annotations' has 2 minimal_answers_start_byte but 1 minimal_answers_end_byte"),
+    ({"minimal_answers_start_byte": [-1]},
+     "field 'annotations' has 1 minimal_answers_start_byte but 2 minimal_answers_end_byte"),
+    ({"passage_answer_candidate_index": [1, -1, -1]},
+     "field 'annotations' has 2 minimal_answers_start_byte but 3 passage_answer_candidate_index"),
+    ({"yes_no_answer": ["NONE"]},
+     "field 'annotations' has 2 minimal_answers_start_byte but 1 yes_no_answer"),
+    ({"minimal_answers_end_byte": None},
+     "field 'annotations.minimal_answers_end_byte' must be an array, got null"),
+])
+def test_tydi_annotation_lists_of_different_lengths_are_an_error(tmp_path, annotations, message):
+    path = write_jsonl(tmp_path / "hf.jsonl", [hf_row("ok"), hf_row("bad", **annotations)])
+    with pytest.raises(DataSourceError) as info:
+        read(path)
+    assert str(info.value) == f"{path}:2 (example id bad): {message}" + (
+        " (one entry per annotator in each)" if "has " in message else "")
+
+
+def test_tydi_candidate_lists_of_different_lengths_are_an_error(tmp_path):
+    row = hf_row("c1")
+    row["passage_answer_candidates"]["plaintext_end_byte"].pop()
+    with pytest.raises(DataSourceError, match=r"c\.jsonl:1 \(example id c1\): field "
+                       "'passage_answer_candidates' has 3 plaintext_start_byte but 2 "
+                       "plaintext_end_byte"):
+        read(write_jsonl(tmp_path / "c.jsonl", [row]))
+
+
+@pytest.mark.parametrize("value, shown", [(None, "null"), ("x", "string 'x'"), (1.5, "number 1.5")])
+def test_tydi_end_byte_not_an_integer_names_the_field(tmp_path, value, shown):
+    g0, _ = byte_span(DOC, "2012")
+    row = hf_row("e1", minimal_answers_start_byte=[g0, -1], minimal_answers_end_byte=[value, -1])
+    path = write_jsonl(tmp_path / "e.jsonl", [row])
+    with pytest.raises(DataSourceError) as info:
+        read(path)
+    assert str(info.value) == (f"{path}:1 (example id e1): field "
+                               "'annotations.minimal_answers_end_byte[0]' must be an integer, "
+                               f"got {shown}")
+
+
+def test_language_filter_before_notes_on_the_packaged_tydi_sample():
+    """English-only on the 11-language TyDi sample: the one English row is all the notes count."""
+    from qa_core.readers import open_source
+
+    path = "qa_core/data/tydiqa_tiny_dev.jsonl.gz"
+    english, stats = read(path)
+    every, all_stats = read(path, language="all")
+    assert [e["language"] for e in english] == ["english"]
+    assert stats.formats == {"tydi": 1} and not stats.skipped
+    assert stats.notes == {"other_language": 10, "yes_no_only_labelled_no_answer": 1}
+    assert sum(all_stats.notes.values()) == 7 and "other_language" not in all_stats.notes
+    assert open_source(SourceSpec(path)).kind == "jsonl" and len(every) == 11
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"data": [1]}, "data[0]: expected an object, got number 1"),
+    ({"data": [{"title": "t", "paragraphs": {"context": "c", "qas": []}}]},
+     "data[0]: field 'paragraphs' must be an array, got object"),
+    ({"data": [{"title": "t"}]}, "data[0]: missing required field 'paragraphs'"),
+    ({"data": [{"paragraphs": ["text"]}]},
+     "data[0].paragraphs[0]: expected an object, got string 'text'"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": {"id": "x"}}]}]},
+     "data[0].paragraphs[0]: field 'qas' must be an array, got object"),
+    ({"data": [{"paragraphs": [{"context": "c", "qas": [7]}]}]},
+     "data[0].paragraphs[0].qas[0]: expected an object, got number 7"),
+    (squad_doc([{"id": "i1", "question": "Q?", "answers": [{"text": 2012, "answer_start": 3}]}]),
+     "data[0].paragraphs[0].qas[0] (example id i1): field 'answers[0].text' must be a string, "
+     "got number 2012"),
+    (squad_doc([{"id": "i2", "question": "Q?",
+                 "answers": [{"text": "2012", "answer_start": "x"}]}]),
+     "(example id i2): field 'answers[0].answer_start' must be an integer, got string 'x'"),
+    (squad_doc([{"id": "i3", "question": 5, "answers": []}]),
+     "(example id i3): field 'question' must be a string, got number 5"),
+    (squad_doc([{"id": "i4", "question": "Q?",
+                 "answers": {"text": ["a", "b"], "answer_start": [0]}}]),
+     "(example id i4): field 'answers' must hold lists 'text' and 'answer_start' of one length"),
+])
+def test_squad_structure_errors_name_the_path(tmp_path, document, message):
+    path = write_json(tmp_path / "s.json", document)
+    with pytest.raises(DataSourceError) as info:
+        read(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def gz_truncated(path, text: str) -> None:
+    blob = gzip.compress(text.encode("utf-8"))
+    path.write_bytes(blob[:len(blob) // 2])
+
+
+def test_truncated_gzip_names_file_and_line(tmp_path):
+    rows = [json.dumps(raw_tydi_record(i, f"Q{i} {random.Random(i).random()}?", DOC,
+                                       answers=["2012"])) for i in range(400)]
+    jsonl = tmp_path / "t.jsonl.gz"
+    gz_truncated(jsonl, "\n".join(rows) + "\n")
+    with pytest.raises(DataSourceError) as info:
+        read(jsonl, language="all")
+    message = str(info.value)
+    assert message.startswith(f"{jsonl}: truncated gzip file: the compressed data ends after line ")
+    line = int(message.split("after line ")[1].split()[0])
+    assert 0 < line < 400
+    squad = tmp_path / "t.json.gz"
+    gz_truncated(squad, json.dumps({"data": SQUAD_V1["data"] * 400}, indent=1))  # > 64 KiB
+    with pytest.raises(DataSourceError, match=f"{squad}: truncated gzip file: .* ends after line "):
+        open_source(SourceSpec(str(squad)))
+
+
+def test_damaged_gzip_data_is_an_error(tmp_path):
+    blob = bytearray(gzip.compress(("\n".join(json.dumps(raw_tydi_record(i, "Q?", DOC))
+                                              for i in range(50)) + "\n").encode()))
+    blob[len(blob) // 2] ^= 0xFF
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DataSourceError, match=f"{path}: (damaged gzip data|.*malformed JSON)"):
+        read(path)
+
+
+@pytest.mark.parametrize("name", ["plain.json.gz", "plain.jsonl.gz"])
+def test_plain_text_named_gz(tmp_path, name):
+    path = tmp_path / name
+    text = json.dumps(SQUAD_V1) if name.endswith(".json.gz") else json.dumps(hf_row("1")) + "\n"
+    path.write_text(text)
+    with pytest.raises(DataSourceError) as info:
+        open_source(SourceSpec(str(path)))
+    assert str(info.value) == (f"{path}: not gzip-compressed although the name ends in .gz (it "
+                               "starts with b'{\"'); decompress it with the right name or gzip it")
+
+
+@pytest.mark.parametrize("name", ["empty.json", "empty.jsonl.gz"])
+def test_empty_file(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(DataSourceError, match="empty file"):
+        open_source(SourceSpec(str(tmp_path / name)))
+
+
+def test_non_utf8_names_file_and_line(tmp_path):
+    lines = [json.dumps(hf_row(str(i)), ensure_ascii=False).encode("utf-8") for i in range(4)]
+    lines[2] = lines[2].replace("Café".encode(), b"Caf\xe9")        # Latin-1 é
+    path = tmp_path / "latin1.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    with pytest.raises(DataSourceError) as info:
+        read(path)
+    column = lines[2].index(b"\xe9") + 1
+    assert str(info.value) == (f"{path}:3: not UTF-8 text (byte 0xe9 at column {column}); "
+                               "convert the file to UTF-8")
+    text = json.dumps(SQUAD_V1, ensure_ascii=False, indent=1).encode("utf-8")
+    bad = text.replace("François".encode(), b"Fran\xe7ois", 1)
+    squad = tmp_path / "latin1.json"
+    squad.write_bytes(bad)
+    line = bad[:bad.index(b"\xe7")].count(b"\n") + 1
+    with pytest.raises(DataSourceError,
+                       match=rf"latin1\.json:{line}: not UTF-8 text \(byte 0xe7 at column"):
+        open_source(SourceSpec(str(squad)))
