@@ -122,16 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-    from transformers import AutoConfig, AutoModelForQuestionAnswering
 
+    from qa_core.checkpoints import (
+        CheckpointError, ModelFolderError, NonFiniteModelError, RunState, check_model_folder,
+        load_checkpoint, load_qa_model, prune_checkpoints, require_checkpoint_support,
+        resolve_resume, save_checkpoint, save_model_checked,
+    )
     from qa_core.decode import DecodeConfig
     from qa_core.evaluation import EvalAccumulator, EvalReferences
     from qa_core.pipeline import PreprocessConfig, first_examples, load_tokenizer, prepare
     from qa_core.readers import DataSourceError
     from qa_core.training import (
-        NonFiniteGuard, PackedFeatures, RunState, freeze_encoder, identity_collate, lr_lambda, model_inputs,
-        optimizer_param_groups, optimizer_steps_per_epoch, pad_multiple, prune_checkpoints, resolve_mixed_precision,
-        resolve_resume, set_attention_dropout, training_loader,
+        NonFiniteGuard, PackedFeatures, freeze_encoder, identity_collate, lr_lambda, model_inputs,
+        optimizer_param_groups, optimizer_steps_per_epoch, pad_multiple, resolve_mixed_precision,
+        set_attention_dropout, training_loader,
     )
 
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "accelerator") and torch.accelerator.is_available())
@@ -158,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.report_to != "none":
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
 
+    def fail(err: Exception) -> int:
+        """One line on stderr from the main process (every rank gets here alike); exit code 2."""
+        if accelerator.is_main_process:
+            print(f"train_accelerate.py: error: {err}", file=sys.stderr)
+        return 2
+
     set_seed(cfg.seed)
 
     # --- data: the preprocessing cache, shared with preprocess.py (main process builds it first) ----
@@ -170,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         dataset = datasets.load_from_disk(str(result.entry))
         return result.summary, dataset["features"].data.table, dataset["examples"].data.table
 
+    try:  # before any work: a missing, empty or damaged --model folder is one line naming it
+        check_model_folder(cfg.model)
+    except ModelFolderError as err:
+        return fail(err)
     try:
         tokenizer = load_tokenizer(cfg.model)
         do_train = cfg.max_train_steps != 0
@@ -197,10 +211,14 @@ def main(argv: list[str] | None = None) -> int:
                                               collate_fn=identity_collate)
 
     # --- model and optimizer -----------------------------------------------------------------------
-    model_config = AutoConfig.from_pretrained(cfg.model)
-    if cfg.attention_dropout is not None:
-        set_attention_dropout(model_config, cfg.attention_dropout)
-    model = AutoModelForQuestionAnswering.from_pretrained(cfg.model, config=model_config)
+    def adjust_config(model_config) -> None:
+        if cfg.attention_dropout is not None:
+            set_attention_dropout(model_config, cfg.attention_dropout)
+
+    try:
+        model = load_qa_model(cfg.model, adjust_config)
+    except ModelFolderError as err:
+        return fail(err)
     if cfg.freeze_encoder:
         freeze_encoder(model)
     optimizer = torch.optim.AdamW(optimizer_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
@@ -247,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.print(f"step {state.global_step}: EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f} "
                           f"start_f1 {metrics['start_f1']:.3f} end_f1 {metrics['end_f1']:.3f}")
         if do_train and (state.best_f1 is None or metrics["f1"] > state.best_f1):
-            state.best_f1, state.best_step = metrics["f1"], state.global_step
-            accelerator.unwrap_model(model).save_pretrained(
-                output_dir / "best_model", is_main_process=accelerator.is_main_process,
-                save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
+            try:  # only finite weights with finite logits become best_model/
+                save_model_checked(accelerator, model, output_dir / "best_model", metrics)
+                state.best_f1, state.best_step = metrics["f1"], state.global_step
+            except NonFiniteModelError as err:
+                log({"event": "model_not_saved", "step": state.global_step, "reason": str(err)})
         paused["seconds"] += time.perf_counter() - began
 
     # --- training ----------------------------------------------------------------------------------
@@ -261,28 +280,24 @@ def main(argv: list[str] | None = None) -> int:
         num_epochs = math.ceil(total_steps / steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer.optimizer, lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, total_steps))
-        accelerator.register_for_checkpointing(scheduler)
 
-        try:
+        try:  # verified first; refused (by file name) rather than restored in part
+            require_checkpoint_support(accelerator)
             resume_folder = resolve_resume(output_dir, cfg.resume_from_checkpoint)
-            saved = RunState.load(resume_folder) if resume_folder is not None else None
-        except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"train_accelerate.py: error: {err}") from None
+            if resume_folder is not None:
+                state = load_checkpoint(accelerator, model, optimizer, scheduler, resume_folder,
+                                        expected=state)
+        except CheckpointError as err:
+            return fail(err)
         if resume_folder is not None:
-            problems = saved.mismatches(state)
-            if problems:
-                raise SystemExit(f"cannot resume exactly from {resume_folder}: " + "; ".join(problems))
-            accelerator.load_state(str(resume_folder))
-            state = saved
             accelerator.print(f"resumed from {resume_folder} at step {state.global_step} "
                               f"(epoch {state.epoch}, batch {state.batches_in_epoch})")
 
-        def save_checkpoint() -> None:
+        def checkpoint() -> None:
             began = time.perf_counter()
             folder = output_dir / "checkpoints" / f"step_{state.global_step}"
-            accelerator.save_state(str(folder))
+            save_checkpoint(accelerator, model, optimizer, scheduler, state, folder)
             if accelerator.is_main_process:
-                state.save(folder)  # written last: a folder without it is not a checkpoint
                 prune_checkpoints(output_dir, cfg.keep_last)
             accelerator.wait_for_everyone()
             paused["seconds"] += time.perf_counter() - began
@@ -366,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                     window_start, window_samples, window_batches = time.perf_counter(), 0, 0
                     window_loss.zero_()
                 if cfg.checkpointing_steps and state.global_step % cfg.checkpointing_steps == 0:
-                    save_checkpoint()
+                    checkpoint()
                 if cfg.eval_strategy == "steps" and state.global_step % cfg.eval_steps == 0:
                     run_eval("steps")
                 if state.global_step >= total_steps:
@@ -374,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             if state.batches_in_epoch < len(train_loader):  # stopped inside the epoch (max_train_steps)
                 break
             state.epoch, state.batches_in_epoch = epoch + 1, 0
-            save_checkpoint()
+            checkpoint()
             if cfg.eval_strategy == "epoch":
                 run_eval("epoch")
         progress.close()
@@ -386,8 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     # --- outputs -----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
-                              save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
+    try:  # NaN/inf weights or logits are not written as a usable model
+        save_model_checked(accelerator, model, output_dir, metrics)
+    except NonFiniteModelError as err:
+        return fail(err)
     summary = {
         **{k: metrics[k] for k in ("exact_match", "f1", "start_f1", "end_f1")},
         "metrics": metrics, "global_step": state.global_step, "samples_seen": state.samples_seen,

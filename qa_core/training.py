@@ -1,17 +1,13 @@
 """Pieces of the training loop that are worth testing on their own.
 
 Batches come straight from numpy buffers (no per-row Python dicts), the epoch order is a pure
-function of (seed, epoch) so a resumed run sees the same batches, and the run state that
-``save_state`` does not cover lives in a small JSON file beside each checkpoint.
+function of (seed, epoch) so a resumed run sees the same batches. Run state and checkpoints
+live in ``qa_core.checkpoints``.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -20,7 +16,6 @@ import torch
 
 from qa_core.features import offsets_to_numpy
 
-RUN_STATE_FILE = "run_state.json"
 NO_DECAY_PATTERN = re.compile(r"(bias|LayerNorm\.weight|layer_norm\.weight|norm\.weight)$")
 
 
@@ -266,78 +261,8 @@ def training_loader(dataset: PackedFeatures, batch_size: int, num_processes: int
 
 
 # ---------------------------------------------------------------------------------------------
-# Run state, checkpoints, non-finite guard
+# Non-finite guard (run state and checkpoints: qa_core.checkpoints)
 # ---------------------------------------------------------------------------------------------
-
-@dataclass
-class RunState:
-    """What ``accelerator.save_state`` does not know: where in the data the run is."""
-
-    global_step: int = 0            # optimizer steps taken (skipped non-finite steps included)
-    epoch: int = 0
-    batches_in_epoch: int = 0       # per-process batches of ``epoch`` already consumed
-    samples_seen: int = 0
-    nonfinite_steps: int = 0
-    best_f1: float | None = None
-    best_step: int | None = None
-    # The settings that must match for an exact resume.
-    world_size: int = 1
-    seed: int = 0
-    per_device_train_batch_size: int = 0
-    gradient_accumulation_steps: int = 1
-    train_data_key: str = ""
-
-    MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size", "gradient_accumulation_steps",
-                  "train_data_key")
-
-    def save(self, folder: Path) -> None:
-        (folder / RUN_STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, folder: Path) -> "RunState":
-        path = folder / RUN_STATE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not a checkpoint of this script: {RUN_STATE_FILE} is missing")
-        data = json.loads(path.read_text())
-        unknown = set(data) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"{path}: unknown fields {sorted(unknown)}")
-        return cls(**data)
-
-    def mismatches(self, current: "RunState") -> list[str]:
-        return [f"{name}: checkpoint {getattr(self, name)!r} != now {getattr(current, name)!r}"
-                for name in self.MUST_MATCH if getattr(self, name) != getattr(current, name)]
-
-
-def checkpoint_folders(output_dir: Path) -> list[Path]:
-    """Finished checkpoints (those with a run state), oldest first."""
-    root = output_dir / "checkpoints"
-    found = [p for p in root.glob("step_*") if (p / RUN_STATE_FILE).is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
-
-
-def prune_checkpoints(output_dir: Path, keep_last: int | None) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints; returns what was deleted."""
-    if not keep_last:
-        return []
-    doomed = checkpoint_folders(output_dir)[:-keep_last]
-    for folder in doomed:
-        shutil.rmtree(folder, ignore_errors=True)
-    return doomed
-
-
-def resolve_resume(output_dir: Path, resume_from_checkpoint: str | None) -> Path | None:
-    """``auto`` -> newest checkpoint in ``output_dir`` (or None); a path must be a checkpoint."""
-    if not resume_from_checkpoint:
-        return None
-    if resume_from_checkpoint == "auto":
-        found = checkpoint_folders(output_dir)
-        return found[-1] if found else None
-    folder = Path(resume_from_checkpoint)
-    if not (folder / RUN_STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume_from_checkpoint {folder}: not a checkpoint ({RUN_STATE_FILE} missing)")
-    return folder
-
 
 class NonFiniteLossError(RuntimeError):
     pass

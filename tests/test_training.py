@@ -17,10 +17,13 @@ import pyarrow as pa
 import pytest
 import torch
 
+from qa_core.checkpoints import (
+    MANIFEST_FILE, RUN_STATE_FILE, CheckpointError, RunState, prune_checkpoints, resolve_resume,
+    verify_checkpoint, write_manifest,
+)
 from qa_core.training import (
-    RUN_STATE_FILE, EpochSampler, NonFiniteGuard, NonFiniteLossError, PackedFeatures, RunState, epoch_order,
-    freeze_encoder, lr_lambda, optimizer_param_groups, optimizer_steps_per_epoch, prune_checkpoints,
-    resolve_resume,
+    EpochSampler, NonFiniteGuard, NonFiniteLossError, PackedFeatures, epoch_order, freeze_encoder,
+    lr_lambda, optimizer_param_groups, optimizer_steps_per_epoch,
 )
 from tiny_models import (
     EVAL_DATA, load_weights, read_log, run_main_in_process, train_args,
@@ -241,7 +244,7 @@ def test_run_state_round_trip_and_mismatches(tmp_path):
     # progress fields may differ freely
     assert loaded.mismatches(RunState(**{**state.__dict__, "global_step": 99, "epoch": 5})) == []
 
-    with pytest.raises(FileNotFoundError, match=RUN_STATE_FILE):
+    with pytest.raises(CheckpointError, match=RUN_STATE_FILE):
         RunState.load(tmp_path / "elsewhere")
     (tmp_path / RUN_STATE_FILE).write_text(json.dumps({**json.loads((tmp_path / RUN_STATE_FILE).read_text()),
                                                        "surprise": 1}))
@@ -256,6 +259,7 @@ def make_checkpoints(output_dir: Path, finished: list[int], unfinished: list[int
         (folder / "model.safetensors").write_text("x")
         if step in finished:
             RunState(global_step=step).save(folder)
+            write_manifest(folder)
 
 
 def test_prune_checkpoints_keeps_the_newest_by_step_number(tmp_path):
@@ -274,9 +278,11 @@ def test_resolve_resume(tmp_path):
     assert resolve_resume(tmp_path, "auto") == tmp_path / "checkpoints" / "step_10"  # 10 > 9, 30 unfinished
     explicit = tmp_path / "checkpoints" / "step_9"
     assert resolve_resume(tmp_path / "other", str(explicit)) == explicit
-    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
-        resolve_resume(tmp_path, str(tmp_path / "checkpoints" / "step_30"))
-    with pytest.raises(FileNotFoundError):
+    unfinished = tmp_path / "checkpoints" / "step_30"
+    assert resolve_resume(tmp_path, str(unfinished)) == unfinished  # the load refuses it:
+    with pytest.raises(CheckpointError, match=f"step_30/{MANIFEST_FILE}: missing: .*never fini"):
+        verify_checkpoint(unfinished)
+    with pytest.raises(CheckpointError, match="missing: no such folder"):
         resolve_resume(tmp_path, str(tmp_path / "missing"))
 
 
@@ -346,18 +352,18 @@ class Interrupted(Exception):
 def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tiny_model, cache_dir, tmp_path,
                                                               monkeypatch):
     """Stop a run right after its mid-epoch checkpoint at step 8, then restart it with ``auto``."""
-    import qa_core.training
+    import qa_core.checkpoints
 
     out = tmp_path / "B"
-    original = qa_core.training.prune_checkpoints
+    original = qa_core.checkpoints.prune_checkpoints
 
     def prune_then_stop(output_dir, keep_last):  # called once a checkpoint is complete
         deleted = original(output_dir, keep_last)
-        if (Path(output_dir) / "checkpoints" / "step_8" / RUN_STATE_FILE).is_file():
+        if (Path(output_dir) / "checkpoints" / "step_8" / MANIFEST_FILE).is_file():
             raise Interrupted
         return deleted
 
-    monkeypatch.setattr(qa_core.training, "prune_checkpoints", prune_then_stop)
+    monkeypatch.setattr(qa_core.checkpoints, "prune_checkpoints", prune_then_stop)
     with pytest.raises(Interrupted):
         run_main_in_process(train_args(tiny_model, cache_dir, out, resume_from_checkpoint="auto", **RESUME_FLAGS))
     monkeypatch.undo()
@@ -378,31 +384,88 @@ def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tin
 
 
 def test_resume_mid_first_epoch_reproduces_the_run(uninterrupted, tiny_model, cache_dir, tmp_path):
+    """From a copy of the step-4 checkpoint in another folder (manifest names are relative)."""
+    copied = tmp_path / "elsewhere" / "my_checkpoint"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_4", copied)
     out = tmp_path / "C"
     code, _, stdout = run_main_in_process(train_args(
-        tiny_model, cache_dir, out, resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"),
-        **RESUME_FLAGS))
+        tiny_model, cache_dir, out, resume_from_checkpoint=str(copied), **RESUME_FLAGS))
     assert code == 0 and "at step 4 (epoch 0, batch 8)" in stdout
     compare_resumed(out, uninterrupted, from_step=4)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_12", "step_6", "step_8"]
 
 
-def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, tmp_path):
+def one_line_error(capsys) -> str:
+    """The single stderr line of a refused run."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("train_accelerate.py: error: ")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(lines), lines
+    return errors[0]
+
+
+def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, tmp_path, capsys):
     flags = {**RESUME_FLAGS, "per_device_train_batch_size": 2}
-    with pytest.raises(SystemExit, match="per_device_train_batch_size: checkpoint 4 != now 2"):
-        run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "D",
-                                       resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"),
-                                       **flags))
+    code, _, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "D",
+        resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"), **flags))
+    assert code == 2
+    assert "per_device_train_batch_size: checkpoint 4 != now 2" in one_line_error(capsys)
 
 
-def test_resume_refuses_a_folder_without_run_state(uninterrupted, tiny_model, cache_dir, tmp_path):
+def test_resume_refuses_a_folder_without_run_state(uninterrupted, tiny_model, cache_dir, tmp_path,
+                                                   capsys):
     broken = tmp_path / "broken"
     shutil.copytree(uninterrupted / "checkpoints" / "step_4", broken)
     (broken / RUN_STATE_FILE).unlink()
-    with pytest.raises(SystemExit, match=RUN_STATE_FILE):
-        run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "E", resume_from_checkpoint=str(broken),
-                                       **RESUME_FLAGS))
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "E",
+                                                resume_from_checkpoint=str(broken), **RESUME_FLAGS))
+    assert code == 2
+    expected = f"{broken / RUN_STATE_FILE}: missing (listed in {MANIFEST_FILE})"
+    assert expected in one_line_error(capsys)
     assert not (tmp_path / "E" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "replace"])
+def test_resume_from_a_damaged_checkpoint_is_refused_by_file(uninterrupted, tiny_model, cache_dir,
+                                                             tmp_path, capsys, damage):
+    """The issue's case: a truncated RNG state resumed with rc 0 and another F1. Now any damaged
+    file is refused by name (here the RNG state truncated, or the optimizer swapped in from the
+    step-8 checkpoint), before training starts."""
+    broken = tmp_path / "broken"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_4", broken)
+    name = "rng_state_0.json" if damage == "truncate" else "optimizer.pt"
+    if damage == "truncate":
+        text = (broken / name).read_text()
+        (broken / name).write_text(text[:len(text) // 2])
+    else:
+        shutil.copyfile(uninterrupted / "checkpoints" / "step_8" / name, broken / name)
+    code, _, stdout = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "F",
+                                                     resume_from_checkpoint=str(broken),
+                                                     **RESUME_FLAGS))
+    assert code == 2 and "resumed from" not in stdout
+    assert str(broken / name) in one_line_error(capsys)
+    assert not (tmp_path / "F" / "model.safetensors").exists()
+
+
+def test_auto_refuses_a_damaged_newest_checkpoint(uninterrupted, tiny_model, cache_dir, tmp_path,
+                                                  capsys):
+    out = tmp_path / "G"
+    shutil.copytree(uninterrupted / "checkpoints", out / "checkpoints")
+    newest = out / "checkpoints" / "step_12" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    code, _, stdout = run_main_in_process(train_args(tiny_model, cache_dir, out,
+                                                     resume_from_checkpoint="auto", **RESUME_FLAGS))
+    assert code == 2 and "resumed from" not in stdout  # no silent fall-back to step_8
+    assert f"{newest}: 1000 bytes, manifest.json records" in one_line_error(capsys)
+
+
+def test_an_empty_model_folder_is_one_error_naming_it(cache_dir, tmp_path, capsys):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    code, _, _ = run_main_in_process(train_args(str(empty), cache_dir, tmp_path / "H"))
+    assert code == 2
+    assert f"--model {empty}: not a model folder (config.json missing; empty)" in one_line_error(
+        capsys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,6 +544,34 @@ def test_too_many_consecutive_nonfinite_losses_stop_the_run(poison, tiny_model, 
                                        max_consecutive_nonfinite=2, eval_strategy="end"))
     assert calls["n"] == 3
     assert not (out / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: non-finite weights are not saved as a model
+# ---------------------------------------------------------------------------------------------
+
+@SKIPPED_STEP_WARNING
+@pytest.mark.parametrize("learning_rate", ["inf", "1e6"])
+def test_a_run_ending_with_unusable_weights_fails_and_saves_no_model(tiny_model, cache_dir,
+                                                                    tmp_path, capsys,
+                                                                    learning_rate):
+    """lr inf makes every weight NaN at the first step; lr 1e6 keeps them finite but so large
+    that logits are NaN (for 6 of the 13 features after the first step, all 13 later). Either
+    way: exit 2, no final model, no best_model/ (no warm-up: the first step at full rate)."""
+    out = tmp_path / f"lr_{learning_rate}"
+    code, summary, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, max_train_steps=3, learning_rate=learning_rate,
+        warmup_steps=0, eval_strategy="steps", eval_steps=1))
+    assert code == 2 and summary == {}
+    error = one_line_error(capsys)
+    assert f"{out}: not written: " in error
+    reason = ("parameter tensors hold NaN or inf" if learning_rate == "inf"
+              else "the evaluation's logits were NaN or inf for")
+    assert reason in error
+    assert not (out / "model.safetensors").exists() and not (out / "best_model").exists()
+    not_saved = [r for r in read_log(out) if r["event"] == "model_not_saved"]
+    assert [r["step"] for r in not_saved] == [1, 2, 3]
+    assert all("best_model: not written" in r["reason"] for r in not_saved)
 
 
 # ---------------------------------------------------------------------------------------------
