@@ -18,9 +18,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from qa_core.checkpoints import ModelFolderError, check_model_folder, first_line, load_qa_model
 from qa_core.decode import DecodeConfig, best_answers, concat_feature_spans, feature_topk_spans
 from qa_core.features import FeatureBuilder, FeatureConfig
 from qa_core.training import PackedFeatures, model_inputs
+
+
+class InputError(ValueError):
+    """A context or question that cannot be answered; the message names the flag or file."""
 
 
 @dataclass
@@ -69,6 +74,42 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
             for i, q in enumerate(questions)]
 
 
+def read_context_file(path: str) -> str:
+    """The UTF-8 text of ``--context_file``; unreadable or non-UTF-8 files are an InputError."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(f"--context_file {path}: cannot read it ({err.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise InputError(f"--context_file {path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                         f"offset {err.start}, line {line})") from None
+
+
+def check_inputs(context: str | None, questions: list[str]) -> None:
+    """Something to answer: a context and questions that are not empty or only whitespace."""
+    if context is not None and not context.strip():
+        raise InputError("the context is empty or only whitespace: nothing to answer from")
+    blank = [i + 1 for i, q in enumerate(questions) if not q.strip()]
+    if blank:
+        raise InputError(f"--question number {blank[0]} is empty or only whitespace")
+
+
+def load_model_and_tokenizer(model: str):
+    """The QA model and its tokenizer from a folder (or hub name); a ModelFolderError names it."""
+    from qa_core.pipeline import load_tokenizer
+
+    check_model_folder(model)
+    try:
+        tokenizer = load_tokenizer(model)
+    except ValueError as err:  # load_tokenizer's own message, or transformers' conversion error
+        raise ModelFolderError(f"--model {model}: cannot load its tokenizer "
+                               f"({first_line(err)})") from None
+    return load_qa_model(model), tokenizer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a trained model folder (train_accelerate.py output)")
@@ -86,18 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         passage = demo_passage()
         context, questions = passage["context"], args.question or passage["questions"]
     else:
-        context = Path(args.context_file).read_text(encoding="utf-8") if args.context_file else args.context
-        questions = args.question
-    if not context or not questions:
-        parser.error("give a context (--context or --context_file) and at least one --question, or --demo")
-
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
+        context, questions = args.context, args.question
+        if context is None and not args.context_file or not questions:
+            parser.error("give a context (--context or --context_file) and at least one "
+                         "--question, or --demo")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model, use_fast=True)
-        model = AutoModelForQuestionAnswering.from_pretrained(args.model)
-    except OSError as err:
-        print(f"qa-answer: error: cannot load model {args.model!r}: {str(err).splitlines()[0]}", file=sys.stderr)
+        if args.context_file and not args.demo:
+            context = read_context_file(args.context_file)
+        check_inputs(context, questions)
+        model, tokenizer = load_model_and_tokenizer(args.model)
+    except (InputError, ModelFolderError) as err:
+        print(f"qa-answer: error: {err}", file=sys.stderr)
         return 2
     answers = answer_questions(model, tokenizer, questions, context,
                                DecodeConfig(max_answer_length=args.max_answer_length),
