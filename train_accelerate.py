@@ -38,10 +38,10 @@ def train(settings: TrainSettings, started_at: float) -> int:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from qa_core.checkpoints import RunState, save_model
+    from qa_core.checkpoints import RunState, save_model_checked
     from qa_core.hardware import make_accelerator
     from qa_core.loop import EvalTracker, RunLog, fit
-    from qa_core.modeling import freeze_encoder, load_qa_model
+    from qa_core.modeling import check_model_folder, freeze_encoder, load_qa_model
     from qa_core.outputs import demo_answers, run_summary, write_run_files
     from qa_core.pipeline import load_tokenizer
     from qa_core.run_setup import build_evaluator, load_cached_split, start_training
@@ -56,6 +56,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
     set_seed(optim.seed)
 
     # --- data: the preprocessing cache, shared with preprocess.py ---------------------------------
+    check_model_folder(data.model)  # a damaged model folder is refused before any preprocessing
     tokenizer = load_tokenizer(data.model)
     do_train = optim.max_train_steps != 0
     train_split = load_cached_split(accelerator, settings, data.train_data, data.train_split,
@@ -88,7 +89,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
 
     # --- outputs --------------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
-    save_model(accelerator, model, output_dir)
+    save_model_checked(accelerator, model, output_dir, tracker.metrics)  # refuses NaN/inf weights
     summary = run_summary(tracker.metrics, state, train_seconds, accelerator, output_dir)
     if accelerator.is_main_process:
         write_run_files(output_dir, summary, tracker.predictions, settings.as_flat_dict(),

@@ -1,50 +1,112 @@
-"""Checkpoints (TEMPORARY lead version; replaced by the pickle-free module at merge)."""
+"""Checkpoints that resume exactly and load without running code; saved models that are usable.
+
+Layout of ``output_dir/checkpoints/step_N/`` (every file is plain data; nothing is unpickled):
+
+==================  ==========================================================================
+file                what it holds, and how it is read back
+==================  ==========================================================================
+``manifest.json``   written LAST, atomically (temp file, fsync, rename), by the main process
+                    once every rank has written its files: ``{"format":
+                    "qa-accelerate-checkpoint", "version": 1, "files": {name: {"bytes": n,
+                    "sha256": hex}}}`` for every other file, names relative to the folder (a
+                    copied folder still verifies). A folder without it was never finished.
+                    Read with ``json``; checked FIRST on resume (:func:`verify_checkpoint`).
+``run_state.json``  :class:`RunState`: where in the data the run is, and the settings that must
+                    match for an exact resume. ``json``, every field type-checked.
+``model.safetensors``  the FULL model state dict (unwrapped parameter names, as
+                    ``torch.distributed.checkpoint.state_dict.get_model_state_dict`` with
+                    ``full_state_dict=True`` returns it), float tensors as trained; tied
+                    weights stored once per name. safetensors: an 8-byte little-endian header
+                    length, a JSON header (name -> dtype, shape, byte offsets), then raw
+                    tensor bytes; read with ``safetensors.torch.load_file`` (no code).
+``optimizer.pt``    the FULL optimizer state dict keyed by parameter name
+                    (``get_optimizer_state_dict(..., full_state_dict=True)``): tensors, numbers,
+                    strings, parameter groups with parameter names. ``torch.save``'s zip (a
+                    ``data.pkl`` record of containers plus one raw-bytes entry per tensor);
+                    read with ``torch.load(weights_only=True)``, whose unpickler builds only
+                    tensors, numbers, strings and containers and refuses anything else
+                    unread.
+``scheduler.json``  ``LambdaLR.state_dict()`` (its lambdas are plain functions, stored as
+                    ``null``: the schedule itself is rebuilt from the flags). ``json``; the keys
+                    must be exactly the live scheduler's.
+``scaler.json``     fp16 only: ``GradScaler.state_dict()`` (scale, growth tracker). ``json``.
+``rng_state_R.json``  one per rank R: Python ``random``, NumPy's global MT19937, torch's CPU
+                    generator and every CUDA device's generator (raw bytes in base64), and
+                    ``accelerator.step`` (the gradient-accumulation counter). ``json``.
+==================  ==========================================================================
+
+The model and optimizer are written by the main process (DDP replicas are identical); each rank
+writes its own RNG file. The folder must be on a filesystem every rank sees (as ``auto`` already
+assumes). Checkpoints hold FULL (unsharded) state dicts: under FSDP they are gathered to the main
+process through ``torch.distributed.checkpoint.state_dict`` and every rank reads them back
+whole; FSDP sharded state (``torch.distributed.checkpoint`` folders) is not written or read.
+DeepSpeed keeps its optimizer in its own (pickle-based) format, so checkpoints of DeepSpeed runs
+are refused (:class:`CheckpointError`). RNG states of devices other than CPU and CUDA are not
+saved.
+
+Resume (:func:`load_checkpoint`) verifies the manifest first: a file missing, truncated, altered,
+swapped in from another checkpoint, or not listed at all is refused with its name
+(:class:`CheckpointError`, one line) before anything is restored. Then every file is parsed and
+checked (types, the RNG states on throwaway generators, parameter-group sizes against the live
+optimizer, scheduler and GradScaler fields) before anything is applied. Model weights that do
+not fit the live model are found only while applying: still a refusal, and the run stops.
+Folders in accelerate's own ``save_state`` layout (pickles such as ``random_states_0.pkl``) are
+refused by name.
+
+Saved models: :func:`save_model_checked` writes a ``save_pretrained`` folder only when every
+parameter is finite and the evaluation just run on those weights gave finite logits;
+:func:`qa_core.modeling.load_qa_model` turns a missing, empty or damaged model folder into one
+``ModelFolderError`` naming the folder or file.
+"""
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
+import random
+import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
-from qa_core.errors import QAError
+import numpy as np
+import torch
+
+from qa_core.errors import QAError, first_line
 
 RUN_STATE_FILE = "run_state.json"
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.json"
+SCALER_FILE = "scaler.json"
+RNG_FILE_PATTERN = "rng_state_{rank}.json"
+MANIFEST_FORMAT = "qa-accelerate-checkpoint"
+MANIFEST_VERSION = 1
+# What accelerate's ``save_state`` writes (several of these are pickles it loads unsafely).
+LEGACY_FILES = re.compile(r"^(random_states_\d+\.pkl|custom_checkpoint_\d+\.pkl"
+                          r"|optimizer(_\d+)?\.bin|scheduler(_\d+)?\.bin|scaler\.pt"
+                          r"|sampler(_\d+)?\.bin|pytorch_model\.bin)$")
+STEP_FOLDER = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointError(QAError):
-    pass
+    """A checkpoint that cannot be saved or restored exactly; the message names folder and file."""
 
 
-def _register(accelerator, scheduler) -> None:
-    if all(obj is not scheduler for obj in accelerator._custom_objects):
-        accelerator.register_for_checkpointing(scheduler)
+class NonFiniteModelError(QAError):
+    """Weights that are NaN/inf, or that give NaN/inf logits: not written as a usable model."""
 
 
-def save_checkpoint(accelerator, model, optimizer, scheduler, state, folder: Path) -> None:
-    _register(accelerator, scheduler)
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        state.save(folder)
-
-
-def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path):
-    saved = RunState.load(folder)
-    _register(accelerator, scheduler)
-    accelerator.load_state(str(folder))
-    return saved
-
-
-def save_model(accelerator, model, folder: Path) -> None:
-    accelerator.unwrap_model(model).save_pretrained(
-        folder, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-        state_dict=accelerator.get_state_dict(model))
-
-
+# ---------------------------------------------------------------------------------------------
+# Run state
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
 class RunState:
-    """What ``accelerator.save_state`` does not know: where in the data the run is."""
+    """What the model, optimizer and RNG states do not say: where in the data the run is."""
 
     global_step: int = 0            # optimizer steps taken (skipped non-finite steps included)
     epoch: int = 0
@@ -61,21 +123,30 @@ class RunState:
     gradient_accumulation_steps: int = 1
     train_data_key: str = ""
 
-    MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size", "gradient_accumulation_steps",
-                  "train_data_key")
+    MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size",
+                  "gradient_accumulation_steps", "train_data_key")
 
     def save(self, folder: Path) -> None:
-        (folder / RUN_STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+        (Path(folder) / RUN_STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> "RunState":
-        path = folder / RUN_STATE_FILE
+        """Read ``folder/run_state.json``; anything but this class's fields, typed, is refused."""
+        path = Path(folder) / RUN_STATE_FILE
         if not path.is_file():
-            raise CheckpointError(f"{folder} is not a checkpoint of this script: {RUN_STATE_FILE} is missing")
-        data = json.loads(path.read_text())
-        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+            raise CheckpointError(f"{folder} is not a checkpoint of this script: {RUN_STATE_FILE} "
+                                  "is missing")
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(data) - set(known)
         if unknown:
             raise CheckpointError(f"{path}: unknown fields {sorted(unknown)}")
+        for name, value in data.items():
+            if not _has_type(value, known[name].type):
+                raise CheckpointError(f"{path}: field {name!r} is {value!r}, expected "
+                                      f"{known[name].type}")
         return cls(**data)
 
     def mismatches(self, current: "RunState") -> list[str]:
@@ -83,11 +154,56 @@ class RunState:
                 for name in self.MUST_MATCH if getattr(self, name) != getattr(current, name)]
 
 
+def _has_type(value, annotation: str) -> bool:
+    """``value`` fits a RunState annotation (``int``, ``str``, ``float | None``, ...)."""
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "None": (type(None),)}
+    allowed = tuple(t for part in annotation.split("|") for t in kinds[part.strip()])
+    return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+
+
+def read_json(path: Path):
+    """Parse a JSON file of a checkpoint; a file that is not valid JSON is a CheckpointError."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column "
+                              f"{err.colno}); truncated or damaged") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding, pruning and choosing checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def is_legacy_checkpoint(folder: Path) -> bool:
+    """A folder in accelerate's ``save_state`` layout (pickles), without this format's manifest."""
+    folder = Path(folder)
+    return (not (folder / MANIFEST_FILE).is_file() and folder.is_dir()
+            and any(LEGACY_FILES.match(p.name) for p in folder.iterdir()))
+
+
 def checkpoint_folders(output_dir: Path) -> list[Path]:
-    """Finished checkpoints (those with a run state), oldest first."""
-    root = output_dir / "checkpoints"
-    found = [p for p in root.glob("step_*") if (p / RUN_STATE_FILE).is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    """Finished checkpoints, oldest first: those with a manifest, and old accelerate-format ones
+    that were finished (so ``auto`` refuses them by name instead of silently starting afresh)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        match = STEP_FOLDER.match(folder.name)
+        if not match or not folder.is_dir():
+            continue
+        legacy_finished = (folder / RUN_STATE_FILE).is_file() and is_legacy_checkpoint(folder)
+        if (folder / MANIFEST_FILE).is_file() or legacy_finished:
+            found.append((int(match.group(1)), folder))
+    return [folder for _, folder in sorted(found)]
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint, its manifest first: a kill midway leaves an unfinished folder."""
+    (Path(folder) / MANIFEST_FILE).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def prune_checkpoints(output_dir: Path, keep_last: int | None) -> list[Path]:
@@ -96,20 +212,407 @@ def prune_checkpoints(output_dir: Path, keep_last: int | None) -> list[Path]:
         return []
     doomed = checkpoint_folders(output_dir)[:-keep_last]
     for folder in doomed:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_checkpoint(folder)
     return doomed
 
 
 def resolve_resume(output_dir: Path, resume_from_checkpoint: str | None) -> Path | None:
-    """``auto`` -> newest checkpoint in ``output_dir`` (or None); a path must be a checkpoint."""
+    """``auto`` -> the newest finished checkpoint in ``output_dir`` (None: a fresh start); a path
+    must be a folder. Whether it can be restored is :func:`load_checkpoint`'s to check."""
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "auto":
         found = checkpoint_folders(output_dir)
         return found[-1] if found else None
     folder = Path(resume_from_checkpoint)
-    if not (folder / RUN_STATE_FILE).is_file():
-        raise CheckpointError(f"--resume_from_checkpoint {folder}: not a checkpoint ({RUN_STATE_FILE} missing)")
+    if not folder.is_dir():
+        raise CheckpointError(f"--resume_from_checkpoint {folder}: no such folder")
     return folder
 
 
+# ---------------------------------------------------------------------------------------------
+# Manifest: sizes and hashes written last, checked first
+# ---------------------------------------------------------------------------------------------
+
+def _digest(path: Path, sync: bool = False) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            sha.update(block)
+        if sync:
+            os.fsync(handle.fileno())
+    return sha.hexdigest()
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_manifest(folder: Path) -> dict:
+    """Record every file of ``folder`` (size, sha256) in ``manifest.json``, atomically."""
+    folder = Path(folder)
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.name in (MANIFEST_FILE, MANIFEST_FILE + ".tmp"):
+            continue
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not a file; a checkpoint folder holds only files")
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": _digest(path, sync=True)}
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "files": files}
+    temporary = folder / (MANIFEST_FILE + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, folder / MANIFEST_FILE)
+    _fsync_folder(folder)
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, dict]:
+    """The manifest's ``files`` table, its shape checked; refusals name the folder."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
+    if not path.is_file():
+        if is_legacy_checkpoint(folder):
+            legacy = sorted(p.name for p in folder.iterdir() if LEGACY_FILES.match(p.name))
+            raise CheckpointError(
+                f"{folder}: written in accelerate's save_state layout ({', '.join(legacy[:3])}), "
+                "whose pickles can run code when loaded; this version resumes only its own "
+                f"format ({MANIFEST_FILE}, no pickles): start a new run")
+        raise CheckpointError(f"{path}: missing: the checkpoint was never finished (or this "
+                              "is not a checkpoint folder)")
+    manifest = read_json(path)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if (not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT
+            or not isinstance(files, dict)):
+        raise CheckpointError(f"{path}: not a {MANIFEST_FORMAT} manifest")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise CheckpointError(f"{path}: manifest version {manifest.get('version')!r}, this "
+                              f"version reads {MANIFEST_VERSION}")
+    for name, entry in files.items():
+        if (Path(name).name != name or not isinstance(entry, dict)
+                or not isinstance(entry.get("bytes"), int)
+                or not isinstance(entry.get("sha256"), str)):
+            raise CheckpointError(f"{path}: malformed entry for {name!r}")
+    return files
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Refuse (CheckpointError naming the file) unless ``folder`` holds exactly the files its
+    manifest lists, each with the recorded size and sha256."""
+    folder = Path(folder)
+    files = read_manifest(folder)
+    for required in (RUN_STATE_FILE, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE):
+        if required not in files:
+            raise CheckpointError(f"{folder / MANIFEST_FILE}: does not list {required}")
+    present = {p.name for p in folder.iterdir()} - {MANIFEST_FILE}
+    for name in sorted(present - set(files)):
+        raise CheckpointError(f"{folder / name}: not listed in {MANIFEST_FILE}: not part of this "
+                              "checkpoint (remove it to resume)")
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (listed in {MANIFEST_FILE})")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointError(f"{path}: {size} bytes, {MANIFEST_FILE} records "
+                                  f"{entry['bytes']}: truncated or replaced")
+    for name, entry in files.items():
+        if _digest(folder / name) != entry["sha256"]:
+            raise CheckpointError(f"{folder / name}: contents differ from {MANIFEST_FILE} "
+                                  "(sha256): altered, or copied from another checkpoint")
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states (one JSON file per rank)
+# ---------------------------------------------------------------------------------------------
+
+def _encode_bytes(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _decode_bytes(text, path: Path, field: str, expected: int) -> torch.Tensor:
+    try:
+        raw = base64.b64decode(text, validate=True) if isinstance(text, str) else None
+    except ValueError:  # binascii.Error
+        raw = None
+    if raw is None or len(raw) != expected:
+        raise CheckpointError(f"{path}: field {field!r} is not a {expected}-byte generator state")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def rng_state(accelerator_step: int) -> dict:
+    """This process's generators as JSON-ready data (see the module docstring)."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": {"bit_generator": numpy_state["bit_generator"],
+                  "key": numpy_state["state"]["key"].tolist(), "pos": numpy_state["state"]["pos"],
+                  "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]},
+        "torch_cpu": _encode_bytes(torch.get_rng_state()),
+        "cuda": ([_encode_bytes(s) for s in torch.cuda.get_rng_state_all()]
+                 if torch.cuda.is_available() else []),
+        "accelerator_step": accelerator_step,
+    }
+
+
+def parse_rng_state(data, path: Path) -> dict:
+    """Check a :func:`rng_state` record against throwaway generators; returns restorable values."""
+    expected = {"python", "numpy", "torch_cpu", "cuda", "accelerator_step"}
+    if not isinstance(data, dict) or set(data) != expected:
+        raise CheckpointError(f"{path}: expected the fields {sorted(expected)}")
+    try:
+        version, internal, gauss = data["python"]
+        python_state = (version, tuple(internal), gauss)
+        random.Random().setstate(python_state)
+    except (TypeError, ValueError, OverflowError):
+        raise CheckpointError(f"{path}: field 'python' is not a Python random state") from None
+    numpy_data = data["numpy"]
+    try:
+        numpy_state = {"bit_generator": numpy_data["bit_generator"],
+                       "state": {"key": np.asarray(numpy_data["key"], dtype=np.uint32),
+                                 "pos": numpy_data["pos"]},
+                       "has_gauss": numpy_data["has_gauss"], "gauss": numpy_data["gauss"]}
+        np.random.RandomState().set_state(numpy_state)
+    except (TypeError, ValueError, KeyError, OverflowError):
+        raise CheckpointError(f"{path}: field 'numpy' is not a NumPy MT19937 state") from None
+    cpu = _decode_bytes(data["torch_cpu"], path, "torch_cpu", torch.get_rng_state().numel())
+    cuda_now = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    if not isinstance(data["cuda"], list) or len(data["cuda"]) != len(cuda_now):
+        raise CheckpointError(f"{path}: holds {len(data['cuda'])} CUDA generator states, this "
+                              f"process sees {len(cuda_now)} CUDA devices")
+    cuda = [_decode_bytes(text, path, "cuda", now.numel())
+            for text, now in zip(data["cuda"], cuda_now)]
+    step = data["accelerator_step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: field 'accelerator_step' is {step!r}")
+    return {"python": python_state, "numpy": numpy_state, "torch_cpu": cpu, "cuda": cuda,
+            "accelerator_step": step}
+
+
+def restore_rng_state(parsed: dict) -> None:
+    random.setstate(parsed["python"])
+    np.random.set_state(parsed["numpy"])
+    torch.set_rng_state(parsed["torch_cpu"])
+    if parsed["cuda"]:
+        torch.cuda.set_rng_state_all(parsed["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and optimizer: full state dicts
+# ---------------------------------------------------------------------------------------------
+
+def require_checkpoint_support(accelerator) -> None:
+    """Refuse (CheckpointError) a distributed setup whose state this format cannot hold:
+    DeepSpeed. Call it before training so such a run stops at once, not at its first checkpoint."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise CheckpointError("checkpoints of DeepSpeed runs are not supported: DeepSpeed keeps "
+                              "its optimizer state in its own pickle-based format (use DDP or "
+                              "FSDP)")
+
+
+def _inner_optimizer(optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
+
+def full_state_dicts(model, optimizer) -> tuple[dict, dict]:
+    """Full model and optimizer state dicts keyed by parameter name, on the CPU of the main
+    process (empty elsewhere when distributed). Collective under FSDP: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizers=_inner_optimizer(optimizer), options=options)
+
+
+def _safetensors_ready(state: dict) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors; tied weights stored once per name (safetensors refuses shared
+    memory)."""
+    ready, storages = {}, set()
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"model state entry {name!r} is a {type(value).__name__}, not a "
+                                  "tensor: not supported by this checkpoint format")
+        tensor = value.detach().cpu().contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in storages:
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        ready[name] = tensor
+    return ready
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def save_checkpoint(accelerator, model, optimizer, scheduler, state: RunState,
+                    folder: Path) -> None:
+    """Write a checkpoint to ``folder`` (replacing one there); collective: every rank calls it.
+
+    The manifest is written last, after every rank wrote its files: until then the folder is
+    an unfinished checkpoint that ``auto`` skips."""
+    from safetensors.torch import save_file
+
+    require_checkpoint_support(accelerator)
+    folder = Path(folder)
+    if accelerator.is_main_process:
+        if folder.exists():
+            remove_checkpoint(folder)
+        folder.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    model_state, optimizer_state = full_state_dicts(model, optimizer)
+    _write_json(folder / RNG_FILE_PATTERN.format(rank=accelerator.process_index),
+                rng_state(accelerator.step))
+    if accelerator.is_main_process:
+        save_file(_safetensors_ready(model_state), str(folder / MODEL_FILE),
+                  metadata={"format": "pt"})
+        torch.save(optimizer_state, folder / OPTIMIZER_FILE)
+        _write_json(folder / SCHEDULER_FILE, scheduler.state_dict())
+        if accelerator.scaler is not None:
+            _write_json(folder / SCALER_FILE, accelerator.scaler.state_dict())
+        state.save(folder)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_manifest(folder)
+    accelerator.wait_for_everyone()
+
+
+def read_model_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def read_optimizer_state(path: Path, optimizer) -> dict:
+    """``torch.load(weights_only=True)``: a pickle that would build anything but tensors and
+    containers is refused, not run. Its parameter groups must match the live optimizer's."""
+    import pickle
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # what it refused to build, not torch's advice
+        found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(err))
+        raise CheckpointError(f"{path}: not a weights-only torch file, refused without running "
+                              f"it ({found.group(0) if found else first_line(err)})") from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable torch file ({first_line(err)})") from None
+    groups = data.get("param_groups") if isinstance(data, dict) else None
+    if (not isinstance(groups, list) or not isinstance(data.get("state"), dict)
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+        raise CheckpointError(f"{path}: not an optimizer state (state, param_groups)")
+    saved = [len(g["params"]) for g in groups]
+    live = [len(g["params"]) for g in _inner_optimizer(optimizer).param_groups]
+    if saved != live:
+        raise CheckpointError(f"{path}: parameter groups of sizes {saved}, this run's optimizer "
+                              f"has {live} (a different model or --freeze_encoder?)")
+    return data
+
+
+def _read_keyed_json(path: Path, live: dict, what: str) -> dict:
+    data = read_json(path)
+    if not isinstance(data, dict) or set(data) != set(live):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: not a {what} state (fields {found}, expected "
+                              f"{sorted(live)})")
+    return data
+
+
+def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
+                    expected: RunState | None = None) -> RunState:
+    """Verify ``folder`` (:func:`verify_checkpoint`), read and check every file, then restore the
+    model, optimizer, scheduler, GradScaler, this rank's RNG states and ``accelerator.step``.
+
+    ``expected``: this run's settings; a checkpoint whose ``RunState.MUST_MATCH`` fields differ is
+    refused. Any refusal is a :class:`CheckpointError` raised before anything is restored."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    require_checkpoint_support(accelerator)
+    folder = Path(folder)
+    verify_checkpoint(folder)
+    saved = RunState.load(folder)
+    problems = saved.mismatches(expected) if expected is not None else []
+    if problems:
+        raise CheckpointError(f"cannot resume exactly from {folder}: " + "; ".join(problems))
+    rng_path = folder / RNG_FILE_PATTERN.format(rank=accelerator.process_index)
+    if not rng_path.is_file():
+        raise CheckpointError(f"{rng_path}: missing: the checkpoint holds no RNG state for "
+                              f"process {accelerator.process_index}")
+    rng = parse_rng_state(read_json(rng_path), rng_path)
+    scheduler_state = _read_keyed_json(folder / SCHEDULER_FILE, scheduler.state_dict(),
+                                       "LR scheduler")
+    scaler, scaler_path = accelerator.scaler, folder / SCALER_FILE
+    if (scaler is not None) != scaler_path.is_file():
+        raise CheckpointError(
+            f"{scaler_path}: {'missing' if scaler is not None else 'present'}, but this run "
+            f"{'uses' if scaler is not None else 'does not use'} an fp16 GradScaler "
+            "(--mixed_precision differs from the checkpoint's)")
+    scaler_state = (_read_keyed_json(scaler_path, scaler.state_dict(), "GradScaler")
+                    if scaler is not None else None)
+    model_state = read_model_state(folder / MODEL_FILE)
+    optimizer_state = read_optimizer_state(folder / OPTIMIZER_FILE, optimizer)
+    try:
+        set_state_dict(model, optimizers=_inner_optimizer(optimizer),
+                       model_state_dict=model_state, optim_state_dict=optimizer_state,
+                       options=StateDictOptions(full_state_dict=True))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"{folder}: {MODEL_FILE} / {OPTIMIZER_FILE} do not fit this run's "
+                              f"model ({first_line(err)})") from None
+    scheduler.load_state_dict(scheduler_state)
+    if scaler is not None:
+        scaler.load_state_dict(scaler_state)
+    restore_rng_state(rng)
+    accelerator.step = rng["accelerator_step"]
+    return saved
+
+
+# ---------------------------------------------------------------------------------------------
+# Saved models: finite weights only; model folders that load or say why not
+# ---------------------------------------------------------------------------------------------
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters holding a NaN or an infinity."""
+    return [name for name, param in model.named_parameters()
+            if not bool(torch.isfinite(param.detach()).all())]
+
+
+def model_problems(accelerator, model, metrics: dict | None = None) -> list[str]:
+    """Why these weights are not a usable model ([] when they are): non-finite parameters on any
+    process, or non-finite logits in the evaluation ``metrics`` just computed with them.
+    Collective (one small all-reduce): every rank calls it and gets the same answer."""
+    local = nonfinite_parameters(accelerator.unwrap_model(model))
+    count = torch.tensor(len(local), device=accelerator.device)
+    total = int(accelerator.reduce(count, reduction="sum").item())
+    problems = []
+    if total:
+        examples = f" (e.g. {', '.join(local[:3])})" if local else ""
+        problems.append(f"{len(local) or total} parameter tensors hold NaN or inf{examples}")
+    bad_features = (metrics or {}).get("nonfinite_features", 0)
+    if bad_features:
+        problems.append(f"the evaluation's logits were NaN or inf for {bad_features} of "
+                        f"{metrics.get('features', '?')} features")
+    return problems
+
+
+def save_model_checked(accelerator, model, folder: Path, metrics: dict | None = None) -> None:
+    """``save_pretrained`` the model to ``folder`` unless :func:`model_problems` finds a reason
+    not to: then :class:`NonFiniteModelError`, on every rank, and nothing is written."""
+    problems = model_problems(accelerator, model, metrics)
+    if problems:
+        raise NonFiniteModelError(f"{folder}: not written: " + "; ".join(problems))
+    accelerator.unwrap_model(model).save_pretrained(
+        folder, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+        state_dict=accelerator.get_state_dict(model))

@@ -18,6 +18,12 @@ class SettingsError(QAError):
     """A flag's value cannot work (checked before any data or model is touched)."""
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's first message line (or its type), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 def exit_with_error(prog: str, err: Exception) -> int:
     """Print the one-line error to stderr and return the exit code (2)."""
     print(f"{prog}: error: {err}", file=sys.stderr)

@@ -57,10 +57,13 @@ class EvalAccumulator:
         self._feature_index: list[np.ndarray] = []
         self._start_argmax: list[np.ndarray] = []
         self._end_argmax: list[np.ndarray] = []
+        self.nonfinite_features = 0  # features whose logits hold a NaN or inf (unusable weights)
 
     def add(self, feature_index: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray) -> None:
         """One gathered batch: float32 logits ``[B, L]`` for the features ``feature_index``."""
         offsets = self.references.offsets[feature_index]
+        finite = np.isfinite(start_logits).all(axis=1) & np.isfinite(end_logits).all(axis=1)
+        self.nonfinite_features += int((~finite).sum())
         self._spans.append(feature_topk_spans(start_logits, end_logits, offsets,
                                               self.config.n_best_size, self.config.max_answer_length,
                                               spans_per_feature=1))  # answers need each feature's best
@@ -100,6 +103,7 @@ class EvalAccumulator:
         ))
         metrics["features"] = int(len(feature_index))
         metrics["features_expected"] = int(len(refs.feature_example_index))
+        metrics["nonfinite_features"] = self.nonfinite_features
         return metrics, predictions
 
 

@@ -17,10 +17,16 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+from qa_core.errors import QAError, exit_with_error, first_line
+from qa_core.modeling import ModelFolderError, check_model_folder, load_qa_model
 from qa_core.decode import DecodeConfig
 from qa_core.evaluation import EvalAccumulator, EvalReferences, accumulate_logits
 from qa_core.features import FeatureBuilder, FeatureConfig
 from qa_core.training import PackedFeatures, identity_collate
+
+
+class InputError(QAError):
+    """A context or question that cannot be answered; the message names the flag or file."""
 
 
 @dataclass
@@ -59,39 +65,82 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
             for i, q in enumerate(questions)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def read_context_file(path: str) -> str:
+    """The UTF-8 text of ``--context_file``; unreadable or non-UTF-8 files are an InputError."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(f"--context_file {path}: cannot read it ({err.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise InputError(f"--context_file {path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                         f"offset {err.start}, line {line})") from None
+
+
+def check_inputs(context: str | None, questions: list[str]) -> None:
+    """Something to answer: a context and questions that are not empty or only whitespace."""
+    if context is not None and not context.strip():
+        raise InputError("the context is empty or only whitespace: nothing to answer from")
+    blank = [i + 1 for i, q in enumerate(questions) if not q.strip()]
+    if blank:
+        raise InputError(f"--question number {blank[0]} is empty or only whitespace")
+
+
+def load_model_and_tokenizer(model: str):
+    """The QA model and its tokenizer from a folder (or hub name); a ModelFolderError names it."""
+    from qa_core.pipeline import load_tokenizer
+
+    check_model_folder(model)
+    try:
+        tokenizer = load_tokenizer(model)
+    except ValueError as err:  # load_tokenizer's own message, or transformers' conversion error
+        raise ModelFolderError(f"--model {model}: cannot load its tokenizer "
+                               f"({first_line(err)})") from None
+    return load_qa_model(model), tokenizer
+
+
+def parse_args(argv: list[str] | None):
+    """(FeatureArgs, DecodeArgs, the rest): windows and decoding are training's settings."""
+    from transformers import HfArgumentParser
+
+    from qa_core.settings import DecodeArgs, FeatureArgs
+
+    parser = HfArgumentParser((FeatureArgs, DecodeArgs), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a trained model folder (train_accelerate.py output)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--context", help="context text")
     source.add_argument("--context_file", help="file holding the context (UTF-8)")
     parser.add_argument("--question", action="append", default=[], help="a question; repeat for several")
     parser.add_argument("--demo", action="store_true", help="the packaged comic-books passage and its questions")
-    parser.add_argument("--max_length", type=int, default=384)
-    parser.add_argument("--doc_stride", type=int, default=128)
-    parser.add_argument("--max_answer_length", type=int, default=30)
-    args = parser.parse_args(argv)
+    features, decode, args = parser.parse_args_into_dataclasses(argv)
+    if not args.demo and ((args.context is None and not args.context_file) or not args.question):
+        parser.error("give a context (--context or --context_file) and at least one --question, "
+                     "or --demo")
+    return features, decode, args
 
-    if args.demo:
-        passage = demo_passage()
-        context, questions = passage["context"], args.question or passage["questions"]
-    else:
-        context = Path(args.context_file).read_text(encoding="utf-8") if args.context_file else args.context
-        questions = args.question
-    if not context or not questions:
-        parser.error("give a context (--context or --context_file) and at least one --question, or --demo")
 
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+def main(argv: list[str] | None = None) -> int:
+    from qa_core.settings import check_settings
 
+    features, decode, args = parse_args(argv)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model, use_fast=True)
-        model = AutoModelForQuestionAnswering.from_pretrained(args.model)
-    except OSError as err:
-        print(f"qa-answer: error: cannot load model {args.model!r}: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
+        check_settings(features, decode)
+        if args.demo:
+            passage = demo_passage()
+            context, questions = passage["context"], args.question or passage["questions"]
+        else:
+            questions = args.question
+            context = read_context_file(args.context_file) if args.context_file else args.context
+        check_inputs(context, questions)
+        model, tokenizer = load_model_and_tokenizer(args.model)
+    except QAError as err:
+        return exit_with_error("qa-answer", err)
     answers = answer_questions(model, tokenizer, questions, context,
-                               DecodeConfig(max_answer_length=args.max_answer_length),
-                               FeatureConfig(args.max_length, args.doc_stride))
+                               decode.decode_config(has_unanswerable=False),
+                               FeatureConfig(features.max_length, features.doc_stride))
     for answer in answers:
         print(json.dumps(asdict(answer), ensure_ascii=False))
     print(json.dumps({"model": args.model, "questions": len(answers),

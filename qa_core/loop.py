@@ -150,10 +150,18 @@ class ThroughputWindow:
     samples: int = 0
     batches: int = 0
 
+    def add(self, samples: int) -> None:
+        self.samples += samples
+        self.batches += 1
+
     def record(self, window_loss: torch.Tensor) -> dict[str, float]:
+        """The window's mean loss and rate; the window starts again."""
         elapsed = time.perf_counter() - self.started
-        return {"loss": window_loss.item() / max(1, self.batches),
-                "samples_per_s": self.samples / elapsed if elapsed else 0.0}
+        record = {"loss": window_loss.item() / max(1, self.batches),
+                  "samples_per_s": self.samples / elapsed if elapsed else 0.0}
+        window_loss.zero_()
+        self.started, self.samples, self.batches = time.perf_counter(), 0, 0
+        return record
 
 
 def real_samples(state: RunState, batch_rows: int, world_size: int, batch_size: int,
@@ -209,16 +217,12 @@ class TrainingRun:
     def resume(self, resume_from_checkpoint: str | None) -> Path | None:
         """Restore the newest (``auto``) or given checkpoint; refuses one that cannot resume
         exactly. Returns the folder resumed from, or None."""
+        checkpoints.require_checkpoint_support(self.accelerator)
         folder = checkpoints.resolve_resume(self.output_dir, resume_from_checkpoint)
         if folder is None:
             return None
-        saved = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
-                                            self.scheduler, folder)
-        problems = saved.mismatches(self.state)
-        if problems:
-            raise checkpoints.CheckpointError(
-                f"cannot resume exactly from {folder}: " + "; ".join(problems))
-        self.state = saved
+        self.state = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
+                                                 self.scheduler, folder, expected=self.state)
         return folder
 
 
@@ -244,8 +248,13 @@ class EvalTracker:
             f"step {state.global_step}: EM {m['exact_match']:.2f} F1 {m['f1']:.2f} "
             f"start_f1 {m['start_f1']:.3f} end_f1 {m['end_f1']:.3f}")
         if self.save_best and (state.best_f1 is None or m["f1"] > state.best_f1):
-            state.best_f1, state.best_step = m["f1"], state.global_step
-            checkpoints.save_model(self.evaluator.accelerator, model, self.output_dir / "best_model")
+            try:  # only finite weights with finite logits become best_model/
+                checkpoints.save_model_checked(self.evaluator.accelerator, model,
+                                               self.output_dir / "best_model", m)
+                state.best_f1, state.best_step = m["f1"], state.global_step
+            except checkpoints.NonFiniteModelError as err:
+                log.write({"event": "model_not_saved", "step": state.global_step,
+                           "reason": str(err)})
 
 
 def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
@@ -275,8 +284,7 @@ def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
 
 def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: OptimizerStepper,
                          window: ThroughputWindow, guard: NonFiniteGuard, log: RunLog,
-                         tracker: EvalTracker, settings: RunArgs, clock: Stopwatch,
-                         ) -> ThroughputWindow:
+                         tracker: EvalTracker, settings: RunArgs, clock: Stopwatch) -> None:
     """Schedule, counters, logging, checkpoint and evaluation after one optimizer step."""
     state = run.state
     lr = run.scheduler.get_last_lr()[0]  # the rate this step used
@@ -292,54 +300,62 @@ def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: Optimi
         log.write({"event": "train", "step": step, "epoch": state.epoch,
                    **window.record(stepper.window_loss), "lr": lr,
                    "grad_norm": outcome.grad_norm, "nonfinite_steps": state.nonfinite_steps})
-        stepper.window_loss.zero_()
-        window = ThroughputWindow()
     with clock.pause():
         if settings.checkpointing_steps and step % settings.checkpointing_steps == 0:
             run.save_checkpoint(settings.keep_last)
         if settings.eval_strategy == "steps" and step % settings.eval_steps == 0:
             tracker.run(run, run.model, "steps", log)
-    return window
 
 
 def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
         settings: RunArgs, progress) -> float:
     """Train to ``run.plan.total_steps``; returns the training seconds (eval/checkpoints out)."""
-    state, accelerator = run.state, run.accelerator
-    stepper = OptimizerStepper(accelerator, run.model, run.optimizer, optim.max_grad_norm)
+    stepper = OptimizerStepper(run.accelerator, run.model, run.optimizer, optim.max_grad_norm)
     guard = NonFiniteGuard(optim.max_consecutive_nonfinite)
     clock, window = Stopwatch(), ThroughputWindow()
-    out_of_time = False
     run.model.train()
-    for epoch in range(state.epoch, run.plan.num_epochs):
+    try:  # the bar is closed before any error line is printed
+        for epoch in range(run.state.epoch, run.plan.num_epochs):
+            if run.state.global_step >= run.plan.total_steps:
+                break
+            if not train_epoch(run, epoch, stepper, window, guard, log, tracker, optim, settings,
+                               clock, progress):
+                break
+            with clock.pause():
+                run.save_checkpoint(settings.keep_last)
+                if settings.eval_strategy == "epoch":
+                    tracker.run(run, run.model, "epoch", log)
+    finally:
+        progress.close()
+    return clock.training_seconds()
+
+
+def train_epoch(run: TrainingRun, epoch: int, stepper: OptimizerStepper,
+                window: ThroughputWindow, guard: NonFiniteGuard, log: RunLog,
+                tracker: EvalTracker, optim: OptimArgs, settings: RunArgs, clock: Stopwatch,
+                progress) -> bool:
+    """One epoch (or what is left of it); True when it ran to its end, False when the run
+    stopped inside it (step limit reached, time budget spent)."""
+    state, accelerator = run.state, run.accelerator
+    state.epoch = epoch
+    for batch in run.epoch_batches(epoch):
+        outcome = stepper(batch)
+        samples = real_samples(state, len(batch["input_ids"]), accelerator.num_processes,
+                               optim.per_device_train_batch_size, len(run.sampler))
+        state.batches_in_epoch += 1
+        state.samples_seen += samples
+        window.add(samples)
+        if outcome is None:
+            continue
+        after_optimizer_step(run, outcome, stepper, window, guard, log, tracker, settings, clock)
+        progress.update(1)
+        if budget_says_stop(run, tracker, optim, settings):
+            log.write({"event": "time_budget_stop", "step": state.global_step})
+            return False
+        progress.total = run.plan.total_steps
         if state.global_step >= run.plan.total_steps:
             break
-        state.epoch = epoch
-        for batch in run.epoch_batches(epoch):
-            outcome = stepper(batch)
-            samples = real_samples(state, len(batch["input_ids"]), accelerator.num_processes,
-                                   optim.per_device_train_batch_size, len(run.sampler))
-            state.batches_in_epoch += 1
-            state.samples_seen += samples
-            window.samples, window.batches = window.samples + samples, window.batches + 1
-            if outcome is None:
-                continue
-            window = after_optimizer_step(run, outcome, stepper, window, guard, log, tracker,
-                                          settings, clock)
-            progress.update(1)
-            out_of_time = budget_says_stop(run, tracker, optim, settings)
-            if out_of_time:
-                log.write({"event": "time_budget_stop", "step": state.global_step})
-                break
-            progress.total = run.plan.total_steps
-            if state.global_step >= run.plan.total_steps:
-                break
-        if out_of_time or state.batches_in_epoch < len(run.loader):  # stopped inside the epoch
-            break
-        state.epoch, state.batches_in_epoch = epoch + 1, 0
-        with clock.pause():
-            run.save_checkpoint(settings.keep_last)
-            if settings.eval_strategy == "epoch":
-                tracker.run(run, run.model, "epoch", log)
-    progress.close()
-    return clock.training_seconds()
+    if state.batches_in_epoch < len(run.loader):
+        return False
+    state.epoch, state.batches_in_epoch = epoch + 1, 0
+    return True

@@ -1,10 +1,13 @@
-"""The QA model: loading (with a one-line error naming the folder) and the changes a run asks
-for (attention dropout, a frozen encoder)."""
+"""The QA model: loading (a missing, empty or damaged folder is one error naming the folder or
+file) and the changes a run asks for (attention dropout, a frozen encoder)."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
-from qa_core.errors import QAError
+from qa_core.errors import QAError, first_line
 
 ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout")
 
@@ -31,18 +34,77 @@ def freeze_encoder(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def load_qa_model(model: str, attention_dropout: float | None = None) -> torch.nn.Module:
-    """``AutoModelForQuestionAnswering`` from a folder or hub name; a folder that holds no
-    loadable model (empty, truncated weights, no config) is a :class:`QAError` naming it."""
+class ModelFolderError(QAError):
+    """A ``--model`` that is not a loadable QA model; the message names the folder or file."""
+
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def looks_like_path(name: str) -> bool:
+    """Absolute, ``./``/``../``/``~`` relative or with more than one ``/``: not a hub repo id."""
+    return (Path(name).is_absolute() or name.startswith(("./", "../", "~", ".\\"))
+            or name.count("/") > 1 or name in (".", ".."))
+
+
+def check_model_folder(name_or_path: str) -> None:
+    """A local ``--model`` folder must hold a config, weights and a tokenizer; refusals name the
+    folder or file. A name that is not a local path is left to the hub loader."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(name_or_path).expanduser()
+    if not folder.exists():
+        if looks_like_path(name_or_path):
+            raise ModelFolderError(f"--model {name_or_path}: no such folder")
+        return  # a hub name ("org/name"): the loader tries the hub (or says it is offline)
+    if not folder.is_dir():
+        raise ModelFolderError(f"--model {folder}: a file, not a model folder")
+    config = folder / "config.json"
+    if not config.is_file():
+        count = sum(1 for _ in folder.iterdir())
+        raise ModelFolderError(f"--model {folder}: not a model folder (config.json missing; "
+                               f"{'empty' if not count else f'{count} other entries'})")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFolderError(f"{config}: not valid JSON (truncated or damaged)") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{config}: not a model config (a JSON {type(data).__name__})")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ModelFolderError(f"--model {folder}: no model weights ({', '.join(WEIGHT_FILES)} "
+                               "missing)")
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                handle.keys()
+        except SafetensorError as err:
+            raise ModelFolderError(f"{weights}: not a readable safetensors file ({err})") from None
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelFolderError(f"--model {folder}: no tokenizer ({', '.join(TOKENIZER_FILES[:3])}"
+                               ", ... missing)")
+
+
+def load_qa_model(name_or_path: str, attention_dropout: float | None = None):
+    """``AutoModelForQuestionAnswering`` from a folder or hub name, with ``attention_dropout``
+    set when given. Failures are one :class:`ModelFolderError` naming the model."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
+    check_model_folder(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(model)
-        if attention_dropout is not None:
-            set_attention_dropout(config, attention_dropout)
-        return AutoModelForQuestionAnswering.from_pretrained(model, config=config)
-    except (OSError, ValueError, EnvironmentError) as err:
-        if isinstance(err, QAError):
-            raise
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise QAError(f"--model {model}: cannot load a question-answering model ({first})") from None
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ModelFolderError(f"--model {name_or_path}: cannot load its config "
+                               f"({first_line(err)})") from None
+    if attention_dropout is not None:
+        set_attention_dropout(config, attention_dropout)
+    try:
+        return AutoModelForQuestionAnswering.from_pretrained(name_or_path, config=config)
+    except (OSError, SafetensorError, ValueError) as err:
+        raise ModelFolderError(f"--model {name_or_path}: cannot load a question-answering model "
+                               f"({first_line(err)})") from None

@@ -107,8 +107,55 @@ def test_cli_question_and_context(tiny_model, tmp_path, capsys):
     assert len(lines) == 3 and [line["question"] for line in lines[:2]] == ["Where?", "When?"]
 
 
+def one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qa-answer: error: "), captured.err
+    assert captured.out == ""
+    return lines[0]
+
+
 def test_cli_errors(tmp_path, capsys):
-    assert main(["--model", str(tmp_path / "no" / "such" / "model"), "--demo"]) == 2
-    assert "cannot load model" in capsys.readouterr().err
+    missing = tmp_path / "no" / "such" / "model"
+    assert main(["--model", str(missing), "--demo"]) == 2
+    assert f"--model {missing}: no such folder" in one_line_error(capsys)
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--question", "Why?"])  # no context
+
+
+def test_cli_empty_model_folder_is_one_line_naming_it(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--model", str(empty), "--context", "Some text.", "--question", "Why?"]) == 2
+    assert f"--model {empty}: not a model folder (config.json missing; empty)" in one_line_error(
+        capsys)
+
+
+@pytest.mark.parametrize("context", ["", "   ", " \n\t \n"])
+def test_cli_blank_context_is_one_line(tiny_model, tmp_path, capsys, context):
+    assert main(["--model", tiny_model, "--context", context, "--question", "Why?"]) == 2
+    assert "the context is empty or only whitespace" in one_line_error(capsys)
+    context_file = tmp_path / "blank.txt"
+    context_file.write_text(context, encoding="utf-8")
+    assert main(["--model", tiny_model, "--context_file", str(context_file), "--question",
+                 "Why?"]) == 2
+    assert "the context is empty or only whitespace" in one_line_error(capsys)
+
+
+def test_cli_blank_question_is_one_line(tiny_model, capsys):
+    assert main(["--model", tiny_model, "--context", "Text.", "--question", "Why?", "--question",
+                 "  "]) == 2
+    assert "--question number 2 is empty or only whitespace" in one_line_error(capsys)
+
+
+def test_cli_unreadable_context_file_is_one_line_naming_it(tiny_model, tmp_path, capsys):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Line one.\nCaf\u00e9 au lait.".encode("latin-1"))
+    assert main(["--model", tiny_model, "--context_file", str(latin1), "--question", "Why?"]) == 2
+    assert (f"--context_file {latin1}: not UTF-8 text (byte 0xe9 at offset 13, line 2)"
+            in one_line_error(capsys))
+    missing = tmp_path / "missing.txt"
+    assert main(["--model", tiny_model, "--context_file", str(missing), "--question", "Why?"]) == 2
+    assert f"--context_file {missing}: cannot read it (No such file" in one_line_error(capsys)
+    assert main(["--model", tiny_model, "--context_file", str(tmp_path), "--question", "Why?"]) == 2
+    assert f"--context_file {tmp_path}: cannot read it (Is a directory)" in one_line_error(capsys)

@@ -137,7 +137,7 @@ def test_two_process_resume_mid_epoch_reproduces_the_run(tiny_model, cache_dir, 
     checkpoint = tmp_path / "A" / "checkpoints" / "step_4"  # mid epoch 0: the rest of it, then epoch 1
     state = json.loads((checkpoint / "run_state.json").read_text())
     assert (state["epoch"], state["batches_in_epoch"], state["world_size"]) == (0, 8, 2)
-    assert (checkpoint / "random_states_1.pkl").is_file(), "each rank saves its RNG state"
+    assert (checkpoint / "rng_state_1.json").is_file(), "each rank saves its RNG state"
 
     resumed = launch_two(train_args(tiny_model, cache_dir, tmp_path / "B", resume_from_checkpoint=str(checkpoint),
                                     **flags))

@@ -17,13 +17,16 @@ import pyarrow as pa
 import pytest
 import torch
 
-from qa_core.checkpoints import RUN_STATE_FILE, CheckpointError, RunState, prune_checkpoints, resolve_resume
+from qa_core.checkpoints import (
+    MANIFEST_FILE, RUN_STATE_FILE, CheckpointError, RunState, prune_checkpoints, resolve_resume,
+    verify_checkpoint, write_manifest,
+)
 from qa_core.loop import StepPlan
 from qa_core.modeling import freeze_encoder
 from qa_core.optim import NonFiniteGuard, NonFiniteLossError, lr_lambda, optimizer_param_groups
 from qa_core.training import EpochSampler, PackedFeatures, epoch_order
 from tiny_models import (
-    EVAL_DATA, load_weights, one_error_line, read_log, run_main_in_process, train_args,
+    EVAL_DATA, load_weights, read_log, run_main_in_process, train_args,
     train_records,
 )
 
@@ -258,6 +261,7 @@ def make_checkpoints(output_dir: Path, finished: list[int], unfinished: list[int
         (folder / "model.safetensors").write_text("x")
         if step in finished:
             RunState(global_step=step).save(folder)
+            write_manifest(folder)
 
 
 def test_prune_checkpoints_keeps_the_newest_by_step_number(tmp_path):
@@ -276,9 +280,11 @@ def test_resolve_resume(tmp_path):
     assert resolve_resume(tmp_path, "auto") == tmp_path / "checkpoints" / "step_10"  # 10 > 9, 30 unfinished
     explicit = tmp_path / "checkpoints" / "step_9"
     assert resolve_resume(tmp_path / "other", str(explicit)) == explicit
-    with pytest.raises(CheckpointError, match="not a checkpoint"):
-        resolve_resume(tmp_path, str(tmp_path / "checkpoints" / "step_30"))
-    with pytest.raises(CheckpointError):
+    unfinished = tmp_path / "checkpoints" / "step_30"
+    assert resolve_resume(tmp_path, str(unfinished)) == unfinished  # the load refuses it:
+    with pytest.raises(CheckpointError, match=f"step_30/{MANIFEST_FILE}: missing: .*never fini"):
+        verify_checkpoint(unfinished)
+    with pytest.raises(CheckpointError, match="missing: no such folder"):
         resolve_resume(tmp_path, str(tmp_path / "missing"))
 
 
@@ -355,7 +361,7 @@ def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tin
 
     def prune_then_stop(output_dir, keep_last):  # called once a checkpoint is complete
         deleted = original(output_dir, keep_last)
-        if (Path(output_dir) / "checkpoints" / "step_8" / RUN_STATE_FILE).is_file():
+        if (Path(output_dir) / "checkpoints" / "step_8" / MANIFEST_FILE).is_file():
             raise Interrupted
         return deleted
 
@@ -380,32 +386,88 @@ def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tin
 
 
 def test_resume_mid_first_epoch_reproduces_the_run(uninterrupted, tiny_model, cache_dir, tmp_path):
+    """From a copy of the step-4 checkpoint in another folder (manifest names are relative)."""
+    copied = tmp_path / "elsewhere" / "my_checkpoint"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_4", copied)
     out = tmp_path / "C"
     code, _, stdout = run_main_in_process(train_args(
-        tiny_model, cache_dir, out, resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"),
-        **RESUME_FLAGS))
+        tiny_model, cache_dir, out, resume_from_checkpoint=str(copied), **RESUME_FLAGS))
     assert code == 0 and "at step 4 (epoch 0, batch 8)" in stdout
     compare_resumed(out, uninterrupted, from_step=4)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_12", "step_6", "step_8"]
 
 
-def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, tmp_path):
+def one_line_error(capsys) -> str:
+    """The single stderr line of a refused run."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("train_accelerate.py: error: ")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(lines), lines
+    return errors[0]
+
+
+def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, tmp_path, capsys):
     flags = {**RESUME_FLAGS, "per_device_train_batch_size": 2}
-    code, _, output = run_main_in_process(train_args(
+    code, _, _ = run_main_in_process(train_args(
         tiny_model, cache_dir, tmp_path / "D",
         resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"), **flags))
     assert code == 2
-    assert "per_device_train_batch_size: checkpoint 4 != now 2" in one_error_line(output)
+    assert "per_device_train_batch_size: checkpoint 4 != now 2" in one_line_error(capsys)
 
 
-def test_resume_refuses_a_folder_without_run_state(uninterrupted, tiny_model, cache_dir, tmp_path):
+def test_resume_refuses_a_folder_without_run_state(uninterrupted, tiny_model, cache_dir, tmp_path,
+                                                   capsys):
     broken = tmp_path / "broken"
     shutil.copytree(uninterrupted / "checkpoints" / "step_4", broken)
     (broken / RUN_STATE_FILE).unlink()
-    code, _, output = run_main_in_process(train_args(
-        tiny_model, cache_dir, tmp_path / "E", resume_from_checkpoint=str(broken), **RESUME_FLAGS))
-    assert code == 2 and RUN_STATE_FILE in one_error_line(output)
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "E",
+                                                resume_from_checkpoint=str(broken), **RESUME_FLAGS))
+    assert code == 2
+    expected = f"{broken / RUN_STATE_FILE}: missing (listed in {MANIFEST_FILE})"
+    assert expected in one_line_error(capsys)
     assert not (tmp_path / "E" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "replace"])
+def test_resume_from_a_damaged_checkpoint_is_refused_by_file(uninterrupted, tiny_model, cache_dir,
+                                                             tmp_path, capsys, damage):
+    """The issue's case: a truncated RNG state resumed with rc 0 and another F1. Now any damaged
+    file is refused by name (here the RNG state truncated, or the optimizer swapped in from the
+    step-8 checkpoint), before training starts."""
+    broken = tmp_path / "broken"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_4", broken)
+    name = "rng_state_0.json" if damage == "truncate" else "optimizer.pt"
+    if damage == "truncate":
+        text = (broken / name).read_text()
+        (broken / name).write_text(text[:len(text) // 2])
+    else:
+        shutil.copyfile(uninterrupted / "checkpoints" / "step_8" / name, broken / name)
+    code, _, stdout = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "F",
+                                                     resume_from_checkpoint=str(broken),
+                                                     **RESUME_FLAGS))
+    assert code == 2 and "resumed from" not in stdout
+    assert str(broken / name) in one_line_error(capsys)
+    assert not (tmp_path / "F" / "model.safetensors").exists()
+
+
+def test_auto_refuses_a_damaged_newest_checkpoint(uninterrupted, tiny_model, cache_dir, tmp_path,
+                                                  capsys):
+    out = tmp_path / "G"
+    shutil.copytree(uninterrupted / "checkpoints", out / "checkpoints")
+    newest = out / "checkpoints" / "step_12" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    code, _, stdout = run_main_in_process(train_args(tiny_model, cache_dir, out,
+                                                     resume_from_checkpoint="auto", **RESUME_FLAGS))
+    assert code == 2 and "resumed from" not in stdout  # no silent fall-back to step_8
+    assert f"{newest}: 1000 bytes, manifest.json records" in one_line_error(capsys)
+
+
+def test_an_empty_model_folder_is_one_error_naming_it(cache_dir, tmp_path, capsys):
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    code, _, _ = run_main_in_process(train_args(str(empty), cache_dir, tmp_path / "H"))
+    assert code == 2
+    assert f"--model {empty}: not a model folder (config.json missing; empty)" in one_line_error(
+        capsys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,14 +538,50 @@ def test_all_steps_nonfinite_leave_weights_untouched(poison, tiny_model, cache_d
 
 
 @SKIPPED_STEP_WARNING
-def test_too_many_consecutive_nonfinite_losses_stop_the_run(poison, tiny_model, cache_dir, tmp_path):
+def test_too_many_consecutive_nonfinite_losses_stop_the_run(poison, tiny_model, cache_dir, tmp_path,
+                                                            capsys):
     calls = poison("all")
     out = tmp_path / "stop"
-    code, _, output = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=10,
-                                                     max_consecutive_nonfinite=2, eval_strategy="end"))
-    assert code == 2 and "3 optimizer steps in a row had non-finite" in one_error_line(output)
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=10,
+                                                max_consecutive_nonfinite=2, eval_strategy="end"))
+    assert code == 2 and "3 optimizer steps in a row had non-finite" in one_line_error(capsys)
     assert calls["n"] == 3
     assert not (out / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: non-finite weights are not saved as a model
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("learning_rate", ["inf", "nan", "-1", "0"])
+def test_a_learning_rate_that_cannot_work_is_refused_before_any_work(tmp_path, capsys,
+                                                                     learning_rate):
+    code, _, _ = run_main_in_process(["--learning_rate", learning_rate, "--model",
+                                      str(tmp_path / "never-read"), "--output_dir",
+                                      str(tmp_path / "out")])
+    assert code == 2
+    assert "--learning_rate: must be a positive finite number" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+@SKIPPED_STEP_WARNING
+def test_a_run_ending_with_unusable_weights_fails_and_saves_no_model(tiny_model, cache_dir,
+                                                                    tmp_path, capsys):
+    """lr 1e6 keeps the weights finite but so large that logits are NaN (for 6 of the 13
+    features after the first step, all 13 later): exit 2, no final model, no best_model/ (no
+    warm-up: the first step at full rate). (lr inf is refused as a flag, above.)"""
+    out = tmp_path / "lr_1e6"
+    code, summary, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, max_train_steps=3, learning_rate="1e6",
+        warmup_steps=0, eval_strategy="steps", eval_steps=1))
+    assert code == 2 and summary == {}
+    error = one_line_error(capsys)
+    assert f"{out}: not written: " in error
+    assert "the evaluation's logits were NaN or inf for" in error
+    assert not (out / "model.safetensors").exists() and not (out / "best_model").exists()
+    not_saved = [r for r in read_log(out) if r["event"] == "model_not_saved"]
+    assert [r["step"] for r in not_saved] == [1, 2, 3]
+    assert all("best_model: not written" in r["reason"] for r in not_saved)
 
 
 # ---------------------------------------------------------------------------------------------

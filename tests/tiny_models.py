@@ -109,7 +109,7 @@ def reset_accelerate_state() -> None:
 def run_main_in_process(args: list[str]) -> tuple[int, dict, str]:
     """``train_accelerate.main(args)`` with a fresh accelerate state, one torch thread and stdout captured.
 
-    Returns (exit code, the JSON summary or {} when there is none, stdout and stderr)."""
+    Returns (exit code, the JSON summary or {} when there is none, stdout)."""
     import contextlib
     import io
 
@@ -122,7 +122,7 @@ def run_main_in_process(args: list[str]) -> tuple[int, dict, str]:
     out = io.StringIO()
     reset_accelerate_state()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        with contextlib.redirect_stdout(out):
             code = train_accelerate.main(args)
     finally:
         reset_accelerate_state()
@@ -133,14 +133,6 @@ def run_main_in_process(args: list[str]) -> tuple[int, dict, str]:
     except AssertionError:
         summary = {}
     return code, summary, text
-
-
-def one_error_line(output: str) -> str:
-    """The run's ``error:`` line; fails unless there is exactly one and no traceback."""
-    assert "Traceback" not in output, output[-3000:]
-    errors = [line for line in output.splitlines() if "error: " in line]
-    assert len(errors) == 1, output[-3000:]
-    return errors[0]
 
 
 def session_folder(tmp_path_factory, name: str) -> Path:

@@ -1,0 +1,505 @@
+"""qa_core.checkpoints: the checkpoint format (no pickles), its manifest, exact restore, refusals
+that name the file, and saved models that are finite.
+
+Checkpoints here come from a real ``Accelerator(cpu=True)`` run of the tiny random-init BERT
+(dropout on, so the torch RNG matters) trained for a few steps on random token ids.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qa_core.checkpoints import (
+    MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, RUN_STATE_FILE, SCHEDULER_FILE, CheckpointError,
+    NonFiniteModelError, RunState, checkpoint_folders, load_checkpoint, model_problems,
+    nonfinite_parameters, prune_checkpoints, resolve_resume, save_checkpoint, save_model_checked,
+    verify_checkpoint, write_manifest,
+)
+from qa_core.modeling import ModelFolderError, check_model_folder, load_qa_model
+from qa_core.optim import lr_lambda, optimizer_param_groups
+from tiny_models import reset_accelerate_state
+
+CHECKPOINT_FILES = [MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, "rng_state_0.json", RUN_STATE_FILE,
+                    SCHEDULER_FILE]
+
+
+@dataclass
+class Run:
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: object
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+
+def make_run(model_folder: str) -> Run:
+    """A fresh accelerate run: prepared model and AdamW, a linear schedule."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForQuestionAnswering
+
+    reset_accelerate_state()
+    accelerator = Accelerator(cpu=True)
+    model = AutoModelForQuestionAnswering.from_pretrained(model_folder)
+    optimizer = torch.optim.AdamW(optimizer_param_groups(model, 0.01), lr=1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_lambda("linear", 2, 20))
+    return Run(accelerator, model, optimizer, scheduler)
+
+
+def train_steps(run: Run, steps: int, data_seed: int) -> None:
+    """Optimizer steps on random token ids; dropout draws from the global torch RNG."""
+    generator = torch.Generator().manual_seed(data_seed)
+    run.model.train()
+    for _ in range(steps):
+        ids = torch.randint(5, 1000, (4, 24), generator=generator)
+        positions = torch.randint(0, 24, (4,), generator=generator)
+        loss = run.model(input_ids=ids, start_positions=positions, end_positions=positions).loss
+        run.accelerator.backward(loss)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+
+
+def weights(run: Run) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in run.accelerator.unwrap_model(run.model)
+            .state_dict().items()}
+
+
+def draws() -> tuple:
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_model, tmp_path_factory):
+    """Checkpoints of one run at steps 2 and 3, and what the run did right after step 2."""
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    run = make_run(tiny_model)
+    train_steps(run, 2, data_seed=1)
+    save_checkpoint(run.accelerator, run.model, run.optimizer, run.scheduler,
+                    RunState(global_step=2, seed=3), root / "step_2")
+    after = draws()
+    train_steps(run, 2, data_seed=2)
+    continued = weights(run)
+    save_checkpoint(run.accelerator, run.model, run.optimizer, run.scheduler,
+                    RunState(global_step=4, seed=3), root / "step_4")
+    reset_accelerate_state()
+    return {"step_2": root / "step_2", "step_4": root / "step_4", "after": after,
+            "continued": continued}
+
+
+@pytest.fixture
+def fresh(tiny_model):
+    """A run in another state than the checkpoints (other data, other RNG)."""
+    torch.manual_seed(99)
+    run = make_run(tiny_model)
+    train_steps(run, 1, data_seed=7)
+    yield run
+    reset_accelerate_state()
+
+
+def copy_of(saved, tmp_path, name: str = "step_2") -> Path:
+    folder = tmp_path / "copied" / name
+    shutil.copytree(saved[name], folder)
+    return folder
+
+
+def load(run: Run, folder: Path, expected: RunState | None = None) -> RunState:
+    return load_checkpoint(run.accelerator, run.model, run.optimizer, run.scheduler, folder,
+                           expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Format and exact restore
+# ---------------------------------------------------------------------------------------------
+
+def test_checkpoint_files_are_plain_data(saved):
+    folder = saved["step_2"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(CHECKPOINT_FILES)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    assert sorted(manifest["files"]) == sorted(set(CHECKPOINT_FILES) - {MANIFEST_FILE})
+    for name, entry in manifest["files"].items():
+        assert entry["bytes"] == (folder / name).stat().st_size
+    for name in (SCHEDULER_FILE, RUN_STATE_FILE, "rng_state_0.json"):
+        json.loads((folder / name).read_text())
+    rng = json.loads((folder / "rng_state_0.json").read_text())
+    assert set(rng) == {"python", "numpy", "torch_cpu", "cuda", "accelerator_step"}
+    from safetensors.torch import load_file
+
+    assert "qa_outputs.weight" in load_file(str(folder / MODEL_FILE))  # unwrapped names
+    optimizer = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
+    assert "qa_outputs.weight" in optimizer["state"]  # keyed by parameter name
+
+
+def test_load_restores_the_exact_state(saved, fresh):
+    state = load(fresh, saved["step_2"], expected=RunState(seed=3))
+    assert state.global_step == 2
+    assert fresh.scheduler.last_epoch == 2
+    assert draws() == saved["after"], "python, numpy and torch RNG states restored"
+    train_steps(fresh, 2, data_seed=2)
+    continued = weights(fresh)
+    assert continued.keys() == saved["continued"].keys()
+    different = [k for k in continued if not torch.equal(continued[k], saved["continued"][k])]
+    assert not different, f"the resumed run diverged: {different[:5]}"
+
+
+def test_a_changed_setting_is_refused_before_restoring(saved, fresh):
+    before = weights(fresh)
+    with pytest.raises(CheckpointError, match="cannot resume exactly from .*seed: checkpoint 3 != "
+                                              "now 4"):
+        load(fresh, saved["step_2"], expected=RunState(seed=4))
+    assert all(torch.equal(before[k], v) for k, v in weights(fresh).items())
+
+
+def test_save_replaces_an_existing_folder(saved, fresh, tmp_path):
+    folder = copy_of(saved, tmp_path)
+    (folder / "stale.txt").write_text("left over")
+    save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler,
+                    RunState(global_step=1), folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(CHECKPOINT_FILES)
+    verify_checkpoint(folder)
+    assert RunState.load(folder).global_step == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Damage: every file truncated or swapped in from another checkpoint is refused by name
+# ---------------------------------------------------------------------------------------------
+
+def assert_refused(run: Run, folder: Path, names: str) -> str:
+    before = weights(run)
+    scheduler_before = run.scheduler.state_dict()
+    with pytest.raises(CheckpointError) as refusal:
+        load(run, folder)
+    message = str(refusal.value)
+    assert "\n" not in message and str(folder / names) in message, message
+    after = weights(run)
+    assert all(torch.equal(before[k], after[k]) for k in before), "nothing restored in part"
+    assert run.scheduler.state_dict() == scheduler_before
+    return message
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_a_truncated_file_is_refused_by_name(saved, fresh, tmp_path, name):
+    folder = copy_of(saved, tmp_path)
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[:len(data) // 2])
+    message = assert_refused(fresh, folder, name)
+    if name != MANIFEST_FILE:
+        assert f"{len(data) // 2} bytes, {MANIFEST_FILE} records {len(data)}" in message
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_a_file_from_another_checkpoint_is_refused_by_name(saved, fresh, tmp_path, name):
+    folder = copy_of(saved, tmp_path)
+    other = saved["step_4"] / name
+    assert other.read_bytes() != (folder / name).read_bytes()
+    shutil.copyfile(other, folder / name)
+    if name == MANIFEST_FILE:  # the other manifest: the first file that differs is named
+        with pytest.raises(CheckpointError, match=f"{folder}/.*(differ|records)"):
+            load(fresh, folder)
+    else:
+        assert_refused(fresh, folder, name)
+
+
+@pytest.mark.parametrize("name", sorted(set(CHECKPOINT_FILES) - {MANIFEST_FILE}))
+def test_a_missing_file_is_refused_by_name(saved, fresh, tmp_path, name):
+    folder = copy_of(saved, tmp_path)
+    (folder / name).unlink()
+    assert f"missing (listed in {MANIFEST_FILE})" in assert_refused(fresh, folder, name)
+
+
+def test_an_unlisted_file_is_refused_by_name(saved, fresh, tmp_path):
+    folder = copy_of(saved, tmp_path)
+    (folder / "rng_state_1.json").write_text("{}")
+    assert f"not listed in {MANIFEST_FILE}" in assert_refused(fresh, folder, "rng_state_1.json")
+
+
+def test_a_file_altered_in_place_is_refused_by_name(saved, fresh, tmp_path):
+    folder = copy_of(saved, tmp_path)
+    data = bytearray((folder / MODEL_FILE).read_bytes())
+    data[-1] ^= 1  # same size, one bit of one weight
+    (folder / MODEL_FILE).write_bytes(bytes(data))
+    assert "sha256" in assert_refused(fresh, folder, MODEL_FILE)
+
+
+def test_an_unfinished_checkpoint_is_refused_and_skipped_by_auto(saved, fresh, tmp_path):
+    output_dir = tmp_path / "out"
+    old = output_dir / "checkpoints" / "step_2"
+    shutil.copytree(saved["step_2"], old)
+    unfinished = output_dir / "checkpoints" / "step_4"
+    shutil.copytree(saved["step_4"], unfinished)
+    (unfinished / MANIFEST_FILE).unlink()
+    assert "never finished" in assert_refused(fresh, unfinished, MANIFEST_FILE)
+    assert checkpoint_folders(output_dir) == [old]
+    assert resolve_resume(output_dir, "auto") == old
+
+
+def test_auto_refuses_a_damaged_newest_checkpoint_without_falling_back(saved, fresh, tmp_path):
+    output_dir = tmp_path / "out"
+    for name in ("step_2", "step_4"):
+        shutil.copytree(saved[name], output_dir / "checkpoints" / name)
+    newest = output_dir / "checkpoints" / "step_4"
+    (newest / "rng_state_0.json").write_text("{")
+    assert resolve_resume(output_dir, "auto") == newest
+    assert_refused(fresh, newest, "rng_state_0.json")
+
+
+def test_an_optimizer_of_other_parameter_groups_is_refused(saved, tiny_model):
+    from qa_core.modeling import freeze_encoder
+
+    run = make_run(tiny_model)
+    freeze_encoder(run.accelerator.unwrap_model(run.model))
+    frozen = torch.optim.AdamW(optimizer_param_groups(run.model, 0.01), lr=1e-3)
+    run.optimizer = run.accelerator.prepare(frozen)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(frozen, lr_lambda("linear", 2, 20))
+    message = assert_refused(run, saved["step_2"], OPTIMIZER_FILE)
+    assert "parameter groups of sizes [" in message and "--freeze_encoder" in message
+    reset_accelerate_state()
+
+
+def test_the_fp16_gradscaler_state_round_trips(fresh, tiny_model, tmp_path):
+    """(accelerate makes a GradScaler only for fp16 on a GPU: one is set by hand here.)"""
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 7})
+    fresh.accelerator.scaler = scaler
+    save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler, RunState(),
+                    tmp_path / "ck")
+    assert json.loads((tmp_path / "ck" / "scaler.json").read_text())["scale"] == 512.0
+    other = make_run(tiny_model)
+    other.accelerator.scaler = torch.amp.GradScaler("cpu")
+    load(other, tmp_path / "ck")
+    assert other.accelerator.scaler.state_dict()["scale"] == 512.0
+    assert other.accelerator.scaler.state_dict()["_growth_tracker"] == 7
+
+def test_a_checkpoint_without_the_gradscaler_of_an_fp16_run_is_refused(saved, fresh):
+    fresh.accelerator.scaler = torch.amp.GradScaler("cpu")
+    assert "missing, but this run uses an fp16 GradScaler" in assert_refused(
+        fresh, saved["step_2"], "scaler.json")
+
+
+def test_a_gradscaler_state_without_fp16_is_refused(saved, fresh, tmp_path):
+    folder = copy_of(saved, tmp_path)
+    (folder / "scaler.json").write_text(json.dumps({"scale": 1024.0}))
+    write_manifest(folder)
+    assert "does not use an fp16 GradScaler" in assert_refused(fresh, folder, "scaler.json")
+
+
+def test_deepspeed_runs_are_refused(fresh, tmp_path, monkeypatch):
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setattr(type(fresh.accelerator), "distributed_type",
+                        property(lambda self: DistributedType.DEEPSPEED))
+    with pytest.raises(CheckpointError, match="DeepSpeed runs are not supported"):
+        save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler,
+                        RunState(), tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_prune_removes_the_manifest_first(saved, tmp_path, monkeypatch):
+    output_dir = tmp_path / "out"
+    for name in ("step_2", "step_4"):
+        shutil.copytree(saved[name], output_dir / "checkpoints" / name)
+    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)  # killed before rmtree
+    assert prune_checkpoints(output_dir, keep_last=1) == [output_dir / "checkpoints" / "step_2"]
+    assert checkpoint_folders(output_dir) == [output_dir / "checkpoints" / "step_4"]
+
+
+def test_run_state_errors_name_the_file(tmp_path):
+    RunState(global_step=3).save(tmp_path)
+    path = tmp_path / RUN_STATE_FILE
+    text = path.read_text()
+    path.write_text(text[:len(text) // 2])
+    with pytest.raises(CheckpointError, match=f"{path}: not valid JSON .*truncated or damaged"):
+        RunState.load(tmp_path)
+    path.write_text(json.dumps({**json.loads(text), "global_step": "3"}))
+    with pytest.raises(CheckpointError, match=f"{path}: field 'global_step' is '3', expected int"):
+        RunState.load(tmp_path)
+    path.write_text("[]")
+    with pytest.raises(CheckpointError, match="expected a JSON object"):
+        RunState.load(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pickles: nothing from a checkpoint is unpickled
+# ---------------------------------------------------------------------------------------------
+
+class Plant:
+    """Unpickling this creates ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def plant(path: Path, marker: Path, zipped: bool) -> None:
+    if zipped:
+        torch.save({"state": Plant(marker)}, path)  # a torch.save file, as accelerate writes them
+    else:
+        path.write_bytes(pickle.dumps(Plant(marker)))
+
+
+def test_the_planted_pickle_runs_code_when_unpickled(tmp_path):
+    marker = tmp_path / "marker"
+    plant(tmp_path / "x.pkl", marker, zipped=False)
+    pickle.loads((tmp_path / "x.pkl").read_bytes())
+    assert marker.exists(), "the test's pickle must be able to run code, else it proves nothing"
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+@pytest.mark.parametrize("zipped", [False, True], ids=["pickle", "torch_save"])
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_a_planted_pickle_under_a_checkpoint_name_runs_nothing(saved, fresh, tmp_path, name,
+                                                               zipped):
+    """Even with a manifest rewritten to match (a manifest is no signature), the file is loaded
+    as data only: refused by name, never executed."""
+    folder = copy_of(saved, tmp_path)
+    marker = tmp_path / "marker"
+    plant(folder / name, marker, zipped)
+    if name != MANIFEST_FILE:
+        write_manifest(folder)
+    assert_refused(fresh, folder, name)
+    assert not marker.exists()
+
+
+LEGACY_NAMES = ["random_states_0.pkl", "custom_checkpoint_0.pkl", "optimizer.bin", "scheduler.bin",
+                "scaler.pt", "sampler.bin", "pytorch_model.bin", "dl_state_dict.bin"]
+
+
+@pytest.mark.parametrize("name", LEGACY_NAMES)
+def test_a_planted_pickle_under_an_accelerate_name_is_never_read(saved, fresh, tmp_path, name):
+    folder = copy_of(saved, tmp_path)
+    marker = tmp_path / "marker"
+    plant(folder / name, marker, zipped=True)
+    assert f"not listed in {MANIFEST_FILE}" in assert_refused(fresh, folder, name)
+    write_manifest(folder)  # listed now: verified, and still never read
+    assert load(fresh, folder).global_step == 2
+    assert draws() == saved["after"]
+    assert not marker.exists()
+
+
+def test_an_accelerate_save_state_folder_is_refused_and_runs_nothing(fresh, tmp_path):
+    output_dir = tmp_path / "out"
+    folder = output_dir / "checkpoints" / "step_5"
+    fresh.accelerator.register_for_checkpointing(fresh.scheduler)
+    fresh.accelerator.save_state(str(folder))
+    RunState(global_step=5).save(folder)
+    assert (folder / "random_states_0.pkl").is_file()
+    marker = tmp_path / "marker"
+    plant(folder / "custom_checkpoint_0.pkl", marker, zipped=True)
+    assert resolve_resume(output_dir, "auto") == folder  # found, so not silently started afresh
+    message = assert_refused(fresh, folder, "")
+    assert "save_state layout" in message and "random_states_0.pkl" in message
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Saved models: finite weights and logits only
+# ---------------------------------------------------------------------------------------------
+
+def test_nonfinite_parameters_are_named_and_not_saved(fresh, tmp_path):
+    assert nonfinite_parameters(fresh.model) == []
+    assert model_problems(fresh.accelerator, fresh.model, {"nonfinite_features": 0}) == []
+    save_model_checked(fresh.accelerator, fresh.model, tmp_path / "good")
+    assert (tmp_path / "good" / "model.safetensors").is_file()
+
+    unwrapped = fresh.accelerator.unwrap_model(fresh.model)
+    with torch.no_grad():
+        unwrapped.qa_outputs.bias[0] = float("nan")
+        unwrapped.bert.embeddings.word_embeddings.weight[3, 1] = float("inf")
+    names = nonfinite_parameters(unwrapped)
+    assert sorted(names) == ["bert.embeddings.word_embeddings.weight", "qa_outputs.bias"]
+    with pytest.raises(NonFiniteModelError, match="bad: not written: 2 parameter tensors hold NaN"):
+        save_model_checked(fresh.accelerator, fresh.model, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_nonfinite_logits_make_finite_weights_unusable(fresh, tmp_path):
+    metrics = {"nonfinite_features": 5, "features": 9}
+    assert model_problems(fresh.accelerator, fresh.model, metrics) == [
+        "the evaluation's logits were NaN or inf for 5 of 9 features"]
+    with pytest.raises(NonFiniteModelError, match="logits were NaN or inf for 5 of 9"):
+        save_model_checked(fresh.accelerator, fresh.model, tmp_path / "best_model", metrics)
+    assert not (tmp_path / "best_model").exists()
+
+
+def test_eval_accumulator_counts_features_with_nonfinite_logits():
+    from qa_core.decode import DecodeConfig
+    from qa_core.evaluation import EvalAccumulator, EvalReferences
+
+    offsets = np.tile(np.array([[-1, -1]] + [[i, i + 1] for i in range(5)]), (3, 1, 1))
+    references = EvalReferences(["a", "b", "c"], ["hello", "world", "there"], [["h"], ["w"], []],
+                                np.arange(3), offsets, np.zeros(3, np.int64), np.zeros(3, np.int64))
+    accumulator = EvalAccumulator(references, DecodeConfig())
+    logits = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
+    start, end = logits.copy(), logits.copy()
+    start[1, 2] = np.nan
+    end[2, 5] = np.inf
+    accumulator.add(np.arange(3), start, end)
+    metrics, _ = accumulator.finish()
+    assert metrics["nonfinite_features"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Model folders
+# ---------------------------------------------------------------------------------------------
+
+def damaged_model(tiny_model: str, tmp_path: Path, damage: str) -> tuple[Path, str]:
+    """A copy of the tiny model folder with one kind of damage; returns it and the path the
+    error must name."""
+    folder = tmp_path / f"model_{damage}"
+    if damage == "empty":
+        folder.mkdir()
+        return folder, str(folder)
+    if damage == "a_file":
+        folder.write_text("not a folder")
+        return folder, str(folder)
+    if damage == "missing":
+        return tmp_path / "no" / "such" / "model", str(tmp_path / "no" / "such" / "model")
+    shutil.copytree(tiny_model, folder)
+    if damage == "no_config":
+        (folder / "config.json").unlink()
+        return folder, str(folder)
+    if damage == "truncated_config":
+        (folder / "config.json").write_text('{"model_type": "be')
+        return folder, str(folder / "config.json")
+    if damage == "no_weights":
+        (folder / "model.safetensors").unlink()
+        return folder, str(folder)
+    if damage == "truncated_weights":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[:len(data) // 3])
+        return folder, str(folder / "model.safetensors")
+    if damage == "no_tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).unlink()
+        return folder, str(folder)
+    raise AssertionError(damage)
+
+
+MODEL_DAMAGE = ["empty", "a_file", "missing", "no_config", "truncated_config", "no_weights",
+                "truncated_weights", "no_tokenizer"]
+
+
+@pytest.mark.parametrize("damage", MODEL_DAMAGE)
+def test_a_bad_model_folder_is_one_error_naming_it(tiny_model, tmp_path, damage):
+    folder, named = damaged_model(tiny_model, tmp_path, damage)
+    with pytest.raises(ModelFolderError) as refusal:
+        check_model_folder(str(folder))
+    assert named in str(refusal.value) and "\n" not in str(refusal.value)
+    with pytest.raises(ModelFolderError, match=named):
+        load_qa_model(str(folder))
+
+
+def test_load_qa_model_loads_a_good_folder_and_sets_attention_dropout(tiny_model):
+    model = load_qa_model(tiny_model, attention_dropout=0.25)
+    assert model.config.hidden_size == 32 and model.config.attention_probs_dropout_prob == 0.25
+    check_model_folder("some-org/some-model")  # a hub name is left to the hub loader
