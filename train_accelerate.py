@@ -40,6 +40,7 @@ class TrainConfig:
     language: str = "english"                   # TyDi language filter; "all" keeps every language
     output_dir: str = "runs/qa"
     cache_dir: str = "cache/preprocess"
+    cache_sharing: str = "auto"                 # auto | shared | local: cache_dir across machines
     max_length: int = 384
     doc_stride: int = 128
     num_proc: int = 1                           # preprocessing workers
@@ -119,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import datasets
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoModelForQuestionAnswering
@@ -130,19 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     from qa_core.readers import DataSourceError
     from qa_core.training import (
         NonFiniteGuard, PackedFeatures, RunState, freeze_encoder, identity_collate, lr_lambda, model_inputs,
-        optimizer_param_groups, optimizer_steps_per_epoch, pad_multiple, prune_checkpoints, resolve_mixed_precision,
+        optimizer_param_groups, optimizer_steps_per_epoch, pad_multiple, prune_checkpoints,
         resolve_resume, set_attention_dropout, training_loader,
     )
-
-    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "accelerator") and torch.accelerator.is_available())
-    accelerator = Accelerator(
-        cpu=not has_accelerator,  # CPU-only machines: every launched worker joins a gloo group
-        mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
-        project_dir=cfg.output_dir,
-        step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, at any world size
+    from qa_core.distributed import cache_build_context, count_processes, resolve_cache_sharing
+    from qa_core.hardware import (
+        DistributionPlanError, describe_distribution, distribution_line, launch_rank,
+        make_accelerator, resolve_mixed_precision,
     )
+
+    try:  # refuses a launch that asked for FSDP/DeepSpeed and would get something else
+        accelerator = make_accelerator(
+            resolve_mixed_precision(cfg.mixed_precision), cfg.gradient_accumulation_steps,
+            None if cfg.report_to == "none" else cfg.report_to, cfg.output_dir)
+    except DistributionPlanError as err:
+        if launch_rank() == 0:
+            print(f"train_accelerate.py: error: {err}")
+        return 2
+    distribution = describe_distribution(accelerator)
     output_dir = Path(cfg.output_dir)
     log_path = output_dir / "log.jsonl"
     if accelerator.is_main_process:
@@ -158,25 +163,33 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.report_to != "none":
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
 
+    log({"event": "distribution", **distribution})
+    accelerator.print(distribution_line(distribution))
     set_seed(cfg.seed)
 
-    # --- data: the preprocessing cache, shared with preprocess.py (main process builds it first) ----
-    def cached(data: str, split: str):
+    # --- data: the preprocessing cache, shared with preprocess.py (once per cache folder) -------
+    cache_builds: dict[str, int] = {}
+
+    def cached(data: str, split: str, role: str):
         config = PreprocessConfig(data=data, split=split, model=cfg.model, cache_dir=cfg.cache_dir,
                                   language=cfg.language, max_length=cfg.max_length, doc_stride=cfg.doc_stride,
                                   num_proc=cfg.num_proc)
-        with accelerator.main_process_first():
+        with cache_build_context(accelerator, sharing):
             result = prepare(config, tokenizer)
+        cache_builds[role] = count_processes(accelerator, not result.summary["cache_hit"])
         dataset = datasets.load_from_disk(str(result.entry))
         return result.summary, dataset["features"].data.table, dataset["examples"].data.table
 
     try:
+        sharing = resolve_cache_sharing(accelerator, cfg.cache_sharing, cfg.cache_dir)
         tokenizer = load_tokenizer(cfg.model)
         do_train = cfg.max_train_steps != 0
         if do_train:
-            train_summary, train_table, train_examples = cached(cfg.train_data, cfg.train_split)
+            train_summary, train_table, train_examples = cached(cfg.train_data, cfg.train_split,
+                                                                "train")
             train_table, train_examples = first_examples(train_table, train_examples, cfg.max_train_examples)
-        _, eval_table, eval_examples = cached(cfg.eval_data or cfg.train_data, cfg.eval_split)
+        _, eval_table, eval_examples = cached(cfg.eval_data or cfg.train_data, cfg.eval_split,
+                                              "eval")
     except (DataSourceError, ValueError) as err:
         accelerator.print(f"train_accelerate.py: error: {err}")
         return 2
@@ -213,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler, train_loader = training_loader(train_set, cfg.per_device_train_batch_size, accelerator.num_processes,
                                                 negative_fraction, cfg.seed, cfg.group_by_length)
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    else:
-        model, eval_loader = accelerator.prepare(model, eval_loader)
+    else:  # FSDP2 prepares a model only together with its optimizer
+        model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
 
     # --- evaluation: gather per batch, float32 on CPU, decode, score -------------------------------
     def evaluate() -> tuple[dict, dict]:
@@ -395,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(train_seconds, 2),
         "train_samples_per_s": round(state.samples_seen / train_seconds, 2) if train_seconds else None,
         "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+        "distribution": distribution, "cache": {**sharing.as_dict(), "builds": cache_builds},
         "output_dir": str(output_dir),
     }
     if accelerator.is_main_process:

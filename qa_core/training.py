@@ -63,26 +63,6 @@ def set_attention_dropout(model_config, probability: float) -> list[str]:
     return changed
 
 
-def native_bf16_available() -> bool:
-    """True where bf16 matmuls run in hardware: a CUDA GPU that supports them, or an x86 CPU with
-    AMX-BF16 / AVX512-BF16 (elsewhere CPU bf16 is emulated and slower than fp32)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line for line in handle if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_mixed_precision(requested: str | None) -> str | None:
-    """``auto`` -> bf16 where it is native (see :func:`native_bf16_available`), else no."""
-    if requested == "auto":
-        return "bf16" if native_bf16_available() else "no"
-    return requested
-
-
 def optimizer_steps_per_epoch(batches_per_process: int, gradient_accumulation_steps: int) -> int:
     """The last partial accumulation of an epoch still steps (accelerate syncs at the dataloader's end)."""
     return math.ceil(batches_per_process / gradient_accumulation_steps)

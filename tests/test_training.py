@@ -561,12 +561,3 @@ def test_set_attention_dropout_finds_the_field_of_each_architecture():
     with pytest.raises(ValueError, match="no attention dropout field"):
         set_attention_dropout(GPT2Config(), 0.0)
 
-
-def test_resolve_mixed_precision_auto(monkeypatch):
-    from qa_core import training
-
-    monkeypatch.setattr(training, "native_bf16_available", lambda: True)
-    assert training.resolve_mixed_precision("auto") == "bf16"
-    monkeypatch.setattr(training, "native_bf16_available", lambda: False)
-    assert training.resolve_mixed_precision("auto") == "no"
-    assert training.resolve_mixed_precision("fp16") == "fp16" and training.resolve_mixed_precision(None) is None
