@@ -39,29 +39,33 @@ def train(settings: TrainSettings, started_at: float) -> int:
     from tqdm.auto import tqdm
 
     from qa_core.checkpoints import RunState, save_model_checked
-    from qa_core.hardware import make_accelerator
-    from qa_core.loop import EvalTracker, RunLog, fit
+    from qa_core.distributed import resolve_cache_sharing
+    from qa_core.hardware import make_accelerator, resolve_mixed_precision
+    from qa_core.loop import EvalTracker, fit, start_log
     from qa_core.modeling import check_model_folder, freeze_encoder, load_qa_model
     from qa_core.outputs import demo_answers, run_summary, write_run_files
+    from qa_core.optim import build_optimizer
     from qa_core.pipeline import load_tokenizer
     from qa_core.run_setup import build_evaluator, load_cached_split, start_training
 
     data, optim, run_args = settings.data, settings.optim, settings.run
-    accelerator = make_accelerator(optim.mixed_precision, optim.gradient_accumulation_steps,
-                                   run_args.report_to, run_args.output_dir)
+    accelerator = make_accelerator(resolve_mixed_precision(optim.mixed_precision),
+                                   optim.gradient_accumulation_steps,
+                                   None if run_args.report_to == "none" else run_args.report_to,
+                                   run_args.output_dir)
     output_dir = Path(run_args.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(accelerator, output_dir / "log.jsonl", run_args.report_to)
+    log, distribution = start_log(accelerator, output_dir, run_args.report_to)
     set_seed(optim.seed)
 
     # --- data: the preprocessing cache, shared with preprocess.py ---------------------------------
     check_model_folder(data.model)  # a damaged model folder is refused before any preprocessing
+    sharing = resolve_cache_sharing(accelerator, run_args.cache_sharing, settings.cache.cache_dir)
     tokenizer = load_tokenizer(data.model)
     do_train = optim.max_train_steps != 0
-    train_split = load_cached_split(accelerator, settings, data.train_data, data.train_split,
-                                    tokenizer, data.max_train_examples) if do_train else None
-    eval_split = load_cached_split(accelerator, settings, data.eval_data or data.train_data,
+    train_split = load_cached_split(accelerator, settings, sharing, data.train_data,
+                                    data.train_split, tokenizer, data.max_train_examples) \
+        if do_train else None
+    eval_split = load_cached_split(accelerator, settings, sharing, data.eval_data or data.train_data,
                                    data.eval_split, tokenizer, data.max_eval_examples)
     evaluator = build_evaluator(accelerator, settings, eval_split, tokenizer.pad_token_id)
 
@@ -82,15 +86,18 @@ def train(settings: TrainSettings, started_at: float) -> int:
                         disable=not accelerator.is_local_main_process)
         train_seconds = fit(run, tracker, log, optim, run_args, progress)
         model, state = run.model, run.state
-    else:
-        model, evaluator.loader = accelerator.prepare(model, evaluator.loader)
+    else:  # FSDP2 prepares a model only together with an optimizer
+        optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
+        model, _, evaluator.loader = accelerator.prepare(model, optimizer, evaluator.loader)
     if tracker.step != state.global_step or tracker.metrics is None:  # final eval, unless just run
         tracker.run(run if do_train else None, model, "final", log)
 
     # --- outputs --------------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
     save_model_checked(accelerator, model, output_dir, tracker.metrics)  # refuses NaN/inf weights
-    summary = run_summary(tracker.metrics, state, train_seconds, accelerator, output_dir)
+    builds = {"eval": eval_split.builds, **({"train": train_split.builds} if do_train else {})}
+    summary = run_summary(tracker.metrics, state, train_seconds, accelerator, output_dir,
+                          distribution=distribution, cache={**sharing.as_dict(), "builds": builds})
     if accelerator.is_main_process:
         write_run_files(output_dir, summary, tracker.predictions, settings.as_flat_dict(),
                         tokenizer)

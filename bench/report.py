@@ -67,6 +67,9 @@ BENCH_COLUMNS = {
                    "label_check.data.answers_labelled_frac", "ratios.preprocess_examples_per_s"),
     "quality": ("name", "model", "mixed_precision", "global_step", "train_samples_per_s", "wall_seconds",
                 "eval_questions", "exact_match", "f1", "start_f1", "end_f1", "HasAns_f1", "NoAns_f1"),
+    "gpu_check": ("stage", "dry_run", "status", "ok", "precision", "batch_size", "padding",
+                  "samples_per_s", "nonpad_tokens_per_s", "peak_memory_mb", "mfu_nominal",
+                  "distribution.sharding", "loss_fell", "weights.max_abs_diff"),
 }
 MAX_COLUMNS = 14
 

@@ -74,8 +74,11 @@ def world_size_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def tokenizer_source(model: str) -> str:
-    """Built-in random-init models use the packaged MiniLM tokenizer (only shapes matter)."""
+def tokenizer_source(model: str, tokenizer: str | None = None) -> str:
+    """``tokenizer`` when given; built-in random-init models use the packaged MiniLM tokenizer
+    (only shapes matter)."""
+    if tokenizer:
+        return tokenizer
     if model in BUILTIN_MODELS:
         return packaged_model()
     return model
@@ -148,11 +151,12 @@ def fresh_accelerator(mixed_precision: str):
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision)
 
 
-def prepare_features(data: str, model: str, seq_len: int, cache_dir: str, language: str):
+def prepare_features(data: str, model: str, seq_len: int, cache_dir: str, language: str,
+                     tokenizer: str | None = None):
     from qa_core.pipeline import PreprocessConfig, prepare
 
-    result = prepare(PreprocessConfig(data=data, model=tokenizer_source(model), cache_dir=cache_dir,
-                                      language=language, max_length=seq_len,
+    result = prepare(PreprocessConfig(data=data, model=tokenizer_source(model, tokenizer),
+                                      cache_dir=cache_dir, language=language, max_length=seq_len,
                                       doc_stride=min(128, seq_len // 3)))
     return result
 
@@ -182,9 +186,10 @@ def run_config(cfg: dict) -> dict:
     device_type, device_name = device_info()
     torch.manual_seed(SEED)
 
-    entry = prepare_features(cfg["data"], cfg["model"], seq_len, cfg["cache_dir"], cfg["language"]).entry
+    entry = prepare_features(cfg["data"], cfg["model"], seq_len, cfg["cache_dir"], cfg["language"],
+                             cfg.get("tokenizer")).entry
     table = datasets.load_from_disk(str(entry))["features"].data.table
-    tokenizer = load_tokenizer(tokenizer_source(cfg["model"]))
+    tokenizer = load_tokenizer(tokenizer_source(cfg["model"], cfg.get("tokenizer")))
     model, model_desc = build_model(cfg["model"], cfg.get("attention_dropout"))
     vocab = model.config.vocab_size
     multiple = pad_multiple(mixed)

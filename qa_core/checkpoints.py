@@ -69,7 +69,6 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -7,6 +7,7 @@ traceback.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -24,7 +25,18 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else type(err).__name__
 
 
+def launch_rank() -> int:
+    """This process's global rank as the launcher set it (before any Accelerator exists)."""
+    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        value = os.environ.get(name)
+        if value is not None and value.isdigit():
+            return int(value)
+    return 0
+
+
 def exit_with_error(prog: str, err: Exception) -> int:
-    """Print the one-line error to stderr and return the exit code (2)."""
-    print(f"{prog}: error: {err}", file=sys.stderr)
+    """Print the one-line error to stderr (once per launch: on global rank 0, as every rank
+    meets the same error) and return the exit code (2)."""
+    if launch_rank() == 0:
+        print(f"{prog}: error: {err}", file=sys.stderr)
     return 2

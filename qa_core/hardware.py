@@ -1,7 +1,48 @@
-"""What the machine runs natively, and the Accelerator a run gets (TEMPORARY lead version)."""
+"""What the machine runs natively, the ``Accelerator`` a run gets, and what is in effect.
+
+* :func:`native_bf16_available`, :func:`resolve_mixed_precision`: ``--mixed_precision auto``.
+* :func:`make_accelerator`: the ``Accelerator`` ``train_accelerate.py`` trains with, or a
+  one-line :class:`DistributionPlanError` when the launch asked for FSDP or DeepSpeed and the
+  run would get something else.
+* :func:`describe_distribution`: distributed type, world size, machines, mixed precision and
+  sharding actually in effect (for the summary, ``metrics.json`` and the log).
+
+FSDP on CPU. ``accelerate launch`` with an FSDP config starts its workers through torchrun and
+exports ``ACCELERATE_USE_FSDP=true`` and ``FSDP_*`` (``accelerate/utils/launch.py``), without
+checking for a GPU. In accelerate 1.15 the workers then either stop in
+``FullyShardedDataParallelPlugin.__post_init__`` ("There are currently no available devices
+found", whenever ``fsdp_sync_module_states`` is true, which FSDP1 forces with
+``cpu_ram_efficient_loading``), or, built with ``cpu=True``, become ``MULTI_CPU`` and are wrapped
+in DDP: ``AcceleratorState.__init__`` assigns ``DistributedType.FSDP`` only inside its branch
+for the GPU-family types (``MULTI_GPU``, ``MULTI_XPU``, ...), never for ``MULTI_CPU``.
+Its FSDP2 code itself (``fsdp2_prepare_model``: ``fully_shard`` on the process group's device,
+``get_state_dict``, ``save_state``/``load_state``) runs on CPU processes over gloo, so for FSDP2
+on the accelerate versions in :data:`FSDP2_ON_CPU_VERIFIED` the distributed type is set here
+after the ``Accelerator`` is built. FSDP1 and DeepSpeed on CPU are refused.
+"""
+
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
+
+from qa_core.errors import QAError
+
+# accelerate versions (major.minor) whose FSDP2 path was checked to train on CPU processes once
+# the distributed type is set (tests/test_fsdp_cpu.py); other versions get the one-line refusal.
+FSDP2_ON_CPU_VERIFIED = ("1.15",)
+CPU_FSDP_CONFIG = "accelerate_configs/fsdp2_cpu_2proc.yaml"
+
+
+class DistributionPlanError(QAError):
+    """The launch asked for a distribution this run would not get; the message is one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Native precision
+# ---------------------------------------------------------------------------------------------
 
 
 def native_bf16_available() -> bool:
@@ -24,17 +65,245 @@ def resolve_mixed_precision(requested: str | None) -> str | None:
     return requested
 
 
-def make_accelerator(mixed_precision: str | None, gradient_accumulation_steps: int,
-                     report_to: str, project_dir: str):
+def accelerator_device_available() -> bool:
+    """A CUDA GPU, or another device ``torch.accelerator`` knows (XPU, MPS, ...)."""
+    if torch.cuda.is_available():
+        return True
+    return hasattr(torch, "accelerator") and torch.accelerator.is_available()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the launch asked for
+# ---------------------------------------------------------------------------------------------
+
+
+def _env_true(env, name: str) -> bool:
+    return str(env.get(name, "false")).strip().lower() in ("true", "1", "yes")
+
+
+@dataclass(frozen=True)
+class RequestedPlan:
+    """The sharding ``accelerate launch`` asked for, read from the environment it exports."""
+
+    kind: str = "none"  # none | fsdp | deepspeed
+    fsdp_version: int | None = None
+    fsdp_strategy: str | None = None  # FSDP1 sharding strategy / FSDP2 reshard_after_forward
+    fsdp_sync_module_states: bool = False
+    zero_stage: int | None = None
+    launched: bool = False  # a process group will exist (torchrun / MPI variables)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "fsdp":
+            if self.fsdp_version == 2:
+                return f"FSDP2 (reshard_after_forward={self.fsdp_strategy})"
+            return f"FSDP1 ({self.fsdp_strategy})"
+        if self.kind == "deepspeed":
+            return f"DeepSpeed ZeRO-{self.zero_stage}"
+        return "no sharding"
+
+
+def requested_plan(env=None) -> RequestedPlan:
+    """What the launcher's environment (``accelerate/utils/launch.py``) asks for."""
+    env = os.environ if env is None else env
+    launched = env.get("LOCAL_RANK") is not None or int(env.get("WORLD_SIZE", "1") or 1) > 1
+    if _env_true(env, "ACCELERATE_USE_DEEPSPEED"):
+        stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+        return RequestedPlan(
+            "deepspeed", zero_stage=int(stage) if stage.isdigit() else None, launched=launched
+        )
+    if _env_true(env, "ACCELERATE_USE_FSDP"):
+        version = int(env.get("FSDP_VERSION", "1") or 1)
+        if version == 2:
+            strategy = str(env.get("FSDP_RESHARD_AFTER_FORWARD", "true")).lower()
+        else:
+            strategy = str(
+                env.get("FSDP_SHARDING_STRATEGY")
+                or env.get("FSDP_RESHARD_AFTER_FORWARD")
+                or "FULL_SHARD"
+            ).upper()
+        return RequestedPlan(
+            "fsdp",
+            fsdp_version=version,
+            fsdp_strategy=strategy,
+            fsdp_sync_module_states=_env_true(env, "FSDP_SYNC_MODULE_STATES"),
+            launched=launched,
+        )
+    return RequestedPlan(launched=launched)
+
+
+def _accelerate_minor() -> str:
+    import accelerate
+
+    return ".".join(accelerate.__version__.split(".")[:2])
+
+
+def refuse_on_cpu(plan: RequestedPlan, accelerate_minor: str) -> str | None:
+    """Why ``plan`` cannot run on a machine without an accelerator (None: it can)."""
+    version = f"accelerate {accelerate_minor}"
+    ddp = "DDP over gloo on CPU (MULTI_CPU)"
+    asked = f"the launch asked for {plan.label}, but this run would get"
+    if plan.kind == "deepspeed":
+        return (
+            f"{asked} {ddp}: this machine has no GPU and {version} uses DeepSpeed only on "
+            f"GPU-family devices; run on GPUs, or launch accelerate_configs/cpu_2proc.yaml "
+            f"for CPU processes"
+        )
+    if plan.kind != "fsdp":
+        return None
+    if plan.fsdp_version != 2:
+        return (
+            f"{asked} {ddp}, or a stop in accelerate's FSDP plugin ('no available devices'): "
+            f"this machine has no GPU and {version} runs FSDP1 only on GPU-family devices; "
+            f"set fsdp_version: 2 ({CPU_FSDP_CONFIG} trains FSDP2 on CPU) or run on GPUs"
+        )
+    if accelerate_minor not in FSDP2_ON_CPU_VERIFIED:
+        return (
+            f"{asked} {ddp}: {version} assigns FSDP only on GPU-family devices and "
+            f"qa_core.hardware sets FSDP2 on CPU only for the accelerate versions it was "
+            f"verified with ({', '.join(FSDP2_ON_CPU_VERIFIED)}); run on GPUs"
+        )
+    if plan.fsdp_sync_module_states:
+        return (
+            f"{asked} a stop in accelerate's FSDP plugin ('no available devices'): "
+            f"fsdp_sync_module_states: true makes {version} look for a GPU, and FSDP2 does "
+            f"not use it; set fsdp_sync_module_states: false (as in {CPU_FSDP_CONFIG})"
+        )
+    if not plan.launched:
+        return (
+            f"{asked} one process without sharding: there is no process group; start it "
+            f"with accelerate launch (e.g. --config_file {CPU_FSDP_CONFIG})"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The Accelerator
+# ---------------------------------------------------------------------------------------------
+
+
+def make_accelerator(
+    mixed_precision: str | None,
+    gradient_accumulation_steps: int = 1,
+    log_with: str | None = None,
+    project_dir: str | None = None,
+):
+    """The ``Accelerator`` a training run uses, or :class:`DistributionPlanError`.
+
+    CPU-only machines get ``cpu=True`` (every launched worker joins a gloo group); the LR
+    schedule is stepped by the loop (``step_scheduler_with_optimizer=False``). When the launch
+    asked for FSDP or DeepSpeed and the run would get something else, nothing is built (or
+    the process group is torn down again) and the error says what was asked, what would run
+    and why. FSDP2 on CPU processes is set up as the module docstring explains.
+    """
     from accelerate import Accelerator
 
-    has_accelerator = torch.cuda.is_available() or (
-        hasattr(torch, "accelerator") and torch.accelerator.is_available())
-    return Accelerator(
-        cpu=not has_accelerator,  # CPU-only machines: every launched worker joins a gloo group
-        mixed_precision=resolve_mixed_precision(mixed_precision),
+    plan = requested_plan()
+    has_device = accelerator_device_available()
+    fsdp_on_cpu = plan.kind == "fsdp" and not has_device
+    if not has_device:
+        reason = refuse_on_cpu(plan, _accelerate_minor())
+        if reason:
+            raise DistributionPlanError(reason)
+    plugin = None
+    if fsdp_on_cpu:
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables, as accelerate does
+    accelerator = Accelerator(
+        cpu=not has_device,
+        mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
-        log_with=None if report_to == "none" else report_to,
+        log_with=log_with,
         project_dir=project_dir,
-        step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, at any world size
+        step_scheduler_with_optimizer=False,
+        fsdp_plugin=plugin,
+    )
+    if fsdp_on_cpu:
+        _set_fsdp_on_cpu(accelerator, plugin)
+    problem = outcome_mismatch(plan, str(accelerator.distributed_type.value))
+    if problem:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise DistributionPlanError(problem)
+    return accelerator
+
+
+def _set_fsdp_on_cpu(accelerator, plugin) -> None:
+    """Make a ``MULTI_CPU`` accelerator an FSDP2 one: what ``AcceleratorState.__init__`` does for
+    the GPU-family types (distributed type, plugin, its mixed precision), in both shared states."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return  # nothing to lift: outcome_mismatch reports what the run got
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def outcome_mismatch(plan: RequestedPlan, distributed_type: str) -> str | None:
+    """Why the built accelerator (its ``distributed_type`` value) is not what ``plan`` asked."""
+    wanted = {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}.get(plan.kind)
+    if wanted is None or distributed_type == wanted:
+        return None
+    why = (
+        "there is no process group (start it with accelerate launch)"
+        if not plan.launched
+        else "accelerate chose it for this launch"
+    )
+    return f"the launch asked for {plan.label}, but this run would get {distributed_type}: {why}"
+
+
+# ---------------------------------------------------------------------------------------------
+# What is in effect
+# ---------------------------------------------------------------------------------------------
+
+
+def _sharding(accelerator) -> str:
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if state.distributed_type == DistributedType.FSDP:
+        plugin = state.fsdp_plugin
+        if plugin.fsdp_version == 2:
+            return f"FSDP2 (reshard_after_forward={str(plugin.reshard_after_forward).lower()})"
+        strategy = plugin.sharding_strategy or plugin.reshard_after_forward
+        return f"FSDP1 ({getattr(strategy, 'name', strategy)})"
+    if state.distributed_type == DistributedType.DEEPSPEED:
+        return f"DeepSpeed ZeRO-{state.deepspeed_plugin.zero_stage}"
+    return "none"
+
+
+def describe_distribution(accelerator) -> dict:
+    """Distributed type, world size, machines, device, backend, mixed precision and sharding in
+    effect. ``num_machines`` comes from the launcher's ``LOCAL_WORLD_SIZE`` (None when unknown)."""
+    world = accelerator.num_processes
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    machines = world // int(local_world) if local_world and int(local_world) > 0 else None
+    if world == 1:
+        machines = 1
+    return {
+        "distributed_type": str(accelerator.distributed_type.value),
+        "world_size": world,
+        "num_machines": machines,
+        "processes_per_machine": int(local_world) if local_world else (1 if world == 1 else None),
+        "device": accelerator.device.type,
+        "backend": getattr(accelerator.state, "backend", None),
+        "mixed_precision": accelerator.mixed_precision,
+        "sharding": _sharding(accelerator),
+    }
+
+
+def distribution_line(description: dict) -> str:
+    """One human line of :func:`describe_distribution`'s dict."""
+    d = description
+    machines = f" on {d['num_machines']} machine(s)" if d.get("num_machines") else ""
+    return (
+        f"distribution: {d['distributed_type']}, {d['world_size']} process(es){machines}, "
+        f"{d['device']} ({d['backend'] or 'no process group'}), mixed precision "
+        f"{d['mixed_precision']}, sharding {d['sharding']}"
     )

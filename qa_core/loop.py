@@ -46,6 +46,20 @@ class RunLog:
             self.accelerator.log(numbers, step=record.get("step"))
 
 
+def start_log(accelerator, output_dir: Path, report_to: str) -> tuple[RunLog, dict]:
+    """The run's log, opened with the distribution in effect (also printed): distributed type,
+    world size, machines, mixed precision and sharding."""
+    from qa_core.hardware import describe_distribution, distribution_line
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(accelerator, output_dir / "log.jsonl", report_to)
+    distribution = describe_distribution(accelerator)
+    log.write({"event": "distribution", **distribution})
+    accelerator.print(distribution_line(distribution))
+    return log, distribution
+
+
 class Stopwatch:
     """Training time with evaluation and checkpoint time left out."""
 

@@ -9,9 +9,10 @@ from typing import Any
 SUMMARY_METRICS = ("exact_match", "f1", "start_f1", "end_f1")
 
 
-def run_summary(metrics: dict, state, train_seconds: float, accelerator,
-                output_dir: Path) -> dict[str, Any]:
-    """The JSON summary: headline metrics, all metrics, and the run's facts."""
+def run_summary(metrics: dict, state, train_seconds: float, accelerator, output_dir: Path,
+                **facts: Any) -> dict[str, Any]:
+    """The JSON summary: headline metrics, all metrics, and the run's facts (``facts`` adds
+    more, e.g. the distribution in effect and how the cache was built)."""
     return {
         **{k: metrics[k] for k in SUMMARY_METRICS},
         "metrics": metrics, "global_step": state.global_step, "samples_seen": state.samples_seen,
@@ -19,7 +20,7 @@ def run_summary(metrics: dict, state, train_seconds: float, accelerator,
         "best_step": state.best_step, "train_seconds": round(train_seconds, 2),
         "train_samples_per_s": round(state.samples_seen / train_seconds, 2) if train_seconds else None,
         "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-        "output_dir": str(output_dir),
+        **facts, "output_dir": str(output_dir),
     }
 
 

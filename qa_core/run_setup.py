@@ -13,6 +13,7 @@ import torch
 
 from qa_core.budget import TimeBudget
 from qa_core.checkpoints import RunState
+from qa_core.distributed import CacheSharing, cache_build_context, count_processes
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
 from qa_core.optim import build_optimizer, build_scheduler
@@ -41,23 +42,26 @@ class CachedSplit:
     summary: dict
     features: pa.Table
     examples: pa.Table
+    builds: int = 0
 
 
-def load_cached_split(accelerator, settings: TrainSettings, data: str, split: str, tokenizer,
-                      limit: int | None) -> CachedSplit:
-    """Build (main process first) or reuse the cache entry, then open it memory-mapped."""
+def load_cached_split(accelerator, settings: TrainSettings, sharing: CacheSharing, data: str,
+                      split: str, tokenizer, limit: int | None) -> CachedSplit:
+    """Build or reuse the cache entry (its builder first: once per shared folder), then open it
+    memory-mapped. ``builds`` counts the processes that built it (0 on a cache hit)."""
     import datasets
 
     config = PreprocessConfig(
         data=data, split=split, model=settings.data.model, cache_dir=settings.cache.cache_dir,
         language=settings.cache.language, max_length=settings.features.max_length,
         doc_stride=settings.features.doc_stride, num_proc=settings.cache.num_proc)
-    with accelerator.main_process_first():
+    with cache_build_context(accelerator, sharing):
         result = prepare(config, tokenizer)
+    builds = count_processes(accelerator, not result.summary["cache_hit"])
     dataset = datasets.load_from_disk(str(result.entry))
     features, examples = first_examples(dataset["features"].data.table,
                                         dataset["examples"].data.table, limit)
-    return CachedSplit(result.summary, features, examples)
+    return CachedSplit(result.summary, features, examples, builds)
 
 
 def build_evaluator(accelerator, settings: TrainSettings, split: CachedSplit,

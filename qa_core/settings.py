@@ -21,6 +21,7 @@ from transformers import HfArgumentParser
 
 from qa_core.cache import check_writable_folder
 from qa_core.decode import DecodeConfig
+from qa_core.distributed import CACHE_SHARING
 from qa_core.errors import SettingsError
 from qa_core.features import FeatureConfig
 from qa_core.pipeline import check_preprocess_settings
@@ -162,6 +163,10 @@ class RunArgs:
                                                        "output_dir) or a checkpoint folder")
     logging_steps: int = _arg(10, "log every N optimizer steps")
     report_to: str = _arg("none", "experiment tracker", choices=REPORT_TO)
+    cache_sharing: str = _arg(
+        "auto", "is --cache_dir one folder for all machines (shared: built once in total) or one "
+                "per machine (local: built once per machine)? auto: a probe file decides",
+        choices=CACHE_SHARING)
     preset: Optional[str] = _arg(None, "a named set of defaults (see the list above)",
                                  choices=("demo", "cpu_fast"))
     demo: bool = _arg(False, "packaged data + packaged MiniLM; answers the comic-book questions")

@@ -39,6 +39,10 @@ EXPECTED = {
         distributed_type=DistributedType.DEEPSPEED, num_processes=8, num_machines=1,
         mixed_precision="bf16", use_cpu=False,
     ),
+    "fsdp2_cpu_2proc.yaml": dict(
+        distributed_type=DistributedType.FSDP, num_processes=2, num_machines=1,
+        mixed_precision="no", use_cpu=False,
+    ),
 }
 
 
@@ -87,12 +91,12 @@ def test_config_key_facts(name: str):
     "path", [p for p in YAMLS if "cpu" in p.name.lower()], ids=lambda p: p.name
 )
 def test_cpu_configs_launch_two_processes(path: Path):
-    # accelerate only forks workers (torchrun) on its multi-GPU path; the script then runs them
-    # on CPU with gloo. A MULTI_CPU config would silently start a single process.
+    # accelerate only forks workers (torchrun) on its multi-GPU and FSDP paths; the script then
+    # runs them on CPU with gloo. A MULTI_CPU config would silently start a single process.
     cfg = _load(path)
     assert cfg.num_processes == 2
-    assert cfg.distributed_type == DistributedType.MULTI_GPU
-    assert cfg.mixed_precision == "no"
+    assert cfg.distributed_type in (DistributedType.MULTI_GPU, DistributedType.FSDP)
+    assert cfg.mixed_precision == "no" and cfg.use_cpu is False
 
 
 def test_gpu_configs_do_not_use_cpu():
@@ -127,6 +131,20 @@ def test_fsdp_fields():
     dests = {a.dest for a in launch_command_parser()._actions}
     unknown = [k for k in fsdp if k not in dests]
     assert not unknown, f"fsdp_config keys unknown to accelerate launch: {unknown}"
+
+
+def test_fsdp2_cpu_fields():
+    # what qa_core.hardware needs to run FSDP2 on CPU processes (see refuse_on_cpu)
+    fsdp = _load(CONFIG_DIR / "fsdp2_cpu_2proc.yaml").fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_reshard_after_forward"] is True
+    assert fsdp["fsdp_sync_module_states"] is False
+    assert fsdp["fsdp_cpu_ram_efficient_loading"] is False
+    assert fsdp["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    from accelerate.commands.launch import launch_command_parser
+
+    dests = {a.dest for a in launch_command_parser()._actions}
+    assert not [k for k in fsdp if k not in dests]
 
 
 def test_fsdp_wrap_classes_exist_in_transformers():

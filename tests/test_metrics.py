@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from qa_core.metrics import (
@@ -91,6 +92,19 @@ def test_start_end_scores_hand_computed():
     assert scores["start_accuracy"] == 0.75
     assert scores["end_accuracy"] == 1.0
     assert scores["span_exact"] == 0.75
+
+
+def test_macro_f1_equals_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from qa_core.metrics import macro_f1
+
+    rng = np.random.default_rng(0)
+    for size, classes in ((1, 1), (7, 3), (500, 40), (2000, 384)):
+        gold = rng.integers(0, classes, size)
+        predicted = np.where(rng.random(size) < 0.4, gold, rng.integers(0, classes + 5, size))
+        expected = sklearn_metrics.f1_score(gold, predicted, average="macro", zero_division=0)
+        assert macro_f1(gold, predicted) == pytest.approx(expected, abs=1e-12)
+    assert macro_f1(np.array([3, 3]), np.array([4, 4])) == 0.0
 
 
 def test_evaluate_module_loads_offline_and_matches(monkeypatch, tmp_path):

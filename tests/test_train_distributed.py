@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,8 @@ import torch
 
 from qa_core.optim import lr_lambda
 from tiny_models import (
-    REPO, free_port, last_json_line, load_weights, run_main_in_process, run_script, train_args, train_records,
+    REPO, accelerate_launcher, last_json_line, load_weights, run_main_in_process, run_script,
+    train_args, train_records,
 )
 
 pytestmark = pytest.mark.slow
@@ -31,9 +31,7 @@ CONFIG = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 
 
 def launch_two(args: list[str]) -> dict:
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-                "--main_process_port", str(free_port())]
-    result = run_script(args, launcher=launcher, timeout=300)
+    result = run_script(args, launcher=accelerate_launcher(CONFIG), timeout=300)
     assert result.returncode == 0, (
         f"launch failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return last_json_line(result.stdout)

@@ -58,6 +58,13 @@ def run_script(args: list[str], launcher: list[str] | None = None, timeout: floa
                           timeout=timeout)
 
 
+def accelerate_launcher(config: str | Path, *extra: str) -> list[str]:
+    """``accelerate launch --config_file config --main_process_port <free> extra...``
+    (a launcher for :func:`run_script`)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+            "--main_process_port", str(free_port()), *extra]
+
+
 def last_json_line(stdout: str) -> dict:
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
