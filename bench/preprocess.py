@@ -13,6 +13,18 @@ start and its peak RSS (``bench.common.peak_rss_mb``, children included) is its 
   without batching); labels from ``annotations.minimal_answers_{start,end}_byte[0]`` used as
   *character* offsets (``char_to_token``), no answer or a span lost to truncation -> CLS (0).
 * ours: ``prepare`` cold with ``num_proc`` 1 and 2 (a fresh cache folder each), then a warm rerun.
+  A cold run loads the tokenizer first, as ``train_accelerate.py`` does before it calls
+  ``prepare``: ``seconds``/``examples_per_s`` span both (as they always did), ``prepare_seconds``/
+  ``prepare_examples_per_s`` only ``prepare``. Importing transformers and loading the tokenizer
+  (1-2 s here) is the same for any worker count, so only the latter shows how workers scale.
+
+Where the time goes: every cold run records ``prepare``'s ``cpu_seconds`` (CPU seconds per
+stage, of the main process and of the workers; ``qa_core.pipeline.cpu_breakdown``). CPU seconds
+(``time.process_time`` in each process) hold on a busy machine, where wall-clock ratios do not.
+From the run with the most workers the record derives ``amdahl``: the serial share ``s`` (what
+grows with the data and only the main process does: reading, handing out tasks, merging) and
+the speed-up ``1 / (s + (1 - s) / N)`` it allows with N = 4, 8 and 16 workers. Each child also
+records the load average it started under, so wall-clock figures from a busy machine show as such.
 
 Label check, done the same way for both and independently of the code under test: the gold
 answer of an example is its first non-null minimal span, sliced from the UTF-8 *bytes* of the
@@ -154,20 +166,59 @@ def phase_tutorial(args) -> dict:
 
 
 def phase_ours(args) -> dict:
-    from qa_core.pipeline import PreprocessConfig, prepare
+    from qa_core.pipeline import PreprocessConfig, load_tokenizer, prepare
 
-    config = PreprocessConfig(data=args.data, model=args.model, cache_dir=args.cache_dir, language=args.language,
-                              max_length=args.max_length, doc_stride=args.doc_stride, num_proc=args.num_proc)
+    config = PreprocessConfig(data=args.data, model=args.model, cache_dir=args.cache_dir,
+                              language=args.language, max_length=args.max_length,
+                              doc_stride=args.doc_stride, num_proc=args.num_proc)
+    load_average = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
-    result = prepare(config)
-    seconds = time.perf_counter() - started
+    # a cold run loads the tokenizer first, as train_accelerate.py does; a warm one needs none
+    tokenizer = load_tokenizer(args.model) if args.preload_tokenizer else None
+    loaded = time.perf_counter()
+    result = prepare(config, tokenizer)
+    finished = time.perf_counter()
+    seconds, prepare_seconds = finished - started, finished - loaded
     s = result.summary
     return {
-        "key": s["key"], "cache_dir": s["cache_dir"], "cache_hit": s["cache_hit"], "examples": s["examples"],
-        "answerable": s["answerable"], "features": s["features"], "answers_covered": s["answers_covered"],
-        "skipped": s["skipped"], "seconds": round(seconds, 3),
-        "examples_per_s": round(s["examples"] / seconds, 1), "peak_rss_mb": peak_rss_mb(include_children=True),
+        "key": s["key"], "cache_dir": s["cache_dir"], "cache_hit": s["cache_hit"],
+        "examples": s["examples"], "answerable": s["answerable"], "features": s["features"],
+        "answers_covered": s["answers_covered"], "skipped": s["skipped"],
+        "seconds": round(seconds, 3), "examples_per_s": round(s["examples"] / seconds, 1),
+        "tokenizer_load_seconds": round(loaded - started, 3),
+        "prepare_seconds": round(prepare_seconds, 3),
+        "prepare_examples_per_s": round(s["examples"] / prepare_seconds, 1),
+        "cpu_seconds": s.get("cpu_seconds") or s.get("build_cpu_seconds"),
+        "num_shards": s.get("num_shards"), "load_average_at_start": load_average,
+        "peak_rss_mb": peak_rss_mb(include_children=True),
     }
+
+
+def amdahl(ours: dict[str, dict]) -> dict | None:
+    """Serial share and the speed-up it allows, from the cold run with the most workers."""
+    runs = {int(name.rsplit("_", 1)[1]): r for name, r in ours.items() if name != "warm"}
+    most = max(runs)
+    cpu = runs[most]["cpu_seconds"]
+    if most < 2 or cpu is None or not cpu.get("serial_share"):
+        return None
+    share = cpu["serial_share"]
+    return {
+        "from": f"num_proc_{most}", "serial_share": share, "main_share": cpu["main_share"],
+        "main_cpu_s": cpu["main"], "workers_cpu_s": cpu["workers"],
+        "fixed_cpu_s": round(cpu["setup"] + cpu["commit"], 3),
+        "speedup": {str(n): round(1 / (share + (1 - share) / n), 2) for n in (4, 8, 16)},
+        "limit": round(1 / share, 1),
+    }
+
+
+def scaling(ours: dict[str, dict]) -> dict:
+    """examples/s of each cold run over num_proc 1's, with and without loading the tokenizer."""
+    base = ours.get("num_proc_1")
+    if base is None:
+        return {}
+    return {name: {key: round(r[key] / base[key], 3)
+                   for key in ("examples_per_s", "prepare_examples_per_s")}
+            for name, r in ours.items() if name not in ("num_proc_1", "warm")}
 
 
 def check_cache(entry: str, data: Path, language: str) -> dict:
@@ -233,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
     parser.add_argument("--num_proc", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--language", default="english", help=argparse.SUPPRESS)
+    parser.add_argument("--preload_tokenizer", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if not args.model:
@@ -252,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tutorial: {tutorial}", flush=True)
         ours: dict[str, dict] = {}
         for n in [int(x) for x in args.num_procs.split(",")]:
-            cold = run_child(args, "ours", cache_dir=work / f"np{n}", num_proc=n, language="english")
+            cold = run_child(args, "ours", cache_dir=work / f"np{n}", num_proc=n,
+                             language="english", preload_tokenizer=1)
             assert not cold["cache_hit"]
             ours[f"num_proc_{n}"] = cold
             print(f"ours cold num_proc={n}: {cold}", flush=True)
@@ -276,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         "tutorial": tutorial,
         "ours": {**ours, "warm": {k: warm[k] for k in ("seconds", "cache_hit", "key", "peak_rss_mb")}},
         "cache_keys": keys, "cache_keys_equal": len(set(keys.values())) == 1,
+        "num_proc_scaling": scaling(ours), "amdahl": amdahl(ours),
+        # the children run with the tokenizer's default TOKENIZERS_PARALLELISM (see run_child);
+        # RAYON_NUM_THREADS=1 holds its thread pool to one thread
+        "rayon_num_threads": os.environ.get("RAYON_NUM_THREADS"),
         "cold_over_warm": round(ours_np1["seconds"] / max(warm["seconds"], 1e-9), 1),
         "label_check": {"data": check_main, "check_data_all_languages": {"file": given["check_data"], **check_multi}},
         "all_check_data_answers_labelled": check_multi["answers_labelled"] == check_multi["answerable"]

@@ -251,18 +251,24 @@ def remove_leftovers(cache_root: Path) -> list[str]:
 
 
 class ShardWriter:
-    """Streams record batches of one split into Arrow shards, rolling every ``rows_per_shard``."""
+    """Streams record batches of one split into Arrow shards ``<prefix>NNNNN.arrow`` in ``folder``
+    (which must exist), rolling every ``rows_per_shard`` rows.
 
-    def __init__(self, folder: Path, rows_per_shard: int) -> None:
+    A cache entry's shards are written by several of these (one per worker task, each with its
+    own prefix) and named in order when the entry is committed (:func:`finish_split`).
+    """
+
+    def __init__(self, folder: Path, rows_per_shard: int, schema: pa.Schema | None = None,
+                 prefix: str = "part-") -> None:
         self.folder = folder
         self.rows_per_shard = rows_per_shard
+        self.prefix = prefix
         self.files: list[Path] = []
-        self.schema: pa.Schema | None = None
+        self.schema = schema
         self.rows = 0
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._sink = None
         self._rows_in_shard = 0
-        folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
@@ -278,57 +284,94 @@ class ShardWriter:
         self.rows += batch.num_rows
 
     def _roll(self) -> None:
-        self._close_shard()
-        path = self.folder / f"part-{len(self.files):05d}.arrow"
+        self.finish()
+        path = self.folder / f"{self.prefix}{len(self.files):05d}.arrow"
         self._sink = pa.OSFile(str(path), "wb")
         self._writer = pa.ipc.new_stream(self._sink, self.schema)
         self.files.append(path)
         self._rows_in_shard = 0
 
-    def _close_shard(self) -> None:
+    def finish(self) -> None:
+        """Close the shard being written (the writer can go on with a new one)."""
         if self._writer is not None:
             self._writer.close()
             self._sink.close()
             self._writer = self._sink = None
 
-    def close(self, empty_schema: pa.Schema) -> None:
-        """Finish the split: name shards as ``datasets`` does and write its metadata files."""
-        import datasets
 
-        if self.schema is None:  # nothing was written: one empty shard keeps the split loadable
-            self.schema = empty_schema
-            self._roll()
-        self._close_shard()
-        count = len(self.files)
-        names = []
-        for index, path in enumerate(self.files):
-            name = f"data-{index:05d}-of-{count:05d}.arrow"
-            path.rename(self.folder / name)
-            names.append({"filename": name})
-        state = {
-            "_data_files": names, "_fingerprint": uuid.uuid4().hex[:16], "_format_columns": None,
-            "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
-            "_split": None,
-        }
-        (self.folder / "state.json").write_text(json.dumps(state, indent=2))
-        info = datasets.DatasetInfo(features=datasets.Features.from_arrow_schema(self.schema))
-        info.write_to_directory(str(self.folder))
+INFO_FILE = "dataset_info.json"
+
+
+def write_split_info(folder: Path, schema: pa.Schema) -> None:
+    """``dataset_info.json`` of a split, as ``datasets`` writes it (importing it costs ~0.4 s)."""
+    import datasets
+
+    info = datasets.DatasetInfo(features=datasets.Features.from_arrow_schema(schema))
+    info.write_to_directory(str(folder))
+
+
+def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
+    """Name a split's shards in order as ``datasets`` does and write its metadata files.
+
+    ``files`` are the split's shards in row order; none -> one empty shard keeps the split
+    loadable. ``dataset_info.json`` is written unless a worker already wrote it. Returns the
+    number of shards.
+    """
+    if not files:
+        empty = ShardWriter(folder, 1, schema)
+        empty._roll()
+        empty.finish()
+        files = empty.files
+    count = len(files)
+    names = []
+    for index, path in enumerate(files):
+        name = f"data-{index:05d}-of-{count:05d}.arrow"
+        path.rename(folder / name)
+        names.append({"filename": name})
+    state = {
+        "_data_files": names, "_fingerprint": uuid.uuid4().hex[:16], "_format_columns": None,
+        "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+        "_split": None,
+    }
+    (folder / "state.json").write_text(json.dumps(state, indent=2))
+    if not (folder / INFO_FILE).is_file():
+        write_split_info(folder, schema)
+    return count
 
 
 class CacheEntryWriter:
-    """A temporary entry folder; it becomes ``<cache_root>/<key>`` only when :meth:`commit` runs."""
+    """A temporary entry folder; it becomes ``<cache_root>/<key>`` only when :meth:`commit` runs.
+
+    Shards are written into ``<tmp>/<split>/`` (by this process or by workers) and handed over
+    in row order with :meth:`add_shards`.
+    """
 
     def __init__(self, cache_root: Path, key: str, rows_per_shard: int) -> None:
         self.cache_root = cache_root
         self.key = key
+        self.rows_per_shard = rows_per_shard
         require_writable(cache_root)
         self.tmp = cache_root / temporary_name(key)
         try:
             self.tmp.mkdir()
+            for name in SPLITS:
+                (self.tmp / name).mkdir()
         except OSError as err:
             raise CacheDirError(f"--cache_dir {cache_root}: cannot write there "
                                 f"({err.strerror or err})") from None
-        self.splits = {name: ShardWriter(self.tmp / name, rows_per_shard) for name in SPLITS}
+        self.shards: dict[str, list[Path]] = {name: [] for name in SPLITS}
+        self.num_shards: dict[str, int] | None = None
+
+    def add_shards(self, split: str, files: list[Path]) -> None:
+        """Append shard files (already in ``<tmp>/<split>/``) to ``split``, in row order."""
+        self.shards[split].extend(files)
+
+    def finish(self, schemas: dict[str, pa.Schema]) -> None:
+        """Name the shards in order and write each split's metadata (once)."""
+        if self.num_shards is None:
+            self.num_shards = {name: finish_split(self.tmp / name, self.shards[name],
+                                                  schemas[name]) for name in SPLITS}
+            (self.tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
 
     def commit(self, summary: dict, schemas: dict[str, pa.Schema], overwrite: bool,
                damaged: bool = False) -> Path:
@@ -336,11 +379,10 @@ class CacheEntryWriter:
 
         ``overwrite`` replaces a finished entry of the same key; ``damaged`` replaces one only
         while it is still damaged (another run may have rebuilt it in the meantime).
-        ``summary`` gains ``manifest_sha256``.
+        ``summary`` gains ``num_shards`` and ``manifest_sha256``.
         """
-        for name, writer in self.splits.items():
-            writer.close(schemas[name])
-        (self.tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
+        self.finish(schemas)
+        summary["num_shards"] = dict(self.num_shards)
         manifest = json.dumps(build_manifest(self.tmp), indent=1).encode()
         (self.tmp / MANIFEST_FILE).write_bytes(manifest)
         summary["manifest_sha256"] = hashlib.sha256(manifest).hexdigest()

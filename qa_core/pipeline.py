@@ -1,19 +1,34 @@
 """Source -> cached, tokenized Arrow dataset (``features`` + ``examples``), shared by all scripts.
 
 ``prepare`` is what ``preprocess.py`` runs and what ``train_accelerate.py`` calls, so both
-read and write the same cache entries. Examples stream from the reader in batches to
-``num_proc`` workers and back to shard writers, with a bounded number of batches in flight,
-so memory stays flat however large the input is. The cache key covers the data's content,
-the tokenizer, every setting that changes the output and ``CODE_VERSION`` — not the worker
-count or the shard size, which change neither the rows nor their order.
+read and write the same cache entries. The cache key covers the data's content, the tokenizer,
+every setting that changes the output and ``CODE_VERSION`` — not the worker count or the shard
+size, which change neither the rows nor their order.
+
+How an entry is built: the main process only reads the source into chunks of rows (a
+.jsonl(.gz) file: undecoded lines) and hands each chunk to a worker as a *task*. The worker
+parses and checks the rows, tokenizes and windows them and writes the task's own shards into
+the entry's temporary folder; it sends back only counts, ids and file names. The main process
+takes the results in input order (an id an earlier task already kept is a duplicate: that
+task is redone without it), names the shards in that order and commits the entry, so rows and
+their order are those of ``num_proc=1``, which runs the same tasks in the main process. At
+most ``2 * num_proc`` tasks are read ahead, so memory stays flat however large the input is.
+Every stage is timed in CPU seconds (``summary["cpu_seconds"]``).
 """
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
-from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -21,12 +36,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qa_core.cache import (
-    CacheEntryWriter, check_writable_folder, entry_problem, fingerprint, read_summary, remove_leftovers,
-    tokenizer_files_fingerprint, tokenizer_fingerprint,
+    SPLITS, CacheEntryWriter, ShardWriter, check_writable_folder, entry_problem, fingerprint,
+    read_summary, remove_leftovers, tokenizer_files_fingerprint, tokenizer_fingerprint,
+    write_split_info,
 )
 from qa_core.errors import QAError, SettingsError
 from qa_core.features import FeatureBuilder, FeatureConfig, FeatureStats
-from qa_core.readers import DataSourceError, ExampleSource, ReadStats, SourceSpec, open_source
+from qa_core.readers import (
+    Chunk, DataSourceError, ExampleSource, ReadStats, SourceSpec, examples_from_rows, open_source,
+)
 
 # v2: summaries record the source schema ("formats"). v3: entries carry a manifest checked on
 # every hit; the language filter runs before notes/skips are counted; negative answer starts
@@ -60,10 +78,11 @@ def check_preprocess_settings(max_length: int, doc_stride: int, num_proc: int = 
         if value < minimum:
             raise SettingsError(f"{flag} {value}: must be at least {minimum}")
     if doc_stride >= max_length:
-        raise SettingsError(f"--doc_stride {doc_stride}: must be below --max_length ({max_length}): "
-                           "it is the overlap between consecutive windows")
+        raise SettingsError(f"--doc_stride {doc_stride}: must be below --max_length "
+                            f"({max_length}): it is the overlap between consecutive windows")
     if not isinstance(language, str) or not language.strip():
-        raise SettingsError(f"--language {language!r}: give a language name (e.g. english) or 'all'")
+        raise SettingsError(f"--language {language!r}: give a language name (e.g. english) "
+                            "or 'all'")
 
 
 @dataclass(frozen=True)
@@ -132,23 +151,151 @@ def cache_key(source: ExampleSource, tokenizer_key: str, config: PreprocessConfi
     })
 
 
-# Worker side: one FeatureBuilder per process, created once.
-_builder: FeatureBuilder | None = None
+class PreprocessWorkerError(QAError):
+    """A worker process died (killed, or out of memory) while building a cache entry."""
 
 
-def _init_worker(model: str, feature_config: FeatureConfig) -> None:
-    global _builder
+# Source bytes per task: small first tasks keep every worker busy early and small files
+# balanced; then 1/16 of what was read so far, so a large source has a few hundred tasks (and
+# shard files per split), not thousands. The sizes depend only on the source, so an entry's
+# shards are the same for every num_proc.
+TASK_BYTES_MIN = 2 << 20
+TASK_BYTES_MAX = 16 << 20
+STAGES = ("setup", "read", "parse", "tokenize", "window", "arrow", "write", "metadata", "commit")
+FIXED_STAGES = ("setup", "commit")  # once per entry in the main process, whatever the data size
+
+
+def task_bytes(read_so_far: int) -> int:
+    """How many bytes of source text the next task gets."""
+    return min(TASK_BYTES_MAX, max(TASK_BYTES_MIN, read_so_far // 16))
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU seconds per stage: time.process_time counts this process's CPU (all its threads), so the
+# figures hold on a busy machine, where wall-clock ratios do not.
+# ---------------------------------------------------------------------------------------------
+
+class StageClock:
+    """CPU seconds of this process per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: Counter = Counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.process_time() - start
+
+    def timed(self, name: str, items: Iterator) -> Iterator:
+        """``items``, with the time spent producing each one counted as ``name``."""
+        items = iter(items)
+        while True:
+            start = time.process_time()
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                self.seconds[name] += time.process_time() - start
+            yield item
+
+
+class _TimedBackend:
+    """A tokenizers backend whose ``encode_batch`` calls count as the "tokenize" stage."""
+
+    def __init__(self, backend, clock: StageClock) -> None:
+        self._backend, self._clock = backend, clock
+
+    def encode_batch(self, *args, **kwargs):
+        with self._clock.stage("tokenize"):
+            return self._backend.encode_batch(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+
+class _TimedTokenizer:
+    """``tokenizer`` with its backend timed; what :meth:`FeatureBuilder.build` needs of it."""
+
+    def __init__(self, tokenizer, clock: StageClock) -> None:
+        self._tokenizer = tokenizer
+        self.backend_tokenizer = _TimedBackend(tokenizer.backend_tokenizer, clock)
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side: a task's rows -> examples -> windows -> its own shards in the temporary entry
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Task:
+    """One chunk of source rows, to be written as shards named ``task-<index>-*`` in ``folder``."""
+
+    index: int
+    chunk: Chunk
+    folder: str                               # the entry's temporary folder
+    language: str                             # lower-case, as the reader's filter wants it
+    batch_size: int
+    rows_per_shard: int
+    exclude: frozenset[str] = frozenset()     # ids an earlier task kept: duplicates here
+
+
+@dataclass
+class TaskResult:
+    """What a task sends back: counts, the ids it kept, its shard files and CPU seconds."""
+
+    index: int
+    files: dict[str, list[str]]               # split -> shard file names, in row order
+    read: ReadStats
+    features: FeatureStats
+    examples: int                             # example rows written (those with a window)
+    features_with_answer: int
+    claimed: set[str]                         # ids of the examples kept (before windowing)
+    cpu: dict[str, float]                     # CPU seconds per stage of this task
+    pid: int
+    process_cpu: float                        # CPU seconds of the process so far
+
+
+@dataclass
+class _WorkerState:
+    builder: FeatureBuilder                   # its tokenizer's encode_batch calls are timed
+    clock: StageClock
+    schemas: dict[str, pa.Schema]
+
+
+_worker: _WorkerState | None = None
+
+
+def _set_worker(builder: FeatureBuilder) -> None:
+    """Make this process ready to run tasks with ``builder`` (a forked worker inherits it)."""
+    global _worker
+    clock = StageClock()
+    timed = copy.copy(builder)
+    timed.tokenizer = _TimedTokenizer(builder.tokenizer, clock)
+    schemas = {"features": builder.build([])[0].schema, "examples": EXAMPLE_SCHEMA}
+    _worker = _WorkerState(timed, clock, schemas)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose main process died (SIGKILL) exits instead of waiting for tasks forever."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(model: str, feature_config: FeatureConfig, parent: int) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
-    # a forked worker inherits the parent's builder
-    if _builder is None or _builder.config != feature_config:
-        _builder = FeatureBuilder(load_tokenizer(model), feature_config)
-
-
-def _process_batch(examples: list[dict]) -> tuple[pa.RecordBatch, pa.RecordBatch, FeatureStats]:
-    features, stats = _builder.build(examples)
-    kept_ids = set(features.column("example_id").to_pylist())
-    kept = [e for e in examples if e["id"] in kept_ids]
-    return features, pa.RecordBatch.from_pylist(kept, schema=EXAMPLE_SCHEMA), stats
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the workers
+    # a forked worker inherits the main process's builder; a spawned one loads the tokenizer
+    if _worker is None or _worker.builder.config != feature_config:
+        _set_worker(FeatureBuilder(load_tokenizer(model), feature_config))
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def _batches(examples: Iterator[dict], size: int) -> Iterator[list[dict]]:
@@ -162,27 +309,279 @@ def _batches(examples: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
-def _ordered_results(batches: Iterator[list[dict]], config: PreprocessConfig,
-                     builder: FeatureBuilder):
-    """Results in input order; at most ``2 * num_proc`` batches in flight so memory stays flat."""
-    global _builder
-    _builder = builder
-    if config.num_proc <= 1:
-        for batch in batches:
-            yield _process_batch(batch)
+def run_task(task: Task) -> TaskResult:
+    """Parse, check, window and write one task (in a worker, or in the main process)."""
+    worker = _worker
+    clock = worker.clock
+    clock.seconds.clear()
+    folder = Path(task.folder)
+    writers = {name: ShardWriter(folder / name, task.rows_per_shard, worker.schemas[name],
+                                 prefix=f"task-{task.index:06d}-") for name in SPLITS}
+    read, feature_stats = ReadStats(), FeatureStats()
+    seen = set(task.exclude)
+    examples = examples_from_rows(task.chunk.rows(), task.language, read, seen)
+    example_rows = with_answer = 0
+    for batch in clock.timed("parse", _batches(examples, task.batch_size)):
+        with clock.stage("build"):
+            features, stats = worker.builder.build(batch)
+        with clock.stage("arrow"):
+            kept_ids = set(features.column("example_id").to_pylist())
+            kept = pa.RecordBatch.from_pylist([e for e in batch if e["id"] in kept_ids],
+                                              schema=EXAMPLE_SCHEMA)
+            with_answer += pc.sum(features.column("has_answer")).as_py() or 0
+        with clock.stage("write"):
+            writers["features"].write(features)
+            writers["examples"].write(kept)
+        feature_stats.add(stats)
+        example_rows += kept.num_rows
+    with clock.stage("write"):
+        for writer in writers.values():
+            writer.finish()
+    if task.index == 0:  # the splits' dataset_info.json: imports datasets, so not in the main
+        with clock.stage("metadata"):
+            for name, schema in worker.schemas.items():
+                write_split_info(folder / name, schema)
+    cpu = dict(clock.seconds)
+    cpu["window"] = cpu.pop("build", 0.0) - cpu.get("tokenize", 0.0)
+    return TaskResult(task.index, {name: [p.name for p in w.files] for name, w in writers.items()},
+                      read, feature_stats, example_rows, with_answer, seen - task.exclude, cpu,
+                      os.getpid(), time.process_time())
+
+
+# ---------------------------------------------------------------------------------------------
+# Main side: read chunks, hand them out, take the results back in input order
+# ---------------------------------------------------------------------------------------------
+
+class _Progress:
+    """A tqdm bar on stderr (examples done and their rate, rows read, features written) when
+    stderr is a terminal; nothing otherwise (CI, pipes, log files)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.rows = self.features = 0
+        stream = sys.stderr
+        if stream is not None and hasattr(stream, "isatty") and stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="preprocessing", unit=" examples", file=stream,
+                            dynamic_ncols=True)
+
+    def read(self, rows: int) -> None:
+        self.rows += rows
+
+    def done(self, examples: int, features: int) -> None:
+        self.features += features
+        if self.bar is not None:
+            self.bar.set_postfix({"rows read": self.rows, "features": self.features},
+                                 refresh=False)
+            self.bar.update(examples)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _tasks(source: ExampleSource, config: PreprocessConfig, folder: Path, clock: StageClock,
+           progress: _Progress) -> Iterator[Task]:
+    """The source's chunks as tasks; reading them counts as the main process's "read" stage."""
+    language = config.language.lower()
+    for index, chunk in enumerate(clock.timed("read", source.chunks(task_bytes))):
+        progress.read(len(chunk))
+        yield Task(index, chunk, str(folder), language, config.batch_size, config.rows_per_shard)
+
+
+def _inline_results(tasks: Iterator[Task]) -> Iterator[tuple[Task, TaskResult]]:
+    for task in tasks:
+        yield task, run_task(task)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now (they may be mid-task); a broken or finished pool has none."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
         return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+
+
+@contextmanager
+def _worker_pool(config: PreprocessConfig, builder: FeatureBuilder) -> Iterator:
+    """``num_proc`` worker processes, forked where possible (they inherit the tokenizer)."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    # set before forking: workers must not spawn thread pools
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    # set before forking: workers must not spawn thread pools (nor warn that they cannot)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    with multiprocessing.get_context(method).Pool(config.num_proc, _init_worker,
-                                                  (config.model, builder.config)) as pool:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append(pool.apply_async(_process_batch, (batch,)))
-            if len(pending) >= 2 * config.num_proc:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    pool = ProcessPoolExecutor(config.num_proc, multiprocessing.get_context(method),
+                               initializer=_init_worker,
+                               initargs=(config.model, builder.config, os.getpid()))
+    try:
+        yield pool
+    except BaseException:
+        _stop_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def _outcome(future: Future) -> TaskResult | BaseException:
+    error = future.exception()
+    if isinstance(error, BrokenProcessPool):
+        return PreprocessWorkerError(
+            "a preprocessing worker process died (killed, or out of memory?); nothing was "
+            "cached: run again, with a lower --num_proc if memory is short")
+    return error if error is not None else future.result()
+
+
+def _parallel_results(tasks: Iterator[Task], config: PreprocessConfig,
+                      builder: FeatureBuilder) -> Iterator[tuple[Task, TaskResult]]:
+    """Results in input order, the tasks run by ``num_proc`` workers.
+
+    At most ``2 * num_proc`` tasks are read and not yet handed back. A failure (of a task, or
+    of reading) is raised when its turn in input order comes, so the first problem in the
+    source is the one reported, as with one process.
+    """
+    limit = 2 * config.num_proc
+    with _worker_pool(config, builder) as pool:
+        pending: dict[Future, Task] = {}
+        done: dict[int, tuple[Task | None, TaskResult | BaseException]] = {}
+        produced = handed = 0
+        reading, failed = True, False
+        while True:
+            while reading and not failed and produced - handed < limit:
+                try:
+                    task = next(tasks)
+                except StopIteration:
+                    reading = False
+                except Exception as err:  # raised in its turn, after the tasks before it
+                    done[produced] = (None, err)
+                    reading = False
+                else:
+                    pending[pool.submit(run_task, task)] = task
+                    produced += 1
+            while handed in done:
+                task, outcome = done.pop(handed)
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                handed += 1
+                yield task, outcome
+            if not pending:
+                if reading:
+                    continue
+                return
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task = pending.pop(future)
+                done[task.index] = (task, _outcome(future))
+                failed |= isinstance(done[task.index][1], BaseException)
+
+
+@dataclass
+class _Totals:
+    """The merged results, in input order."""
+
+    read: ReadStats = field(default_factory=ReadStats)
+    features: FeatureStats = field(default_factory=FeatureStats)
+    examples: int = 0
+    features_with_answer: int = 0
+    seen: set[str] = field(default_factory=set)
+    cpu: Counter = field(default_factory=Counter)
+    worker_cpu: dict[int, float] = field(default_factory=dict)
+    redone: int = 0
+
+    def add_cpu(self, result: TaskResult) -> None:
+        self.cpu.update(result.cpu)
+        if result.pid != os.getpid():
+            self.worker_cpu[result.pid] = max(self.worker_cpu.get(result.pid, 0.0),
+                                              result.process_cpu)
+
+    def add(self, result: TaskResult) -> None:
+        self.read.add(result.read)
+        self.features.add(result.features)
+        self.examples += result.examples
+        self.features_with_answer += result.features_with_answer
+        self.seen |= result.claimed
+
+
+def _merge(task: Task, result: TaskResult, totals: _Totals, writer: CacheEntryWriter) -> None:
+    """Add one task's result (the tasks before it are merged) and hand its shards to ``writer``.
+
+    An id that an earlier task already kept makes its rows here duplicates: the task is run
+    again in this process without them, so counts and rows are those of one sequential pass.
+    """
+    totals.add_cpu(result)
+    duplicates = result.claimed & totals.seen
+    if duplicates:
+        for name, files in result.files.items():
+            for file in files:
+                (writer.tmp / name / file).unlink()
+        result = run_task(replace(task, exclude=frozenset(duplicates)))
+        totals.add_cpu(result)
+        totals.redone += 1
+    totals.add(result)
+    for name, files in result.files.items():
+        writer.add_shards(name, [writer.tmp / name / file for file in files])
+
+
+def _build(writer: CacheEntryWriter, source: ExampleSource, config: PreprocessConfig,
+           builder: FeatureBuilder, clock: StageClock) -> _Totals:
+    """Run every task of ``source`` (in workers when ``num_proc`` > 1) and merge the results."""
+    progress = _Progress()
+    totals = _Totals()
+    with clock.stage("setup"):  # forked workers inherit what this imports and builds
+        _set_worker(builder)
+    tasks = _tasks(source, config, writer.tmp, clock, progress)
+    if config.num_proc <= 1:
+        results = _inline_results(tasks)
+    else:
+        results = _parallel_results(tasks, config, builder)
+    try:
+        for task, result in results:
+            _merge(task, result, totals, writer)
+            progress.done(result.examples, result.features.features)
+    finally:
+        results.close()  # stops the workers now if merging failed
+        progress.close()
+    return totals
+
+
+def cpu_breakdown(main_cpu: float, stage_cpu: dict[str, float],
+                  worker_cpu: dict[int, float]) -> dict:
+    """CPU seconds per stage (summed over processes), of the main process and of the workers.
+
+    Stages: ``setup`` (main: the worker state, imports that forked workers then share),
+    ``read`` (main: reading the source into chunks: a .jsonl.gz's decompression and line
+    splitting), ``parse`` (UTF-8, JSON, checks, conversion to examples), ``tokenize``
+    (the tokenizer's encode calls), ``window`` (windows and labels from the token arrays),
+    ``arrow`` (the examples' record batches), ``write`` (Arrow shards), ``metadata`` (the splits'
+    dataset_info.json, by the first task), ``commit`` (main: naming the shards in order).
+    ``other`` is what no stage holds: handing tasks and results between processes (pickling,
+    pipes), starting workers, merging results.
+
+    ``workers_max``: the busiest worker's CPU seconds. ``main_share``: the main process's part
+    of all the CPU time (1.0 with ``num_proc`` 1: it does everything). ``serial_share``: the
+    same without the once-per-entry stages (``setup``, ``commit``), i.e. the part of the work
+    that grows with the data and that only the main process does; Amdahl's law bounds the
+    speed-up with N workers by 1 / (s + (1 - s) / N).
+    """
+    stages = {name: round(stage_cpu.get(name, 0.0), 3) for name in STAGES}
+    workers = sum(worker_cpu.values())
+    total = main_cpu + workers
+    staged = sum(stage_cpu.get(name, 0.0) for name in STAGES)
+    stages["other"] = round(max(total - staged, 0.0), 3)
+    fixed = sum(stage_cpu.get(name, 0.0) for name in FIXED_STAGES)
+    per_data = total - fixed
+    return {**stages, "main": round(main_cpu, 3), "workers": round(workers, 3),
+            "workers_max": round(max(worker_cpu.values(), default=0.0), 3),
+            "total": round(total, 3), "num_workers": len(worker_cpu),
+            "main_share": round(main_cpu / total, 4) if total > 0 else None,
+            "serial_share": round(max(main_cpu - fixed, 0.0) / per_data, 4)
+            if per_data > 0 else None}
 
 
 def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
@@ -214,12 +613,19 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
     builder = FeatureBuilder(tokenizer, feature_config)  # validates the tokenizer before any work
     writer = CacheEntryWriter(cache_root, key, config.rows_per_shard)
     try:
-        summary = _write_entry(writer, source, config, builder)
+        cpu_start, clock = time.process_time(), StageClock()
+        totals = _build(writer, source, config, builder, clock)
+        summary = _summary(writer, source, config, totals)
         summary.update(cache_rebuilt=problem, leftovers_removed=leftovers)
+        schemas = {"features": builder.build([])[0].schema, "examples": EXAMPLE_SCHEMA}
+        with clock.stage("commit"):
+            writer.finish(schemas)
+        totals.cpu.update(clock.seconds)
+        summary["cpu_seconds"] = cpu_breakdown(time.process_time() - cpu_start, totals.cpu,
+                                               totals.worker_cpu)
         seconds = time.perf_counter() - started
         summary.update(seconds=round(seconds, 3),
                        examples_per_s=round(summary["examples"] / seconds, 1) if seconds else None)
-        schemas = {"features": builder.build([])[0].schema, "examples": EXAMPLE_SCHEMA}
         entry = writer.commit(summary, schemas, overwrite=config.overwrite_cache,
                               damaged=problem is not None)
     except BaseException:
@@ -234,6 +640,8 @@ def _hit_summary(entry: Path, started: float, leftovers: int) -> dict:
     # seconds and examples_per_s describe this run; the build's own figures keep a build_ prefix
     summary.update(build_seconds=summary.pop("seconds"),
                    build_examples_per_s=summary.pop("examples_per_s"))
+    if "cpu_seconds" in summary:
+        summary["build_cpu_seconds"] = summary.pop("cpu_seconds")
     summary.update(cache_hit=True, seconds=round(time.perf_counter() - started, 3),
                    cache_dir=str(entry), cache_rebuilt=None, leftovers_removed=leftovers)
     summary["examples_per_s"] = (round(summary["examples"] / summary["seconds"], 1)
@@ -241,25 +649,17 @@ def _hit_summary(entry: Path, started: float, leftovers: int) -> dict:
     return summary
 
 
-def _write_entry(writer: CacheEntryWriter, source: ExampleSource, config: PreprocessConfig,
-                 builder: FeatureBuilder) -> dict:
-    """Stream the source through the workers into ``writer``; the summary's counts.
+def _summary(writer: CacheEntryWriter, source: ExampleSource, config: PreprocessConfig,
+             totals: _Totals) -> dict:
+    """The summary's counts (merged over the tasks).
 
     A source that yields no example (every row skipped, filtered out or without a window) is
     an error naming the source and the counts, not an empty entry.
     """
-    read_stats, feature_stats = ReadStats(), FeatureStats()
-    example_rows = windows_with_answer = 0
-    batches = _batches(source.iter_examples(read_stats), config.batch_size)
-    for features, examples, stats in _ordered_results(batches, config, builder):
-        writer.splits["features"].write(features)
-        writer.splits["examples"].write(examples)
-        feature_stats.add(stats)
-        example_rows += examples.num_rows
-        windows_with_answer += pc.sum(features.column("has_answer")).as_py() or 0
-    skipped = dict(sorted((Counter(read_stats.skipped) + Counter(feature_stats.skipped)).items()))
-    read = read_stats.as_dict()
-    if example_rows == 0:
+    skipped = dict(sorted((Counter(totals.read.skipped)
+                           + Counter(totals.features.skipped)).items()))
+    read = totals.read.as_dict()
+    if totals.examples == 0:
         raise DataSourceError(empty_result_message(source.description, read, skipped))
     return {
         "cache_dir": str(writer.cache_root / writer.key),
@@ -267,17 +667,17 @@ def _write_entry(writer: CacheEntryWriter, source: ExampleSource, config: Prepro
         "key": writer.key,
         "source": source.description,
         "source_kind": source.kind,
-        "examples": example_rows,
-        "answerable": feature_stats.answerable,
-        "features": feature_stats.features,
-        "features_with_answer": windows_with_answer,
-        "answers_covered": feature_stats.answers_covered,
+        "examples": totals.examples,
+        "answerable": totals.features.answerable,
+        "features": totals.features.features,
+        "features_with_answer": totals.features_with_answer,
+        "answers_covered": totals.features.answers_covered,
         "skipped": skipped,
         "notes": read["notes"],
         "formats": read["formats"],
         "settings": {k: v for k, v in asdict(config).items()
                      if k not in ("cache_dir", "overwrite_cache")},
-        "num_shards": {name: len(w.files) or 1 for name, w in writer.splits.items()},
+        "tasks_redone": totals.redone,
     }
 
 

@@ -55,6 +55,14 @@ class ReadStats:
     # rows of the kept language(s) per schema: "tydi", "primeqa", "squad"
     formats: Counter = field(default_factory=Counter)
 
+    def add(self, other: "ReadStats") -> None:
+        """Add another reader's counts (a worker's share of the rows) to these."""
+        self.examples += other.examples
+        self.answerable += other.answerable
+        self.skipped.update(other.skipped)
+        self.notes.update(other.notes)
+        self.formats.update(other.formats)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "examples": self.examples,
@@ -561,8 +569,8 @@ def check_file_header(path: Path) -> None:
                               "gzip it")
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 file, gzipped or not; damage -> DataSourceError."""
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, undecoded line) of a file, gzipped or not; gzip damage -> DataSourceError."""
     line_number = 0
     with _open_binary(path) as handle:
         lines = iter(handle)
@@ -574,11 +582,20 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
             except GZIP_ERRORS as err:
                 raise _gzip_damage(path, line_number, err) from None
             line_number += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise _not_utf8(f"{path}:{line_number}", raw, err.start) from None
-            yield line_number, line
+            yield line_number, raw
+
+
+def _decode_line(path: Path, line_number: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(f"{path}:{line_number}", raw, err.start) from None
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 file, gzipped or not; damage -> DataSourceError."""
+    for line_number, raw in _raw_lines(path):
+        yield line_number, _decode_line(path, line_number, raw)
 
 
 def _read_text(path: Path) -> str:
@@ -607,6 +624,148 @@ def _read_text(path: Path) -> str:
 # Sources: validate up front, then stream examples
 # ---------------------------------------------------------------------------------------------
 
+Row = tuple[dict, str, str]   # (record, fallback id, where: file and line or row, for messages)
+
+
+def examples_from_rows(rows: Iterator[Row], language: str, stats: ReadStats,
+                       seen_ids: set[str]) -> Iterator[dict]:
+    """Examples of ``rows`` that pass the language filter, with unique ids; skips in ``stats``.
+
+    The language filter comes first: a row of another language is counted once
+    (``notes.other_language``) and adds nothing to ``formats``, ``skipped`` or the other notes.
+    An id already in ``seen_ids`` is a ``duplicate_id`` skip; kept ids are added to it.
+    ``language`` is lower-case ("all" keeps every row).
+    """
+    for record, fallback_id, where in rows:
+        if not language_kept(record, language):
+            stats.notes["other_language"] += 1
+            continue
+        example = flat_row_to_example(record, fallback_id, where, stats)
+        if example is None:
+            continue
+        if example["id"] in seen_ids:
+            stats.skipped["duplicate_id"] += 1
+            continue
+        seen_ids.add(example["id"])
+        stats.examples += 1
+        stats.answerable += bool(example["answers"]["text"])
+        yield example
+
+
+@dataclass(frozen=True)
+class LineChunk:
+    """Consecutive lines of a .jsonl(.gz) file, undecoded: the process that turns them into
+    rows (UTF-8, JSON, the checks) is not the one that read them."""
+
+    path: str
+    lines: list[tuple[int, bytes]]       # (line number, raw line)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def rows(self) -> Iterator[Row]:
+        path = Path(self.path)
+        for line_number, raw in self.lines:
+            row = _jsonl_row(path, line_number, _decode_line(path, line_number, raw))
+            if row is not None:
+                yield row
+
+
+@dataclass(frozen=True)
+class RowChunk:
+    """Consecutive rows already parsed by the reading process (SQuAD JSON, datasets)."""
+
+    items: list[Row]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rows(self) -> Iterator[Row]:
+        return iter(self.items)
+
+
+Chunk = LineChunk | RowChunk
+
+
+def _row_bytes(record: dict) -> int:
+    """About how much text a parsed row holds (its strings and lists of strings)."""
+    size = 64
+    for value in record.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, list):
+            size += sum(len(item) for item in value if isinstance(item, str))
+    return size
+
+
+def _shared_text(record: Any) -> str | None:
+    """The text that rows of one document share (TyDi document, SQuAD context), if any."""
+    if not isinstance(record, dict):
+        return None
+    value = record.get("document_plaintext")
+    value = record.get("context") if value is None else value
+    return value if isinstance(value, str) else None
+
+
+def _line_key(line: tuple[int, bytes]) -> bytes | None:
+    """The document or context of a raw .jsonl line as it is spelled in the line (JSON-encoded),
+    so that the lines after it can be compared without parsing them; None when the line does
+    not parse (its task reports that, in its turn) or has no such text."""
+    raw = line[1]
+    try:
+        text = _shared_text(json.loads(raw))
+    except (ValueError, RecursionError):
+        return None
+    if text is None:
+        return None
+    for ascii_only in (False, True):
+        spelled = json.dumps(text, ensure_ascii=ascii_only).encode("utf-8")
+        if spelled in raw:
+            return spelled
+    return None
+
+
+def _same_rows(key: str, row: Row) -> bool:
+    return _shared_text(row[0]) == key
+
+
+def _same_lines(key: bytes, line: tuple[int, bytes]) -> bool:
+    return key in line[1]
+
+
+def _chunked(items: Iterator[Any], size_of: Callable[[Any], int], make: Callable[[list], Chunk],
+             target: Callable[[int], int], key_of: Callable[[Any], Any],
+             same: Callable[[Any, Any], bool]) -> Iterator[Chunk]:
+    """Group ``items`` into chunks of about ``target(bytes before it)`` bytes.
+
+    A full chunk also takes the items that follow it about the same document or context
+    (``key_of`` its last item, then ``same(key, item)``), up to twice its size: a document
+    split between two chunks would be tokenized by both, which many questions on one long
+    document make costly. Where chunks end changes no row and no row's order.
+    """
+    group, size, total = [], 0, 0
+    goal, key = target(0), None
+    for item in items:
+        if key is not None:
+            if size < 2 * goal and same(key, item):
+                group.append(item)
+                size += size_of(item)
+                continue
+            yield make(group)
+            total, group, size = total + size, [], 0
+            goal, key = target(total), None
+        group.append(item)
+        size += size_of(item)
+        if size >= goal:
+            key = key_of(item)
+            if key is None:
+                yield make(group)
+                total, group, size = total + size, [], 0
+                goal = target(total)
+    if group:
+        yield make(group)
+
+
 @dataclass
 class ExampleSource:
     """A validated source: ``kind``, a content ``fingerprint`` and a streaming ``rows`` iterator."""
@@ -614,46 +773,55 @@ class ExampleSource:
     kind: str                 # "jsonl", "squad_json", "load_from_disk", "hub"
     description: str
     fingerprint: str
-    rows: Callable[[], Iterator[tuple[dict, str, str]]]  # (record, fallback_id, where)
+    rows: Callable[[], Iterator[Row]]  # (record, fallback_id, where)
     spec: SourceSpec
+    path: Path | None = None  # the .jsonl(.gz) file, whose lines are chunked undecoded
 
     def iter_examples(self, stats: ReadStats) -> Iterator[dict]:
-        """Examples that pass the language filter, with unique ids; skips counted in ``stats``.
+        """Examples that pass the language filter, with unique ids; skips counted in ``stats``
+        (see :func:`examples_from_rows`)."""
+        return examples_from_rows(self.rows(), self.spec.language.lower(), stats, set())
 
-        The language filter comes first: a row of another language is counted once
-        (``notes.other_language``) and adds nothing to ``formats``, ``skipped`` or the other notes.
+    def chunks(self, target: Callable[[int], int]) -> Iterator[Chunk]:
+        """The source's rows in order, as chunks another process turns into examples
+        (``chunk.rows()`` then :func:`examples_from_rows`).
+
+        A chunk closes once it holds ``target(bytes in the chunks before it)`` bytes of text
+        and the next row is about another document (:func:`_chunked`). A .jsonl(.gz) file is
+        only split into lines here (the gzip stream is read in order; one line per chunk is
+        parsed, to find its document in the lines after it); decoding, JSON parsing and the
+        checks happen where the chunk is turned into rows. Other sources are parsed here.
+        Damage met while reading raises :class:`DataSourceError`.
         """
-        language = self.spec.language.lower()
-        seen_ids: set[str] = set()
-        for record, fallback_id, where in self.rows():
-            if not language_kept(record, language):
-                stats.notes["other_language"] += 1
-                continue
-            example = flat_row_to_example(record, fallback_id, where, stats)
-            if example is None:
-                continue
-            if example["id"] in seen_ids:
-                stats.skipped["duplicate_id"] += 1
-                continue
-            seen_ids.add(example["id"])
-            stats.examples += 1
-            stats.answerable += bool(example["answers"]["text"])
-            yield example
+        if self.path is not None:
+            path = str(self.path)
+            return _chunked(_raw_lines(self.path), lambda line: len(line[1]),
+                            lambda lines: LineChunk(path, lines), target, _line_key,
+                            _same_lines)
+        return _chunked(self.rows(), lambda row: _row_bytes(row[0]), RowChunk, target,
+                        lambda row: _shared_text(row[0]), _same_rows)
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[dict, str, str]]:
+def _jsonl_row(path: Path, line_number: int, line: str) -> Row | None:
+    """One line of a .jsonl file as a row; None for a blank line."""
+    if not line.strip():
+        return None
+    where = f"{path}:{line_number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataSourceError(f"{where}: malformed JSON "
+                              f"({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise DataSourceError(f"{where}: expected a JSON object, got {json_type(record)}")
+    return record, f"{path.name}:{line_number}", where
+
+
+def _jsonl_rows(path: Path) -> Iterator[Row]:
     for line_number, line in _text_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataSourceError(f"{where}: malformed JSON "
-                                  f"({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise DataSourceError(f"{where}: expected a JSON object, got {json_type(record)}")
-        yield record, f"{path.name}:{line_number}", where
+        row = _jsonl_row(path, line_number, line)
+        if row is not None:
+            yield row
 
 
 def _load_squad_json(path: Path) -> dict:
@@ -741,7 +909,8 @@ def _open_file(path: Path, spec: SourceSpec) -> ExampleSource:
                 f"{first[2]}: unknown format: expected TyDi (document_plaintext, annotations), "
                 "PrimeQA (question, context, target) or SQuAD-style (question, context, answers) "
                 f"fields, got {sorted(fields)}")
-        return ExampleSource("jsonl", str(path), file_sha256(path), lambda: _jsonl_rows(path), spec)
+        return ExampleSource("jsonl", str(path), file_sha256(path), lambda: _jsonl_rows(path), spec,
+                             path=path)
     if name.endswith((".json", ".json.gz")):
         _load_squad_json(path)  # fail on an unknown layout now, not mid-run
         return ExampleSource("squad_json", str(path), file_sha256(path),
