@@ -267,6 +267,18 @@ def run_child(args, phase: str, **overrides) -> dict:
     return run_json_child(argv, f"bench/preprocess.py: phase {phase} {overrides}", env)
 
 
+def run_cold(args, work: Path) -> dict[str, dict]:
+    """``prepare`` cold for each ``--num_procs`` value, each in a fresh cache folder."""
+    ours: dict[str, dict] = {}
+    for n in [int(x) for x in args.num_procs.split(",")]:
+        cold = run_child(args, "ours", cache_dir=work / f"np{n}", num_proc=n,
+                         language="english", preload_tokenizer=1)
+        assert not cold["cache_hit"]
+        ours[f"num_proc_{n}"] = cold
+        print(f"ours cold num_proc={n}: {cold}", flush=True)
+    return ours
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="TyDi HF-schema .jsonl(.gz) (English rows used)")
@@ -302,13 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tutorial = run_child(args, "tutorial")
         print(f"tutorial: {tutorial}", flush=True)
-        ours: dict[str, dict] = {}
-        for n in [int(x) for x in args.num_procs.split(",")]:
-            cold = run_child(args, "ours", cache_dir=work / f"np{n}", num_proc=n,
-                             language="english", preload_tokenizer=1)
-            assert not cold["cache_hit"]
-            ours[f"num_proc_{n}"] = cold
-            print(f"ours cold num_proc={n}: {cold}", flush=True)
+        ours = run_cold(args, work)
         first = next(iter(ours.values()))
         warm = run_child(args, "ours", cache_dir=Path(first["cache_dir"]).parent, num_proc=1, language="english")
         assert warm["cache_hit"] and warm["key"] == first["key"]
