@@ -117,7 +117,6 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
 
-    import datasets
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -125,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
     from qa_core.decode import DecodeConfig
+    from qa_core.batching import (
+        FeatureRows, identity_collate, model_inputs, open_cache_entry, pad_multiple,
+        select_first_examples, training_loader,
+    )
     from qa_core.evaluation import EvalAccumulator, EvalReferences
-    from qa_core.pipeline import PreprocessConfig, first_examples, load_tokenizer, prepare
+    from qa_core.pipeline import PreprocessConfig, load_tokenizer, prepare
     from qa_core.readers import DataSourceError
     from qa_core.training import (
-        NonFiniteGuard, PackedFeatures, RunState, freeze_encoder, identity_collate, lr_lambda, model_inputs,
-        optimizer_param_groups, optimizer_steps_per_epoch, pad_multiple, prune_checkpoints, resolve_mixed_precision,
-        resolve_resume, set_attention_dropout, training_loader,
+        NonFiniteGuard, RunState, freeze_encoder, lr_lambda, optimizer_param_groups,
+        optimizer_steps_per_epoch, prune_checkpoints, resolve_mixed_precision, resolve_resume,
+        set_attention_dropout,
     )
 
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "accelerator") and torch.accelerator.is_available())
@@ -167,26 +170,25 @@ def main(argv: list[str] | None = None) -> int:
                                   num_proc=cfg.num_proc)
         with accelerator.main_process_first():
             result = prepare(config, tokenizer)
-        dataset = datasets.load_from_disk(str(result.entry))
-        return result.summary, dataset["features"].data.table, dataset["examples"].data.table
+        return (result.summary, *open_cache_entry(result.entry))  # memory-mapped, nothing read
 
     try:
         tokenizer = load_tokenizer(cfg.model)
         do_train = cfg.max_train_steps != 0
         if do_train:
             train_summary, train_table, train_examples = cached(cfg.train_data, cfg.train_split)
-            train_table, train_examples = first_examples(train_table, train_examples, cfg.max_train_examples)
+            train_selection = select_first_examples(train_table, train_examples,
+                                                    cfg.max_train_examples)
         _, eval_table, eval_examples = cached(cfg.eval_data or cfg.train_data, cfg.eval_split)
     except (DataSourceError, ValueError) as err:
         accelerator.print(f"train_accelerate.py: error: {err}")
         return 2
-    eval_table, eval_examples = first_examples(eval_table, eval_examples, cfg.max_eval_examples)
+    eval_selection = select_first_examples(eval_table, eval_examples, cfg.max_eval_examples)
 
     multiple = pad_multiple(accelerator.mixed_precision)
-    eval_set = PackedFeatures(eval_table, tokenizer.pad_token_id, cfg.pad_to, multiple, cfg.max_length,
-                              with_offsets=True)
-    references = EvalReferences.build(eval_examples, eval_set.example_ids, eval_set.offsets,
-                                      eval_set.start_positions, eval_set.end_positions)
+    eval_set = FeatureRows(eval_table, tokenizer.pad_token_id, cfg.pad_to, multiple, cfg.max_length,
+                           eval_selection)
+    references = EvalReferences.build(eval_selection.examples, eval_set)
     has_unanswerable = any(not answers for answers in references.gold_answers)
     decode_config = DecodeConfig(
         n_best_size=cfg.n_best_size, max_answer_length=cfg.max_answer_length,
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         negative_fraction = cfg.negative_window_fraction
         if negative_fraction is None:  # long TyDi articles: most windows hold no answer
             negative_fraction = 0.1 if "tydi" in train_summary.get("formats", {}) else 1.0
-        train_set = PackedFeatures(train_table, tokenizer.pad_token_id, cfg.pad_to, multiple, cfg.max_length)
+        train_set = FeatureRows(train_table, tokenizer.pad_token_id, cfg.pad_to, multiple,
+                                cfg.max_length, train_selection)
         sampler, train_loader = training_loader(train_set, cfg.per_device_train_batch_size, accelerator.num_processes,
                                                 negative_fraction, cfg.seed, cfg.group_by_length)
         model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from qa_core.batching import FeatureRows, model_inputs, select_first_examples
 from qa_core.decode import DecodeConfig, best_answers, concat_feature_spans, feature_topk_spans
 from qa_core.features import FeatureBuilder, FeatureConfig
-from qa_core.training import PackedFeatures, model_inputs
 
 
 @dataclass
@@ -46,24 +46,29 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
     examples = [{"id": str(i), "question": q, "context": context, "answers": {"text": [], "answer_start": []}}
                 for i, q in enumerate(questions)]
     batch, _ = FeatureBuilder(tokenizer, feature_config).build(examples)
-    features = PackedFeatures(pa.Table.from_batches([batch]), tokenizer.pad_token_id, with_offsets=True)
+    table = pa.Table.from_batches([batch])
+    # A question too long for any window has none: number features by question, not by appearance.
+    selection = select_first_examples(table, pa.table({"id": [e["id"] for e in examples]}), None)
+    features = FeatureRows(table, tokenizer.pad_token_id, selection=selection)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     spans = []
     for begin in range(0, len(features), batch_size):
-        inputs = model_inputs(features.__getitems__(list(range(begin, min(begin + batch_size, len(features))))))
-        inputs = {k: v.to(device) for k, v in inputs.items() if k not in ("start_positions", "end_positions")}
+        indices = np.arange(begin, min(begin + batch_size, len(features)))
+        inputs = model_inputs(features.__getitems__(indices))
+        inputs = {k: v.to(device) for k, v in inputs.items()
+                  if k not in ("start_positions", "end_positions")}
         outputs = model(**inputs)
-        offsets = features.offsets[begin:begin + len(inputs["input_ids"])]
+        offsets = features.offsets(indices)
         spans.append(feature_topk_spans(outputs.start_logits.float().cpu().numpy(),
                                         outputs.end_logits.float().cpu().numpy(), offsets,
                                         decode_config.n_best_size, decode_config.max_answer_length,
                                         spans_per_feature=1))
     model.train(was_training)
-    example_index = np.array([int(e) for e in features.example_ids], dtype=np.int64)
-    predictions = best_answers(concat_feature_spans(spans), example_index, [context] * len(questions),
-                               [e["id"] for e in examples], decode_config)
+    predictions = best_answers(concat_feature_spans(spans), features.example_index,
+                               [context] * len(questions), [e["id"] for e in examples],
+                               decode_config)
     return [Answer(q, predictions[str(i)].text, float(predictions[str(i)].score), predictions[str(i)].start_char,
                    predictions[str(i)].end_char, float(predictions[str(i)].null_score))
             for i, q in enumerate(questions)]

@@ -1,8 +1,8 @@
 """Pieces of the training loop that are worth testing on their own.
 
-Batches come straight from numpy buffers (no per-row Python dicts), the epoch order is a pure
-function of (seed, epoch) so a resumed run sees the same batches, and the run state that
-``save_state`` does not cover lives in a small JSON file beside each checkpoint.
+Optimizer groups, the LR schedule and precision choice; the run state that ``save_state``
+does not cover (a small JSON file beside each checkpoint) and the non-finite guard. Batches,
+the epoch order and the sampler live in :mod:`qa_core.batching`.
 """
 from __future__ import annotations
 
@@ -12,13 +12,8 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
-import pyarrow as pa
 import torch
-
-from qa_core.features import offsets_to_numpy
 
 RUN_STATE_FILE = "run_state.json"
 NO_DECAY_PATTERN = re.compile(r"(bias|LayerNorm\.weight|layer_norm\.weight|norm\.weight)$")
@@ -103,166 +98,6 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int):
     if kind not in ("linear", "cosine", "constant"):
         raise ValueError(f"unknown lr schedule {kind!r} (linear, cosine, constant)")
     return multiplier
-
-
-# ---------------------------------------------------------------------------------------------
-# Data: packed features, epoch order, batches
-# ---------------------------------------------------------------------------------------------
-
-# Length grouping sorts the shuffled order inside groups of this many global batches: little
-# padding, yet batches still differ from epoch to epoch.
-LENGTH_GROUP_BATCHES = 50
-
-
-def pad_multiple(mixed_precision: str | None) -> int | None:
-    """Batch widths round up to a multiple of 8 under fp16/bf16 (shapes the matrix units like)."""
-    return 8 if mixed_precision in ("fp16", "bf16") else None
-
-
-def padded_width(longest: int, multiple: int | None) -> int:
-    """A batch's width: its longest window, rounded up to ``multiple`` when given."""
-    return -(-longest // multiple) * multiple if multiple else longest
-
-
-def _flat_list_column(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """list<int> column -> (values, row_offsets) numpy arrays."""
-    array = column.combine_chunks()
-    offsets = array.offsets.to_numpy().astype(np.int64)
-    values = array.values.to_numpy(zero_copy_only=False)
-    return values[offsets[0]:offsets[-1]], offsets - offsets[0]
-
-
-class PackedFeatures(torch.utils.data.Dataset):
-    """The ``features`` split held as flat numpy buffers; ``__getitems__`` returns a padded batch.
-
-    ``pad_to`` is ``"longest"`` (dynamic, rounded up to ``pad_to_multiple_of``) or
-    ``"max_length"`` (the tutorial's fixed padding, for benchmarks).
-    """
-
-    def __init__(self, table: pa.Table, pad_token_id: int, pad_to: str = "longest",
-                 pad_to_multiple_of: int | None = None, max_length: int | None = None,
-                 with_offsets: bool = False) -> None:
-        self.columns = {}
-        for name in ("input_ids", "attention_mask", "token_type_ids"):
-            if name in table.column_names:
-                self.columns[name] = _flat_list_column(table.column(name))
-        self.lengths = np.diff(self.columns["input_ids"][1]).astype(np.int64)
-        self.start_positions = table.column("start_positions").to_numpy().astype(np.int64)
-        self.end_positions = table.column("end_positions").to_numpy().astype(np.int64)
-        self.has_answer = table.column("has_answer").to_numpy(zero_copy_only=False).astype(bool)
-        self.example_ids = table.column("example_id").to_pylist()
-        self.offsets = offsets_to_numpy(table.column("offset_mapping"), pad_to=max_length) if with_offsets else None
-        self.pad_token_id = pad_token_id
-        self.pad_to = pad_to
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.max_length = max_length or int(self.lengths.max(initial=1))
-        if pad_to not in ("longest", "max_length"):
-            raise ValueError(f"pad_to must be 'longest' or 'max_length', got {pad_to!r}")
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.__getitems__([index])
-
-    def batch_width(self, indices: np.ndarray) -> int:
-        if self.pad_to == "max_length":
-            return self.max_length
-        return padded_width(int(self.lengths[indices].max()), self.pad_to_multiple_of)
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        indices = np.asarray(indices, dtype=np.int64)
-        width = self.batch_width(indices)
-        batch = {}
-        for name, (values, row_offsets) in self.columns.items():
-            fill = self.pad_token_id if name == "input_ids" else 0
-            out = np.full((len(indices), width), fill, dtype=np.int64)
-            for row, index in enumerate(indices):
-                start, end = row_offsets[index], row_offsets[index + 1]
-                out[row, :end - start] = values[start:end]
-            batch[name] = torch.from_numpy(out)
-        batch["start_positions"] = torch.from_numpy(self.start_positions[indices])
-        batch["end_positions"] = torch.from_numpy(self.end_positions[indices])
-        batch["feature_index"] = torch.from_numpy(indices)
-        return batch
-
-
-def identity_collate(batch):
-    """``PackedFeatures.__getitems__`` already returns a collated batch."""
-    return batch
-
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
-
-
-def epoch_order(has_answer: np.ndarray, negative_fraction: float, seed: int, epoch: int,
-                lengths: np.ndarray | None = None, group_size: int | None = None) -> np.ndarray:
-    """Feature order for one epoch, a pure function of its arguments (so resume replays it).
-
-    Windows without the answer are subsampled to ``negative_fraction`` (drawn anew each epoch);
-    with ``lengths`` and ``group_size`` the shuffled order is sorted by length inside groups of
-    ``group_size`` features, so batches carry little padding but still differ every epoch.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    positives = np.flatnonzero(has_answer)
-    negatives = np.flatnonzero(~has_answer)
-    if negative_fraction < 1.0:
-        keep = int(round(negative_fraction * len(negatives)))
-        negatives = rng.choice(negatives, size=keep, replace=False)
-    order = rng.permutation(np.concatenate([positives, negatives]))
-    if lengths is not None and group_size:
-        groups = [g[np.argsort(-lengths[g], kind="stable")] for g in np.array_split(order, max(1, -(-len(order) // group_size)))]
-        order = np.concatenate(groups) if groups else order
-    return order
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """Yields :func:`epoch_order` for the epoch set by ``set_epoch``; its length never changes."""
-
-    def __init__(self, has_answer: np.ndarray, negative_fraction: float, seed: int,
-                 lengths: np.ndarray | None = None, group_size: int | None = None) -> None:
-        self.has_answer = has_answer
-        self.negative_fraction = negative_fraction
-        self.seed = seed
-        self.lengths = lengths
-        self.group_size = group_size
-        self.epoch = 0
-        negatives = int((~has_answer).sum())
-        kept = negatives if negative_fraction >= 1.0 else int(round(negative_fraction * negatives))
-        self._length = int(has_answer.sum()) + kept
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self) -> Iterator[int]:
-        order = epoch_order(self.has_answer, self.negative_fraction, self.seed, self.epoch,
-                            self.lengths, self.group_size)
-        return iter(order.tolist())
-
-
-def training_loader(dataset: PackedFeatures, batch_size: int, num_processes: int, negative_fraction: float,
-                    seed: int, group_by_length: bool) -> tuple[EpochSampler, torch.utils.data.DataLoader]:
-    """The training order and its batches, as ``train_accelerate.py`` trains (and the benches measure).
-
-    Answer-less windows are subsampled to ``negative_fraction`` each epoch; with
-    ``group_by_length`` the order is length-sorted inside groups of
-    ``LENGTH_GROUP_BATCHES`` global batches.  The loader draws from its own seeded generator,
-    which keeps the global RNG (dropout) untouched.
-    """
-    sampler = EpochSampler(dataset.has_answer, negative_fraction, seed,
-                           dataset.lengths if group_by_length else None,
-                           LENGTH_GROUP_BATCHES * batch_size * num_processes)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                                         collate_fn=identity_collate,
-                                         generator=torch.Generator().manual_seed(seed))
-    return sampler, loader
 
 
 # ---------------------------------------------------------------------------------------------
