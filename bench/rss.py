@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Peak RSS of a short training run as the cached training set grows (issue 9's acceptance).
 
-    python bench/rss.py [--data FILE] [--copies 10] [--work_dir DIR] [--model PATH] [--no_record]
+    python bench/rss.py [--data FILE] [--copies 10] [--work_dir DIR] [--model PATH] [--label TEXT]
+        [--no_record]
 
 ``--data`` (default: the long-document New-Wiki TyDi file) is replicated ``--copies`` times
 with new example ids (``<id>-r<k>`` for copy k >= 1) into ``--work_dir``. Both the 1x and the
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=str(Path(tempfile.gettempdir()) / "qa-accelerate-rss"),
                         help="replicated file, cache and run folders (reused between runs)")
     parser.add_argument("--model", default=None, help="default: the packaged all-MiniLM-L6-v2")
+    parser.add_argument("--label", default=None, help="a note stored with the record")
     parser.add_argument("--no_record", action="store_true", help="do not append to bench/results")
     args = parser.parse_args(argv)
     given = resolve_data_files(parser, args, "data")
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     small, large = runs["1x"]["peak_rss_mb"], runs[f"{args.copies}x"]["peak_rss_mb"]
     added = (features[f"{args.copies}x"] - features["1x"]) / 1e5
     record = {
-        "data": given["data"], "copies": args.copies, "replicated_examples": records,
+        "label": args.label, "data": given["data"], "copies": args.copies, "replicated_examples": records,
         "model": model_label(model), "eval_data": EVAL_DATA, "train_features": features,
         "runs": runs, "peak_rss_ratio": round(large / small, 3), "target_ratio": RSS_TARGET,
         "meets_target": large / small <= RSS_TARGET,
