@@ -10,7 +10,7 @@
 Each configuration runs real optimizer steps -- forward, backward, gradient clipping, AdamW
 step, ``zero_grad`` -- through an ``Accelerator(mixed_precision=...)`` (autocast for bf16/fp16,
 a gradient scaler for fp16), on batches of real preprocessed features: ``qa_core.pipeline.prepare``
-on ``--data``, ``PackedFeatures`` and ``EpochSampler`` in a prepared ``DataLoader``, as
+on ``--data``, ``FeatureRows`` and ``EpochSampler`` in a prepared ``DataLoader``, as
 ``train_accelerate.py`` builds them. Padding modes:
 
 * ``max_length``: every batch padded to ``seq_len`` (the tutorial's ``padding="max_length"``);
@@ -167,13 +167,14 @@ def prepare_features(data: str, model: str, seq_len: int, cache_dir: str, langua
 
 def run_config(cfg: dict) -> dict:
     """Measure one (precision, batch size, seq_len, padding) configuration; returns its record."""
-    import datasets
     import numpy as np
     import torch
 
+    from qa_core.batching import (
+        FeatureRows, model_inputs, open_cache_entry, pad_multiple, training_loader,
+    )
     from qa_core.pipeline import load_tokenizer
     from qa_core.optim import build_optimizer
-    from qa_core.training import PackedFeatures, model_inputs, pad_multiple, training_loader
 
     import transformers
 
@@ -188,14 +189,15 @@ def run_config(cfg: dict) -> dict:
 
     entry = prepare_features(cfg["data"], cfg["model"], seq_len, cfg["cache_dir"], cfg["language"],
                              cfg.get("tokenizer")).entry
-    table = datasets.load_from_disk(str(entry))["features"].data.table
+    table, _ = open_cache_entry(entry)
     tokenizer = load_tokenizer(tokenizer_source(cfg["model"], cfg.get("tokenizer")))
     model, model_desc = build_model(cfg["model"], cfg.get("attention_dropout"))
     vocab = model.config.vocab_size
     multiple = pad_multiple(mixed)
-    dataset = PackedFeatures(table, tokenizer.pad_token_id, "max_length" if padding == "max_length" else "longest",
-                             multiple, seq_len)
-    clip_ids = int(table.column("input_ids").combine_chunks().values.to_numpy().max()) >= vocab
+    pad_to = "max_length" if padding == "max_length" else "longest"
+    dataset = FeatureRows(table, tokenizer.pad_token_id, pad_to, multiple, seq_len)
+    clip_ids = max((int(chunk.values.to_numpy().max(initial=0))
+                    for chunk in table.column("input_ids").chunks), default=0) >= vocab
     sampler, loader = training_loader(dataset, batch_size, accelerator.num_processes, 1.0, SEED,
                                       group_by_length=padding == "grouped")
     optimizer = build_optimizer(cfg.get("optim", "adamw_torch"), model, 5e-5, 0.01)

@@ -27,7 +27,7 @@ window per example for the tutorial, every sliding window for ours) and SQuAD EM
 eval examples (``qa_core.metrics``). Non-pad tokens: the tutorial's are summed from the
 ``attention_mask`` of every batch its ``Trainer`` trained on; ours are the lengths of the
 features of the first N batches of our sampler's order, replayed from the cache with
-``qa_core.training.epoch_order`` (the summary's ``samples_seen`` is checked against it).
+``qa_core.batching.epoch_order`` (the summary's ``samples_seen`` is checked against it).
 
 The last stdout line is a JSON summary with ``ratios`` (ours / tutorial); the same record is
 appended to ``bench/results/vs_tutorial.jsonl`` unless ``--no_record``. Progress goes to stderr.
@@ -222,11 +222,12 @@ def phase_tutorial(args) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def phase_ours_prepare(args) -> dict:
-    import datasets
     import numpy as np
+    import pyarrow as pa
 
+    from qa_core.batching import open_cache_entry, select_first_examples
     from qa_core.features import offsets_to_numpy
-    from qa_core.pipeline import PreprocessConfig, first_examples, prepare
+    from qa_core.pipeline import PreprocessConfig, prepare
 
     def config(data: str) -> PreprocessConfig:
         return PreprocessConfig(data=data, model=args.model, cache_dir=args.cache_dir, language=args.language,
@@ -241,9 +242,9 @@ def phase_ours_prepare(args) -> dict:
     evaluation = prepare(config(args.eval_data))
     eval_preprocess_seconds = time.perf_counter() - t0
 
-    loaded = datasets.load_from_disk(str(train.entry))
-    features, examples = first_examples(loaded["features"].data.table, loaded["examples"].data.table,
-                                        args.max_train_examples)
+    table, examples = open_cache_entry(train.entry)
+    selection = select_first_examples(table, examples, args.max_train_examples)
+    features = table.take(pa.array(selection.rows))  # a bench: the label check reads every row
     gold = read_gold(args.train_data, args.language, args.max_train_examples)
     offsets = offsets_to_numpy(features.column("offset_mapping"))
     start_labels = features.column("start_positions").to_numpy()
@@ -262,8 +263,10 @@ def phase_ours_prepare(args) -> dict:
     s = train.summary
     return {
         "train_key": s["key"], "train_cache_hit": s["cache_hit"], "source_kind": s["source_kind"],
-        "source": s["source"], "formats": s.get("formats", {}), "eval_cache_hit": evaluation.summary["cache_hit"],
-        "train_examples": int(examples.num_rows), "train_features": int(features.num_rows),
+        "source": s["source"], "formats": s.get("formats", {}),
+        "eval_cache_hit": evaluation.summary["cache_hit"],
+        "train_examples": int(selection.examples.num_rows),
+        "train_features": int(features.num_rows),
         "train_examples_in_file": s["examples"],
         "preprocess_seconds": round(preprocess_seconds, 3),
         "preprocess_examples_per_s": round(s["examples"] / preprocess_seconds, 1),
@@ -350,17 +353,15 @@ def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dic
 
 def replay_tokens(args, prep: dict, mixed_precision: str) -> dict:
     """Non-pad and padded tokens of the batches train_accelerate.py trained on (1 process, GA 1)."""
-    import datasets
-    import numpy as np
+    from qa_core.batching import (
+        LENGTH_GROUP_BATCHES, FeatureRows, epoch_order, open_cache_entry, pad_multiple,
+        padded_width, select_first_examples,
+    )
 
-    from qa_core.pipeline import first_examples
-    from qa_core.training import LENGTH_GROUP_BATCHES, epoch_order, pad_multiple, padded_width
-
-    loaded = datasets.load_from_disk(prep["train_entry"])
-    features, _ = first_examples(loaded["features"].data.table, loaded["examples"].data.table,
-                                 args.max_train_examples)
-    lengths = features.column("input_ids").combine_chunks().value_lengths().to_numpy().astype(np.int64)
-    has_answer = features.column("has_answer").to_numpy(zero_copy_only=False).astype(bool)
+    table, examples = open_cache_entry(prep["train_entry"])
+    train_set = FeatureRows(table, 0, selection=select_first_examples(table, examples,
+                                                                      args.max_train_examples))
+    lengths, has_answer = train_set.lengths, train_set.has_answer  # what training orders by
     multiple = pad_multiple(mixed_precision)
     nonpad = padded = samples = steps = 0
     epoch = 0

@@ -1,22 +1,59 @@
-"""Streaming evaluation: per-batch logits -> compact spans -> answers -> SQuAD and start/end metrics.
+"""Streaming evaluation: per-batch logits -> compact spans -> answers -> SQuAD, start/end metrics.
 
 The training loop feeds gathered batches to :class:`EvalAccumulator`; it keeps only each
 feature's top spans and argmax positions (a few numbers per feature), never a
-features x max_length logits array.
+features x max_length logits array. A batch's token offsets are read when the batch arrives
+(from the memory-mapped ``offset_mapping`` column), so no [features, max_length, 2] offsets
+array is held for the split either.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from qa_core.decode import DecodeConfig, FeatureSpans, Prediction, best_answers, concat_feature_spans, feature_topk_spans
+from qa_core.decode import (
+    DecodeConfig, FeatureSpans, Prediction, best_answers, concat_feature_spans, feature_topk_spans,
+)
 from qa_core.metrics import squad_scores, start_end_scores
-from qa_core.training import model_inputs
+
+# What the model reads from a batch (labels are left out at evaluation).
+EVAL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class EvalFeatures(Protocol):
+    """What evaluation reads about the evaluated windows (``qa_core.batching.FeatureRows``)."""
+
+    example_index: np.ndarray     # [F] int, index into the evaluated examples
+    start_positions: np.ndarray   # [F] gold labels (CLS index for no answer)
+    end_positions: np.ndarray
+
+    def offsets(self, indices: np.ndarray) -> np.ndarray:
+        """[B, L, 2] int character offsets of the features ``indices``, -1 outside the context."""
+
+
+class ColumnStrings(Sequence[str]):
+    """A string column of an Arrow table as a read-only sequence, converted chunk by chunk when
+    iterated (the decoder walks the contexts once; no list of every context is kept)."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.column[index].to_pylist()
+        return self.column[index].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self.column.chunks:
+            yield from chunk.to_pylist()
 
 
 @dataclass
@@ -24,26 +61,25 @@ class EvalReferences:
     """What decoding and scoring need about the evaluated examples and features."""
 
     example_ids: list[str]
-    contexts: list[str]
+    contexts: Sequence[str]
     gold_answers: list[list[str]]
     feature_example_index: np.ndarray     # [F] index into example_ids
-    offsets: np.ndarray                   # [F, L, 2], -1 outside the context
     start_positions: np.ndarray           # [F] gold labels (CLS index for no answer)
     end_positions: np.ndarray
+    offsets: Callable[[np.ndarray], np.ndarray]   # feature indices -> [B, L, 2], -1 outside
 
     @classmethod
-    def build(cls, examples: pa.Table, feature_example_ids: list[str], offsets: np.ndarray,
-              start_positions: np.ndarray, end_positions: np.ndarray) -> "EvalReferences":
-        example_ids = examples.column("id").to_pylist()
-        position = {example_id: i for i, example_id in enumerate(example_ids)}
+    def build(cls, examples: pa.Table, features: EvalFeatures) -> "EvalReferences":
+        """``examples``: the evaluated examples; ``features``: their windows, whose
+        ``example_index`` points into ``examples``."""
         return cls(
-            example_ids=example_ids,
-            contexts=examples.column("context").to_pylist(),
+            example_ids=examples.column("id").to_pylist(),
+            contexts=ColumnStrings(examples.column("context")),
             gold_answers=[a["text"] for a in examples.column("answers").to_pylist()],
-            feature_example_index=np.array([position[e] for e in feature_example_ids], dtype=np.int64),
-            offsets=offsets,
-            start_positions=start_positions,
-            end_positions=end_positions,
+            feature_example_index=features.example_index,
+            start_positions=features.start_positions,
+            end_positions=features.end_positions,
+            offsets=features.offsets,
         )
 
 
@@ -57,27 +93,31 @@ class EvalAccumulator:
         self._feature_index: list[np.ndarray] = []
         self._start_argmax: list[np.ndarray] = []
         self._end_argmax: list[np.ndarray] = []
-        self.nonfinite_features = 0  # features whose logits hold a NaN or inf (unusable weights)
+        self.nonfinite_features = 0  # windows whose logits hold NaN or inf (an unusable model)
 
-    def add(self, feature_index: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray) -> None:
-        """One gathered batch: float32 logits ``[B, L]`` for the features ``feature_index``."""
-        offsets = self.references.offsets[feature_index]
+    def add(self, feature_index: np.ndarray, start_logits: np.ndarray,
+            end_logits: np.ndarray) -> None:
+        """One gathered batch: float32 logits ``[B, L]`` for the features ``feature_index``;
+        their offsets are read now, for this batch only."""
+        offsets = self.references.offsets(np.asarray(feature_index, dtype=np.int64))
         finite = np.isfinite(start_logits).all(axis=1) & np.isfinite(end_logits).all(axis=1)
         self.nonfinite_features += int((~finite).sum())
-        self._spans.append(feature_topk_spans(start_logits, end_logits, offsets,
-                                              self.config.n_best_size, self.config.max_answer_length,
-                                              spans_per_feature=1))  # answers need each feature's best
+        self._spans.append(feature_topk_spans(
+            start_logits, end_logits, offsets, self.config.n_best_size,
+            self.config.max_answer_length, spans_per_feature=1))  # answers need each feature's best
         self._feature_index.append(np.asarray(feature_index, dtype=np.int64))
         # The tutorial's token metrics: plain argmax over all positions.
         self._start_argmax.append(start_logits.argmax(axis=1))
         self._end_argmax.append(end_logits.argmax(axis=1))
 
     def _ordered_features(self) -> tuple[np.ndarray, np.ndarray]:
-        """(feature indices, their order): sorted by feature index, so ties break the same way
-        whatever the process count was."""
-        feature_index = np.concatenate(self._feature_index) if self._feature_index else np.zeros(0, np.int64)
+        """(feature indices sorted, the order that sorts them): sorted by feature index, so ties
+        break the same way whatever the process count was."""
+        feature_index = (np.concatenate(self._feature_index) if self._feature_index
+                         else np.zeros(0, np.int64))
         if len(np.unique(feature_index)) != len(feature_index):
-            raise RuntimeError("a feature was evaluated twice: duplicates from uneven batches were not dropped")
+            raise RuntimeError("a feature was evaluated twice: duplicates from uneven batches "
+                               "were not dropped")
         order = np.argsort(feature_index, kind="stable")
         return feature_index[order], order
 
@@ -86,7 +126,8 @@ class EvalAccumulator:
         refs = self.references
         feature_index, order = self._ordered_features()
         spans = concat_feature_spans(self._spans)
-        spans = FeatureSpans(**{name: getattr(spans, name)[order] for name in spans.__dataclass_fields__})
+        spans = FeatureSpans(**{name: getattr(spans, name)[order]
+                                for name in spans.__dataclass_fields__})
         return best_answers(spans, refs.feature_example_index[feature_index], refs.contexts,
                             refs.example_ids, self.config)
 
@@ -118,8 +159,7 @@ def accumulate_logits(model, batches, accumulator: EvalAccumulator, accelerator=
     was_training = model.training
     model.eval()
     for batch in batches:
-        inputs = {k: v.to(device) for k, v in model_inputs(batch).items()
-                  if not k.endswith("_positions")}
+        inputs = {k: batch[k].to(device) for k in EVAL_INPUTS if k in batch}
         with torch.no_grad():
             outputs = model(**inputs)
         start, end = outputs.start_logits.float(), outputs.end_logits.float()

@@ -17,12 +17,12 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
-from qa_core.errors import QAError, exit_with_error, first_line
-from qa_core.modeling import ModelFolderError, check_model_folder, load_qa_model
+from qa_core.batching import FeatureRows, identity_collate, select_first_examples
 from qa_core.decode import DecodeConfig
+from qa_core.errors import QAError, exit_with_error, first_line
 from qa_core.evaluation import EvalAccumulator, EvalReferences, accumulate_logits
 from qa_core.features import FeatureBuilder, FeatureConfig
-from qa_core.training import PackedFeatures, identity_collate
+from qa_core.modeling import ModelFolderError, check_model_folder, load_qa_model
 
 
 class InputError(QAError):
@@ -50,14 +50,16 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
     """Answer each question about ``context``; long contexts are windowed as in training, and
     logits become answers through evaluation's path (:func:`accumulate_logits`)."""
     examples = pa.Table.from_pylist([
-        {"id": str(i), "question": q, "context": context, "answers": {"text": [], "answer_start": []}}
-        for i, q in enumerate(questions)])
+        {"id": str(i), "question": q, "context": context,
+         "answers": {"text": [], "answer_start": []}} for i, q in enumerate(questions)])
     batch, _ = FeatureBuilder(tokenizer, feature_config).build(examples.to_pylist())
-    features = PackedFeatures(pa.Table.from_batches([batch]), tokenizer.pad_token_id, with_offsets=True)
-    references = EvalReferences.build(examples, features.example_ids, features.offsets,
-                                      features.start_positions, features.end_positions)
-    loader = torch.utils.data.DataLoader(features, batch_size=batch_size, collate_fn=identity_collate)
-    accumulator = EvalAccumulator(references, decode_config)
+    table = pa.Table.from_batches([batch])
+    # A question too long for any window has none: number features by question, not by appearance.
+    features = FeatureRows(table, tokenizer.pad_token_id,
+                           selection=select_first_examples(table, examples, None))
+    loader = torch.utils.data.DataLoader(features, batch_size=batch_size,
+                                         collate_fn=identity_collate)
+    accumulator = EvalAccumulator(EvalReferences.build(examples, features), decode_config)
     accumulate_logits(model, loader, accumulator)
     predictions = accumulator.predictions()
     return [Answer(q, predictions[str(i)].text, float(predictions[str(i)].score), predictions[str(i)].start_char,

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 
 from qa_core import checkpoints
-from qa_core.training import model_inputs
+from qa_core.batching import model_inputs
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import Evaluator
 from qa_core.budget import CALIBRATION_STEPS, TimeBudget

@@ -693,13 +693,3 @@ def empty_result_message(source: str, read: dict, skipped: dict) -> str:
     if "question_too_long" in skipped:
         parts.append("raise --max_length or lower --doc_stride")
     return "; ".join(parts)
-
-
-def first_examples(features: pa.Table, examples: pa.Table,
-                   limit: int | None) -> tuple[pa.Table, pa.Table]:
-    """The first ``limit`` examples of a cache entry and exactly their features (every window)."""
-    if limit is None or limit >= examples.num_rows:
-        return features, examples
-    examples = examples.slice(0, limit)
-    keep = pc.is_in(features.column("example_id"), value_set=examples.column("id"))
-    return features.filter(keep), examples

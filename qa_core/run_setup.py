@@ -17,9 +17,12 @@ from qa_core.distributed import CacheSharing, cache_build_context, count_process
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
 from qa_core.optim import build_optimizer, build_scheduler
-from qa_core.pipeline import PreprocessConfig, first_examples, prepare
+from qa_core.batching import (
+    FeatureRows, FeatureSelection, identity_collate, open_cache_entry, pad_multiple,
+    select_first_examples, training_loader,
+)
+from qa_core.pipeline import PreprocessConfig, prepare
 from qa_core.settings import TrainSettings
-from qa_core.training import PackedFeatures, identity_collate, pad_multiple, training_loader
 
 # Share of answer-less windows drawn per epoch when --negative_window_fraction is not given:
 # TyDi-style long documents have mostly answer-less windows, so keep 10 % of them (the TyDi
@@ -37,11 +40,12 @@ def default_negative_fraction(formats: dict[str, int]) -> float:
 
 @dataclass
 class CachedSplit:
-    """One data source's cache entry: its summary, feature and example tables."""
+    """One data source's cache entry: its summary, its memory-mapped features table and the
+    selected examples with the rows of their windows (``--max_*_examples``)."""
 
     summary: dict
     features: pa.Table
-    examples: pa.Table
+    selection: FeatureSelection
     builds: int = 0
 
 
@@ -49,8 +53,6 @@ def load_cached_split(accelerator, settings: TrainSettings, sharing: CacheSharin
                       split: str, tokenizer, limit: int | None) -> CachedSplit:
     """Build or reuse the cache entry (its builder first: once per shared folder), then open it
     memory-mapped. ``builds`` counts the processes that built it (0 on a cache hit)."""
-    import datasets
-
     config = PreprocessConfig(
         data=data, split=split, model=settings.data.model, cache_dir=settings.cache.cache_dir,
         language=settings.cache.language, max_length=settings.features.max_length,
@@ -58,20 +60,16 @@ def load_cached_split(accelerator, settings: TrainSettings, sharing: CacheSharin
     with cache_build_context(accelerator, sharing):
         result = prepare(config, tokenizer)
     builds = count_processes(accelerator, not result.summary["cache_hit"])
-    dataset = datasets.load_from_disk(str(result.entry))
-    features, examples = first_examples(dataset["features"].data.table,
-                                        dataset["examples"].data.table, limit)
-    return CachedSplit(result.summary, features, examples, builds)
+    features, examples = open_cache_entry(result.entry)
+    return CachedSplit(result.summary, features, select_first_examples(features, examples, limit),
+                       builds)
 
 
 def build_evaluator(accelerator, settings: TrainSettings, split: CachedSplit,
                     pad_token_id: int) -> Evaluator:
     """The eval windows, their references for decoding and scoring, and an (unprepared) loader."""
-    eval_set = PackedFeatures(split.features, pad_token_id, settings.optim.pad_to,
-                              pad_multiple(accelerator.mixed_precision),
-                              settings.features.max_length, with_offsets=True)
-    references = EvalReferences.build(split.examples, eval_set.example_ids, eval_set.offsets,
-                                      eval_set.start_positions, eval_set.end_positions)
+    eval_set = rows_of(accelerator, settings, split, pad_token_id)
+    references = EvalReferences.build(split.selection.examples, eval_set)
     has_unanswerable = any(not answers for answers in references.gold_answers)
     loader = torch.utils.data.DataLoader(eval_set, collate_fn=identity_collate,
                                          batch_size=settings.optim.per_device_eval_batch_size)
@@ -79,10 +77,12 @@ def build_evaluator(accelerator, settings: TrainSettings, split: CachedSplit,
                      settings.decode.decode_config(has_unanswerable))
 
 
-def build_train_set(accelerator, settings: TrainSettings, split: CachedSplit,
-                    pad_token_id: int) -> PackedFeatures:
-    return PackedFeatures(split.features, pad_token_id, settings.optim.pad_to,
-                          pad_multiple(accelerator.mixed_precision), settings.features.max_length)
+def rows_of(accelerator, settings: TrainSettings, split: CachedSplit,
+            pad_token_id: int) -> FeatureRows:
+    """The split's selected windows, read by row from the memory-mapped entry."""
+    return FeatureRows(split.features, pad_token_id, settings.optim.pad_to,
+                       pad_multiple(accelerator.mixed_precision), settings.features.max_length,
+                       selection=split.selection)
 
 
 def negative_fraction(settings: TrainSettings, split: CachedSplit) -> float:
@@ -99,7 +99,7 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     if optim.torch_compile:
         model.compile()  # in place: state_dict keys and save_pretrained stay plain
     optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
-    train_set = build_train_set(accelerator, settings, split, pad_token_id)
+    train_set = rows_of(accelerator, settings, split, pad_token_id)
     sampler, loader = training_loader(train_set, optim.per_device_train_batch_size,
                                       accelerator.num_processes, negative_fraction(settings, split),
                                       optim.seed, optim.group_by_length)

@@ -437,7 +437,8 @@ def test_eval_accumulator_counts_features_with_nonfinite_logits():
 
     offsets = np.tile(np.array([[-1, -1]] + [[i, i + 1] for i in range(5)]), (3, 1, 1))
     references = EvalReferences(["a", "b", "c"], ["hello", "world", "there"], [["h"], ["w"], []],
-                                np.arange(3), offsets, np.zeros(3, np.int64), np.zeros(3, np.int64))
+                                np.arange(3), np.zeros(3, np.int64), np.zeros(3, np.int64),
+                                lambda indices: offsets[indices])
     accumulator = EvalAccumulator(references, DecodeConfig())
     logits = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
     start, end = logits.copy(), logits.copy()

@@ -56,14 +56,6 @@ def test_resolve_mixed_precision_auto(monkeypatch):
     )
 
 
-def test_precision_helpers_live_only_in_hardware():
-    from qa_core import training
-
-    assert not hasattr(training, "resolve_mixed_precision") and not hasattr(
-        training, "native_bf16_available"
-    )
-
-
 def test_requested_plan_reads_the_launch_environment():
     assert requested_plan({}) == RequestedPlan()
     fsdp1 = requested_plan(FSDP1_ENV)

@@ -1,4 +1,4 @@
-"""The training loop: qa_core.training units, exact resume, the non-finite guard, the output contract.
+"""The training loop: units of qa_core.loop, optim and checkpoints, exact resume, the non-finite guard, the output contract.
 
 Runs use a random-init 2-layer BERT (hidden 32) with the packaged MiniLM tokenizer on the shipped
 squadshifts slices, in-process (``train_accelerate.main``) with accelerate's singleton state reset
@@ -12,8 +12,6 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
@@ -24,7 +22,6 @@ from qa_core.checkpoints import (
 from qa_core.loop import StepPlan
 from qa_core.modeling import freeze_encoder
 from qa_core.optim import NonFiniteGuard, NonFiniteLossError, lr_lambda, optimizer_param_groups
-from qa_core.training import EpochSampler, PackedFeatures, epoch_order
 from tiny_models import (
     EVAL_DATA, load_weights, read_log, run_main_in_process, train_args,
     train_records,
@@ -108,121 +105,6 @@ def test_freeze_encoder_leaves_only_the_qa_head_trainable():
         assert param.requires_grad == name.startswith("qa_outputs"), name
     groups = optimizer_param_groups(model, 0.01)
     assert {id(p) for g in groups for p in g["params"]} == {id(head.weight), id(head.bias)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Epoch order and sampler
-# ---------------------------------------------------------------------------------------------
-
-HAS_ANSWER = np.array([True] * 30 + [False] * 70)
-np.random.default_rng(0).shuffle(HAS_ANSWER)
-
-
-def test_epoch_order_deterministic_per_seed_and_epoch():
-    a = epoch_order(HAS_ANSWER, 1.0, seed=3, epoch=0)
-    assert np.array_equal(a, epoch_order(HAS_ANSWER, 1.0, seed=3, epoch=0))
-    assert sorted(a.tolist()) == list(range(100))
-    assert not np.array_equal(a, epoch_order(HAS_ANSWER, 1.0, seed=3, epoch=1))
-    assert not np.array_equal(a, epoch_order(HAS_ANSWER, 1.0, seed=4, epoch=0))
-
-
-def test_epoch_order_negative_fraction_keeps_every_positive():
-    positives = set(np.flatnonzero(HAS_ANSWER).tolist())
-    drawn = []
-    for epoch in range(3):
-        order = epoch_order(HAS_ANSWER, 0.2, seed=1, epoch=epoch)
-        assert len(order) == 30 + 14
-        assert len(set(order.tolist())) == len(order), "no feature twice"
-        assert positives <= set(order.tolist())
-        negatives = set(order.tolist()) - positives
-        assert len(negatives) == 14 and not HAS_ANSWER[list(negatives)].any()
-        drawn.append(negatives)
-    assert drawn[0] != drawn[1] or drawn[1] != drawn[2], "negatives are drawn anew each epoch"
-    assert len(epoch_order(HAS_ANSWER, 0.0, seed=1, epoch=0)) == 30
-
-
-def test_epoch_order_group_by_length_sorts_within_groups():
-    lengths = np.random.default_rng(5).integers(10, 200, size=100)
-    plain = epoch_order(HAS_ANSWER, 1.0, seed=2, epoch=4)
-    grouped = epoch_order(HAS_ANSWER, 1.0, seed=2, epoch=4, lengths=lengths, group_size=16)
-    assert sorted(grouped.tolist()) == list(range(100))
-    start = 0
-    for chunk in np.array_split(plain, 7):  # ceil(100 / 16) near-equal groups of at most 16
-        assert len(chunk) <= 16
-        group = grouped[start:start + len(chunk)]
-        assert set(group.tolist()) == set(chunk.tolist())
-        assert np.all(np.diff(lengths[group]) <= 0), "longest first inside a group"
-        start += len(chunk)
-    assert not np.all(np.diff(lengths[grouped]) <= 0), "sorted only inside groups, not globally"
-    assert not np.array_equal(grouped, epoch_order(HAS_ANSWER, 1.0, seed=2, epoch=5, lengths=lengths,
-                                                   group_size=16))
-
-
-def test_epoch_sampler_length_constant_and_order_follows_epoch():
-    sampler = EpochSampler(HAS_ANSWER, 0.5, seed=9)
-    assert len(sampler) == 30 + 35
-    orders = []
-    for epoch in range(3):
-        sampler.set_epoch(epoch)
-        orders.append(list(sampler))
-        assert len(orders[-1]) == len(sampler) == 65
-        assert orders[-1] == epoch_order(HAS_ANSWER, 0.5, 9, epoch).tolist()
-    assert orders[0] != orders[1]
-    sampler.set_epoch(0)
-    assert list(sampler) == orders[0]
-    assert len(EpochSampler(HAS_ANSWER, 1.0, seed=9)) == 100
-
-
-# ---------------------------------------------------------------------------------------------
-# Packed features
-# ---------------------------------------------------------------------------------------------
-
-def packed_table(rows: list[list[int]]) -> pa.Table:
-    return pa.table({
-        "input_ids": rows,
-        "attention_mask": [[1] * len(r) for r in rows],
-        "token_type_ids": [[0] * 2 + [1] * (len(r) - 2) for r in rows],
-        "start_positions": [1, 2, 0],
-        "end_positions": [1, 4, 0],
-        "has_answer": [True, True, False],
-        "example_id": ["a", "a", "b"],
-        "offset_mapping": [[[0, 0]] + [[i, i + 1] for i in range(len(r) - 1)] for r in rows],
-    })
-
-
-ROWS = [[101, 5, 6], [101, 7, 8, 9, 10], [101] + list(range(20, 30)) + [102]]
-
-
-def test_packed_features_dynamic_padding_to_multiple_of_8():
-    features = PackedFeatures(packed_table(ROWS), pad_token_id=0, pad_to="longest", pad_to_multiple_of=8,
-                              max_length=32)
-    assert len(features) == 3 and features.lengths.tolist() == [3, 5, 12]
-    batch = features.__getitems__([1, 0])
-    assert batch["input_ids"].shape == (2, 8)  # longest is 5 -> 8
-    assert batch["input_ids"][0].tolist() == [101, 7, 8, 9, 10, 0, 0, 0]
-    assert batch["input_ids"][1].tolist() == [101, 5, 6, 0, 0, 0, 0, 0]
-    assert batch["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
-    assert batch["token_type_ids"][0].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
-    assert batch["start_positions"].tolist() == [2, 1] and batch["end_positions"].tolist() == [4, 1]
-    assert batch["feature_index"].tolist() == [1, 0]
-    assert batch["input_ids"].dtype == torch.int64
-    assert features.__getitems__([2])["input_ids"].shape == (1, 16)  # 12 -> 16
-    # no multiple: exactly the longest row
-    plain = PackedFeatures(packed_table(ROWS), pad_token_id=7, pad_to="longest")
-    batch = plain.__getitems__([0, 1])
-    assert batch["input_ids"].shape == (2, 5) and batch["input_ids"][0].tolist() == [101, 5, 6, 7, 7]
-
-
-def test_packed_features_max_length_padding_and_offsets():
-    features = PackedFeatures(packed_table(ROWS), pad_token_id=0, pad_to="max_length", max_length=16,
-                              with_offsets=True)
-    assert features.__getitems__([0])["input_ids"].shape == (1, 16)
-    assert features.__getitems__([0, 1, 2])["attention_mask"].sum(dim=1).tolist() == [3, 5, 12]
-    assert features.offsets.shape[:2] == (3, 16)
-    assert features.example_ids == ["a", "a", "b"]
-    assert features.has_answer.tolist() == [True, True, False]
-    with pytest.raises(ValueError, match="pad_to"):
-        PackedFeatures(packed_table(ROWS), pad_token_id=0, pad_to="bucket")
 
 
 # ---------------------------------------------------------------------------------------------
