@@ -43,8 +43,8 @@ def train(settings: TrainSettings, started_at: float) -> int:
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
     from qa_core.loop import EvalTracker, fit, start_log
     from qa_core.modeling import check_model_folder, freeze_encoder, load_qa_model
-    from qa_core.outputs import demo_answers, run_summary, write_run_files
     from qa_core.optim import build_optimizer
+    from qa_core.outputs import demo_answers, run_summary, write_run_files
     from qa_core.pipeline import load_tokenizer
     from qa_core.run_setup import build_evaluator, load_cached_split, start_training
 
@@ -65,17 +65,18 @@ def train(settings: TrainSettings, started_at: float) -> int:
     train_split = load_cached_split(accelerator, settings, sharing, data.train_data,
                                     data.train_split, tokenizer, data.max_train_examples) \
         if do_train else None
-    eval_split = load_cached_split(accelerator, settings, sharing, data.eval_data or data.train_data,
+    eval_split = load_cached_split(accelerator, settings, sharing,
+                                   data.eval_data or data.train_data,
                                    data.eval_split, tokenizer, data.max_eval_examples)
     evaluator = build_evaluator(accelerator, settings, eval_split, tokenizer.pad_token_id)
 
-    # --- model and optimizer ------------------------------------------------------------------------
+    # --- model and optimizer ----------------------------------------------------------------------
     model = load_qa_model(data.model, optim.attention_dropout)
     if optim.freeze_encoder:
         freeze_encoder(model)
     tracker = EvalTracker(evaluator, output_dir, save_best=do_train)
 
-    # --- training -------------------------------------------------------------------------------------
+    # --- training ---------------------------------------------------------------------------------
     train_seconds, state = 0.0, RunState()
     if do_train:
         run = start_training(accelerator, settings, model, train_split, evaluator,
@@ -92,7 +93,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
     if tracker.step != state.global_step or tracker.metrics is None:  # final eval, unless just run
         tracker.run(run if do_train else None, model, "final", log)
 
-    # --- outputs --------------------------------------------------------------------------------------
+    # --- outputs ----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
     save_model_checked(accelerator, model, output_dir, tracker.metrics)  # refuses NaN/inf weights
     builds = {"eval": eval_split.builds, **({"train": train_split.builds} if do_train else {})}

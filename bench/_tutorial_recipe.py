@@ -31,17 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-
 # ---------------------------------------------------------------------------------------------
 # Reading: the flattened rows the tutorial's map saw
 # ---------------------------------------------------------------------------------------------
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+    return (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz"
+            else open(path, encoding="utf-8"))
 
 
 def data_kind(path: str | Path) -> str:
-    """``squad_json`` (SQuAD v1.1/v2 JSON) or ``tydi_jsonl`` (TyDi primary task, HF or official schema)."""
+    """``squad_json`` (SQuAD v1.1/v2 JSON) or ``tydi_jsonl`` (TyDi primary task, HF or official
+    schema)."""
     name = Path(path).name.lower()
     stem = name[:-3] if name.endswith(".gz") else name
     if stem.endswith(".json"):
@@ -154,7 +155,8 @@ def build_dataset(rows: list[dict], tokenizer, max_length: int, order: str = "co
 
     datasets.disable_progress_bars()
     dataset = datasets.Dataset.from_list(rows)
-    dataset = dataset.map(make_process_samples(tokenizer, max_length, order), load_from_cache_file=False)
+    dataset = dataset.map(make_process_samples(tokenizer, max_length, order),
+                          load_from_cache_file=False)
     dataset.set_format(type="torch", columns=COLUMNS_TO_RETURN)
     return dataset
 
@@ -170,19 +172,24 @@ def column(dataset, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 def window_offsets(tokenizer, row: dict, max_length: int, order: str = "context_first") -> list:
-    """Character offsets (into the context) of each token of the tutorial's window; None elsewhere."""
+    """Character offsets (into the context) of each token of the tutorial's window; None
+    elsewhere."""
     context, question = row["document_plaintext"], row["question_text"]
     if order == "context_first":
-        enc = tokenizer(context, question, truncation="only_first", padding="max_length", max_length=max_length)
+        enc = tokenizer(context, question, truncation="only_first", padding="max_length",
+                        max_length=max_length)
         context_index = 0
     else:
-        enc = tokenizer(question, context, truncation="only_second", padding="max_length", max_length=max_length)
+        enc = tokenizer(question, context, truncation="only_second", padding="max_length",
+                        max_length=max_length)
         context_index = 1
     encoding = enc.encodings[0]
-    return [off if seq == context_index else None for off, seq in zip(encoding.offsets, encoding.sequence_ids)]
+    return [off if seq == context_index else None
+            for off, seq in zip(encoding.offsets, encoding.sequence_ids)]
 
 
-def argmax_answers(tokenizer, input_ids: np.ndarray, start_logits: np.ndarray, end_logits: np.ndarray) -> list[str]:
+def argmax_answers(tokenizer, input_ids: np.ndarray, start_logits: np.ndarray,
+                   end_logits: np.ndarray) -> list[str]:
     """Separate argmax of start and end; the tokens between them as text ("" when end < start)."""
     starts, ends = start_logits.argmax(axis=1), end_logits.argmax(axis=1)
     answers = []

@@ -29,7 +29,8 @@ def tydi_documents() -> list[tuple[str, list[tuple[int, int]]]]:
         records = [json.loads(line) for line in handle]
     return [
         (r["document_plaintext"],
-         [(c["plaintext_start_byte"], c["plaintext_end_byte"]) for c in r["passage_answer_candidates"]])
+         [(c["plaintext_start_byte"], c["plaintext_end_byte"])
+          for c in r["passage_answer_candidates"]])
         for r in records
     ]
 
@@ -66,7 +67,8 @@ def minilm_tokenizer():
 ])
 def test_bench_window_labelling(benchmark, minilm_tokenizer, source, language):
     """Windowing and labelling alone: every context is already tokenized (warm builder)."""
-    examples = list(open_source(SourceSpec(str(DATA / source), language=language)).iter_examples(ReadStats()))
+    examples = list(open_source(SourceSpec(str(DATA / source), language=language))
+                    .iter_examples(ReadStats()))
     builder = FeatureBuilder(minilm_tokenizer, FeatureConfig(max_length=384, doc_stride=128),
                              context_cache_size=len(examples))
     builder.build(examples)  # tokenizes and caches the contexts

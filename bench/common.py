@@ -67,7 +67,8 @@ def packaged_model() -> str | None:
 
 
 def model_label(model: str) -> str:
-    """How records name a model: the packaged MiniLM by name (not a machine's path), others as given."""
+    """How records name a model: the packaged MiniLM by name (not a machine's path), others as
+    given."""
     return PACKAGED_MODEL_LABEL if model == packaged_model() else model
 
 
@@ -76,7 +77,8 @@ def label_tokens_hold(start_offset, end_offset, gold_start: int, gold_end: int) 
     answer's first and last character."""
     if start_offset is None or end_offset is None:
         return False
-    return start_offset[0] <= gold_start < start_offset[1] and end_offset[0] <= gold_end - 1 < end_offset[1]
+    return (start_offset[0] <= gold_start < start_offset[1]
+            and end_offset[0] <= gold_end - 1 < end_offset[1])
 
 
 def labels_hold(offsets, start_label: int, end_label: int, gold_start: int, gold_end: int) -> bool:

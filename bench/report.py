@@ -50,23 +50,29 @@ PREFERRED_COLUMNS = (
     "final_f1", "time_s", "wall_s",
 )
 SKIP_COLUMNS = {"bench", "hardware", "curve", "timestamp_utc", "notes"}
-# the columns that tell each known bench's story (nested fields as "outer.inner"); others get the generic pick
+# the columns that tell each known bench's story (nested fields as "outer.inner"); others get the
+# generic pick
 BENCH_COLUMNS = {
-    "throughput": ("model", "precision", "batch_size", "seq_len", "padding", "attention_dropout", "samples_per_s",
-                   "nonpad_tokens_per_s", "pad_fraction", "step_time_p50_s", "step_time_p90_s", "peak_memory_mb",
-                   "achieved_flops_per_s", "mfu_measured", "mfu_nominal"),
-    "vs_tutorial": ("train_data", "max_train_steps", "batch_size", "ratios.preprocess_examples_per_s",
-                    "ratios.train_samples_per_s", "ratios.train_nonpad_tokens_per_s", "ratios.answers_labelled",
-                    "tutorial.train_samples_per_s", "ours.train_samples_per_s", "bf16.train_samples_per_s",
-                    "tutorial.f1", "ours.f1", "tutorial.start_f1", "ours.start_f1", "tutorial.end_f1", "ours.end_f1"),
-    "decode": ("data", "features", "examples", "identical", "vectorized_s", "reference_s", "speedup",
-               "speedup_all_cores", "exact_match", "f1"),
+    "throughput": ("model", "precision", "batch_size", "seq_len", "padding", "attention_dropout",
+                   "samples_per_s", "nonpad_tokens_per_s", "pad_fraction", "step_time_p50_s",
+                   "step_time_p90_s", "peak_memory_mb", "achieved_flops_per_s", "mfu_measured",
+                   "mfu_nominal"),
+    "vs_tutorial": ("train_data", "max_train_steps", "batch_size",
+                    "ratios.preprocess_examples_per_s", "ratios.train_samples_per_s",
+                    "ratios.train_nonpad_tokens_per_s", "ratios.answers_labelled",
+                    "tutorial.train_samples_per_s", "ours.train_samples_per_s",
+                    "bf16.train_samples_per_s", "tutorial.f1", "ours.f1", "tutorial.start_f1",
+                    "ours.start_f1", "tutorial.end_f1", "ours.end_f1"),
+    "decode": ("data", "features", "examples", "identical", "vectorized_s", "reference_s",
+               "speedup", "speedup_all_cores", "exact_match", "f1"),
     "preprocess": ("data", "tutorial.examples_per_s", "ours.num_proc_1.examples_per_s",
                    "ours.num_proc_2.examples_per_s", "ours.warm.seconds", "cold_over_warm",
-                   "ours.num_proc_2.peak_rss_mb", "cache_keys_equal", "tutorial.answers_labelled_frac",
-                   "label_check.data.answers_labelled_frac", "ratios.preprocess_examples_per_s"),
-    "quality": ("name", "model", "mixed_precision", "global_step", "train_samples_per_s", "wall_seconds",
-                "eval_questions", "exact_match", "f1", "start_f1", "end_f1", "HasAns_f1", "NoAns_f1"),
+                   "ours.num_proc_2.peak_rss_mb", "cache_keys_equal",
+                   "tutorial.answers_labelled_frac", "label_check.data.answers_labelled_frac",
+                   "ratios.preprocess_examples_per_s"),
+    "quality": ("name", "model", "mixed_precision", "global_step", "train_samples_per_s",
+                "wall_seconds", "eval_questions", "exact_match", "f1", "start_f1", "end_f1",
+                "HasAns_f1", "NoAns_f1"),
     "gpu_check": ("stage", "dry_run", "status", "ok", "precision", "batch_size", "padding",
                   "samples_per_s", "nonpad_tokens_per_s", "peak_memory_mb", "mfu_nominal",
                   "distribution.sharding", "loss_fell", "weights.max_abs_diff"),
@@ -94,7 +100,8 @@ def load_results(results_dir: Path) -> dict[str, list[dict]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    print(f"warning: {path.name}:{lineno}: bad JSON ({e}); skipped", file=sys.stderr)
+                    print(f"warning: {path.name}:{lineno}: bad JSON ({e}); skipped",
+                          file=sys.stderr)
                     continue
                 if isinstance(row, dict):
                     rows.append(row)
@@ -185,10 +192,12 @@ def choose_columns(records: list[dict], name: str | None = None) -> list[str]:
                 counts[k] += 1
     known = [c for c in BENCH_COLUMNS.get(name, ()) if c in counts]
     if known:  # a known bench: its story first, then other fields if there is room
-        rest = sorted((c for c in counts if c not in known and "." not in c), key=lambda c: (-counts[c], c))
+        rest = sorted((c for c in counts if c not in known and "." not in c),
+                      key=lambda c: (-counts[c], c))
         return known + rest[:max(0, MAX_COLUMNS - len(known))]
     cols = [c for c in PREFERRED_COLUMNS if c in counts]
-    rest = sorted((c for c in counts if c not in cols and "." not in c), key=lambda c: (-counts[c], c))
+    rest = sorted((c for c in counts if c not in cols and "." not in c),
+                  key=lambda c: (-counts[c], c))
     cols += rest
     return cols[:MAX_COLUMNS]
 
@@ -368,8 +377,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     body, plots = build_report(results, plots_dir, link_base=out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# Benchmark report\n\n_Generated by `bench/report.py`; do not edit._\n\n" + body,
-                   encoding="utf-8")
+    out.write_text("# Benchmark report\n\n_Generated by `bench/report.py`; do not edit._\n\n"
+                   + body, encoding="utf-8")
     readme_updated = False
     if args.readme and args.readme.is_file():
         # links in the README are relative to the README's own folder

@@ -35,7 +35,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    append_record, model_label, packaged_model, print_summary, resolve_data_files,
+    append_record,
+    model_label,
+    packaged_model,
+    print_summary,
+    resolve_data_files,
 )
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tydi_format" / "new_wiki_primary.jsonl.gz"
@@ -143,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     small, large = runs["1x"]["peak_rss_mb"], runs[f"{args.copies}x"]["peak_rss_mb"]
     added = (features[f"{args.copies}x"] - features["1x"]) / 1e5
     record = {
-        "label": args.label, "data": given["data"], "copies": args.copies, "replicated_examples": records,
+        "label": args.label, "data": given["data"], "copies": args.copies,
+        "replicated_examples": records,
         "model": model_label(model), "eval_data": EVAL_DATA, "train_features": features,
         "runs": runs, "peak_rss_ratio": round(large / small, 3), "target_ratio": RSS_TARGET,
         "meets_target": large / small <= RSS_TARGET,

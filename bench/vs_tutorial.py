@@ -49,7 +49,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    append_record, labels_hold, model_label, packaged_model, peak_rss_mb, print_summary, resolve_data_files,
+    append_record,
+    labels_hold,
+    model_label,
+    packaged_model,
+    peak_rss_mb,
+    print_summary,
+    resolve_data_files,
     run_json_child,
 )
 
@@ -80,7 +86,8 @@ def read_gold(path: str, language: str, limit: int | None) -> dict[str, tuple[in
     gold: dict[str, tuple[int, int] | None] = {}
     for example in source.iter_examples(ReadStats()):
         answers = example["answers"]
-        gold[example["id"]] = ((answers["answer_start"][0], answers["answer_start"][0] + len(answers["text"][0]))
+        gold[example["id"]] = ((answers["answer_start"][0],
+                                answers["answer_start"][0] + len(answers["text"][0]))
                                if answers["text"] else None)
         if limit is not None and len(gold) >= limit:
             break
@@ -102,7 +109,8 @@ def read_references(path: str, language: str, limit: int | None) -> dict[str, li
 def thread_info() -> dict:
     import torch
 
-    return {"torch_num_threads": torch.get_num_threads(), "torch_num_interop_threads": torch.get_num_interop_threads(),
+    return {"torch_num_threads": torch.get_num_threads(),
+            "torch_num_interop_threads": torch.get_num_interop_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
@@ -120,12 +128,14 @@ def phase_tutorial(args) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     train_rows = recipe.read_rows(args.train_data, args.language, args.max_train_examples)
-    train_set = recipe.build_dataset(train_rows, tokenizer, args.tutorial_max_length, args.tutorial_order)
+    train_set = recipe.build_dataset(train_rows, tokenizer, args.tutorial_max_length,
+                                     args.tutorial_order)
     preprocess_seconds = time.perf_counter() - started
     log(f"tutorial: preprocessed {len(train_rows)} train examples in {preprocess_seconds:.1f}s")
     t0 = time.perf_counter()
     eval_rows = recipe.read_rows(args.eval_data, args.language, args.max_eval_examples)
-    eval_set = recipe.build_dataset(eval_rows, tokenizer, args.tutorial_max_length, args.tutorial_order)
+    eval_set = recipe.build_dataset(eval_rows, tokenizer, args.tutorial_max_length,
+                                    args.tutorial_order)
     eval_preprocess_seconds = time.perf_counter() - t0
 
     # Label check (untimed): re-tokenize each train window for its offsets.
@@ -138,7 +148,8 @@ def phase_tutorial(args) -> dict:
         if span is None:
             continue
         answerable += 1
-        offsets = recipe.window_offsets(tokenizer, row, args.tutorial_max_length, args.tutorial_order)
+        offsets = recipe.window_offsets(tokenizer, row, args.tutorial_max_length,
+                                        args.tutorial_order)
         labelled += labels_hold(offsets, int(s), int(e), *span)
     log(f"tutorial: answers labelled {labelled}/{answerable}")
 
@@ -186,8 +197,10 @@ def phase_tutorial(args) -> dict:
     from qa_core.metrics import squad_scores, start_end_scores
 
     token_scores = start_end_scores(start_logits.argmax(1), end_logits.argmax(1),
-                                    recipe.column(eval_set, "start_positions"), recipe.column(eval_set, "end_positions"))
-    texts = recipe.argmax_answers(tokenizer, recipe.column(eval_set, "input_ids"), start_logits, end_logits)
+                                    recipe.column(eval_set, "start_positions"),
+                                    recipe.column(eval_set, "end_positions"))
+    texts = recipe.argmax_answers(tokenizer, recipe.column(eval_set, "input_ids"), start_logits,
+                                  end_logits)
     predictions = {row["id"]: text for row, text in zip(eval_rows, texts)}
     references = read_references(args.eval_data, args.language, args.max_eval_examples)
     text_scores = squad_scores(predictions, references)
@@ -197,10 +210,12 @@ def phase_tutorial(args) -> dict:
         "train_examples": len(train_rows), "train_features": len(train_set),
         "preprocess_seconds": round(preprocess_seconds, 3),
         "preprocess_examples_per_s": round(len(train_rows) / preprocess_seconds, 1),
-        "eval_examples": len(eval_rows), "eval_preprocess_seconds": round(eval_preprocess_seconds, 3),
+        "eval_examples": len(eval_rows),
+        "eval_preprocess_seconds": round(eval_preprocess_seconds, 3),
         "answerable": answerable, "answers_labelled": labelled,
         "answers_labelled_frac": round(labelled / answerable, 4) if answerable else None,
-        "train_labels_out_of_window": int(((starts >= args.tutorial_max_length) | (ends >= args.tutorial_max_length)).sum()),
+        "train_labels_out_of_window": int(((starts >= args.tutorial_max_length)
+                                           | (ends >= args.tutorial_max_length)).sum()),
         "global_step": int(trainer.state.global_step), "train_samples": samples,
         "train_seconds": round(train_seconds, 3),
         "train_samples_per_s": round(samples / train_seconds, 3),
@@ -230,13 +245,15 @@ def phase_ours_prepare(args) -> dict:
     from qa_core.pipeline import PreprocessConfig, prepare
 
     def config(data: str) -> PreprocessConfig:
-        return PreprocessConfig(data=data, model=args.model, cache_dir=args.cache_dir, language=args.language,
-                                max_length=args.max_length, doc_stride=args.doc_stride, num_proc=1)
+        return PreprocessConfig(data=data, model=args.model, cache_dir=args.cache_dir,
+                                language=args.language, max_length=args.max_length,
+                                doc_stride=args.doc_stride, num_proc=1)
 
     started = time.perf_counter()
     train = prepare(config(args.train_data))
     preprocess_seconds = time.perf_counter() - started
-    log(f"ours: preprocessed {train.summary['examples']} train examples in {preprocess_seconds:.1f}s "
+    log(f"ours: preprocessed {train.summary['examples']} train examples in "
+        f"{preprocess_seconds:.1f}s "
         f"(cache hit: {train.summary['cache_hit']})")
     t0 = time.perf_counter()
     evaluation = prepare(config(args.eval_data))
@@ -270,7 +287,8 @@ def phase_ours_prepare(args) -> dict:
         "train_examples_in_file": s["examples"],
         "preprocess_seconds": round(preprocess_seconds, 3),
         "preprocess_examples_per_s": round(s["examples"] / preprocess_seconds, 1),
-        "eval_examples_in_file": evaluation.summary["examples"], "eval_preprocess_seconds": round(eval_preprocess_seconds, 3),
+        "eval_examples_in_file": evaluation.summary["examples"],
+        "eval_preprocess_seconds": round(eval_preprocess_seconds, 3),
         "answerable": answerable, "answers_labelled": labelled,
         "answers_labelled_frac": round(labelled / answerable, 4) if answerable else None,
         "train_entry": str(train.entry), "peak_rss_mb": peak_rss_mb(include_children=False),
@@ -311,7 +329,8 @@ def speed_flags(args) -> list[str]:
 def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dict:
     out_dir = work / f"ours_{mixed_precision}"
     argv = ["--model", args.model, "--train_data", args.train_data, "--eval_data", args.eval_data,
-            "--language", args.language, "--output_dir", str(out_dir), "--cache_dir", args.cache_dir,
+            "--language", args.language, "--output_dir", str(out_dir),
+            "--cache_dir", args.cache_dir,
             "--max_length", str(args.max_length), "--doc_stride", str(args.doc_stride),
             "--max_train_steps", str(args.max_train_steps),
             "--per_device_train_batch_size", str(BATCH_SIZE), "--learning_rate", str(LEARNING_RATE),
@@ -326,7 +345,8 @@ def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dic
         argv += ["--max_eval_examples", str(args.max_eval_examples)]
     log(f"ours ({mixed_precision}): train_accelerate.py {' '.join(argv)}")
     code = "import sys, train_accelerate; sys.exit(train_accelerate.main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, stdout=subprocess.PIPE,
+                          text=True)
     for line in proc.stdout.splitlines()[:-1]:
         print(line, file=sys.stderr)
     if proc.returncode != 0:
@@ -334,7 +354,8 @@ def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dic
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     tokens = replay_tokens(args, prep, mixed_precision)
     if tokens["samples"] != summary["samples_seen"]:
-        raise SystemExit(f"token replay saw {tokens['samples']} samples, train_accelerate {summary['samples_seen']}")
+        raise SystemExit(f"token replay saw {tokens['samples']} samples, "
+                         f"train_accelerate {summary['samples_seen']}")
     seconds = summary["train_seconds"]
     shutil.rmtree(out_dir, ignore_errors=True)
     return {
@@ -354,8 +375,13 @@ def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dic
 def replay_tokens(args, prep: dict, mixed_precision: str) -> dict:
     """Non-pad and padded tokens of the batches train_accelerate.py trained on (1 process, GA 1)."""
     from qa_core.batching import (
-        LENGTH_GROUP_BATCHES, FeatureRows, epoch_order, open_cache_entry, pad_multiple,
-        padded_width, select_first_examples,
+        LENGTH_GROUP_BATCHES,
+        FeatureRows,
+        epoch_order,
+        open_cache_entry,
+        pad_multiple,
+        padded_width,
+        select_first_examples,
     )
 
     table, examples = open_cache_entry(prep["train_entry"])
@@ -384,10 +410,13 @@ def replay_tokens(args, prep: dict, mixed_precision: str) -> dict:
 
 def run_child(args, phase: str) -> dict:
     argv = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--model", args.model,
-            "--train_data", args.train_data, "--eval_data", args.eval_data, "--language", args.language,
+            "--train_data", args.train_data, "--eval_data", args.eval_data,
+            "--language", args.language,
             "--max_train_steps", str(args.max_train_steps), "--max_length", str(args.max_length),
-            "--doc_stride", str(args.doc_stride), "--tutorial_max_length", str(args.tutorial_max_length),
-            "--tutorial_order", args.tutorial_order, "--cache_dir", args.cache_dir, "--work_dir", args.work_dir]
+            "--doc_stride", str(args.doc_stride),
+            "--tutorial_max_length", str(args.tutorial_max_length),
+            "--tutorial_order", args.tutorial_order, "--cache_dir", args.cache_dir,
+            "--work_dir", args.work_dir]
     for name in ("max_train_examples", "max_eval_examples"):
         if getattr(args, name) is not None:
             argv += [f"--{name}", str(getattr(args, name))]
@@ -399,29 +428,38 @@ def ratio(a, b):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_data", default=DEFAULT_TRAIN, help="SQuAD .json(.gz) or TyDi .jsonl(.gz)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train_data", default=DEFAULT_TRAIN,
+                        help="SQuAD .json(.gz) or TyDi .jsonl(.gz)")
     parser.add_argument("--eval_data", default=DEFAULT_EVAL)
     parser.add_argument("--language", default="english", help="TyDi language filter")
-    parser.add_argument("--model", default=packaged_model(), help="model folder (default: packaged MiniLM)")
+    parser.add_argument("--model", default=packaged_model(),
+                        help="model folder (default: packaged MiniLM)")
     parser.add_argument("--max_train_steps", type=int, default=60)
-    parser.add_argument("--max_train_examples", type=int, default=None, help="first N train examples, both sides")
-    parser.add_argument("--max_eval_examples", type=int, default=None, help="first N eval examples, both sides")
+    parser.add_argument("--max_train_examples", type=int, default=None,
+                        help="first N train examples, both sides")
+    parser.add_argument("--max_eval_examples", type=int, default=None,
+                        help="first N eval examples, both sides")
     parser.add_argument("--max_length", type=int, default=384, help="ours: window length")
     parser.add_argument("--doc_stride", type=int, default=128, help="ours: window overlap")
     parser.add_argument("--tutorial_max_length", type=int, default=384,
                         help="tutorial: padded length (the tutorial used the tokenizer's 512)")
-    parser.add_argument("--tutorial_order", choices=["context_first", "question_first"], default="context_first",
-                        help="tutorial: tokenizer(context, question, only_first) as in its source, or "
-                             "tokenizer(question, context, only_second)")
+    parser.add_argument("--tutorial_order", choices=["context_first", "question_first"],
+                        default="context_first",
+                        help="tutorial: tokenizer(context, question, only_first) as in its source, "
+                             "or tokenizer(question, context, only_second)")
     parser.add_argument("--negative_window_fraction", type=float, default=None,
                         help="ours (default: train_accelerate.py's rule)")
     parser.add_argument("--plain", action="store_true",
                         help="ours without the README's speed settings (no grouping, model's "
                              "attention dropout, plain AdamW, no compile)")
-    parser.add_argument("--also_bf16", action="store_true", help="train ours once more with --mixed_precision bf16")
-    parser.add_argument("--work_dir", default=None, help="scratch folder (default: a temp dir, removed)")
-    parser.add_argument("--no_record", action="store_true", help="do not append to bench/results/vs_tutorial.jsonl")
+    parser.add_argument("--also_bf16", action="store_true",
+                        help="train ours once more with --mixed_precision bf16")
+    parser.add_argument("--work_dir", default=None,
+                        help="scratch folder (default: a temp dir, removed)")
+    parser.add_argument("--no_record", action="store_true",
+                        help="do not append to bench/results/vs_tutorial.jsonl")
     parser.add_argument("--phase", choices=["tutorial", "ours_prepare"], help=argparse.SUPPRESS)
     parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -437,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if Path(args.train_data).resolve() == Path(args.eval_data).resolve():
-        log("warning: --train_data and --eval_data are the same file: the evaluation sees training examples")
+        log("warning: --train_data and --eval_data are the same file: the evaluation sees "
+            "training examples")
 
     own_work = args.work_dir is None
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-vs-tutorial-"))
@@ -452,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         log("phase 2/3: our preprocessing (cold cache)")
         prep = run_child(args, "ours_prepare")
         log("phase 3/3: train_accelerate.py")
-        ours = {**{k: v for k, v in prep.items() if k != "train_entry"},  # a temp path: not for the record
+        ours = {**{k: v for k, v in prep.items()
+                   if k != "train_entry"},  # a temp path: not for the record
                 **run_ours_training(args, work, prep, "no")}
         log(f"ours: {ours['train_samples_per_s']} samples/s, F1 {ours['f1']:.2f}")
         bf16 = None
@@ -466,8 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("preprocess_examples_per_s", "train_samples_per_s", "train_nonpad_tokens_per_s",
             "train_padded_tokens_per_s", "answers_labelled", "answers_labelled_frac")
     summary = {
-        "train_data": given["train_data"], "eval_data": given["eval_data"], "model": model_label(args.model),
-        "max_train_steps": args.max_train_steps, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
+        "train_data": given["train_data"], "eval_data": given["eval_data"],
+        "model": model_label(args.model), "max_train_steps": args.max_train_steps,
+        "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
         "warmup_steps": WARMUP_STEPS, "weight_decay": WEIGHT_DECAY, "seed": SEED,
         "max_length": args.max_length, "doc_stride": args.doc_stride,
         "tutorial_max_length": args.tutorial_max_length, "tutorial_order": args.tutorial_order,
@@ -478,10 +519,12 @@ def main(argv: list[str] | None = None) -> int:
                        bf16["train_nonpad_tokens_per_s"], tutorial["train_nonpad_tokens_per_s"])},
         "tutorial": tutorial, "ours": ours,
         "bf16": None if bf16 is None else {
-            **bf16, "vs_fp32": {"train_samples_per_s": ratio(bf16["train_samples_per_s"], ours["train_samples_per_s"]),
+            **bf16, "vs_fp32": {"train_samples_per_s": ratio(bf16["train_samples_per_s"],
+                                                             ours["train_samples_per_s"]),
                                 "f1_minus_fp32": round(bf16["f1"] - ours["f1"], 3)}},
         "notes": [
-            "training speed = training loop only: Trainer train_runtime vs train_accelerate train_seconds; "
+            "training speed = training loop only: Trainer train_runtime vs train_accelerate "
+            "train_seconds; "
             "both include the first (warm-up) steps",
             "start_f1/end_f1 are over eval features: one truncated window per example (tutorial; "
             "out-of-window labels = tokenizer.model_max_length) vs every sliding window (ours)",

@@ -119,7 +119,9 @@ def concat_feature_spans(parts: Sequence[FeatureSpans]) -> FeatureSpans:
         raise ValueError("concat_feature_spans needs at least one FeatureSpans")
     widths = {part.spans_per_feature for part in parts}
     if len(widths) != 1:
-        raise ValueError(f"cannot concatenate FeatureSpans with different spans_per_feature: {widths}")
+        raise ValueError(
+            f"cannot concatenate FeatureSpans with different spans_per_feature: {widths}"
+        )
     return FeatureSpans(
         scores=np.concatenate([p.scores for p in parts]),
         start_token=np.concatenate([p.start_token for p in parts]),
@@ -494,7 +496,8 @@ def feature_topk_spans(
 
     begins = range(0, max(len(start_logits), 1), chunk_size)
     if num_threads is None:
-        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        num_threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                       else os.cpu_count() or 1)
     if num_threads > 1 and len(begins) > 1:
         with ThreadPoolExecutor(min(num_threads, len(begins))) as pool:
             list(pool.map(run, begins))  # list() waits and re-raises errors
@@ -561,7 +564,9 @@ def _build_predictions(
     null = np.where(has_features, null_score, -np.inf)
     with np.errstate(invalid="ignore"):  # -inf - -inf is NaN, and NaN > x is False
         margin = null - score
-    answers_null = has_features & config.allow_no_answer & (margin > config.null_score_diff_threshold)
+    answers_null = (
+        has_features & config.allow_no_answer & (margin > config.null_score_diff_threshold)
+    )
     score = np.where(answers_null, null, score)
     no_span = answers_null | (score == -np.inf)
     start = np.where(no_span, -1, best_start_char).tolist()

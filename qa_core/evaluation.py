@@ -17,7 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from qa_core.decode import (
-    DecodeConfig, FeatureSpans, Prediction, best_answers, concat_feature_spans, feature_topk_spans,
+    DecodeConfig,
+    FeatureSpans,
+    Prediction,
+    best_answers,
+    concat_feature_spans,
+    feature_topk_spans,
 )
 from qa_core.metrics import squad_scores, start_end_scores
 

@@ -32,30 +32,37 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.doc_stride < self.max_length:
-            raise ValueError(f"doc_stride ({self.doc_stride}) must be in [0, max_length={self.max_length})")
+            raise ValueError(
+                f"doc_stride ({self.doc_stride}) must be in [0, max_length={self.max_length})"
+            )
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def check_tokenizer(tokenizer, max_length: int | None = None) -> None:
-    """Windows and offsets need a fast (Rust) tokenizer; a slow one is refused, not worked around."""
+    """Windows and offsets need a fast (Rust) tokenizer; a slow one is refused, not worked
+    around."""
     name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(
-            f"tokenizer {name!r} is not a fast tokenizer: offset mappings and sliding windows need one "
+            f"tokenizer {name!r} is not a fast tokenizer: offset mappings and sliding windows "
+            "need one "
             "(load it with use_fast=True, or use a model folder that ships tokenizer.json)"
         )
     if tokenizer.cls_token_id is None and tokenizer.bos_token_id is None:
         raise ValueError(f"tokenizer {name!r} has no CLS/BOS token to label no-answer windows with")
     model_max = getattr(tokenizer, "model_max_length", None)
     if max_length is not None and model_max and model_max < 10**6 and max_length > model_max:
-        raise ValueError(f"max_length {max_length} exceeds the tokenizer's model_max_length {model_max}")
+        raise ValueError(
+            f"max_length {max_length} exceeds the tokenizer's model_max_length {model_max}"
+        )
 
 
 @dataclass(frozen=True)
 class PairTemplate:
-    """Where the tokenizer puts its special tokens around (question, context), and their type ids."""
+    """Where the tokenizer puts its special tokens around (question, context), and their type
+    ids."""
 
     prefix: np.ndarray          # ids before the question
     middle: np.ndarray          # ids between question and context
@@ -77,13 +84,16 @@ class PairTemplate:
         ids, types, seq = np.array(probe.ids), np.array(probe.type_ids), probe.sequence_ids
         q = [i for i, s in enumerate(seq) if s == 0]
         c = [i for i, s in enumerate(seq) if s == 1]
-        cls_token = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        cls_token = (tokenizer.cls_token_id if tokenizer.cls_token_id is not None
+                     else tokenizer.bos_token_id)
         prefix = ids[:q[0]]
         return cls(
             prefix=prefix, middle=ids[q[-1] + 1:c[0]], suffix=ids[c[-1] + 1:],
-            prefix_types=types[:q[0]], middle_types=types[q[-1] + 1:c[0]], suffix_types=types[c[-1] + 1:],
+            prefix_types=types[:q[0]], middle_types=types[q[-1] + 1:c[0]],
+            suffix_types=types[c[-1] + 1:],
             question_type=int(types[q[0]]), context_type=int(types[c[0]]),
-            cls_index=int(np.flatnonzero(prefix == cls_token)[0]) if (prefix == cls_token).any() else 0,
+            cls_index=(int(np.flatnonzero(prefix == cls_token)[0]) if (prefix == cls_token).any()
+                       else 0),
         )
 
 
@@ -93,7 +103,8 @@ class FeatureStats:
 
     features: int = 0
     answerable: int = 0
-    answers_covered: int = 0          # answerable examples with >= 1 window labelled with the answer
+    answers_covered: int = 0          # answerable examples with >= 1 window labelled with the
+                                      # answer
     skipped: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: "FeatureStats") -> None:
@@ -117,7 +128,8 @@ def answer_token_span(token_starts: np.ndarray, token_ends: np.ndarray, answer_s
 
 
 def window_starts(num_context_tokens: int, capacity: int, doc_stride: int) -> list[int]:
-    """First context token of each window: windows advance by ``capacity - doc_stride`` until the end is in one."""
+    """First context token of each window: windows advance by ``capacity - doc_stride`` until
+    the end is in one."""
     step = capacity - doc_stride
     starts = [0]
     while starts[-1] + capacity < num_context_tokens:
@@ -140,10 +152,13 @@ class FeatureBuilder:
     def _encode_contexts(self, contexts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         missing = list(dict.fromkeys(c for c in contexts if c not in self._contexts))
         if missing:
-            encoded = self.tokenizer.backend_tokenizer.encode_batch(missing, add_special_tokens=False)
+            encoded = self.tokenizer.backend_tokenizer.encode_batch(missing,
+                                                                    add_special_tokens=False)
             for context, encoding in zip(missing, encoded):
-                self._contexts[context] = (np.array(encoding.ids, dtype=np.int32),
-                                           np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2))
+                self._contexts[context] = (
+                    np.array(encoding.ids, dtype=np.int32),
+                    np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2),
+                )
         result = []
         for context in contexts:
             self._contexts.move_to_end(context)
@@ -174,10 +189,13 @@ class FeatureBuilder:
             if answers["text"]:
                 stats.answerable += 1
                 answer_start = answers["answer_start"][0]
-                answer_tokens = answer_token_span(context_offsets[:, 0], context_offsets[:, 1],
-                                                  answer_start, answer_start + len(answers["text"][0]))
+                answer_tokens = answer_token_span(
+                    context_offsets[:, 0], context_offsets[:, 1],
+                    answer_start, answer_start + len(answers["text"][0]))
             head = np.concatenate([t.prefix, question_ids, t.middle]).astype(np.int32)
-            head_types = np.concatenate([t.prefix_types, np.full(len(question_ids), t.question_type), t.middle_types])
+            head_types = np.concatenate([t.prefix_types,
+                                         np.full(len(question_ids), t.question_type),
+                                         t.middle_types])
             covered = False
             for w, first in enumerate(window_starts(len(context_ids), capacity, cfg.doc_stride)):
                 last = min(first + capacity, len(context_ids))  # exclusive
@@ -190,7 +208,8 @@ class FeatureBuilder:
                 context_mask_parts += [np.zeros(len(head), bool), np.ones(n_context, bool),
                                        np.zeros(len(t.suffix), bool)]
                 lengths.append(len(head) + n_context + len(t.suffix))
-                if answer_tokens is not None and first <= answer_tokens[0] and answer_tokens[1] < last:
+                if (answer_tokens is not None and first <= answer_tokens[0]
+                        and answer_tokens[1] < last):
                     starts_out.append(len(head) + answer_tokens[0] - first)
                     ends_out.append(len(head) + answer_tokens[1] - first)
                     covered = True
@@ -202,20 +221,24 @@ class FeatureBuilder:
             stats.answers_covered += covered
 
         stats.features = len(lengths)
-        return self._to_record_batch(ids_parts, type_parts, offset_parts, context_mask_parts, lengths,
-                                     starts_out, ends_out, window_index, example_ids), stats
+        return self._to_record_batch(ids_parts, type_parts, offset_parts, context_mask_parts,
+                                     lengths, starts_out, ends_out, window_index,
+                                     example_ids), stats
 
     def _to_record_batch(self, ids_parts, type_parts, offset_parts, context_mask_parts, lengths,
                          starts, ends, window_index, example_ids) -> pa.RecordBatch:
         lengths = np.asarray(lengths, dtype=np.int32)
         total = int(lengths.sum())
-        concat = (lambda parts, dtype, shape=(0,): np.concatenate(parts).astype(dtype) if parts
-                  else np.zeros(shape, dtype))
+
+        def concat(parts, dtype, shape=(0,)):
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
+
         ids = concat(ids_parts, np.int32)
         offsets = concat(offset_parts, np.int32, (0, 2))
         is_context = concat(context_mask_parts, bool)
-        token_offsets = pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * total + 1, 2, dtype=np.int32)),
-                                                 pa.array(offsets.reshape(-1)), mask=pa.array(~is_context))
+        token_offsets = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, 2 * total + 1, 2, dtype=np.int32)),
+            pa.array(offsets.reshape(-1)), mask=pa.array(~is_context))
         columns = {
             "input_ids": _list_array(lengths, pa.array(ids)),
             "attention_mask": _list_array(lengths, pa.array(np.ones(total, dtype=np.int8))),
@@ -241,7 +264,8 @@ def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
-def offsets_to_numpy(offset_mapping: pa.Array | pa.ChunkedArray, pad_to: int | None = None) -> np.ndarray:
+def offsets_to_numpy(offset_mapping: pa.Array | pa.ChunkedArray,
+                     pad_to: int | None = None) -> np.ndarray:
     """``offset_mapping`` column -> int32 ``[F, L, 2]``, -1 for non-context tokens and padding."""
     if isinstance(offset_mapping, pa.ChunkedArray):
         offset_mapping = offset_mapping.combine_chunks()

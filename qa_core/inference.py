@@ -41,12 +41,14 @@ class Answer:
 
 def demo_passage() -> dict:
     """The packaged comic-books passage and its four questions."""
-    return json.loads(resources.files("qa_core").joinpath("data/comic_books.json").read_text(encoding="utf-8"))
+    return json.loads(resources.files("qa_core").joinpath("data/comic_books.json")
+                      .read_text(encoding="utf-8"))
 
 
 def answer_questions(model, tokenizer, questions: list[str], context: str,
                      decode_config: DecodeConfig = DecodeConfig(),
-                     feature_config: FeatureConfig = FeatureConfig(), batch_size: int = 16) -> list[Answer]:
+                     feature_config: FeatureConfig = FeatureConfig(),
+                     batch_size: int = 16) -> list[Answer]:
     """Answer each question about ``context``; long contexts are windowed as in training, and
     logits become answers through evaluation's path (:func:`accumulate_logits`)."""
     examples = pa.Table.from_pylist([
@@ -62,8 +64,9 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
     accumulator = EvalAccumulator(EvalReferences.build(examples, features), decode_config)
     accumulate_logits(model, loader, accumulator)
     predictions = accumulator.predictions()
-    return [Answer(q, predictions[str(i)].text, float(predictions[str(i)].score), predictions[str(i)].start_char,
-                   predictions[str(i)].end_char, float(predictions[str(i)].null_score))
+    return [Answer(q, predictions[str(i)].text, float(predictions[str(i)].score),
+                   predictions[str(i)].start_char, predictions[str(i)].end_char,
+                   float(predictions[str(i)].null_score))
             for i, q in enumerate(questions)]
 
 
@@ -111,12 +114,15 @@ def parse_args(argv: list[str] | None):
 
     parser = HfArgumentParser((FeatureArgs, DecodeArgs), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a trained model folder (train_accelerate.py output)")
+    parser.add_argument("--model", required=True,
+                        help="a trained model folder (train_accelerate.py output)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--context", help="context text")
     source.add_argument("--context_file", help="file holding the context (UTF-8)")
-    parser.add_argument("--question", action="append", default=[], help="a question; repeat for several")
-    parser.add_argument("--demo", action="store_true", help="the packaged comic-books passage and its questions")
+    parser.add_argument("--question", action="append", default=[],
+                        help="a question; repeat for several")
+    parser.add_argument("--demo", action="store_true",
+                        help="the packaged comic-books passage and its questions")
     features, decode, args = parser.parse_args_into_dataclasses(argv)
     if not args.demo and ((args.context is None and not args.context_file) or not args.question):
         parser.error("give a context (--context or --context_file) and at least one --question, "

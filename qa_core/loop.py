@@ -20,9 +20,9 @@ import torch
 
 from qa_core import checkpoints
 from qa_core.batching import model_inputs
+from qa_core.budget import CALIBRATION_STEPS, TimeBudget
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import Evaluator
-from qa_core.budget import CALIBRATION_STEPS, TimeBudget
 from qa_core.optim import NonFiniteGuard, lr_lambda
 from qa_core.settings import OptimArgs, RunArgs
 

@@ -36,14 +36,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from qa_core.cache import (
-    SPLITS, CacheEntryWriter, ShardWriter, check_writable_folder, entry_problem, fingerprint,
-    read_summary, remove_leftovers, tokenizer_files_fingerprint, tokenizer_fingerprint,
+    SPLITS,
+    CacheEntryWriter,
+    ShardWriter,
+    check_writable_folder,
+    entry_problem,
+    fingerprint,
+    read_summary,
+    remove_leftovers,
+    tokenizer_files_fingerprint,
+    tokenizer_fingerprint,
     write_split_info,
 )
 from qa_core.errors import QAError, SettingsError
 from qa_core.features import FeatureBuilder, FeatureConfig, FeatureStats
 from qa_core.readers import (
-    Chunk, DataSourceError, ExampleSource, ReadStats, SourceSpec, examples_from_rows, open_source,
+    Chunk,
+    DataSourceError,
+    ExampleSource,
+    ReadStats,
+    SourceSpec,
+    examples_from_rows,
+    open_source,
 )
 
 # v2: summaries record the source schema ("formats"). v3: entries carry a manifest checked on

@@ -11,16 +11,21 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+from qa_core.batching import (
+    FeatureRows,
+    FeatureSelection,
+    identity_collate,
+    open_cache_entry,
+    pad_multiple,
+    select_first_examples,
+    training_loader,
+)
 from qa_core.budget import TimeBudget
 from qa_core.checkpoints import RunState
 from qa_core.distributed import CacheSharing, cache_build_context, count_processes
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
 from qa_core.optim import build_optimizer, build_scheduler
-from qa_core.batching import (
-    FeatureRows, FeatureSelection, identity_collate, open_cache_entry, pad_multiple,
-    select_first_examples, training_loader,
-)
 from qa_core.pipeline import PreprocessConfig, prepare
 from qa_core.settings import TrainSettings
 

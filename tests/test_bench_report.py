@@ -115,7 +115,8 @@ def test_tables_and_plots(results: Path, tmp_path: Path):
 
 def test_readme_section_replaced(results: Path, tmp_path: Path):
     readme = tmp_path / "README.md"
-    readme.write_text("# Bench\n\nintro\n\n<!-- report:start -->\nOLD STUFF\n<!-- report:end -->\n\ntail\n")
+    readme.write_text("# Bench\n\nintro\n\n<!-- report:start -->\nOLD STUFF\n"
+                      "<!-- report:end -->\n\ntail\n")
     report.main(["--results", str(results), "--plots", str(tmp_path / "plots"),
                  "--readme", str(readme)])
     text = readme.read_text()

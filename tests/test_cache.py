@@ -14,17 +14,17 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 import pytest
+from conftest import raw_tydi_record, tydi_raw_records, write_jsonl
 
 import preprocess
-from conftest import raw_tydi_record, tydi_raw_records, write_jsonl
 from qa_core import cache as cache_mod
 from qa_core.features import FeatureBuilder
 from qa_core.pipeline import PreprocessConfig, cache_key, prepare, tokenizer_key
 from qa_core.readers import DataSourceError, SourceSpec, open_source
 
 REPO = Path(__file__).resolve().parents[1]
-SUMMARY_FIELDS = {"cache_dir", "cache_hit", "examples", "answerable", "features", "answers_covered", "skipped",
-                  "seconds"}
+SUMMARY_FIELDS = {"cache_dir", "cache_hit", "examples", "answerable", "features", "answers_covered",
+                  "skipped", "seconds"}
 
 
 @pytest.fixture
@@ -34,8 +34,9 @@ def data_file(tmp_path) -> Path:
 
 @pytest.fixture
 def config(data_file, bert_tok_dir, tmp_path) -> PreprocessConfig:
-    return PreprocessConfig(data=str(data_file), model=bert_tok_dir, cache_dir=str(tmp_path / "cache"),
-                            language="all", max_length=48, doc_stride=16, batch_size=2)
+    return PreprocessConfig(data=str(data_file), model=bert_tok_dir,
+                            cache_dir=str(tmp_path / "cache"), language="all", max_length=48,
+                            doc_stride=16, batch_size=2)
 
 
 def features_rows(entry) -> list[dict]:
@@ -43,7 +44,8 @@ def features_rows(entry) -> list[dict]:
 
 
 def finished_keys(cache_root: Path) -> list[str]:
-    return sorted(p.name for p in cache_root.iterdir() if (p / "summary.json").is_file()) if cache_root.exists() else []
+    return (sorted(p.name for p in cache_root.iterdir() if (p / "summary.json").is_file())
+            if cache_root.exists() else [])
 
 
 def temporaries(cache_root: Path) -> list[str]:
@@ -71,8 +73,8 @@ def test_preprocess_main_summary_and_layout(data_file, bert_tok_dir, tmp_path, c
     loaded = datasets.load_from_disk(summary["cache_dir"])
     assert set(loaded) == {"features", "examples"}
     feats, examples = loaded["features"], loaded["examples"]
-    assert {"input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions", "example_id",
-            "offset_mapping"} <= set(feats.column_names)
+    assert {"input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions",
+            "example_id", "offset_mapping"} <= set(feats.column_names)
     assert {"id", "question", "context", "answers"} <= set(examples.column_names)
     assert feats.num_rows == summary["features"] and examples.num_rows == summary["examples"]
     assert set(feats["example_id"]) == set(examples["id"])
@@ -99,13 +101,15 @@ def test_main_errors_are_one_line(tmp_path, bert_tok_dir, capsys, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
     for data in (str(tmp_path / "missing.jsonl"), "tydiqa"):
-        code = preprocess.main(["--data", data, "--model", bert_tok_dir, "--cache_dir", str(tmp_path / "c")])
+        code = preprocess.main(["--data", data, "--model", bert_tok_dir,
+                                "--cache_dir", str(tmp_path / "c")])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and err.startswith("preprocess.py: error:")
     assert "offline" in err
     bad_model = tmp_path / "not-a-model"
     bad_model.mkdir()
-    code = preprocess.main(["--data", str(write_jsonl(tmp_path / "d.jsonl", tydi_raw_records()[:1])),
+    code = preprocess.main(["--data",
+                            str(write_jsonl(tmp_path / "d.jsonl", tydi_raw_records()[:1])),
                             "--model", str(bad_model), "--cache_dir", str(tmp_path / "c")])
     assert code == 2 and "tokenizer" in capsys.readouterr().err
     assert finished_keys(tmp_path / "c") == []
@@ -128,8 +132,10 @@ def test_key_changes_with_every_output_setting(config, data_file, roberta_tok_di
 
     base = key(config)
     assert key(config) == base
-    same = [replace(config, num_proc=2), replace(config, batch_size=7), replace(config, rows_per_shard=3),
-            replace(config, cache_dir=str(tmp_path / "elsewhere")), replace(config, overwrite_cache=True)]
+    same = [replace(config, num_proc=2), replace(config, batch_size=7),
+            replace(config, rows_per_shard=3),
+            replace(config, cache_dir=str(tmp_path / "elsewhere")),
+            replace(config, overwrite_cache=True)]
     assert {key(c) for c in same} == {base}
     edited = tydi_raw_records()
     edited[0]["question_text"] += " exactly"
@@ -152,7 +158,8 @@ def test_overwrite_cache_rebuilds(config):
     first = prepare(config)
     stamp = (first.entry / "summary.json").stat().st_mtime_ns
     hit = prepare(config)
-    assert hit.summary["cache_hit"] is True and (hit.entry / "summary.json").stat().st_mtime_ns == stamp
+    assert (hit.summary["cache_hit"] is True
+            and (hit.entry / "summary.json").stat().st_mtime_ns == stamp)
     rebuilt = prepare(replace(config, overwrite_cache=True))
     assert rebuilt.summary["cache_hit"] is False and rebuilt.entry == first.entry
     assert features_rows(rebuilt.entry) == features_rows(first.entry)
@@ -164,7 +171,8 @@ def test_several_shards(config, tmp_path):
     single = prepare(replace(config, cache_dir=str(tmp_path / "one")))
     sharded = prepare(replace(config, cache_dir=str(tmp_path / "many"), rows_per_shard=5))
     assert single.summary["key"] == sharded.summary["key"]
-    assert sharded.summary["num_shards"]["features"] > 2 and single.summary["num_shards"]["features"] == 1
+    assert (sharded.summary["num_shards"]["features"] > 2
+            and single.summary["num_shards"]["features"] == 1)
     shard_files = sorted(p.name for p in (sharded.entry / "features").glob("*.arrow"))
     n = len(shard_files)
     assert shard_files == [f"data-{i:05d}-of-{n:05d}.arrow" for i in range(n)]
@@ -172,7 +180,8 @@ def test_several_shards(config, tmp_path):
 
 
 def test_empty_result_is_an_error(bert_tok_dir, tmp_path, capsys):
-    path = write_jsonl(tmp_path / "only_ja.jsonl", [raw_tydi_record(1, "東京?", "東京は首都です。", "japanese", ["東京"])])
+    path = write_jsonl(tmp_path / "only_ja.jsonl",
+                       [raw_tydi_record(1, "東京?", "東京は首都です。", "japanese", ["東京"])])
     config = PreprocessConfig(data=str(path), model=bert_tok_dir, cache_dir=str(tmp_path / "c"),
                               max_length=48, doc_stride=16)
     with pytest.raises(DataSourceError) as info:
@@ -252,8 +261,9 @@ def test_sigkill_midway_then_rebuild(config, tmp_path):
     script.write_text(KILL_SCRIPT)
     marker = tmp_path / "marker"
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen([sys.executable, str(script), config.data, config.model, config.cache_dir, str(marker)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(script), config.data, config.model,
+                             config.cache_dir, str(marker)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
@@ -313,7 +323,8 @@ def test_leftovers_removed_by_the_next_run(config, hit):
     assert result.summary["cache_hit"] is hit and result.summary["leftovers_removed"] == 3
     assert not abandoned.exists() and not other_key.exists() and not trash.exists()
     assert live.exists() and elsewhere.exists()
-    assert datasets.load_from_disk(str(result.entry))["features"].num_rows == result.summary["features"]
+    assert (datasets.load_from_disk(str(result.entry))["features"].num_rows
+            == result.summary["features"])
 
 
 def test_trash_delete_ignores_a_racing_run(config, monkeypatch):

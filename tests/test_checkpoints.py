@@ -18,10 +18,24 @@ import pytest
 import torch
 
 from qa_core.checkpoints import (
-    MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, RUN_STATE_FILE, SCHEDULER_FILE, CheckpointError,
-    NonFiniteModelError, RunState, checkpoint_folders, load_checkpoint, model_problems,
-    nonfinite_parameters, prune_checkpoints, resolve_resume, save_checkpoint, save_model_checked,
-    verify_checkpoint, write_manifest,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    RUN_STATE_FILE,
+    SCHEDULER_FILE,
+    CheckpointError,
+    NonFiniteModelError,
+    RunState,
+    checkpoint_folders,
+    load_checkpoint,
+    model_problems,
+    nonfinite_parameters,
+    prune_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+    save_model_checked,
+    verify_checkpoint,
+    write_manifest,
 )
 from qa_core.modeling import ModelFolderError, check_model_folder, load_qa_model
 from qa_core.optim import lr_lambda, optimizer_param_groups

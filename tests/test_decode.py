@@ -379,7 +379,8 @@ def test_span_ties_at_the_n_best_cut_keep_lower_cells():
     flat[:FIRST_CONTEXT_TOKEN] = NEG
     spans = feature_topk_spans(flat[None], flat[None], offsets[None], n_best_size=4)
     pairs = list(zip(spans.start_token[0].tolist(), spans.end_token[0].tolist()))
-    assert pairs == [(token(0), token(0)), (token(0), token(1)), (token(0), token(2)), (token(0), token(3))]
+    assert pairs == [(token(0), token(0)), (token(0), token(1)), (token(0), token(2)),
+                     (token(0), token(3))]
 
 
 def test_long_sequences_use_wide_index_arithmetic():

@@ -4,9 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import corpus, long_text
-from qa_core.features import FeatureBuilder, FeatureConfig, check_tokenizer, offsets_to_numpy, window_starts
+
+from qa_core.features import (
+    FeatureBuilder,
+    FeatureConfig,
+    check_tokenizer,
+    offsets_to_numpy,
+    window_starts,
+)
 
 TOKENIZERS = ["bert_tok_dir", "roberta_tok_dir", "minilm_path"]
 SETTINGS = [(32, 4), (40, 12), (48, 16), (64, 0), (128, 32), (384, 128)]
@@ -28,17 +34,21 @@ def make_examples() -> list[dict]:
         k = (len(words) * (i + 1)) // 8
         answer = " ".join(words[k:k + 1 + i % 3]).strip(".,?!")
         start = context.index(answer, len(" ".join(words[:k])))
-        examples.append({"id": f"e{i}", "question": " ".join(sentences[i + 20].split()[:4]).rstrip(".?!,") + "?", "context": context,
+        examples.append({"id": f"e{i}",
+                         "question": " ".join(sentences[i + 20].split()[:4]).rstrip(".?!,") + "?",
+                         "context": context,
                          "answers": {"text": [answer], "answer_start": [start]}})
     examples.append(dict(examples[1], id="e1b", question="Which words are these?"))
-    examples.append({"id": "none", "question": "Is there no answer?", "context": long_text(25, seed=99),
+    examples.append({"id": "none", "question": "Is there no answer?",
+                     "context": long_text(25, seed=99),
                      "answers": {"text": [], "answer_start": []}})
     return examples
 
 
 def reference(tokenizer, example: dict, max_length: int, stride: int):
-    return tokenizer(example["question"], example["context"], truncation="only_second", max_length=max_length,
-                     stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+    return tokenizer(example["question"], example["context"], truncation="only_second",
+                     max_length=max_length, stride=stride, return_overflowing_tokens=True,
+                     return_offsets_mapping=True,
                      return_token_type_ids="token_type_ids" in tokenizer.model_input_names)
 
 
@@ -71,7 +81,8 @@ def check_labels(rows: list[dict], example: dict, cls_index: int) -> int:
         first, last = holding(offsets, a0), holding(offsets, a1)
         if first is not None and last is not None:
             assert (start, end) == (first, last)
-            assert offsets[start][0] <= a0 < offsets[start][1] and offsets[end][0] <= a1 < offsets[end][1]
+            assert (offsets[start][0] <= a0 < offsets[start][1]
+                    and offsets[end][0] <= a1 < offsets[end][1])
             assert row["has_answer"]
             labelled += 1
         else:
@@ -117,7 +128,8 @@ def test_build_is_batch_independent(load_tok, bert_tok_dir):
     examples = make_examples()
     builder = FeatureBuilder(tok, FeatureConfig(48, 16), context_cache_size=2)
     whole, _ = builder.build(examples)
-    parts = [FeatureBuilder(tok, FeatureConfig(48, 16)).build(examples[i:i + 3])[0] for i in range(0, len(examples), 3)]
+    parts = [FeatureBuilder(tok, FeatureConfig(48, 16)).build(examples[i:i + 3])[0]
+             for i in range(0, len(examples), 3)]
     assert pa.Table.from_batches(parts).to_pylist() == whole.to_pylist()
     empty, stats = builder.build([])
     assert empty.num_rows == 0 and stats.features == 0 and empty.schema == whole.schema
@@ -128,7 +140,8 @@ def test_build_is_batch_independent(load_tok, bert_tok_dir):
 # ---------------------------------------------------------------------------------------------
 
 def layout(tok, question: str, context: str, max_length: int, stride: int):
-    """Per reference window: the global indices of its context tokens (tokens of the context alone)."""
+    """Per reference window: the global indices of its context tokens (tokens of the context
+    alone)."""
     alone = tok.backend_tokenizer.encode(context, add_special_tokens=False)
     index_of = {tuple(o): i for i, o in enumerate(alone.offsets)}
     ref = tok(question, context, truncation="only_second", max_length=max_length, stride=stride,
@@ -136,7 +149,8 @@ def layout(tok, question: str, context: str, max_length: int, stride: int):
     windows = []
     for w in range(len(ref["input_ids"])):
         seq = ref.sequence_ids(w)
-        windows.append([index_of[tuple(o)] for o, s in zip(ref["offset_mapping"][w], seq) if s == 1])
+        windows.append([index_of[tuple(o)]
+                        for o, s in zip(ref["offset_mapping"][w], seq) if s == 1])
     for a, b in zip(windows, windows[1:]):
         assert a[-stride:] == b[:stride] if stride else True
     return alone.offsets, windows
@@ -163,12 +177,15 @@ def test_answers_at_window_edges(request, load_tok, tok_name):
         # (first, last context token) -> windows expected to be labelled
         "ends_on_last_token_of_w0": ((w0[0] if first1 > w0[0] + 1 else last0 - 1), last0, {0}),
         "straddles_w0_end": (last0 - 1, last0 + 1, {1}),              # CLS in w0, covered by w1
-        "longer_than_overlap": (first1 - 1, last0 + 1, set()),        # CLS in w0 and w1, never covered
+        # CLS in w0 and w1, never covered
+        "longer_than_overlap": (first1 - 1, last0 + 1, set()),
         "only_in_overlap": (first1, last0, {0, 1}),
         "first_token_of_w1": (first1, first1, {0, 1}),
         "first_context_token": (0, 0, {0}),
         "last_context_token": (len(offsets) - 1, len(offsets) - 1,
-                               {len(windows) - 1} | ({len(windows) - 2} if len(offsets) - 1 in windows[-2] else set())),
+                               {len(windows) - 1} | ({len(windows) - 2}
+                                                     if len(offsets) - 1 in windows[-2]
+                                                     else set())),
         "only_in_w2_tail": (w2[-1], w2[-1], {w for w, win in enumerate(windows) if w2[-1] in win}),
     }
     # skip cases whose token span starts or ends on a character no single token holds
@@ -186,7 +203,8 @@ def test_answers_at_window_edges(request, load_tok, tok_name):
                 start, end = row["start_positions"], row["end_positions"]
                 assert row["offset_mapping"][start] == list(offsets[a])
                 assert row["offset_mapping"][end] == list(offsets[b])
-                # the end label of "ends_on_last_token_of_w0" is the last context position of window 0
+                # the end label of "ends_on_last_token_of_w0" is the last context position of
+                # window 0
                 if name == "ends_on_last_token_of_w0":
                     assert row["offset_mapping"][end + 1] is None
             else:
@@ -203,7 +221,8 @@ def test_no_answer_labels_cls_everywhere(load_tok, roberta_tok_dir, minilm_path)
         builder = FeatureBuilder(tok, FeatureConfig(32, 8))
         batch, stats = builder.build([example])
         assert batch.num_rows > 3
-        assert set(batch.column("start_positions").to_pylist()) == {builder.template.cls_index} == {0}
+        assert (set(batch.column("start_positions").to_pylist())
+                == {builder.template.cls_index} == {0})
         assert set(batch.column("end_positions").to_pylist()) == {0}
         assert not any(batch.column("has_answer").to_pylist())
         assert stats.answerable == stats.answers_covered == 0
@@ -232,7 +251,8 @@ def test_slow_tokenizer_refused(load_tok, bert_tok_dir, tmp_path):
 
     fast = load_tok(bert_tok_dir)
     vocab = sorted(fast.get_vocab().items(), key=lambda kv: kv[1])
-    (tmp_path / "vocab.txt").write_text("\n".join(token for token, _ in vocab) + "\n", encoding="utf-8")
+    (tmp_path / "vocab.txt").write_text("\n".join(token for token, _ in vocab) + "\n",
+                                        encoding="utf-8")
     slow = BertTokenizerLegacy(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=False)
     assert not slow.is_fast
     with pytest.raises(ValueError, match="not a fast tokenizer"):
@@ -259,7 +279,8 @@ def test_question_too_long_is_counted_skip(load_tok, bert_tok_dir):
          "answers": {"text": [], "answer_start": []}},
         {"id": "ok", "question": "Who?", "context": "Peter Higgs did.",
          "answers": {"text": ["Peter Higgs"], "answer_start": [0]}},
-        {"id": "blank", "question": "Who?", "context": "   ", "answers": {"text": [], "answer_start": []}},
+        {"id": "blank", "question": "Who?", "context": "   ",
+         "answers": {"text": [], "answer_start": []}},
     ]
     batch, stats = FeatureBuilder(tok, FeatureConfig(32, 8)).build(examples)
     assert set(batch.column("example_id").to_pylist()) == {"ok"}

@@ -1,4 +1,5 @@
-"""qa_core.inference: answer_questions and the qa-answer CLI on a tiny random-init BERT (no download)."""
+"""qa_core.inference: answer_questions and the qa-answer CLI on a tiny random-init BERT (no
+download)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,8 @@ from qa_core.inference import answer_questions, demo_passage, main
 def model_and_tokenizer(tiny_model):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    return AutoModelForQuestionAnswering.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    return (AutoModelForQuestionAnswering.from_pretrained(tiny_model),
+            AutoTokenizer.from_pretrained(tiny_model))
 
 
 def brute_force_best_span(model, tokenizer, question: str, context: str, max_answer_length: int):
@@ -52,7 +54,8 @@ def test_single_window_answer_is_the_best_scoring_span(model_and_tokenizer):
     context = ("The Higgs boson was discovered at CERN in 2012 by the ATLAS and CMS teams. "
                "Peter Higgs and François Englert shared the 2013 Nobel Prize in Physics.")
     questions = ["Where was the Higgs boson discovered?", "Who shared the prize?"]
-    answers = answer_questions(model, tokenizer, questions, context, DecodeConfig(max_answer_length=8))
+    answers = answer_questions(model, tokenizer, questions, context,
+                               DecodeConfig(max_answer_length=8))
     for question, answer in zip(questions, answers):
         score, start_char, end_char = brute_force_best_span(model, tokenizer, question, context, 8)
         assert (answer.start_char, answer.end_char) == (start_char, end_char)
@@ -63,7 +66,8 @@ def test_single_window_answer_is_the_best_scoring_span(model_and_tokenizer):
 def test_long_context_uses_several_windows(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     passage = demo_passage()
-    context = " ".join([passage["context"]] * 2) + " Superman first appeared in Action Comics #1 in 1938."
+    context = (" ".join([passage["context"]] * 2)
+               + " Superman first appeared in Action Comics #1 in 1938.")
     questions = passage["questions"][:2] + ["Where did Superman first appear?"]
     config = FeatureConfig(max_length=96, doc_stride=32)
     examples = [{"id": "0", "question": questions[0], "context": context,
@@ -72,15 +76,17 @@ def test_long_context_uses_several_windows(model_and_tokenizer):
     assert windows >= 5
     assert len(tokenizer(context)["input_ids"]) > 3 * config.max_length
 
-    answers = answer_questions(model, tokenizer, questions, context, DecodeConfig(max_answer_length=20), config,
-                               batch_size=3)
+    answers = answer_questions(model, tokenizer, questions, context,
+                               DecodeConfig(max_answer_length=20), config, batch_size=3)
     assert len(answers) == len(questions)
     for answer in answers:
         assert answer.answer == context[answer.start_char:answer.end_char] and answer.answer
     # All windows in one batch (more padding, other neighbours): the same answers.
-    one_by_one = answer_questions(model, tokenizer, questions, context, DecodeConfig(max_answer_length=20),
-                                  config, batch_size=windows * len(questions))
-    assert [(a.start_char, a.end_char) for a in answers] == [(a.start_char, a.end_char) for a in one_by_one]
+    one_by_one = answer_questions(model, tokenizer, questions, context,
+                                  DecodeConfig(max_answer_length=20), config,
+                                  batch_size=windows * len(questions))
+    assert ([(a.start_char, a.end_char) for a in answers]
+            == [(a.start_char, a.end_char) for a in one_by_one])
     assert [a.score for a in answers] == pytest.approx([a.score for a in one_by_one], abs=1e-4)
 
 
@@ -100,7 +106,8 @@ def test_cli_demo_prints_one_line_per_question_and_a_summary(tiny_model, capsys)
 
 def test_cli_question_and_context(tiny_model, tmp_path, capsys):
     context_file = tmp_path / "passage.txt"
-    context_file.write_text("Zürich café: the Higgs boson was found at CERN in 2012.", encoding="utf-8")
+    context_file.write_text("Zürich café: the Higgs boson was found at CERN in 2012.",
+                            encoding="utf-8")
     assert main(["--model", tiny_model, "--context_file", str(context_file), "--question", "Where?",
                  "--question", "When?"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

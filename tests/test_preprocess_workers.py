@@ -15,9 +15,9 @@ from pathlib import Path
 
 import datasets
 import pytest
+from conftest import raw_tydi_record, tydi_raw_records, write_jsonl
 
 import preprocess
-from conftest import raw_tydi_record, tydi_raw_records, write_jsonl
 from qa_core import pipeline
 from qa_core.features import FeatureBuilder
 from qa_core.pipeline import PreprocessConfig, PreprocessWorkerError, prepare

@@ -6,11 +6,20 @@ import json
 import random
 
 import pytest
-
 from conftest import (
-    DOC, P1, P2, P3, SQUAD_V1, byte_span, raw_to_hf, raw_tydi_record, tydi_raw_records, write_json,
+    DOC,
+    P1,
+    P2,
+    P3,
+    SQUAD_V1,
+    byte_span,
+    raw_to_hf,
+    raw_tydi_record,
+    tydi_raw_records,
+    write_json,
     write_jsonl,
 )
+
 from qa_core.readers import EXAMPLE_COLUMNS, DataSourceError, ReadStats, SourceSpec, open_source
 
 
@@ -26,11 +35,14 @@ def check_answers_match_bytes(examples: list[dict], records_by_question: dict[st
     for example in examples:
         record = records_by_question[example["question"]]
         data = record["document_plaintext"].encode("utf-8")
-        spans = [(a["minimal_answer"]["plaintext_start_byte"], a["minimal_answer"]["plaintext_end_byte"])
+        spans = [(a["minimal_answer"]["plaintext_start_byte"],
+                  a["minimal_answer"]["plaintext_end_byte"])
                  for a in record["annotations"] if a["minimal_answer"]["plaintext_start_byte"] >= 0]
         assert len(spans) == len(example["answers"]["text"])
-        for (bs, be), text, start in zip(spans, example["answers"]["text"], example["answers"]["answer_start"]):
-            assert example["context"][start:start + len(text)] == text == data[bs:be].decode("utf-8")
+        for (bs, be), text, start in zip(spans, example["answers"]["text"],
+                                         example["answers"]["answer_start"]):
+            assert (example["context"][start:start + len(text)] == text
+                    == data[bs:be].decode("utf-8"))
             checked += 1
     return checked
 
@@ -94,7 +106,8 @@ def test_squad_v1(qa_files, kind):
     examples, stats = read(qa_files[kind])
     assert [e["id"] for e in examples] == ["s1", "s2", "s3"]
     assert stats.examples == stats.answerable == 3
-    assert examples[0]["answers"]["text"] == ["CERN", "at CERN"]  # every crowd answer kept, in order
+    # every crowd answer kept, in order
+    assert examples[0]["answers"]["text"] == ["CERN", "at CERN"]
     for e in examples:
         for text, start in zip(e["answers"]["text"], e["answers"]["answer_start"]):
             assert e["context"][start:start + len(text)] == text
@@ -106,7 +119,8 @@ def test_squad_v2_is_impossible(qa_files):
     examples, stats = read(qa_files["squad_v2"])
     assert [e["id"] for e in examples] == ["v1", "v2"]
     assert examples[0]["answers"]["text"] == ["2012"]
-    assert examples[1]["answers"] == {"text": [], "answer_start": []}  # plausible_answers are not answers
+    # plausible_answers are not answers
+    assert examples[1]["answers"] == {"text": [], "answer_start": []}
     assert stats.answerable == 1 and stats.notes["no_answer"] == 1
 
 
@@ -114,7 +128,8 @@ def test_save_to_disk_tydi_with_split(tmp_path):
     import datasets
 
     rows = [raw_to_hf(r) for r in tydi_raw_records()]
-    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)}).save_to_disk(
+        str(tmp_path / "ds"))
     raw = {r["question_text"]: r for r in tydi_raw_records()}
     examples, stats = read(tmp_path / "ds", split="validation", language="all")
     assert len(examples) == 6 and stats.answerable == 3
@@ -133,7 +148,8 @@ def test_save_to_disk_flat_squad(tmp_path):
         {"id": "q1", "title": "t", "context": context, "question": "When?",
          "answers": {"text": ["2012"], "answer_start": [context.index("2012")]}},
         {"id": "q2", "title": "t", "context": context, "question": "Who?",
-         "answers": {"text": ["ATLAS", "ATLAS and CMS"], "answer_start": [context.index("ATLAS")] * 2}},
+         "answers": {"text": ["ATLAS", "ATLAS and CMS"],
+                     "answer_start": [context.index("ATLAS")] * 2}},
     ]
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "flat"))
     examples, stats = read(tmp_path / "flat")
@@ -157,8 +173,10 @@ def primeqa_row(example_id: str, question: str, spans: list[tuple[int, int]], do
                 language: str = "english") -> dict:
     """A PrimeQA "base" row: character offsets (end exclusive), -1 for "no span"."""
     spans = spans or [(-1, -1)]
-    return {"example_id": example_id, "question": question, "language": language, "context": [document],
-            "target": {"start_positions": [s for s, _ in spans], "end_positions": [e for _, e in spans],
+    return {"example_id": example_id, "question": question, "language": language,
+            "context": [document],
+            "target": {"start_positions": [s for s, _ in spans],
+                       "end_positions": [e for _, e in spans],
                        "passage_indices": passages or [-1] * len(spans),
                        "yes_no_answer": yes_no or ["NONE"] * len(spans)}}
 
@@ -175,13 +193,15 @@ def test_primeqa_base_jsonl(tmp_path):
     ])
     examples, stats = read(path)
     assert [e["id"] for e in examples] == ["u1", "u2", "u3", "u4"]
-    assert examples[0]["answers"] == {"text": ["2012", "in 2012"], "answer_start": [start, start - 3]}
+    assert examples[0]["answers"] == {"text": ["2012", "in 2012"],
+                                      "answer_start": [start, start - 3]}
     assert examples[1]["yes_no_answer"] == "YES" and not examples[1]["answers"]["text"]
     assert stats.formats == {"primeqa": 5}
     assert stats.answerable == 1
     # the language filter comes first: u6 (also a no-answer row) counts only as other_language
-    assert stats.notes == {"yes_no_only_labelled_no_answer": 1, "passage_only_labelled_no_answer": 1,
-                           "no_answer": 1, "other_language": 1}
+    assert stats.notes == {"yes_no_only_labelled_no_answer": 1,
+                           "passage_only_labelled_no_answer": 1, "no_answer": 1,
+                           "other_language": 1}
     assert stats.skipped == {"answer_char_offset_out_of_range": 1, "all_answer_spans_invalid": 1}
 
 
@@ -235,7 +255,8 @@ def test_missing_required_field_names_field_and_id(tmp_path, field):
 
 def test_missing_squad_question_names_id(tmp_path):
     doc = {"data": [{"title": "t", "paragraphs": [
-        {"context": "abc 2012", "qas": [{"id": "zz9", "answers": [{"text": "2012", "answer_start": 4}]}]}]}]}
+        {"context": "abc 2012",
+         "qas": [{"id": "zz9", "answers": [{"text": "2012", "answer_start": 4}]}]}]}]}
     with pytest.raises(DataSourceError) as info:
         read(write_json(tmp_path / "s.json", doc))
     assert "'question'" in str(info.value) and "zz9" in str(info.value)
@@ -276,7 +297,8 @@ def test_invalid_offsets_counted_and_all_invalid_skipped(tmp_path):
 
 def test_squad_answer_mismatch(tmp_path):
     doc = {"data": [{"title": "t", "paragraphs": [{"context": "é 2012 x", "qas": [
-        {"id": "a", "question": "When?", "answers": [{"text": "2012", "answer_start": 3}]},  # byte offset: wrong
+        # byte offset: wrong
+        {"id": "a", "question": "When?", "answers": [{"text": "2012", "answer_start": 3}]},
         {"id": "b", "question": "When?", "answers": [{"text": "2012", "answer_start": 2},
                                                      {"text": "2012", "answer_start": 0}]},
     ]}]}]}
@@ -287,7 +309,8 @@ def test_squad_answer_mismatch(tmp_path):
 
 def test_duplicate_ids(tmp_path):
     rec = raw_tydi_record(7, "When?", DOC, answers=["2012"])
-    examples, stats = read(write_jsonl(tmp_path / "d.jsonl", [rec, rec, raw_tydi_record(8, "Q?", DOC)]))
+    examples, stats = read(write_jsonl(tmp_path / "d.jsonl",
+                                       [rec, rec, raw_tydi_record(8, "Q?", DOC)]))
     assert [e["id"] for e in examples] == ["7", "8"]
     assert stats.skipped["duplicate_id"] == 1
 
@@ -316,7 +339,8 @@ def test_unknown_jsonl_record_and_folder(tmp_path):
         open_source(SourceSpec(str(tmp_path / "folder")))
 
 
-@pytest.mark.parametrize("name", ["./nope.jsonl", "/no/such/dir/x.json", "missing.jsonl.gz", "a/b/c"])
+@pytest.mark.parametrize("name", ["./nope.jsonl", "/no/such/dir/x.json", "missing.jsonl.gz",
+                                  "a/b/c"])
 def test_missing_path(name):
     with pytest.raises(DataSourceError, match="no such file or folder"):
         open_source(SourceSpec(name))

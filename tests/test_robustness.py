@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import DOC, P2, byte_span, raw_to_hf, raw_tydi_record
 
 import preprocess
-from conftest import DOC, P2, byte_span, raw_to_hf, raw_tydi_record
 
 CONTEXT = "é " + P2
 
@@ -55,7 +55,8 @@ BAD_FILES = {
                                ": data[0]: field 'paragraphs' must be an array, got object"),
     "data_1.json": (b'{"data": [1]}', ": data[0]: expected an object, got number 1"),
     "int_text.json": (json.dumps(squad([{"id": "i", "question": "Q?",
-                                         "answers": [{"text": 2012, "answer_start": 2}]}])).encode(),
+                                         "answers": [{"text": 2012, "answer_start": 2}]}]))
+                      .encode(),
                       ": data[0].paragraphs[0].qas[0] (example id i): field 'answers[0].text' "
                       "must be a string, got number 2012"),
     "end_null.jsonl": (jsonl([tydi_hf("a"), tydi_hf("b", minimal_answers_end_byte=[None])]),

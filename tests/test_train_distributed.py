@@ -21,8 +21,14 @@ import torch
 
 from qa_core.optim import lr_lambda
 from tiny_models import (
-    REPO, accelerate_launcher, last_json_line, load_weights, run_main_in_process, run_script,
-    train_args, train_records,
+    REPO,
+    accelerate_launcher,
+    last_json_line,
+    load_weights,
+    run_main_in_process,
+    run_script,
+    train_args,
+    train_records,
 )
 
 pytestmark = pytest.mark.slow
@@ -55,13 +61,15 @@ TRAIN_FLAGS = dict(max_train_examples=20, max_eval_examples=5, num_train_epochs=
 @pytest.fixture(scope="module")
 def two_process_training(tiny_model, cache_dir, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("dist") / "train_2x4"
-    return launch_two(train_args(tiny_model, cache_dir, out, per_device_train_batch_size=4, **TRAIN_FLAGS)), out
+    return launch_two(train_args(tiny_model, cache_dir, out, per_device_train_batch_size=4,
+                                 **TRAIN_FLAGS)), out
 
 
 @pytest.fixture(scope="module")
 def one_process_training(tiny_model, cache_dir, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("dist") / "train_1x8"
-    return run_one(train_args(tiny_model, cache_dir, out, per_device_train_batch_size=8, **TRAIN_FLAGS)), out
+    return run_one(train_args(tiny_model, cache_dir, out, per_device_train_batch_size=8,
+                              **TRAIN_FLAGS)), out
 
 
 def test_launch_runs_two_ranks(two_process_training):
@@ -76,19 +84,24 @@ def test_launch_runs_two_ranks(two_process_training):
     assert [r["step"] for r in train_records(out)] == list(range(1, 13))
 
 
-def test_lr_per_optimizer_step_is_independent_of_the_process_count(one_process_training, two_process_training):
+def test_lr_per_optimizer_step_is_independent_of_the_process_count(one_process_training,
+                                                                   two_process_training):
     (one, one_dir), (two, two_dir) = one_process_training, two_process_training
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert one["global_step"] == two["global_step"] == 2 * math.ceil(43 / 8)
     one_records, two_records = train_records(one_dir), train_records(two_dir)
-    assert [r["step"] for r in one_records] == [r["step"] for r in two_records] == list(range(1, 13))
+    assert ([r["step"] for r in one_records] == [r["step"] for r in two_records]
+            == list(range(1, 13)))
     assert [r["lr"] for r in one_records] == [r["lr"] for r in two_records]
-    # The logged LR is the scheduler's after the step: warm-up over 3 steps, then linear to 0 at step 12.
+    # The logged LR is the scheduler's after the step: warm-up over 3 steps, then linear to 0 at
+    # step 12.
     schedule = lr_lambda("linear", 3, 12)
     # each record holds the rate its step was taken with: warm-up from the first step on
-    assert [r["lr"] for r in one_records] == pytest.approx([1e-3 * schedule(step) for step in range(0, 12)])
+    assert [r["lr"] for r in one_records] == pytest.approx([1e-3 * schedule(step)
+                                                            for step in range(0, 12)])
     assert one_records[-1]["lr"] > 0.0
-    assert [r["epoch"] for r in one_records] == [r["epoch"] for r in two_records] == [0] * 6 + [1] * 6
+    assert ([r["epoch"] for r in one_records] == [r["epoch"] for r in two_records]
+            == [0] * 6 + [1] * 6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +131,8 @@ def test_two_process_evaluation_matches_one_process(tiny_model, cache_dir, tmp_p
     assert two["metrics"] == one["metrics"]
     metrics_one = json.loads((tmp_path / "eval_1" / "metrics.json").read_text())
     metrics_two = json.loads((tmp_path / "eval_2" / "metrics.json").read_text())
-    for key in ("exact_match", "f1", "start_f1", "end_f1", "start_accuracy", "end_accuracy", "features"):
+    for key in ("exact_match", "f1", "start_f1", "end_f1", "start_accuracy", "end_accuracy",
+                "features"):
         assert metrics_two[key] == metrics_one[key], key
 
 
@@ -127,18 +141,21 @@ def test_two_process_evaluation_matches_one_process(tiny_model, cache_dir, tmp_p
 # ---------------------------------------------------------------------------------------------
 
 def test_two_process_resume_mid_epoch_reproduces_the_run(tiny_model, cache_dir, tmp_path):
-    # 43 windows -> 22 batches of 2 -> 11 per process -> 6 optimizer steps per epoch (accumulation 2).
-    flags = dict(max_train_examples=20, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                 num_train_epochs=2, checkpointing_steps=4, keep_last=0, warmup_steps=2, seed=11,
-                 learning_rate=1e-3, max_eval_examples=5, eval_strategy="end")
+    # 43 windows -> 22 batches of 2 -> 11 per process -> 6 optimizer steps per epoch (accumulation
+    # 2).
+    flags = dict(max_train_examples=20, per_device_train_batch_size=2,
+                 gradient_accumulation_steps=2, num_train_epochs=2, checkpointing_steps=4,
+                 keep_last=0, warmup_steps=2, seed=11, learning_rate=1e-3, max_eval_examples=5,
+                 eval_strategy="end")
     full = launch_two(train_args(tiny_model, cache_dir, tmp_path / "A", **flags))
-    checkpoint = tmp_path / "A" / "checkpoints" / "step_4"  # mid epoch 0: the rest of it, then epoch 1
+    # mid epoch 0: the rest of it, then epoch 1
+    checkpoint = tmp_path / "A" / "checkpoints" / "step_4"
     state = json.loads((checkpoint / "run_state.json").read_text())
     assert (state["epoch"], state["batches_in_epoch"], state["world_size"]) == (0, 8, 2)
     assert (checkpoint / "rng_state_1.json").is_file(), "each rank saves its RNG state"
 
-    resumed = launch_two(train_args(tiny_model, cache_dir, tmp_path / "B", resume_from_checkpoint=str(checkpoint),
-                                    **flags))
+    resumed = launch_two(train_args(tiny_model, cache_dir, tmp_path / "B",
+                                    resume_from_checkpoint=str(checkpoint), **flags))
     assert full["global_step"] == resumed["global_step"] == 12
     a, b = load_weights(tmp_path / "A"), load_weights(tmp_path / "B")
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)

