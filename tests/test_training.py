@@ -590,3 +590,17 @@ def test_resolve_mixed_precision_auto(monkeypatch):
     assert hardware.resolve_mixed_precision("auto") == "no"
     assert (hardware.resolve_mixed_precision("fp16") == "fp16"
             and hardware.resolve_mixed_precision(None) is None)
+
+
+def test_resume_is_exact_with_the_fused_optimizer(tiny_model, cache_dir, tmp_path):
+    """The speed settings' optimizer (fused AdamW) resumes bit for bit too."""
+    flags = {**RESUME_FLAGS, "optim": "adamw_torch_fused", "num_train_epochs": 1}
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert run_main_in_process(train_args(tiny_model, cache_dir, full, **flags))[0] == 0
+    code, _, stdout = run_main_in_process(train_args(
+        tiny_model, cache_dir, resumed,
+        resume_from_checkpoint=str(full / "checkpoints" / "step_4"), **flags))
+    assert code == 0 and "at step 4" in stdout
+    assert_same_weights(load_weights(resumed), load_weights(full))
+    assert [(r["loss"], r["lr"]) for r in train_records(resumed)] == [
+        (r["loss"], r["lr"]) for r in train_records(full) if r["step"] > 4]

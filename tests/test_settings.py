@@ -1,0 +1,75 @@
+"""Settings: dataclasses are the command line; bad values stop before any work, naming the flag."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from qa_core.errors import QAError
+from qa_core.settings import PRESETS, SPEED_SETTINGS, parse_train_settings
+from tiny_models import REPO, offline_env
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eval_strategy", "stepz"], "argument --eval_strategy"),
+    (["--optim", "adamw_tf"], "argument --optim"),
+    (["--mixed_precision", "fp8"], "argument --mixed_precision"),
+])
+def test_bad_choices_exit_2_with_the_allowed_values(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_train_settings(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "invalid choice" in err and "choose from" in err
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("per_device_train_batch_size", "0"), ("max_train_examples", "0"), ("learning_rate", "nan"),
+    ("learning_rate", "inf"), ("num_proc", "-1"), ("negative_window_fraction", "1.5"),
+    ("doc_stride", "400"), ("max_train_minutes", "0"), ("attention_dropout", "-0.1"),
+])
+def test_values_that_cannot_work_are_refused_naming_the_flag(flag, value):
+    with pytest.raises(QAError, match=f"--{flag}"):
+        parse_train_settings([f"--{flag}", value])
+
+
+def test_folder_flags_that_are_files_are_refused(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for flag in ("output_dir", "cache_dir"):
+        with pytest.raises(QAError, match=f"--{flag} {a_file}: is a file"):
+            parse_train_settings([f"--{flag}", str(a_file)])
+
+
+def test_preset_replaces_defaults_but_not_what_was_typed():
+    settings = parse_train_settings(["--preset", "cpu_fast", "--learning_rate", "3e-5"])
+    assert settings.optim.learning_rate == 3e-5               # typed: kept
+    assert settings.optim.optim == SPEED_SETTINGS["optim"]    # preset
+    assert settings.optim.group_by_length is True and settings.features.max_length == 256
+    assert parse_train_settings([]).optim.optim == "adamw_torch"  # defaults untouched
+    assert set(PRESETS) == {"demo", "cpu_fast"}
+
+
+def test_script_refuses_a_bad_choice_within_seconds_before_any_work(tmp_path):
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train_accelerate.py"), "--eval_strategy", "stepz",
+         "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")],
+        cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and time.perf_counter() - started < 30
+    assert "--eval_strategy" in result.stderr and "'epoch', 'steps', 'end'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_help_shows_each_flag_with_its_help():
+    result = subprocess.run([sys.executable, str(REPO / "train_accelerate.py"), "--help"],
+                            cwd=REPO, env=offline_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for needle in ("--max_train_minutes", "wall-clock budget", "--optim",
+                   "transformers' names", "cpu_fast", "--cache_sharing"):
+        assert needle in text
