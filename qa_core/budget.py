@@ -1,8 +1,9 @@
 """``--max_train_minutes``: a wall-clock budget for the whole run, turned into a step plan.
 
 The clock starts when the script starts (rank 0's clock, broadcast), so preprocessing and model
-loading count. Training first takes ``CALIBRATION_STEPS`` optimizer steps on the schedule's
-warm-up, timing the last of them; then rank 0 plans the total number of optimizer steps that
+loading count. Training first runs the schedule's warm-up (at least ``CALIBRATION_STEPS``, at most
+``MAX_CALIBRATION_STEPS`` optimizer steps: see :func:`calibration_steps`), timing all but its first
+steps; then rank 0 plans the total number of optimizer steps that
 fits what is left, keeping back time for the evaluations and checkpoints the plan implies and a
 safety margin, and broadcasts it. The plan is fixed from then on: it is stored in the run state,
 so a resumed run continues the same schedule. Should the machine slow down, an all-reduced
@@ -16,11 +17,23 @@ from dataclasses import dataclass
 
 import torch
 
-CALIBRATION_STEPS = 12     # optimizer steps before the plan is made
+CALIBRATION_STEPS = 12     # the fewest optimizer steps before the plan is made
+MAX_CALIBRATION_STEPS = 100
 TIMED_FROM_STEP = 4        # the first steps include compilation and allocator warm-up
 FORWARD_SHARE = 0.4        # evaluation cost per window, as a share of a training step's
 CHECKPOINT_SECONDS = 3.0   # writing one checkpoint (22M-parameter model + AdamW state)
 SAFETY_SHARE = 0.04        # of the whole budget, kept back for what the estimate misses
+
+
+def calibration_steps(warmup_steps: int) -> int:
+    """Optimizer steps timed before the plan is made.
+
+    The warm-up's learning rates do not depend on the total number of steps, so waiting for its
+    end changes no rate, and timing more steps steadies the estimate: with length grouping,
+    batch widths (and so step times) vary by about a third from one batch to the next, and 8
+    timed steps over-estimated a 25-minute run's step time by a quarter (5 of its minutes went
+    unused; bench/README.md, "CPU recipe")."""
+    return max(CALIBRATION_STEPS, min(warmup_steps, MAX_CALIBRATION_STEPS))
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from qa_core import checkpoints
 from qa_core.batching import model_inputs
-from qa_core.budget import CALIBRATION_STEPS, TimeBudget
+from qa_core.budget import TimeBudget, calibration_steps
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import Evaluator
 from qa_core.optim import NonFiniteGuard, lr_lambda
@@ -272,7 +272,7 @@ class EvalTracker:
 
 
 def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
-                     settings: RunArgs) -> bool:
+                     settings: RunArgs, log: RunLog) -> bool:
     """With ``--max_train_minutes``: time the calibration steps, then fix the plan once; stop
     early (on every process alike) if the remaining time no longer covers the final evaluation
     and save."""
@@ -280,7 +280,8 @@ def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
     if budget is None:
         return False
     budget.observe_step(state.global_step)
-    if state.planned_total_steps is None and state.global_step >= CALIBRATION_STEPS:
+    if (state.planned_total_steps is None
+            and state.global_step >= calibration_steps(optim.warmup_steps)):
         accelerator = run.accelerator
         plan = budget.plan(
             state.global_step, len(tracker.evaluator.references.feature_example_index),
@@ -290,6 +291,9 @@ def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
         total = min(plan.total_steps, optim.max_train_steps or plan.total_steps)
         run.set_total_steps(total, optim.warmup_steps, optim.lr_scheduler)
         run.final_reserve_seconds = plan.reserved_seconds / max(1, plan.evaluations)
+        log.write({"event": "time_budget_plan", "step": state.global_step, "total_steps": total,
+                   "seconds_per_step": plan.seconds_per_step,
+                   "reserved_seconds": plan.reserved_seconds})
         accelerator.print(f"time budget: {total} optimizer steps planned "
                           f"({plan.seconds_per_step:.2f} s/step, {plan.reserved_seconds:.0f} s "
                           f"kept for {plan.evaluations} evaluation(s) and checkpoints)")
@@ -363,7 +367,7 @@ def train_epoch(run: TrainingRun, epoch: int, stepper: OptimizerStepper,
             continue
         after_optimizer_step(run, outcome, stepper, window, guard, log, tracker, settings, clock)
         progress.update(1)
-        if budget_says_stop(run, tracker, optim, settings):
+        if budget_says_stop(run, tracker, optim, settings, log):
             log.write({"event": "time_budget_stop", "step": state.global_step})
             return False
         progress.total = run.plan.total_steps

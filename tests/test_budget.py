@@ -7,7 +7,8 @@ import time
 import pytest
 
 import qa_core.budget
-from qa_core.budget import CALIBRATION_STEPS, TimeBudget
+from qa_core.budget import CALIBRATION_STEPS, MAX_CALIBRATION_STEPS, TimeBudget, calibration_steps
+from qa_core.optim import lr_lambda
 from tiny_models import read_log, run_main_in_process, train_args
 
 BUDGET_FLAGS = dict(num_train_epochs=1000, max_train_examples=None, eval_strategy="end",
@@ -41,12 +42,27 @@ def test_plan_keeps_back_evaluations_checkpoints_and_margin(monkeypatch):
     assert budget.time_is_up(reserve_seconds=10) is False
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_plan_waits_for_the_end_of_a_warmup_whose_rates_do_not_depend_on_the_total(schedule):
+    assert calibration_steps(0) == calibration_steps(5) == CALIBRATION_STEPS
+    assert calibration_steps(50) == 50
+    assert calibration_steps(10**4) == MAX_CALIBRATION_STEPS
+    for warmup in (0, 5, 50, 10**4):
+        unplanned, planned = lr_lambda(schedule, warmup, 10**9), lr_lambda(schedule, warmup, 300)
+        # every rate used up to the plan, and the first step after it, are the same either way
+        steps = range(calibration_steps(warmup) + 1)
+        if warmup >= CALIBRATION_STEPS:
+            assert [unplanned(s) for s in steps] == [planned(s) for s in steps]
+    late = lr_lambda(schedule, 50, 10**9), lr_lambda(schedule, 50, 300)
+    assert schedule == "constant" or late[0](200) != late[1](200)  # after the warm-up they differ
+
+
 def test_budgeted_run_ends_in_time_and_stores_its_plan(tiny_model, cache_dir, tmp_path):
     out = tmp_path / "budget"
     started = time.time()
     code, summary, output = run_main_in_process(train_args(
-        tiny_model, cache_dir, out, max_train_minutes=0.3, checkpointing_steps=50, **{
-            k: v for k, v in BUDGET_FLAGS.items() if k != "checkpointing_steps"}))
+        tiny_model, cache_dir, out, max_train_minutes=0.3, checkpointing_steps=50,
+        warmup_steps=20, **{k: v for k, v in BUDGET_FLAGS.items() if k != "checkpointing_steps"}))
     assert code == 0
     assert time.time() - started < 0.3 * 60
     assert "time budget:" in output
@@ -55,7 +71,9 @@ def test_budgeted_run_ends_in_time_and_stores_its_plan(tiny_model, cache_dir, tm
     plans.discard(None)  # checkpoints written before the plan was made (none at 50 steps)
     assert len(plans) == 1
     planned = plans.pop()
-    assert CALIBRATION_STEPS < summary["global_step"] <= planned
+    assert 20 < summary["global_step"] <= planned
+    made = [r for r in read_log(out) if r["event"] == "time_budget_plan"]
+    assert [(r["step"], r["total_steps"]) for r in made] == [(20, planned)]  # after the warm-up
     stopped_early = [r for r in read_log(out) if r["event"] == "time_budget_stop"]
     assert stopped_early or summary["global_step"] == planned
 
