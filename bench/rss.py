@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:
 
 from bench.common import (  # noqa: E402
     append_record,
+    command_label,
     model_label,
     packaged_model,
     print_summary,
@@ -108,7 +109,7 @@ def measure(data: str, model: str, work_dir: Path, name: str) -> dict:
     if code:
         raise RuntimeError(f"{' '.join(command)} exited {code}; see {log_path}")
     summary = last_json_line(log_path)
-    return {"command": " ".join(command), "peak_rss_mb": round(peak_mb, 1),
+    return {"command": command_label(command), "peak_rss_mb": round(peak_mb, 1),
             "seconds": round(seconds, 1), "f1": summary["f1"],
             "global_step": summary["global_step"]}
 

@@ -46,6 +46,13 @@ class BudgetPlan:
     evaluations: int
 
 
+def process_started_at() -> float:
+    """When this process started (seconds since the epoch), so that a budget covers start-up."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
 class TimeBudget:
     """The deadline of a run that must end inside ``minutes`` of its start."""
 
@@ -95,8 +102,10 @@ class TimeBudget:
         return plan[0]
 
     def time_is_up(self, reserve_seconds: float) -> bool:
-        """True on every process once any process has less than ``reserve_seconds`` left."""
-        late = torch.tensor(float(self.seconds_left() <= reserve_seconds),
+        """True on every process once any process has less than ``reserve_seconds`` (plus half
+        the safety margin: the final evaluation's estimate can be short) left."""
+        margin = SAFETY_SHARE * self.budget_seconds / 2
+        late = torch.tensor(float(self.seconds_left() <= reserve_seconds + margin),
                             device=self.accelerator.device)
         return bool(self.accelerator.reduce(late, "max").item())
 

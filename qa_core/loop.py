@@ -288,7 +288,9 @@ def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
             optim.per_device_train_batch_size * accelerator.num_processes,
             run.plan.steps_per_epoch, settings.eval_steps if settings.eval_strategy == "steps"
             else None, settings.eval_strategy == "epoch", settings.checkpointing_steps)
-        total = min(plan.total_steps, optim.max_train_steps or plan.total_steps)
+        # the budget shortens a run, never lengthens it past --num_train_epochs / --max_train_steps
+        total = min(plan.total_steps, optim.max_train_steps
+                    or math.ceil(optim.num_train_epochs * run.plan.steps_per_epoch))
         run.set_total_steps(total, optim.warmup_steps, optim.lr_scheduler)
         run.final_reserve_seconds = plan.reserved_seconds / max(1, plan.evaluations)
         log.write({"event": "time_budget_plan", "step": state.global_step, "total_steps": total,
@@ -370,7 +372,8 @@ def train_epoch(run: TrainingRun, epoch: int, stepper: OptimizerStepper,
         if budget_says_stop(run, tracker, optim, settings, log):
             log.write({"event": "time_budget_stop", "step": state.global_step})
             return False
-        progress.total = run.plan.total_steps
+        if run.budget is None or state.planned_total_steps is not None:
+            progress.total = run.plan.total_steps  # a budget's plan is known only once made
         if state.global_step >= run.plan.total_steps:
             break
     if state.batches_in_epoch < len(run.loader):

@@ -34,6 +34,15 @@ def freeze_encoder(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def freeze_word_embeddings(model: torch.nn.Module) -> int:
+    """Keep the input word embeddings fixed (position / type embeddings and the encoder still
+    train): words that fine-tuning never sees stay where the pre-training put them, next to the
+    words it does see. Returns the number of parameters frozen."""
+    embeddings = model.get_input_embeddings().weight
+    embeddings.requires_grad = False
+    return embeddings.numel()
+
+
 class ModelFolderError(QAError):
     """A ``--model`` that is not a loadable QA model; the message names the folder or file."""
 

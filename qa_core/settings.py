@@ -137,6 +137,7 @@ class OptimArgs:
               "kernel, ~2x faster)")
     seed: int = _arg(42, "seed of weights' init, dropout and the epoch order")
     freeze_encoder: bool = _arg(False, "train only the QA head")
+    freeze_word_embeddings: bool = _arg(False, "keep the input word embeddings fixed")
     group_by_length: bool = _arg(False, "sort windows by length inside groups of batches "
                                         "(less padding)")
     pad_to: str = _arg("longest", "longest: dynamic padding; max_length: the tutorial's",
@@ -148,7 +149,8 @@ class OptimArgs:
     max_train_minutes: Optional[float] = _arg(
         None, "wall-clock budget for the whole run (preprocessing, training, evaluation, "
               "saving): the number of optimizer steps is planned to fit it after a few timed "
-              "steps (num_train_epochs is then ignored; max_train_steps still caps it)")
+              "steps, at most num_train_epochs (or max_train_steps): a budget shortens a run, "
+              "never lengthens it")
 
 
 @dataclass

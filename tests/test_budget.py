@@ -40,6 +40,9 @@ def test_plan_keeps_back_evaluations_checkpoints_and_margin(monkeypatch):
     assert plan.total_steps == 12 + int((left - eval_seconds - checkpoints) // 0.5)
     assert budget.time_is_up(reserve_seconds=600 - 4 + 1) is True   # 596 s left
     assert budget.time_is_up(reserve_seconds=10) is False
+    margin = qa_core.budget.SAFETY_SHARE * 600 / 2  # the final evaluation's estimate can be short
+    assert budget.time_is_up(reserve_seconds=596 - margin + 1) is True
+    assert budget.time_is_up(reserve_seconds=596 - margin - 1) is False
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
@@ -88,3 +91,27 @@ def test_time_up_stops_training_and_still_evaluates(tiny_model, cache_dir, tmp_p
     assert [r["step"] for r in log if r["event"] == "time_budget_stop"] == [1]
     assert [r["reason"] for r in log if r["event"] == "eval"] == ["final"]
     assert (out / "model.safetensors").is_file()
+
+
+def test_budget_shortens_a_run_but_never_lengthens_it_past_its_epochs(tiny_model, cache_dir,
+                                                                      tmp_path):
+    out = tmp_path / "capped"
+    flags = dict(BUDGET_FLAGS, num_train_epochs=8)
+    code, summary, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, max_train_minutes=5, **flags))
+    assert code == 0
+    made = [r for r in read_log(out) if r["event"] == "time_budget_plan"]
+    epoch_steps = [r["step"] for r in read_log(out) if r["event"] == "train" and r["epoch"] == 0]
+    assert len(made) == 1 and made[0]["total_steps"] == summary["global_step"]
+    assert summary["global_step"] == 8 * max(epoch_steps)  # 8 epochs, far inside 5 minutes
+
+
+def test_freeze_word_embeddings_keeps_only_the_input_embeddings_fixed(tiny_model):
+    from qa_core.modeling import freeze_word_embeddings, load_qa_model
+
+    model = load_qa_model(tiny_model, None)
+    frozen = freeze_word_embeddings(model)
+    assert frozen == model.get_input_embeddings().weight.numel() > 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not model.get_input_embeddings().weight.requires_grad
+    assert any(n.startswith("qa_outputs") for n in trainable) and len(trainable) > 2
