@@ -39,18 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(settings: TrainSettings, started_at: float) -> int:
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     from qa_core.checkpoints import RunState, save_model_checked
     from qa_core.distributed import resolve_cache_sharing
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
     from qa_core.loop import EvalTracker, fit, start_log
-    from qa_core.modeling import (
-        check_model_folder,
-        freeze_encoder,
-        freeze_word_embeddings,
-        load_qa_model,
-    )
+    from qa_core.modeling import check_model_folder, freeze_parameters, load_qa_model
     from qa_core.optim import build_optimizer
     from qa_core.outputs import demo_answers, run_summary, write_run_files
     from qa_core.pipeline import load_tokenizer
@@ -80,10 +74,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
 
     # --- model and optimizer ----------------------------------------------------------------------
     model = load_qa_model(data.model, optim.attention_dropout)
-    if optim.freeze_encoder:
-        freeze_encoder(model)
-    if optim.freeze_word_embeddings:
-        freeze_word_embeddings(model)
+    freeze_parameters(model, optim.freeze_encoder, optim.freeze_word_embeddings)
     tracker = EvalTracker(evaluator, output_dir, save_best=do_train)
 
     # --- training ---------------------------------------------------------------------------------
@@ -93,11 +84,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
                              tokenizer.pad_token_id, output_dir, started_at)
         if run_args.report_to != "none":
             accelerator.init_trackers("qa-accelerate", config=settings.as_flat_dict())
-        unplanned = run.budget is not None and run.state.planned_total_steps is None
-        progress = tqdm(total=None if unplanned else run.plan.total_steps,  # set once planned
-                        initial=run.state.global_step, desc="train",
-                        disable=not accelerator.is_local_main_process)
-        train_seconds = fit(run, tracker, log, optim, run_args, progress)
+        train_seconds = fit(run, tracker, log, optim, run_args)
         model, state = run.model, run.state
     else:  # FSDP2 prepares a model only together with an optimizer
         optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)

@@ -640,6 +640,76 @@ def decode(
 # --------------------------------------------------------------------------- #
 
 
+def _reference_candidates(
+    feature_start_logits: np.ndarray,
+    feature_end_logits: np.ndarray,
+    offset_mapping: list[list[int]],
+    feature_index: int,
+    n_best_size: int,
+    max_answer_length: int,
+) -> list[dict]:
+    """One feature's valid (start, end) pairs among its n-best starts x n-best ends, the classic
+    double loop of :func:`reference_decode`; offsets are character offsets into the context."""
+    candidates = []
+    start_indexes = np.argsort(-feature_start_logits, kind="stable")[:n_best_size].tolist()
+    end_indexes = np.argsort(-feature_end_logits, kind="stable")[:n_best_size].tolist()
+    start_values = feature_start_logits.tolist()
+    end_values = feature_end_logits.tolist()
+    for start_index in start_indexes:
+        for end_index in end_indexes:
+            # Logits may be padded longer than the stored offsets.
+            if start_index >= len(offset_mapping) or end_index >= len(offset_mapping):
+                continue
+            start_offset = offset_mapping[start_index]
+            end_offset = offset_mapping[end_index]
+            if (
+                start_offset[0] < 0
+                or start_offset[1] < 0
+                or end_offset[0] < 0
+                or end_offset[1] < 0
+            ):
+                continue
+            if end_index < start_index or end_index - start_index + 1 > max_answer_length:
+                continue
+            start_value = start_values[start_index]
+            end_value = end_values[end_index]
+            if not (math.isfinite(start_value) and math.isfinite(end_value)):
+                continue
+            candidates.append(
+                {
+                    "score": start_value + end_value,
+                    "offsets": (start_offset[0], end_offset[1]),
+                    "feature_index": feature_index,
+                    "start_index": start_index,
+                    "end_index": end_index,
+                }
+            )
+    return candidates
+
+
+def _reference_best_span(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    offsets: np.ndarray,
+    feature_indices: list[int],
+    n_best_size: int,
+    max_answer_length: int,
+) -> tuple[float, dict | None]:
+    """One example: (its null score, the minimum CLS score over its features; its best
+    candidate, or None). Ties: lower feature, then lower start token, then lower end token."""
+    null_scores, candidates = [], []
+    for feature_index in feature_indices:
+        null_scores.append(float(start_logits[feature_index][0])
+                           + float(end_logits[feature_index][0]))
+        candidates.extend(_reference_candidates(
+            start_logits[feature_index], end_logits[feature_index],
+            offsets[feature_index].tolist(),  # [[start_char, end_char], ...]
+            feature_index, n_best_size, max_answer_length))
+    candidates.sort(key=lambda c: (-c["score"], c["feature_index"], c["start_index"],
+                                   c["end_index"]))
+    return min(null_scores), (candidates[0] if candidates else None)
+
+
 def reference_decode(
     start_logits: np.ndarray,
     end_logits: np.ndarray,
@@ -693,60 +763,12 @@ def reference_decode(
     has_features = np.zeros(num_examples, dtype=bool)
 
     for example, feature_indices in enumerate(features_per_example):
-        min_null_score = None
-        candidates = []
-        for feature_index in feature_indices:
-            feature_start_logits = start_logits[feature_index]
-            feature_end_logits = end_logits[feature_index]
-            offset_mapping = offsets[feature_index].tolist()  # [[start_char, end_char], ...]
-
-            feature_null_score = float(feature_start_logits[0]) + float(feature_end_logits[0])
-            if min_null_score is None or feature_null_score < min_null_score:
-                min_null_score = feature_null_score
-
-            start_indexes = np.argsort(-feature_start_logits, kind="stable")[:n_best_size].tolist()
-            end_indexes = np.argsort(-feature_end_logits, kind="stable")[:n_best_size].tolist()
-            start_values = feature_start_logits.tolist()
-            end_values = feature_end_logits.tolist()
-            for start_index in start_indexes:
-                for end_index in end_indexes:
-                    # Logits may be padded longer than the stored offsets.
-                    if start_index >= len(offset_mapping) or end_index >= len(offset_mapping):
-                        continue
-                    start_offset = offset_mapping[start_index]
-                    end_offset = offset_mapping[end_index]
-                    if (
-                        start_offset[0] < 0
-                        or start_offset[1] < 0
-                        or end_offset[0] < 0
-                        or end_offset[1] < 0
-                    ):
-                        continue
-                    if end_index < start_index or end_index - start_index + 1 > max_answer_length:
-                        continue
-                    start_value = start_values[start_index]
-                    end_value = end_values[end_index]
-                    if not (math.isfinite(start_value) and math.isfinite(end_value)):
-                        continue
-                    candidates.append(
-                        {
-                            "score": start_value + end_value,
-                            "offsets": (start_offset[0], end_offset[1]),
-                            "feature_index": feature_index,
-                            "start_index": start_index,
-                            "end_index": end_index,
-                        }
-                    )
-
-        if min_null_score is None:
+        if not feature_indices:
             continue  # an example without features
         has_features[example] = True
-        null_score[example] = min_null_score
-        if candidates:
-            candidates.sort(
-                key=lambda c: (-c["score"], c["feature_index"], c["start_index"], c["end_index"])
-            )
-            best = candidates[0]
+        null_score[example], best = _reference_best_span(
+            start_logits, end_logits, offsets, feature_indices, n_best_size, max_answer_length)
+        if best is not None:
             best_score[example] = best["score"]
             best_start_char[example], best_end_char[example] = best["offsets"]
 

@@ -327,9 +327,20 @@ def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: Optimi
             tracker.run(run, run.model, "steps", log)
 
 
+def progress_bar(run: TrainingRun):
+    """The step bar on the local main process; its total stays unknown (no placeholder) until a
+    time budget has planned the run."""
+    from tqdm.auto import tqdm
+
+    unplanned = run.budget is not None and run.state.planned_total_steps is None
+    return tqdm(total=None if unplanned else run.plan.total_steps, initial=run.state.global_step,
+                desc="train", disable=not run.accelerator.is_local_main_process)
+
+
 def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
-        settings: RunArgs, progress) -> float:
+        settings: RunArgs) -> float:
     """Train to ``run.plan.total_steps``; returns the training seconds (eval/checkpoints out)."""
+    progress = progress_bar(run)
     stepper = OptimizerStepper(run.accelerator, run.model, run.optimizer, optim.max_grad_norm)
     guard = NonFiniteGuard(optim.max_consecutive_nonfinite)
     clock, window = Stopwatch(), ThroughputWindow()

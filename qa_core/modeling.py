@@ -43,6 +43,14 @@ def freeze_word_embeddings(model: torch.nn.Module) -> int:
     return embeddings.numel()
 
 
+def freeze_parameters(model: torch.nn.Module, encoder: bool, word_embeddings: bool) -> None:
+    """Apply ``--freeze_encoder`` / ``--freeze_word_embeddings`` (either, both or neither)."""
+    if encoder:
+        freeze_encoder(model)
+    if word_embeddings:
+        freeze_word_embeddings(model)
+
+
 class ModelFolderError(QAError):
     """A ``--model`` that is not a loadable QA model; the message names the folder or file."""
 
