@@ -2,7 +2,8 @@
 """Tokenize a QA source into cached Arrow shards (features + examples); print a JSON summary.
 
     python preprocess.py --data PATH_OR_HUB_NAME [--split NAME] --model NAME_OR_PATH --cache_dir DIR
-        [--max_length N] [--doc_stride N] [--num_proc N] [--language NAME|all] [--overwrite_cache]
+        [--max_length N] [--doc_stride N] [--label_answer first|consensus] [--num_proc N]
+        [--language NAME|all] [--overwrite_cache]
 
 The last line printed is the JSON summary (``cache_dir`` opens with ``datasets.load_from_disk``).
 Flags are the dataclasses ``SourceArgs``, ``CacheArgs`` and ``FeatureArgs`` of
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
             data=source.data, split=source.split, hub_config=source.hub_config,
             model=source.model, cache_dir=cache.cache_dir, language=cache.language,
             num_proc=cache.num_proc, max_length=features.max_length,
-            doc_stride=features.doc_stride, batch_size=source.batch_size,
+            doc_stride=features.doc_stride, label_answer=features.label_answer,
+            batch_size=source.batch_size,
             rows_per_shard=source.rows_per_shard, overwrite_cache=source.overwrite_cache))
     except QAError as err:
         return exit_with_error("preprocess.py", err)

@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 # Settings that change what an evaluation computes; everything else is about training.
 EVAL_SETTINGS = ("eval_data", "max_eval_examples", "max_length", "doc_stride", "cache_dir",
                  "per_device_eval_batch_size", "mixed_precision", "language", "n_best_size",
-                 "max_answer_length", "null_score_diff_threshold", "allow_no_answer")
+                 "max_answer_length", "null_score_diff_threshold", "allow_no_answer",
+                 "label_answer")
 
 
 def checkpoint_curve(output_dir: Path, events: list[dict], train_config: dict) -> list[dict]:

@@ -8,7 +8,8 @@
 * plots (matplotlib, Agg) into bench/plots/:
   - ``<bench>_throughput.png``: samples/s vs batch size, one line per precision (x hardware),
     for records that have a batch size and a samples/s field;
-  - ``<bench>_curve.png``: F1 vs step and vs wall time for records with a ``curve`` field;
+  - ``<bench>_curve.png``: F1 vs step and vs wall time for records whose ``curve`` field has
+    two points or more, labelled by the record's ``name``;
 * writes the whole report to ``--out`` and, if ``--readme`` contains the markers
   ``<!-- report:start -->`` / ``<!-- report:end -->``, replaces the text between them.
 
@@ -288,10 +289,9 @@ def plot_curves(name: str, records: list[dict], plots_dir: Path) -> Optional[Pat
     curves = []
     for i, r in enumerate(records):
         pts = _curve_points(r.get("curve"))
-        if pts:
-            label = " ".join(
-                str(x) for x in (r.get("run") or r.get("model"), _first(r, PRECISION_KEYS)) if x
-            )
+        if len(pts) > 1:  # a single end point (a sweep run) is a table row, not a curve
+            name_or_model = r.get("name") or r.get("run") or r.get("model")
+            label = " ".join(str(x)[:70] for x in (name_or_model, _first(r, PRECISION_KEYS)) if x)
             label = f"{label or f'run {i}'} - {hardware_label(r)}"
             curves.append((label, pts))
     if not curves:

@@ -109,10 +109,14 @@ class PreprocessConfig:
     hub_config: str | None = None
     max_length: int = 384
     doc_stride: int = 128
+    label_answer: str = "first"
     num_proc: int = 1
     batch_size: int = 64            # examples per worker task
     rows_per_shard: int = 20_000    # features per Arrow shard
     overwrite_cache: bool = False
+
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig(self.max_length, self.doc_stride, self.label_answer)
 
     def validate(self) -> None:
         """:func:`check_preprocess_settings` on this config's values."""
@@ -161,7 +165,7 @@ def cache_key(source: ExampleSource, tokenizer_key: str, config: PreprocessConfi
         "language": config.language.lower(),
         "hub_config": config.hub_config,
         "tokenizer": tokenizer_key,
-        "features": FeatureConfig(config.max_length, config.doc_stride).as_dict(),
+        "features": config.feature_config().as_dict(),
     })
 
 
@@ -612,7 +616,7 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
     cache_root = Path(config.cache_dir)
     check_writable_folder(cache_root)
     source = open_source(SourceSpec(config.data, config.split, config.language, config.hub_config))
-    feature_config = FeatureConfig(config.max_length, config.doc_stride)
+    feature_config = config.feature_config()
     tokenizer_fp, tokenizer = tokenizer_key(config.model, tokenizer)
     key = cache_key(source, tokenizer_fp, config)
     leftovers = len(remove_leftovers(cache_root))

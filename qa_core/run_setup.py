@@ -61,7 +61,8 @@ def load_cached_split(accelerator, settings: TrainSettings, sharing: CacheSharin
     config = PreprocessConfig(
         data=data, split=split, model=settings.data.model, cache_dir=settings.cache.cache_dir,
         language=settings.cache.language, max_length=settings.features.max_length,
-        doc_stride=settings.features.doc_stride, num_proc=settings.cache.num_proc)
+        doc_stride=settings.features.doc_stride, label_answer=settings.features.label_answer,
+        num_proc=settings.cache.num_proc)
     with cache_build_context(accelerator, sharing):
         result = prepare(config, tokenizer)
     builds = count_processes(accelerator, not result.summary["cache_hit"])

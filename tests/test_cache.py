@@ -142,6 +142,7 @@ def test_key_changes_with_every_output_setting(config, data_file, roberta_tok_di
     changed = [
         replace(config, max_length=64),
         replace(config, doc_stride=8),
+        replace(config, label_answer="consensus"),
         replace(config, model=roberta_tok_dir),
         replace(config, language="english"),
         replace(config, data=str(write_jsonl(tmp_path / "edited.jsonl.gz", edited))),

@@ -10,6 +10,7 @@ from qa_core.features import (
     FeatureBuilder,
     FeatureConfig,
     check_tokenizer,
+    label_answer_index,
     offsets_to_numpy,
     window_starts,
 )
@@ -226,6 +227,38 @@ def test_no_answer_labels_cls_everywhere(load_tok, roberta_tok_dir, minilm_path)
         assert set(batch.column("end_positions").to_pylist()) == {0}
         assert not any(batch.column("has_answer").to_pylist())
         assert stats.answerable == stats.answers_covered == 0
+
+
+def test_label_answer_index_picks_the_span_the_annotators_agree_on():
+    three = ["Jerry Siegel and Joe Shuster", "Siegel and Shuster", "Siegel and Shuster."]
+    assert label_answer_index(three, "first") == 0
+    assert label_answer_index(three, "consensus") == 1  # agrees fully with the third
+    # no two equal: the one overlapping most with the others
+    assert label_answer_index(["in 1938", "June 1938 issue", "1938"], "consensus") == 2
+    assert label_answer_index(["x y z", "y", "y z", "y z w"], "consensus") == 2
+    # one or two answers, or all alike: the first
+    assert label_answer_index(["a b", "c"], "consensus") == 0
+    assert label_answer_index(["same", "same", "same"], "consensus") == 0
+    with pytest.raises(ValueError, match="label_answer"):
+        FeatureConfig(64, 16, "majority")
+
+
+def test_consensus_labels_the_windows_with_the_majority_span(load_tok, minilm_path):
+    tok = load_tok(minilm_path)
+    context = "The comic book Action Comics #1 was written by Jerry Siegel and Joe Shuster in 1938."
+    texts = ["Jerry Siegel and Joe Shuster"] + ["Siegel and Joe Shuster"] * 2
+    starts = [context.index(text) for text in texts]
+    example = {"id": "c", "question": "Who created it?", "context": context,
+               "answers": {"text": texts, "answer_start": starts}}
+
+    def labelled_span(rule: str) -> str:
+        batch, _ = FeatureBuilder(tok, FeatureConfig(64, 16, rule)).build([example])
+        row = batch.to_pylist()[0]
+        offsets = row["offset_mapping"]
+        return context[offsets[row["start_positions"]][0]:offsets[row["end_positions"]][1]]
+
+    assert labelled_span("first") == "Jerry Siegel and Joe Shuster"
+    assert labelled_span("consensus") == "Siegel and Joe Shuster"
 
 
 def test_offsets_to_numpy_round_trip(load_tok, bert_tok_dir):
