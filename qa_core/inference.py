@@ -45,6 +45,26 @@ def demo_passage() -> dict:
                       .read_text(encoding="utf-8"))
 
 
+def demo_verdicts(answers: list[str], passage: dict) -> list[str]:
+    """For each demo answer, "right" or why it is wrong, by the passage's ``key_words``: the
+    answer's SQuAD-normalised words must hold all of its question's key words and none of
+    another question's (an answer that runs on into the next fact is not right)."""
+    from qa_core.metrics import normalize_answer
+
+    key_words = passage["key_words"]
+    verdicts = []
+    for i, answer in enumerate(answers):
+        words = set(normalize_answer(answer).split())
+        missing = [w for w in key_words[i] if w not in words]
+        extra = [w for j, keys in enumerate(key_words) if j != i for w in keys
+                 if w in words and w not in key_words[i]]
+        verdicts.append("wrong: " + "; ".join(
+            ([f"lacks {' '.join(missing)}"] if missing else [])
+            + ([f"runs into another answer ({' '.join(extra)})"] if extra else []))
+            if missing or extra else "right")
+    return verdicts
+
+
 def answer_questions(model, tokenizer, questions: list[str], context: str,
                      decode_config: DecodeConfig = DecodeConfig(),
                      feature_config: FeatureConfig = FeatureConfig(),

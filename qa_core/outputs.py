@@ -36,15 +36,20 @@ def write_run_files(output_dir: Path, summary: dict, predictions: dict, config: 
         json.dumps({k: p.text for k, p in predictions.items()}, ensure_ascii=False, indent=1))
 
 
-def demo_answers(model, tokenizer, decode_config, metrics: dict) -> dict[str, str]:
-    """Answer the packaged comic-book questions; print them under the headline metrics."""
-    from qa_core.inference import answer_questions, demo_passage
+def demo_answers(model, tokenizer, decode_config, summary: dict) -> None:
+    """Answer the packaged comic-book questions, print them (each judged by its key words)
+    under the held-out metrics, and add ``demo_answers`` (question -> answer) and
+    ``demo_answers_right`` (how many of them are right) to ``summary``."""
+    from qa_core.inference import answer_questions, demo_passage, demo_verdicts
 
     passage = demo_passage()
     answers = answer_questions(model, tokenizer, passage["questions"], passage["context"],
                                decode_config)
-    print(f"\nEM {metrics['exact_match']:.2f}  F1 {metrics['f1']:.2f}  "
-          f"start F1 {metrics['start_f1']:.3f}  end F1 {metrics['end_f1']:.3f}\n")
-    for answer in answers:
-        print(f"Q: {answer.question}\nA: {answer.answer}\n")
-    return {a.question: a.answer for a in answers}
+    verdicts = demo_verdicts([a.answer for a in answers], passage)
+    print(f"\nheld-out New-Wiki questions: EM {summary['exact_match']:.2f}  "
+          f"F1 {summary['f1']:.2f}  start F1 {summary['start_f1']:.3f}  "
+          f"end F1 {summary['end_f1']:.3f}\n")
+    for answer, verdict in zip(answers, verdicts):
+        print(f"Q: {answer.question}\nA: {answer.answer}   [{verdict}]\n")
+    summary["demo_answers"] = {a.question: a.answer for a in answers}
+    summary["demo_answers_right"] = verdicts.count("right")

@@ -297,8 +297,9 @@ def cpu_fast_preset() -> dict[str, Any]:
     """Best held-out F1 per CPU minute found so far (bench/README.md, "CPU recipe")."""
     return dict(
         SPEED_SETTINGS, mixed_precision="auto", max_length=256, doc_stride=96,
-        label_answer="consensus", per_device_train_batch_size=16, per_device_eval_batch_size=64, learning_rate=1.5e-4,
-        warmup_steps=50, lr_scheduler="linear", eval_strategy="end", logging_steps=20,
+        label_answer="consensus", per_device_train_batch_size=16, per_device_eval_batch_size=64,
+        learning_rate=1.5e-4, warmup_steps=50, lr_scheduler="linear", eval_strategy="end",
+        logging_steps=20,
     )
 
 

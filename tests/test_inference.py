@@ -9,7 +9,8 @@ import torch
 
 from qa_core.decode import DecodeConfig
 from qa_core.features import FeatureBuilder, FeatureConfig
-from qa_core.inference import answer_questions, demo_passage, main
+from qa_core.inference import answer_questions, demo_passage, demo_verdicts, main
+from qa_core.metrics import normalize_answer
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,41 @@ def test_long_context_uses_several_windows(model_and_tokenizer):
     assert ([(a.start_char, a.end_char) for a in answers]
             == [(a.start_char, a.end_char) for a in one_by_one])
     assert [a.score for a in answers] == pytest.approx([a.score for a in one_by_one], abs=1e-4)
+
+
+def test_demo_verdicts_by_key_words():
+    passage = demo_passage()
+    assert len(passage["key_words"]) == len(passage["questions"]) == 4
+    right = ["in 1938", "Action Comics #1", "writer Jerry Siegel and artist Joe Shuster",
+             "crime, horror, western and romance"]
+    assert demo_verdicts(right, passage) == ["right"] * 4
+    # the tutorial-era failures: a list of heroes, one creator, an answer running on
+    wrong = ["1938 with the debut of Superman in Action Comics #1",
+             "Batman, Captain Marvel, Captain America", "Joe Shuster", "crime, horror"]
+    verdicts = demo_verdicts(wrong, passage)
+    assert verdicts[0] == "wrong: runs into another answer (action comics 1)"
+    assert verdicts[1] == "wrong: lacks action comics 1"
+    assert verdicts[2] == "wrong: lacks siegel"
+    assert verdicts[3] == "wrong: lacks western romance"
+    # every key word occurs in the passage, so a right answer exists
+    context_words = set(normalize_answer(passage["context"]).split())
+    assert all(w in context_words for keys in passage["key_words"] for w in keys)
+
+
+def test_demo_answers_adds_answers_and_the_count_right(model_and_tokenizer, capsys):
+    from qa_core.outputs import demo_answers
+
+    model, tokenizer = model_and_tokenizer
+    summary = {"exact_match": 50.0, "f1": 60.0, "start_f1": 0.5, "end_f1": 0.5}
+    demo_answers(model, tokenizer, DecodeConfig(), summary)
+    passage = demo_passage()
+    answers = summary["demo_answers"]
+    assert list(answers) == passage["questions"]
+    assert summary["demo_answers_right"] == demo_verdicts(list(answers.values()),
+                                                          passage).count("right")
+    out = capsys.readouterr().out
+    assert "held-out New-Wiki questions: EM 50.00  F1 60.00" in out
+    assert out.count("Q: ") == 4 and out.count("   [") == 4
 
 
 def test_cli_demo_prints_one_line_per_question_and_a_summary(tiny_model, capsys):
