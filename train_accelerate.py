@@ -89,7 +89,8 @@ def train(settings: TrainSettings, started_at: float) -> int:
     else:  # FSDP2 prepares a model only together with an optimizer
         optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
         model, _, evaluator.loader = accelerator.prepare(model, optimizer, evaluator.loader)
-    if tracker.step != state.global_step or tracker.metrics is None:  # final eval, unless just run
+    if tracker.step != state.global_step or tracker.metrics is None or state.averaged_steps:
+        # the final evaluation, unless just run on these weights
         tracker.run(run if do_train else None, model, "final", log)
 
     # --- outputs ----------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.json"
 SCALER_FILE = "scaler.json"
+AVERAGE_FILE = "averaged_model.safetensors"  # --average_last: the running mean (qa_core.averaging)
 RNG_FILE_PATTERN = "rng_state_{rank}.json"
 MANIFEST_FORMAT = "qa-accelerate-checkpoint"
 MANIFEST_VERSION = 1
@@ -115,15 +116,17 @@ class RunState:
     best_f1: float | None = None
     best_step: int | None = None
     planned_total_steps: int | None = None   # --max_train_minutes: the plan made after calibration
+    averaged_steps: int = 0         # --average_last: steps in the running mean of the weights
     # The settings that must match for an exact resume.
     world_size: int = 1
     seed: int = 0
     per_device_train_batch_size: int = 0
     gradient_accumulation_steps: int = 1
     train_data_key: str = ""
+    average_last: float = 0.0
 
     MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size",
-                  "gradient_accumulation_steps", "train_data_key")
+                  "gradient_accumulation_steps", "train_data_key", "average_last")
 
     def save(self, folder: Path) -> None:
         (Path(folder) / RUN_STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -455,8 +458,9 @@ def _write_json(path: Path, data) -> None:
 
 
 def save_checkpoint(accelerator, model, optimizer, scheduler, state: RunState,
-                    folder: Path) -> None:
+                    folder: Path, average=None) -> None:
     """Write a checkpoint to ``folder`` (replacing one there); collective: every rank calls it.
+    ``average``: the run's :class:`~qa_core.averaging.WeightAverage`, saved once it holds steps.
 
     The manifest is written last, after every rank wrote its files: until then the folder is
     an unfinished checkpoint that ``auto`` skips."""
@@ -479,6 +483,9 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, state: RunState,
         _write_json(folder / SCHEDULER_FILE, scheduler.state_dict())
         if accelerator.scaler is not None:
             _write_json(folder / SCALER_FILE, accelerator.scaler.state_dict())
+        if average is not None and average.count:
+            save_file(_safetensors_ready(average.state_dict()), str(folder / AVERAGE_FILE),
+                      metadata={"format": "pt"})
         state.save(folder)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -531,9 +538,10 @@ def _read_keyed_json(path: Path, live: dict, what: str) -> dict:
 
 
 def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
-                    expected: RunState | None = None) -> RunState:
+                    expected: RunState | None = None, average=None) -> RunState:
     """Verify ``folder`` (:func:`verify_checkpoint`), read and check every file, then restore the
-    model, optimizer, scheduler, GradScaler, this rank's RNG states and ``accelerator.step``.
+    model, optimizer, scheduler, GradScaler, this rank's RNG states, ``accelerator.step`` and
+    the weight average (``average``, a :class:`~qa_core.averaging.WeightAverage`).
 
     ``expected``: this run's settings; a checkpoint whose ``RunState.MUST_MATCH`` fields differ is
     refused. Any refusal is a :class:`CheckpointError` raised before anything is restored."""
@@ -563,6 +571,7 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
                     if scaler is not None else None)
     model_state = read_model_state(folder / MODEL_FILE)
     optimizer_state = read_optimizer_state(folder / OPTIMIZER_FILE, optimizer)
+    average_state = _read_average(folder, saved, average)
     try:
         set_state_dict(model, optimizers=_inner_optimizer(optimizer),
                        model_state_dict=model_state, optim_state_dict=optimizer_state,
@@ -573,9 +582,33 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
     scheduler.load_state_dict(scheduler_state)
     if scaler is not None:
         scaler.load_state_dict(scaler_state)
+    if average_state is not None:
+        average.load_state_dict(average_state)
     restore_rng_state(rng)
     accelerator.step = rng["accelerator_step"]
     return saved
+
+
+def _read_average(folder: Path, saved: RunState, average) -> dict[str, torch.Tensor] | None:
+    """The weight average's state, checked against ``saved.averaged_steps`` and the live
+    average's fields; None when the checkpoint was written before the averaged tail began."""
+    path = folder / AVERAGE_FILE
+    if average is None or not saved.averaged_steps:
+        if path.is_file():  # same average_last (MUST_MATCH), so the run state must count steps
+            raise CheckpointError(f"{path}: present, but {RUN_STATE_FILE} counts no averaged "
+                                  "steps")
+        return None
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing: {RUN_STATE_FILE} counts "
+                              f"{saved.averaged_steps} averaged steps")
+    state = read_model_state(path)
+    live = average.state_dict()
+    if set(state) != set(live) or any(state[k].shape != live[k].shape for k in live):
+        raise CheckpointError(f"{path}: does not fit this run's model")
+    if int(state["n_averaged"]) != saved.averaged_steps:
+        raise CheckpointError(f"{path}: holds {int(state['n_averaged'])} steps, "
+                              f"{RUN_STATE_FILE} counts {saved.averaged_steps}")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------

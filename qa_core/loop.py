@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import torch
 
 from qa_core import checkpoints
+from qa_core.averaging import WeightAverage
 from qa_core.batching import model_inputs
 from qa_core.budget import TimeBudget, calibration_steps
 from qa_core.checkpoints import RunState
@@ -201,6 +202,7 @@ class TrainingRun:
     output_dir: Path
     budget: TimeBudget | None = None
     final_reserve_seconds: float = 0.0   # kept back for the final evaluation and save
+    average: WeightAverage | None = None  # --average_last
 
     def set_total_steps(self, total_steps: int, warmup_steps: int, schedule: str) -> None:
         """Fix the number of optimizer steps (a budget's plan) and the LR schedule with it."""
@@ -223,7 +225,7 @@ class TrainingRun:
     def save_checkpoint(self, keep_last: int | None) -> None:
         folder = self.output_dir / "checkpoints" / f"step_{self.state.global_step}"
         checkpoints.save_checkpoint(self.accelerator, self.model, self.optimizer, self.scheduler,
-                                    self.state, folder)
+                                    self.state, folder, self.average)
         if self.accelerator.is_main_process:
             checkpoints.prune_checkpoints(self.output_dir, keep_last)
         self.accelerator.wait_for_everyone()
@@ -236,8 +238,28 @@ class TrainingRun:
         if folder is None:
             return None
         self.state = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
-                                                 self.scheduler, folder, expected=self.state)
+                                                 self.scheduler, folder, expected=self.state,
+                                                 average=self.average)
         return folder
+
+    def update_average(self) -> None:
+        """Add this step's weights to the average when it is in the averaged tail of the plan
+        (a budgeted run's plan is known only once made)."""
+        if self.average is None or (self.budget is not None
+                                    and self.state.planned_total_steps is None):
+            return
+        self.average.update(self.accelerator.unwrap_model(self.model), self.state.global_step,
+                            self.plan.total_steps)
+        self.state.averaged_steps = self.average.count
+
+    def use_average(self, log: "RunLog") -> None:
+        """End of training: the model's weights become the average (logged)."""
+        if self.average is None:
+            return
+        self.average.copy_into(self.accelerator.unwrap_model(self.model))
+        log.write({"event": "weights_averaged", "step": self.state.global_step,
+                   "averaged_steps": self.average.count,
+                   "first_step": self.average.first_step(self.plan.total_steps)})
 
 
 @dataclass
@@ -315,6 +337,7 @@ def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: Optimi
         log.write({"event": "nonfinite_step", "step": state.global_step, "epoch": state.epoch,
                    "nonfinite_losses": outcome.nonfinite_losses,
                    "nonfinite_grad_norm": outcome.nonfinite_grad_norm})
+    run.update_average()
     step = state.global_step
     if step % settings.logging_steps == 0 or step == run.plan.total_steps:
         log.write({"event": "train", "step": step, "epoch": state.epoch,
@@ -358,6 +381,7 @@ def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
                     tracker.run(run, run.model, "epoch", log)
     finally:
         progress.close()
+    run.use_average(log)
     return clock.training_seconds()
 
 

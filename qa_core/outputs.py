@@ -17,7 +17,8 @@ def run_summary(metrics: dict, state, train_seconds: float, accelerator, output_
         **{k: metrics[k] for k in SUMMARY_METRICS},
         "metrics": metrics, "global_step": state.global_step, "samples_seen": state.samples_seen,
         "nonfinite_steps": state.nonfinite_steps, "best_f1": state.best_f1,
-        "best_step": state.best_step, "train_seconds": round(train_seconds, 2),
+        "best_step": state.best_step, "averaged_steps": state.averaged_steps,
+        "train_seconds": round(train_seconds, 2),
         "train_samples_per_s": (round(state.samples_seen / train_seconds, 2) if train_seconds
                                 else None),
         "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,

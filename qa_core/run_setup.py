@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+from qa_core.averaging import WeightAverage
 from qa_core.batching import (
     FeatureRows,
     FeatureSelection,
@@ -23,6 +24,7 @@ from qa_core.batching import (
 from qa_core.budget import TimeBudget
 from qa_core.checkpoints import RunState
 from qa_core.distributed import CacheSharing, cache_build_context, count_processes
+from qa_core.errors import SettingsError
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
 from qa_core.optim import build_optimizer, build_scheduler
@@ -97,6 +99,19 @@ def negative_fraction(settings: TrainSettings, split: CachedSplit) -> float:
     return default_negative_fraction(split.summary.get("formats", {}))
 
 
+def weight_average(accelerator, model, average_last: float) -> WeightAverage | None:
+    """``--average_last``'s running mean of the (unwrapped, prepared) model's weights, or None.
+    FSDP shards the weights across processes, which this average does not follow: refused."""
+    from accelerate.utils import DistributedType
+
+    if not average_last:
+        return None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise SettingsError("--average_last: not supported with FSDP (each process holds only "
+                            "a shard of the weights); use DDP or leave it out")
+    return WeightAverage(accelerator.unwrap_model(model), average_last)
+
+
 def start_training(accelerator, settings: TrainSettings, model, split: CachedSplit,
                    evaluator: Evaluator, pad_token_id: int, output_dir: Path,
                    started_at: float) -> TrainingRun:
@@ -121,9 +136,10 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     state = RunState(world_size=accelerator.num_processes, seed=optim.seed,
                      per_device_train_batch_size=optim.per_device_train_batch_size,
                      gradient_accumulation_steps=optim.gradient_accumulation_steps,
-                     train_data_key=split.summary["key"])
+                     train_data_key=split.summary["key"], average_last=optim.average_last)
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
-                      output_dir, budget)
+                      output_dir, budget, average=weight_average(accelerator, model,
+                                                                 optim.average_last))
     resumed = run.resume(settings.run.resume_from_checkpoint)
     if run.state.planned_total_steps is not None:  # a budgeted run's plan continues unchanged
         run.set_total_steps(run.state.planned_total_steps, optim.warmup_steps, optim.lr_scheduler)
