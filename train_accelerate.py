@@ -100,7 +100,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
     summary = run_summary(tracker.metrics, state, train_seconds, accelerator, output_dir,
                           distribution=distribution, cache={**sharing.as_dict(), "builds": builds})
     if accelerator.is_main_process:
-        if run_args.demo:  # before the run files, so summary.json holds the answers too
+        if run_args.demo:  # before the run files, so metrics.json holds the answers too
             demo_answers(accelerator.unwrap_model(model), tokenizer, evaluator.decode_config,
                          summary)
         write_run_files(output_dir, summary, tracker.predictions, settings.as_flat_dict(),

@@ -212,6 +212,12 @@ class TrainingRun:
         self.scheduler.lr_lambdas = [multiplier] * len(self.scheduler.lr_lambdas)
         self.state.planned_total_steps = total_steps
 
+    @property
+    def total_steps_known(self) -> bool:
+        """False only while a time budget has not yet planned the run (its total is then a
+        placeholder)."""
+        return self.budget is None or self.state.planned_total_steps is not None
+
     def epoch_batches(self, epoch: int):
         """The epoch's batches, past those a resumed run already consumed."""
         # The prepared loader re-applies its own epoch counter to the sampler each time it is
@@ -245,8 +251,7 @@ class TrainingRun:
     def update_average(self) -> None:
         """Add this step's weights to the average when it is in the averaged tail of the plan
         (a budgeted run's plan is known only once made)."""
-        if self.average is None or (self.budget is not None
-                                    and self.state.planned_total_steps is None):
+        if self.average is None or not self.total_steps_known:
             return
         self.average.update(self.accelerator.unwrap_model(self.model), self.state.global_step,
                             self.plan.total_steps)
@@ -302,7 +307,7 @@ def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
     if budget is None:
         return False
     budget.observe_step(state.global_step)
-    if (state.planned_total_steps is None
+    if (not run.total_steps_known
             and state.global_step >= calibration_steps(optim.warmup_steps)):
         accelerator = run.accelerator
         plan = budget.plan(
@@ -355,9 +360,9 @@ def progress_bar(run: TrainingRun):
     time budget has planned the run."""
     from tqdm.auto import tqdm
 
-    unplanned = run.budget is not None and run.state.planned_total_steps is None
-    return tqdm(total=None if unplanned else run.plan.total_steps, initial=run.state.global_step,
-                desc="train", disable=not run.accelerator.is_local_main_process)
+    return tqdm(total=run.plan.total_steps if run.total_steps_known else None,
+                initial=run.state.global_step, desc="train",
+                disable=not run.accelerator.is_local_main_process)
 
 
 def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
@@ -407,7 +412,7 @@ def train_epoch(run: TrainingRun, epoch: int, stepper: OptimizerStepper,
         if budget_says_stop(run, tracker, optim, settings, log):
             log.write({"event": "time_budget_stop", "step": state.global_step})
             return False
-        if run.budget is None or state.planned_total_steps is not None:
+        if run.total_steps_known:
             progress.total = run.plan.total_steps  # a budget's plan is known only once made
         if state.global_step >= run.plan.total_steps:
             break
