@@ -263,6 +263,32 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(order.tolist())
 
 
+def epoch_step_costs(dataset: FeatureRows, sampler: EpochSampler, batch_size: int,
+                     num_processes: int, accumulation: int, epoch: int) -> np.ndarray:
+    """Padded tokens of each optimizer step of ``epoch``, in training order: what a time
+    budget's plan predicts step times from (:class:`qa_core.budget.StepCosts`).
+
+    Batches are the loader's: ``batch_size`` consecutive features of :func:`epoch_order` per
+    process, one such batch per process per round. A round costs its widest process's
+    rows x width (the processes wait for each other in the gradient all-reduce); an optimizer
+    step sums its ``accumulation`` rounds. Attention's share that grows with width squared is
+    left out: at 256-384 tokens it is a tenth of a MiniLM step, and the plan only needs the
+    ratio of later steps' costs to the timed ones'.
+    """
+    order = epoch_order(sampler.has_answer, sampler.negative_fraction, sampler.seed, epoch,
+                        sampler.lengths, sampler.group_size)
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    per_batch = np.array([len(b) * dataset.batch_width(b) for b in batches], dtype=np.float64)
+    rounds = -(-len(per_batch) // num_processes)
+    per_round = np.zeros(rounds * num_processes)
+    per_round[:len(per_batch)] = per_batch
+    per_round = per_round.reshape(rounds, num_processes).max(axis=1)
+    steps = -(-rounds // accumulation)
+    per_step = np.zeros(steps * accumulation)
+    per_step[:rounds] = per_round
+    return per_step.reshape(steps, accumulation).sum(axis=1)
+
+
 def training_loader(dataset: FeatureRows, batch_size: int, num_processes: int,
                     negative_fraction: float, seed: int,
                     group_by_length: bool) -> tuple[EpochSampler, torch.utils.data.DataLoader]:

@@ -5,7 +5,9 @@ loading count. Training first runs the schedule's warm-up (at least ``CALIBRATIO
 ``MAX_CALIBRATION_STEPS`` optimizer steps: see :func:`calibration_steps`), timing all but its first
 steps; then rank 0 plans the total number of optimizer steps that
 fits what is left, keeping back time for the evaluations and checkpoints the plan implies and a
-safety margin, and broadcasts it. The plan is fixed from then on: it is stored in the run state,
+safety margin, and broadcasts it. Step times are predicted from the steps' padded tokens
+(:class:`StepCosts`): with length grouping the timed steps are not a fair sample of the run's.
+The plan is fixed from then on: it is stored in the run state,
 so a resumed run continues the same schedule. Should the machine slow down, an all-reduced
 "time is up" check ends training early (the run still evaluates and saves).
 """
@@ -14,12 +16,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 
 CALIBRATION_STEPS = 12     # the fewest optimizer steps before the plan is made
 MAX_CALIBRATION_STEPS = 100
-TIMED_FROM_STEP = 4        # the first steps include compilation and allocator warm-up
+TIMED_FROM_STEP = 4        # a process's first steps include compilation and allocator warm-up
+MIN_TIMED_STEPS = 8        # a run resumed inside the warm-up times this many before planning
 FORWARD_SHARE = 0.4        # evaluation cost per window, as a share of a training step's
 CHECKPOINT_SECONDS = 3.0   # writing one checkpoint (22M-parameter model + AdamW state)
 SAFETY_SHARE = 0.04        # of the whole budget, kept back for what the estimate misses
@@ -36,12 +41,57 @@ def calibration_steps(warmup_steps: int) -> int:
     return max(CALIBRATION_STEPS, min(warmup_steps, MAX_CALIBRATION_STEPS))
 
 
+class StepCosts:
+    """The relative cost of each optimizer step of a run (global step ``s`` is the ``s``-th),
+    from a function giving one epoch's per-step costs (padded tokens:
+    :func:`qa_core.batching.epoch_step_costs`); epochs are computed when first needed.
+    Without that function every step costs the same."""
+
+    def __init__(self, steps_per_epoch: int,
+                 epoch_costs: Callable[[int], np.ndarray] | None = None) -> None:
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self._epoch_costs = epoch_costs
+        self._epochs: dict[int, np.ndarray] = {}
+
+    def of_epoch(self, epoch: int) -> np.ndarray:
+        if epoch not in self._epochs:
+            costs = (np.ones(self.steps_per_epoch) if self._epoch_costs is None
+                     else np.asarray(self._epoch_costs(epoch), dtype=np.float64))
+            if len(costs) != self.steps_per_epoch:  # the loader's count rules: trim, or pad
+                mean = costs.mean() if len(costs) else 1.0  # with the mean
+                costs = np.concatenate([costs, np.full(self.steps_per_epoch, mean)])
+                costs = costs[:self.steps_per_epoch]
+            self._epochs[epoch] = np.maximum(costs, 1.0)  # a step is never free
+        return self._epochs[epoch]
+
+    def after(self, done: int, until: int | None = None,
+              stop_at_sum: float = math.inf) -> np.ndarray:
+        """Costs of steps ``done + 1 .. until`` in order, ending early once they add up to
+        more than ``stop_at_sum``."""
+        if until is None and math.isinf(stop_at_sum):
+            raise ValueError("StepCosts.after needs an end: until or stop_at_sum")
+        parts, total, step = [], 0.0, done
+        while (until is None or step < until) and total <= stop_at_sum:
+            epoch, inside = divmod(step, self.steps_per_epoch)
+            part = self.of_epoch(epoch)[inside:]
+            if until is not None:
+                part = part[:until - step]
+            parts.append(part)
+            total += float(part.sum())
+            step += len(part)
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def mean(self) -> float:
+        """Mean cost of a step of the first epoch (the unit evaluations are priced in)."""
+        return float(self.of_epoch(0).mean())
+
+
 @dataclass
 class BudgetPlan:
     """What the plan was made from, and the plan (all in seconds / optimizer steps)."""
 
     total_steps: int
-    seconds_per_step: float
+    seconds_per_step: float    # predicted mean of the planned steps still to run
     reserved_seconds: float
     evaluations: int
 
@@ -56,7 +106,8 @@ def process_started_at() -> float:
 class TimeBudget:
     """The deadline of a run that must end inside ``minutes`` of its start."""
 
-    def __init__(self, accelerator, minutes: float, started_at: float) -> None:
+    def __init__(self, accelerator, minutes: float, started_at: float,
+                 costs: StepCosts | None = None) -> None:
         from accelerate.utils import broadcast_object_list
 
         start = [started_at]
@@ -65,6 +116,8 @@ class TimeBudget:
         self.accelerator = accelerator
         self.deadline = start[0] + minutes * 60.0
         self.budget_seconds = minutes * 60.0
+        self.costs = costs or StepCosts(1)
+        self._observed = 0
         self._timer_step: int | None = None
         self._timer_started = 0.0
 
@@ -72,30 +125,46 @@ class TimeBudget:
         return self.deadline - time.time()
 
     def observe_step(self, step: int) -> None:
-        """Called after each optimizer step: starts the calibration timer."""
-        if step == TIMED_FROM_STEP:
+        """Called after each optimizer step: starts the calibration timer after this process's
+        ``TIMED_FROM_STEP``-th step (step 4 of a new run, 4 steps after a resume)."""
+        self._observed += 1
+        if self._observed == TIMED_FROM_STEP:
             self._timer_step, self._timer_started = step, time.time()
 
-    def seconds_per_step(self, step: int) -> float:
+    def ready_to_plan(self, step: int, warmup_steps: int) -> bool:
+        """The warm-up is over and enough steps have been timed."""
+        return (step >= calibration_steps(warmup_steps) and self._timer_step is not None
+                and step - self._timer_step >= MIN_TIMED_STEPS)
+
+    def seconds_per_cost(self, step: int) -> float:
         if self._timer_step is None or step <= self._timer_step:
             raise RuntimeError("calibration has not timed any step yet")
-        return (time.time() - self._timer_started) / (step - self._timer_step)
+        timed = float(self.costs.after(self._timer_step, step).sum())
+        return (time.time() - self._timer_started) / max(timed, 1e-12)
 
-    def plan(self, step: int, eval_windows: int, batch_windows: int, steps_per_epoch: int,
-             eval_every: int | None, epoch_evals: bool,
-             checkpoint_every: int | None = None) -> BudgetPlan:
-        """Total optimizer steps that fit the time left (rank 0 decides, all get the same)."""
+    def plan(self, step: int, eval_windows: int, batch_windows: int, eval_every: int | None,
+             epoch_evals: bool, checkpoint_every: int | None = None,
+             max_total: int | None = None) -> BudgetPlan:
+        """Total optimizer steps (at most ``max_total``) that fit the time left, each step's
+        time predicted from its cost; rank 0 decides, all get the same."""
         from accelerate.utils import broadcast_object_list
 
-        per_step = self.seconds_per_step(step)
-        eval_seconds = eval_windows / max(1, batch_windows) * per_step * FORWARD_SHARE
+        rate = self.seconds_per_cost(step)
+        eval_seconds = (eval_windows / max(1, batch_windows) * self.costs.mean() * rate
+                        * FORWARD_SHARE)
         left = self.seconds_left() - SAFETY_SHARE * self.budget_seconds
-        total, evaluations = step, 1
+        # seconds from now to the end of each later step
+        ends = np.cumsum(self.costs.after(step, max_total, stop_at_sum=max(0.0, left) / rate)
+                         * rate)
+        steps_per_epoch = self.costs.steps_per_epoch
+        total, evaluations, reserved = step, 1, 0.0
         for _ in range(3):  # evaluations depend on the total, the total on the evaluations
             evaluations = 1 + _periodic_events(total, steps_per_epoch, eval_every, epoch_evals)
             checkpoints = _periodic_events(total, steps_per_epoch, checkpoint_every, True)
             reserved = evaluations * eval_seconds + (checkpoints + 1) * CHECKPOINT_SECONDS
-            total = step + max(0, math.floor((left - reserved) / per_step))
+            total = step + int(np.searchsorted(ends, left - reserved, side="right"))
+        per_step = float(ends[total - step - 1] / (total - step)) if total > step else \
+            self.costs.mean() * rate
         plan = [BudgetPlan(total, per_step, reserved, evaluations)]
         if self.accelerator.num_processes > 1:
             broadcast_object_list(plan)

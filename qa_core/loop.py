@@ -21,7 +21,7 @@ import torch
 from qa_core import checkpoints
 from qa_core.averaging import WeightAverage
 from qa_core.batching import model_inputs
-from qa_core.budget import TimeBudget, calibration_steps
+from qa_core.budget import TimeBudget
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import Evaluator
 from qa_core.optim import NonFiniteGuard, lr_lambda
@@ -307,17 +307,17 @@ def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
     if budget is None:
         return False
     budget.observe_step(state.global_step)
-    if (not run.total_steps_known
-            and state.global_step >= calibration_steps(optim.warmup_steps)):
+    if not run.total_steps_known and budget.ready_to_plan(state.global_step, optim.warmup_steps):
         accelerator = run.accelerator
+        # the budget shortens a run, never lengthens it past --num_train_epochs / --max_train_steps
+        most = optim.max_train_steps or math.ceil(optim.num_train_epochs
+                                                  * run.plan.steps_per_epoch)
         plan = budget.plan(
             state.global_step, len(tracker.evaluator.references.feature_example_index),
             optim.per_device_train_batch_size * accelerator.num_processes,
-            run.plan.steps_per_epoch, settings.eval_steps if settings.eval_strategy == "steps"
-            else None, settings.eval_strategy == "epoch", settings.checkpointing_steps)
-        # the budget shortens a run, never lengthens it past --num_train_epochs / --max_train_steps
-        total = min(plan.total_steps, optim.max_train_steps
-                    or math.ceil(optim.num_train_epochs * run.plan.steps_per_epoch))
+            settings.eval_steps if settings.eval_strategy == "steps" else None,
+            settings.eval_strategy == "epoch", settings.checkpointing_steps, max_total=most)
+        total = plan.total_steps
         run.set_total_steps(total, optim.warmup_steps, optim.lr_scheduler)
         run.final_reserve_seconds = plan.reserved_seconds / max(1, plan.evaluations)
         log.write({"event": "time_budget_plan", "step": state.global_step, "total_steps": total,

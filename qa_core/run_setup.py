@@ -6,6 +6,7 @@ are the "data -> model and optimizer" half of the script, before ``loop.fit`` ta
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,13 +16,14 @@ from qa_core.averaging import WeightAverage
 from qa_core.batching import (
     FeatureRows,
     FeatureSelection,
+    epoch_step_costs,
     identity_collate,
     open_cache_entry,
     pad_multiple,
     select_first_examples,
     training_loader,
 )
-from qa_core.budget import TimeBudget
+from qa_core.budget import StepCosts, TimeBudget
 from qa_core.checkpoints import RunState
 from qa_core.distributed import CacheSharing, cache_build_context, count_processes
 from qa_core.errors import SettingsError
@@ -126,11 +128,16 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                                       optim.seed, optim.group_by_length)
     model, optimizer, loader, evaluator.loader = accelerator.prepare(
         model, optimizer, loader, evaluator.loader)
-    budget = TimeBudget(accelerator, optim.max_train_minutes, started_at) \
-        if optim.max_train_minutes else None
     plan = StepPlan.build(len(loader), optim.gradient_accumulation_steps,
-                          optim.max_train_steps or (UNPLANNED_STEPS if budget else None),
+                          optim.max_train_steps or (UNPLANNED_STEPS if optim.max_train_minutes
+                                                    else None),
                           optim.num_train_epochs)
+    budget = None
+    if optim.max_train_minutes:
+        costs = StepCosts(plan.steps_per_epoch, partial(
+            epoch_step_costs, train_set, sampler, optim.per_device_train_batch_size,
+            accelerator.num_processes, optim.gradient_accumulation_steps))
+        budget = TimeBudget(accelerator, optim.max_train_minutes, started_at, costs)
     scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps,
                                 plan.total_steps)
     state = RunState(world_size=accelerator.num_processes, seed=optim.seed,

@@ -16,8 +16,10 @@ from qa_core.batching import (
     EpochSampler,
     FeatureRows,
     epoch_order,
+    epoch_step_costs,
     open_cache_entry,
     select_first_examples,
+    training_loader,
 )
 from qa_core.decode import DecodeConfig
 from qa_core.evaluation import EvalAccumulator, EvalReferences
@@ -266,3 +268,32 @@ def test_epoch_sampler_length_constant_and_order_follows_epoch():
     sampler.set_epoch(0)
     assert list(sampler) == orders[0]
     assert len(EpochSampler(HAS_ANSWER, 1.0, seed=9)) == 100
+
+
+@pytest.mark.parametrize("num_processes,accumulation", [(1, 1), (1, 3), (2, 2)])
+def test_epoch_step_costs_are_the_padded_tokens_the_loader_yields(tables, num_processes,
+                                                                  accumulation):
+    """A time budget prices each optimizer step by its padded tokens: the cost model must see
+    the batches each process's prepared loader really yields (accelerate's sharding)."""
+    from accelerate.data_loader import prepare_data_loader
+
+    features, _ = tables
+    dataset = FeatureRows(features, 0, pad_to_multiple_of=8)
+    sampler, loader = training_loader(dataset, batch_size=6, num_processes=num_processes,
+                                      negative_fraction=0.5, seed=3, group_by_length=True)
+    sampler.set_epoch(2)
+    per_process = []
+    for rank in range(num_processes):
+        shard = loader if num_processes == 1 else prepare_data_loader(
+            loader, num_processes=num_processes, process_index=rank, put_on_device=False)
+        if num_processes > 1:
+            shard.set_epoch(2)  # a prepared loader sets its sampler's epoch from its own counter
+        per_process.append([b["input_ids"].numel() for b in shard])
+    rounds = np.max(np.array(per_process), axis=0)
+    expected = [rounds[i:i + accumulation].sum() for i in range(0, len(rounds), accumulation)]
+    costs = epoch_step_costs(dataset, sampler, 6, num_processes, accumulation, epoch=2)
+    assert len(costs) == len(expected) > 10
+    # with 2 processes the last round is evened out with repeated rows (not counted by the model)
+    exact = len(expected) - (num_processes > 1)
+    assert costs[:exact].tolist() == [float(c) for c in expected[:exact]]
+    assert costs.std() > 0, "length grouping: steps differ in cost"

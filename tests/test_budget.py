@@ -4,10 +4,18 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 import qa_core.budget
-from qa_core.budget import CALIBRATION_STEPS, MAX_CALIBRATION_STEPS, TimeBudget, calibration_steps
+from qa_core.budget import (
+    CALIBRATION_STEPS,
+    MAX_CALIBRATION_STEPS,
+    MIN_TIMED_STEPS,
+    StepCosts,
+    TimeBudget,
+    calibration_steps,
+)
 from qa_core.optim import lr_lambda
 from tiny_models import read_log, run_main_in_process, train_args
 
@@ -24,14 +32,26 @@ class FakeAccelerator:
         return tensor
 
 
-def test_plan_keeps_back_evaluations_checkpoints_and_margin(monkeypatch):
+def timed_budget(monkeypatch, minutes: float, seconds_per_step, steps_timed: int,
+                 costs: StepCosts) -> TimeBudget:
+    """A budget whose clock is faked: started at t=1000, steps 1-4 untimed, then
+    ``steps_timed`` steps of ``seconds_per_step(step)`` seconds each."""
     now = [1000.0]
     monkeypatch.setattr(qa_core.budget.time, "time", lambda: now[0])
-    budget = TimeBudget(FakeAccelerator(), minutes=10, started_at=1000.0)
-    budget.observe_step(qa_core.budget.TIMED_FROM_STEP)
-    now[0] += 8 * 0.5                      # 8 steps of 0.5 s
-    plan = budget.plan(step=12, eval_windows=800, batch_windows=8, steps_per_epoch=1000,
-                       eval_every=None, epoch_evals=False)
+    budget = TimeBudget(FakeAccelerator(), minutes=minutes, started_at=1000.0, costs=costs)
+    for step in range(1, qa_core.budget.TIMED_FROM_STEP + 1):
+        budget.observe_step(step)
+    for step in range(qa_core.budget.TIMED_FROM_STEP + 1,
+                      qa_core.budget.TIMED_FROM_STEP + steps_timed + 1):
+        now[0] += seconds_per_step(step)
+        budget.observe_step(step)
+    return budget
+
+
+def test_plan_keeps_back_evaluations_checkpoints_and_margin(monkeypatch):
+    budget = timed_budget(monkeypatch, 10, lambda _: 0.5, 8, StepCosts(1000))
+    plan = budget.plan(step=12, eval_windows=800, batch_windows=8, eval_every=None,
+                       epoch_evals=False)
     assert plan.seconds_per_step == pytest.approx(0.5)
     eval_seconds = 800 / 8 * 0.5 * qa_core.budget.FORWARD_SHARE
     left = 600 - 4 - qa_core.budget.SAFETY_SHARE * 600
@@ -43,6 +63,42 @@ def test_plan_keeps_back_evaluations_checkpoints_and_margin(monkeypatch):
     margin = qa_core.budget.SAFETY_SHARE * 600 / 2  # the final evaluation's estimate can be short
     assert budget.time_is_up(reserve_seconds=596 - margin + 1) is True
     assert budget.time_is_up(reserve_seconds=596 - margin - 1) is False
+
+
+def test_plan_prices_later_steps_by_their_padded_tokens(monkeypatch):
+    """Length grouping puts a group's long batches first, so the timed warm-up steps cost more
+    than the run's average step; the plan must not extrapolate their time to every step."""
+    def epoch_costs(_epoch):  # each epoch: 50 steps of 2 units, then 50 of 1 unit
+        return np.array([2.0] * 50 + [1.0] * 50)
+
+    costs = StepCosts(100, epoch_costs)
+    budget = timed_budget(monkeypatch, 2, lambda _: 1.0, 8, costs)  # 1 s per 2 units
+    plan = budget.plan(step=12, eval_windows=0, batch_windows=8, eval_every=None,
+                       epoch_evals=False)
+    # 120 s - 8 s spent - 4.8 s margin - 2 checkpoints (epoch 0's end, final) of 3 s = 101.2 s:
+    # steps 13-50 take 38 s, 51-100 take 25 s, then 38 of epoch 1's 1-second steps fit
+    assert plan.total_steps == 138
+    assert plan.seconds_per_step == pytest.approx((38 + 25 + 38) / 126)
+    assert plan.reserved_seconds == pytest.approx(2 * qa_core.budget.CHECKPOINT_SECONDS)
+    flat = timed_budget(monkeypatch, 2, lambda _: 1.0, 8, StepCosts(100))
+    assert flat.plan(step=12, eval_windows=0, batch_windows=8, eval_every=None,
+                     epoch_evals=False).total_steps == 12 + 101  # per-step timing: 1 s each
+    capped = timed_budget(monkeypatch, 2, lambda _: 1.0, 8, StepCosts(100, epoch_costs))
+    assert capped.plan(step=12, eval_windows=0, batch_windows=8, eval_every=None,
+                       epoch_evals=False, max_total=120).total_steps == 120
+
+
+def test_a_run_resumed_inside_the_warmup_times_its_own_steps_before_planning(monkeypatch):
+    budget = TimeBudget(FakeAccelerator(), minutes=10, started_at=time.time(),
+                        costs=StepCosts(100))
+    for step in range(11, 11 + qa_core.budget.TIMED_FROM_STEP):  # resumed at step 10
+        budget.observe_step(step)
+        assert not budget.ready_to_plan(step, warmup_steps=20)
+    for step in range(15, 30):
+        budget.observe_step(step)
+        assert budget.ready_to_plan(step, warmup_steps=20) == (step >= 14 + MIN_TIMED_STEPS)
+    assert budget.plan(step=29, eval_windows=10, batch_windows=8, eval_every=None,
+                       epoch_evals=False, max_total=1000).total_steps == 1000
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
@@ -79,6 +135,28 @@ def test_budgeted_run_ends_in_time_and_stores_its_plan(tiny_model, cache_dir, tm
     assert [(r["step"], r["total_steps"]) for r in made] == [(20, planned)]  # after the warm-up
     stopped_early = [r for r in read_log(out) if r["event"] == "time_budget_stop"]
     assert stopped_early or summary["global_step"] == planned
+
+
+def test_a_budgeted_run_resumed_before_its_plan_plans_and_finishes(tiny_model, cache_dir,
+                                                                   tmp_path):
+    """A checkpoint written inside the warm-up holds no plan: the resumed run times its own
+    steps, makes the plan once, stores it and ends in time."""
+    first = tmp_path / "first"
+    flags = dict(BUDGET_FLAGS, max_train_minutes=0.25, warmup_steps=20, checkpointing_steps=10)
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, first, **flags))
+    early = first / "checkpoints" / "step_10"
+    assert code == 0 and json.loads((early / "run_state.json").read_text())[
+        "planned_total_steps"] is None
+    resumed = tmp_path / "resumed"
+    started = time.time()
+    code, summary, output = run_main_in_process(train_args(
+        tiny_model, cache_dir, resumed, resume_from_checkpoint=str(early), **flags))
+    assert code == 0, output[-2000:]
+    assert time.time() - started < 0.25 * 60
+    made = [r for r in read_log(resumed) if r["event"] == "time_budget_plan"]
+    timed_from = 10 + qa_core.budget.TIMED_FROM_STEP
+    assert [r["step"] for r in made] == [max(20, timed_from + MIN_TIMED_STEPS)]
+    assert 22 < summary["global_step"] <= made[0]["total_steps"]
 
 
 def test_time_up_stops_training_and_still_evaluates(tiny_model, cache_dir, tmp_path, monkeypatch):
