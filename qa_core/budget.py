@@ -6,7 +6,8 @@ loading count. Training first runs the schedule's warm-up (at least ``CALIBRATIO
 steps; then rank 0 plans the total number of optimizer steps that
 fits what is left, keeping back time for the evaluations and checkpoints the plan implies and a
 safety margin, and broadcasts it. Step times are predicted from the steps' padded tokens
-(:class:`StepCosts`): with length grouping the timed steps are not a fair sample of the run's.
+(:class:`StepCosts`, :func:`fit_step_times`): with length grouping the timed steps are not a
+fair sample of the run's.
 The plan is fixed from then on: it is stored in the run state,
 so a resumed run continues the same schedule. Should the machine slow down, an all-reduced
 "time is up" check ends training early (the run still evaluates and saves).
@@ -86,6 +87,35 @@ class StepCosts:
         return float(self.of_epoch(0).mean())
 
 
+@dataclass(frozen=True)
+class StepTimeModel:
+    """Seconds of an optimizer step: ``fixed`` (optimizer update, Python, launch overheads) plus
+    ``per_cost`` for each unit of its cost (padded token)."""
+
+    fixed: float
+    per_cost: float
+
+    def seconds(self, costs: np.ndarray | float) -> np.ndarray | float:
+        return self.fixed + self.per_cost * costs
+
+
+def fit_step_times(costs: np.ndarray, seconds: np.ndarray) -> StepTimeModel:
+    """The least-squares line through the timed steps' (cost, seconds).
+
+    Pricing by tokens alone mis-predicts short steps: timing a warm-up of long batches and
+    extrapolating per token under-estimated the demo's later, shorter steps by a tenth. The line
+    keeps the timed steps' total time; when their costs barely differ, or noise gives the line
+    a negative part, the time is split in proportion to cost (``fixed`` 0)."""
+    costs, seconds = np.asarray(costs, dtype=np.float64), np.asarray(seconds, dtype=np.float64)
+    proportional = StepTimeModel(0.0, float(seconds.sum() / max(costs.sum(), 1e-12)))
+    if len(costs) < 3 or np.ptp(costs) < 0.05 * costs.mean():
+        return proportional
+    per_cost, fixed = np.polyfit(costs, seconds, 1)
+    if per_cost <= 0 or fixed < 0:
+        return proportional
+    return StepTimeModel(float(fixed), float(per_cost))
+
+
 @dataclass
 class BudgetPlan:
     """What the plan was made from, and the plan (all in seconds / optimizer steps)."""
@@ -119,7 +149,8 @@ class TimeBudget:
         self.costs = costs or StepCosts(1)
         self._observed = 0
         self._timer_step: int | None = None
-        self._timer_started = 0.0
+        self._last_seen = 0.0
+        self._step_seconds: list[float] = []   # of the timed steps, in order
 
     def seconds_left(self) -> float:
         return self.deadline - time.time()
@@ -128,19 +159,25 @@ class TimeBudget:
         """Called after each optimizer step: starts the calibration timer after this process's
         ``TIMED_FROM_STEP``-th step (step 4 of a new run, 4 steps after a resume)."""
         self._observed += 1
-        if self._observed == TIMED_FROM_STEP:
-            self._timer_step, self._timer_started = step, time.time()
+        now = time.time()
+        if self._timer_step is not None:
+            self._step_seconds.append(now - self._last_seen)
+        elif self._observed == TIMED_FROM_STEP:
+            self._timer_step = step
+        self._last_seen = now
 
     def ready_to_plan(self, step: int, warmup_steps: int) -> bool:
         """The warm-up is over and enough steps have been timed."""
         return (step >= calibration_steps(warmup_steps) and self._timer_step is not None
                 and step - self._timer_step >= MIN_TIMED_STEPS)
 
-    def seconds_per_cost(self, step: int) -> float:
+    def step_time_model(self, step: int) -> StepTimeModel:
+        """Step time vs cost, fitted to the steps timed up to ``step``."""
         if self._timer_step is None or step <= self._timer_step:
             raise RuntimeError("calibration has not timed any step yet")
-        timed = float(self.costs.after(self._timer_step, step).sum())
-        return (time.time() - self._timer_started) / max(timed, 1e-12)
+        timed = self._step_seconds[:step - self._timer_step]
+        costs = self.costs.after(self._timer_step, self._timer_step + len(timed))
+        return fit_step_times(costs, np.array(timed))
 
     def plan(self, step: int, eval_windows: int, batch_windows: int, eval_every: int | None,
              epoch_evals: bool, checkpoint_every: int | None = None,
@@ -149,13 +186,13 @@ class TimeBudget:
         time predicted from its cost; rank 0 decides, all get the same."""
         from accelerate.utils import broadcast_object_list
 
-        rate = self.seconds_per_cost(step)
-        eval_seconds = (eval_windows / max(1, batch_windows) * self.costs.mean() * rate
-                        * FORWARD_SHARE)
+        model = self.step_time_model(step)
+        mean_step = model.seconds(self.costs.mean())
+        eval_seconds = eval_windows / max(1, batch_windows) * mean_step * FORWARD_SHARE
         left = self.seconds_left() - SAFETY_SHARE * self.budget_seconds
-        # seconds from now to the end of each later step
-        ends = np.cumsum(self.costs.after(step, max_total, stop_at_sum=max(0.0, left) / rate)
-                         * rate)
+        # seconds from now to the end of each later step (costs beyond what can fit not needed)
+        ends = np.cumsum(model.seconds(self.costs.after(
+            step, max_total, stop_at_sum=max(0.0, left) / max(model.per_cost, 1e-12))))
         steps_per_epoch = self.costs.steps_per_epoch
         total, evaluations, reserved = step, 1, 0.0
         for _ in range(3):  # evaluations depend on the total, the total on the evaluations
@@ -163,8 +200,7 @@ class TimeBudget:
             checkpoints = _periodic_events(total, steps_per_epoch, checkpoint_every, True)
             reserved = evaluations * eval_seconds + (checkpoints + 1) * CHECKPOINT_SECONDS
             total = step + int(np.searchsorted(ends, left - reserved, side="right"))
-        per_step = float(ends[total - step - 1] / (total - step)) if total > step else \
-            self.costs.mean() * rate
+        per_step = float(ends[total - step - 1] / (total - step)) if total > step else mean_step
         plan = [BudgetPlan(total, per_step, reserved, evaluations)]
         if self.accelerator.num_processes > 1:
             broadcast_object_list(plan)

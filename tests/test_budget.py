@@ -88,6 +88,36 @@ def test_plan_prices_later_steps_by_their_padded_tokens(monkeypatch):
                        epoch_evals=False, max_total=120).total_steps == 120
 
 
+def test_plan_fits_a_fixed_time_per_step_and_a_time_per_token(monkeypatch):
+    """A step takes a fixed time (optimizer update, overheads) plus time per padded token: timed
+    on a length-sorted group's long batches, pricing by tokens alone would under-estimate the
+    shorter steps that follow."""
+    def epoch_costs(_epoch):  # a length-sorted group: costs fall from 3 to 1 units per step
+        return np.linspace(3.0, 1.0, 100)
+
+    def step_seconds(step):  # 0.5 s + 0.25 s per unit
+        return 0.5 + 0.25 * epoch_costs(0)[(step - 1) % 100]
+
+    budget = timed_budget(monkeypatch, 2, step_seconds, 16, StepCosts(100, epoch_costs))
+    model = budget.step_time_model(20)
+    assert model.fixed == pytest.approx(0.5) and model.per_cost == pytest.approx(0.25)
+    plan = budget.plan(step=20, eval_windows=0, batch_windows=8, eval_every=None,
+                       epoch_evals=False, max_total=1000)
+    spent = sum(step_seconds(s) for s in range(5, 21))
+    available = 120 - spent - qa_core.budget.SAFETY_SHARE * 120 \
+        - 2 * qa_core.budget.CHECKPOINT_SECONDS  # epoch 0's end and the final one
+    total, used = 20, 0.0
+    while used + step_seconds(total + 1) <= available:
+        used += step_seconds(total + 1)
+        total += 1
+    assert total > 100 and plan.total_steps == total
+    assert plan.seconds_per_step == pytest.approx(used / (total - 20))
+    flat = qa_core.budget.fit_step_times(np.full(16, 2.0), np.full(16, 1.0))
+    assert (flat.fixed, flat.per_cost) == (0.0, 0.5)  # no spread in cost: time per unit
+    noisy = qa_core.budget.fit_step_times(np.array([3.0, 2.0, 1.0]), np.array([0.5, 1.0, 2.0]))
+    assert noisy.fixed == 0.0 and noisy.per_cost == pytest.approx(3.5 / 6)  # no negative slope
+
+
 def test_a_run_resumed_inside_the_warmup_times_its_own_steps_before_planning(monkeypatch):
     budget = TimeBudget(FakeAccelerator(), minutes=10, started_at=time.time(),
                         costs=StepCosts(100))
