@@ -302,7 +302,10 @@ def plot_curves(name: str, records: list[dict], plots_dir: Path) -> Optional[Pat
     if not axes_spec:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(axes_spec), figsize=(6 * len(axes_spec), 4.2), squeeze=False)
+    # one legend under the axes: with many runs, a legend inside an axis hides the curves
+    legend_rows = len(curves)
+    fig, axes = plt.subplots(1, len(axes_spec), squeeze=False,
+                             figsize=(6 * len(axes_spec), 4.2 + 0.2 * legend_rows))
     for ax, (xlabel, idx) in zip(axes[0], axes_spec):
         for label, pts in curves:
             xy = sorted((p[idx], p[2]) for p in pts if p[idx] is not None)
@@ -311,9 +314,10 @@ def plot_curves(name: str, records: list[dict], plots_dir: Path) -> Optional[Pat
         ax.set_xlabel(xlabel)
         ax.set_ylabel("F1")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=1)
     fig.suptitle(f"{name}: F1 curve")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.2 * legend_rows / (4.2 + 0.2 * legend_rows) + 0.02, 1, 1))
     plots_dir.mkdir(parents=True, exist_ok=True)
     path = plots_dir / f"{_slug(name)}_curve.png"
     fig.savefig(path, dpi=110)
