@@ -303,9 +303,10 @@ def plot_curves(name: str, records: list[dict], plots_dir: Path) -> Optional[Pat
         return None
     plt = _plt()
     # one legend under the axes: with many runs, a legend inside an axis hides the curves
-    legend_rows = len(curves)
+    legend_height = 0.2 * len(curves)  # inches, one row per run
+    height = 4.2 + legend_height
     fig, axes = plt.subplots(1, len(axes_spec), squeeze=False,
-                             figsize=(6 * len(axes_spec), 4.2 + 0.2 * legend_rows))
+                             figsize=(6 * len(axes_spec), height))
     for ax, (xlabel, idx) in zip(axes[0], axes_spec):
         for label, pts in curves:
             xy = sorted((p[idx], p[2]) for p in pts if p[idx] is not None)
@@ -317,7 +318,7 @@ def plot_curves(name: str, records: list[dict], plots_dir: Path) -> Optional[Pat
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=1)
     fig.suptitle(f"{name}: F1 curve")
-    fig.tight_layout(rect=(0, 0.2 * legend_rows / (4.2 + 0.2 * legend_rows) + 0.02, 1, 1))
+    fig.tight_layout(rect=(0, legend_height / height + 0.02, 1, 1))
     plots_dir.mkdir(parents=True, exist_ok=True)
     path = plots_dir / f"{_slug(name)}_curve.png"
     fig.savefig(path, dpi=110)

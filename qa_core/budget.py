@@ -137,7 +137,7 @@ class TimeBudget:
     """The deadline of a run that must end inside ``minutes`` of its start."""
 
     def __init__(self, accelerator, minutes: float, started_at: float,
-                 costs: StepCosts | None = None) -> None:
+                 costs: StepCosts) -> None:
         from accelerate.utils import broadcast_object_list
 
         start = [started_at]
@@ -146,7 +146,7 @@ class TimeBudget:
         self.accelerator = accelerator
         self.deadline = start[0] + minutes * 60.0
         self.budget_seconds = minutes * 60.0
-        self.costs = costs or StepCosts(1)
+        self.costs = costs
         self._observed = 0
         self._timer_step: int | None = None
         self._last_seen = 0.0
@@ -156,8 +156,8 @@ class TimeBudget:
         return self.deadline - time.time()
 
     def observe_step(self, step: int) -> None:
-        """Called after each optimizer step: starts the calibration timer after this process's
-        ``TIMED_FROM_STEP``-th step (step 4 of a new run, 4 steps after a resume)."""
+        """Called after each optimizer step until the plan is made: times the steps after this
+        process's ``TIMED_FROM_STEP``-th (step 4 of a new run, 4 steps after a resume)."""
         self._observed += 1
         now = time.time()
         if self._timer_step is not None:

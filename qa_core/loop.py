@@ -93,8 +93,14 @@ class StepPlan:
               num_train_epochs: float) -> "StepPlan":
         # The last partial accumulation of an epoch still steps (accelerate syncs at the end).
         per_epoch = math.ceil(batches_per_epoch / accumulation)
-        total = max_train_steps or math.ceil(num_train_epochs * per_epoch)
+        total = cls.step_limit(per_epoch, max_train_steps, num_train_epochs)
         return cls(per_epoch, total, math.ceil(total / per_epoch))
+
+    @staticmethod
+    def step_limit(steps_per_epoch: int, max_train_steps: int | None,
+                   num_train_epochs: float) -> int:
+        """``--max_train_steps`` if given, else ``--num_train_epochs`` worth of steps."""
+        return max_train_steps or math.ceil(num_train_epochs * steps_per_epoch)
 
 
 @dataclass
@@ -306,27 +312,33 @@ def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
     budget, state = run.budget, run.state
     if budget is None:
         return False
-    budget.observe_step(state.global_step)
-    if not run.total_steps_known and budget.ready_to_plan(state.global_step, optim.warmup_steps):
-        accelerator = run.accelerator
-        # the budget shortens a run, never lengthens it past --num_train_epochs / --max_train_steps
-        most = optim.max_train_steps or math.ceil(optim.num_train_epochs
-                                                  * run.plan.steps_per_epoch)
-        plan = budget.plan(
-            state.global_step, len(tracker.evaluator.references.feature_example_index),
-            optim.per_device_train_batch_size * accelerator.num_processes,
-            settings.eval_steps if settings.eval_strategy == "steps" else None,
-            settings.eval_strategy == "epoch", settings.checkpointing_steps, max_total=most)
-        total = plan.total_steps
-        run.set_total_steps(total, optim.warmup_steps, optim.lr_scheduler)
-        run.final_reserve_seconds = plan.reserved_seconds / max(1, plan.evaluations)
-        log.write({"event": "time_budget_plan", "step": state.global_step, "total_steps": total,
-                   "seconds_per_step": plan.seconds_per_step,
-                   "reserved_seconds": plan.reserved_seconds})
-        accelerator.print(f"time budget: {total} optimizer steps planned "
-                          f"({plan.seconds_per_step:.2f} s/step, {plan.reserved_seconds:.0f} s "
-                          f"kept for {plan.evaluations} evaluation(s) and checkpoints)")
+    if not run.total_steps_known:  # step times serve only the plan, made once
+        budget.observe_step(state.global_step)
+        if budget.ready_to_plan(state.global_step, optim.warmup_steps):
+            plan_budgeted_run(run, tracker, optim, settings, log)
     return budget.time_is_up(run.final_reserve_seconds)
+
+
+def plan_budgeted_run(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
+                      settings: RunArgs, log: RunLog) -> None:
+    """Fix the total steps that fit the budget (and the LR schedule with them); log the plan."""
+    accelerator, state = run.accelerator, run.state
+    # the budget shortens a run, never lengthens it past --num_train_epochs / --max_train_steps
+    most = StepPlan.step_limit(run.plan.steps_per_epoch, optim.max_train_steps,
+                               optim.num_train_epochs)
+    plan = run.budget.plan(
+        state.global_step, len(tracker.evaluator.references.feature_example_index),
+        optim.per_device_train_batch_size * accelerator.num_processes,
+        settings.eval_steps if settings.eval_strategy == "steps" else None,
+        settings.eval_strategy == "epoch", settings.checkpointing_steps, max_total=most)
+    run.set_total_steps(plan.total_steps, optim.warmup_steps, optim.lr_scheduler)
+    run.final_reserve_seconds = plan.reserved_seconds / max(1, plan.evaluations)
+    log.write({"event": "time_budget_plan", "step": state.global_step,
+               "total_steps": plan.total_steps, "seconds_per_step": plan.seconds_per_step,
+               "reserved_seconds": plan.reserved_seconds})
+    accelerator.print(f"time budget: {plan.total_steps} optimizer steps planned "
+                      f"({plan.seconds_per_step:.2f} s/step, {plan.reserved_seconds:.0f} s "
+                      f"kept for {plan.evaluations} evaluation(s) and checkpoints)")
 
 
 def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: OptimizerStepper,
