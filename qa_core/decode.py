@@ -618,6 +618,45 @@ def best_answers(
     )
 
 
+def top_answers(
+    feature_spans: FeatureSpans,
+    feature_example_index: np.ndarray,
+    contexts: Sequence[str],
+    example_ids: Sequence[str],
+    k: int,
+) -> dict[str, list[Prediction]]:
+    """The ``k`` best distinct spans of each example, best first, from the spans its features
+    kept (keep at least ``k`` per feature to see ``k``): the runners-up behind
+    :func:`best_answers`' choice, for looking into an answer.
+
+    A span found by two overlapping windows (the same characters) is listed once, at its
+    higher score; ties are broken as :func:`best_answers` breaks them (lower feature, then
+    earlier span). No-answer is not a candidate here: each prediction's ``null_score`` says
+    how the empty answer scored. Character offsets are in the example's context, end exclusive.
+    """
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    index = _validated_example_index(feature_example_index, len(feature_spans), len(example_ids))
+    null = _min_null_per_example(feature_spans.null_score, index, len(example_ids))
+    features, slots = np.nonzero(feature_spans.scores > -np.inf)  # row-major: feature, then rank
+    scores = feature_spans.scores[features, slots]
+    order = np.lexsort((slots, features, -scores, index[features]))  # example, best, feature, rank
+    answers: dict[str, list[Prediction]] = {example_id: [] for example_id in example_ids}
+    seen: set[tuple[int, int, int]] = set()
+    for feature, slot in zip(features[order].tolist(), slots[order].tolist()):
+        example = int(index[feature])
+        start = int(feature_spans.start_char[feature, slot])
+        end = int(feature_spans.end_char[feature, slot])
+        listed = answers[example_ids[example]]
+        if len(listed) == k or (example, start, end) in seen:
+            continue
+        seen.add((example, start, end))
+        listed.append(Prediction(contexts[example][start:end],
+                                 float(feature_spans.scores[feature, slot]), start, end,
+                                 float(null[example])))
+    return answers
+
+
 def decode(
     start_logits: np.ndarray,
     end_logits: np.ndarray,

@@ -23,6 +23,7 @@ from qa_core.decode import (
     best_answers,
     concat_feature_spans,
     feature_topk_spans,
+    top_answers,
 )
 from qa_core.metrics import squad_scores, start_end_scores
 
@@ -91,9 +92,13 @@ class EvalReferences:
 class EvalAccumulator:
     """Collects per-batch results in any order; :meth:`finish` decodes and scores them."""
 
-    def __init__(self, references: EvalReferences, config: DecodeConfig) -> None:
+    def __init__(self, references: EvalReferences, config: DecodeConfig,
+                 spans_per_feature: int = 1) -> None:
+        """``spans_per_feature``: spans kept per window; answers need only the best (1), a
+        list of runners-up (:meth:`top_predictions`) needs as many as it lists."""
         self.references = references
         self.config = config
+        self.spans_per_feature = spans_per_feature
         self._spans: list[FeatureSpans] = []
         self._feature_index: list[np.ndarray] = []
         self._start_argmax: list[np.ndarray] = []
@@ -109,7 +114,7 @@ class EvalAccumulator:
         self.nonfinite_features += int((~finite).sum())
         self._spans.append(feature_topk_spans(
             start_logits, end_logits, offsets, self.config.n_best_size,
-            self.config.max_answer_length, spans_per_feature=1))  # answers need each feature's best
+            self.config.max_answer_length, spans_per_feature=self.spans_per_feature))
         self._feature_index.append(np.asarray(feature_index, dtype=np.int64))
         # The tutorial's token metrics: plain argmax over all positions.
         self._start_argmax.append(start_logits.argmax(axis=1))
@@ -126,15 +131,25 @@ class EvalAccumulator:
         order = np.argsort(feature_index, kind="stable")
         return feature_index[order], order
 
-    def predictions(self) -> dict[str, Prediction]:
-        """Each example's answer, from the best span of each of its windows."""
-        refs = self.references
+    def _ordered_spans(self) -> tuple[np.ndarray, FeatureSpans]:
+        """(each kept window's example index, the windows' spans), in feature order."""
         feature_index, order = self._ordered_features()
         spans = concat_feature_spans(self._spans)
         spans = FeatureSpans(**{name: getattr(spans, name)[order]
                                 for name in spans.__dataclass_fields__})
-        return best_answers(spans, refs.feature_example_index[feature_index], refs.contexts,
-                            refs.example_ids, self.config)
+        return self.references.feature_example_index[feature_index], spans
+
+    def predictions(self) -> dict[str, Prediction]:
+        """Each example's answer, from the best span of each of its windows."""
+        example_index, spans = self._ordered_spans()
+        return best_answers(spans, example_index, self.references.contexts,
+                            self.references.example_ids, self.config)
+
+    def top_predictions(self, k: int) -> dict[str, list[Prediction]]:
+        """Each example's ``k`` best distinct spans, best first (:func:`top_answers`)."""
+        example_index, spans = self._ordered_spans()
+        return top_answers(spans, example_index, self.references.contexts,
+                           self.references.example_ids, k)
 
     def finish(self) -> tuple[dict, dict[str, Prediction]]:
         """Predictions and metrics (SQuAD EM/F1, the tutorial's start/end token F1)."""

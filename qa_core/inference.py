@@ -2,6 +2,7 @@
 
     qa-answer --model runs/demo --context_file passage.txt --question "Who created Superman?"
     qa-answer --model runs/demo --demo        # the comic-books passage and its four questions
+    qa-answer --model runs/demo --demo --top_k 5   # and each question's 5 best spans
 
 Each answer is printed as one JSON line; the last line is a JSON summary.
 """
@@ -37,6 +38,11 @@ class Answer:
     start_char: int       # character span in the context, end exclusive
     end_char: int
     null_score: float     # CLS start + end logit (higher means "no answer" is more likely)
+    # --top_k K > 1: the K best distinct spans, best first ({answer, score, start_char, end_char})
+    top_k: list[dict] | None = None
+
+    def as_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "top_k" or v is not None}
 
 
 def demo_passage() -> dict:
@@ -68,9 +74,10 @@ def demo_verdicts(answers: list[str], passage: dict) -> list[str]:
 def answer_questions(model, tokenizer, questions: list[str], context: str,
                      decode_config: DecodeConfig = DecodeConfig(),
                      feature_config: FeatureConfig = FeatureConfig(),
-                     batch_size: int = 16) -> list[Answer]:
+                     batch_size: int = 16, top_k: int = 1) -> list[Answer]:
     """Answer each question about ``context``; long contexts are windowed as in training, and
-    logits become answers through evaluation's path (:func:`accumulate_logits`)."""
+    logits become answers through evaluation's path (:func:`accumulate_logits`). With
+    ``top_k`` > 1 each answer also lists its question's ``top_k`` best distinct spans."""
     examples = pa.Table.from_pylist([
         {"id": str(i), "question": q, "context": context,
          "answers": {"text": [], "answer_start": []}} for i, q in enumerate(questions)])
@@ -81,13 +88,20 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
                            selection=select_first_examples(table, examples, None))
     loader = torch.utils.data.DataLoader(features, batch_size=batch_size,
                                          collate_fn=identity_collate)
-    accumulator = EvalAccumulator(EvalReferences.build(examples, features), decode_config)
+    accumulator = EvalAccumulator(EvalReferences.build(examples, features), decode_config,
+                                  spans_per_feature=top_k)
     accumulate_logits(model, loader, accumulator)
     predictions = accumulator.predictions()
-    return [Answer(q, predictions[str(i)].text, float(predictions[str(i)].score),
-                   predictions[str(i)].start_char, predictions[str(i)].end_char,
-                   float(predictions[str(i)].null_score))
-            for i, q in enumerate(questions)]
+    ranked = accumulator.top_predictions(top_k) if top_k > 1 else {}
+    answers = []
+    for i, question in enumerate(questions):
+        best = predictions[str(i)]
+        spans = [{"answer": p.text, "score": p.score, "start_char": p.start_char,
+                  "end_char": p.end_char} for p in ranked.get(str(i), [])]
+        answers.append(Answer(question, best.text, float(best.score), best.start_char,
+                              best.end_char, float(best.null_score),
+                              spans if top_k > 1 else None))
+    return answers
 
 
 def read_context_file(path: str) -> str:
@@ -104,8 +118,10 @@ def read_context_file(path: str) -> str:
                          f"offset {err.start}, line {line})") from None
 
 
-def check_inputs(context: str | None, questions: list[str]) -> None:
+def check_inputs(context: str | None, questions: list[str], top_k: int = 1) -> None:
     """Something to answer: a context and questions that are not empty or only whitespace."""
+    if top_k < 1:
+        raise InputError(f"--top_k: must be at least 1, got {top_k}")
     if context is not None and not context.strip():
         raise InputError("the context is empty or only whitespace: nothing to answer from")
     blank = [i + 1 for i, q in enumerate(questions) if not q.strip()]
@@ -141,6 +157,9 @@ def parse_args(argv: list[str] | None):
     source.add_argument("--context_file", help="file holding the context (UTF-8)")
     parser.add_argument("--question", action="append", default=[],
                         help="a question; repeat for several")
+    parser.add_argument("--top_k", type=int, default=1,
+                        help="also list each question's K best distinct spans, best first (the "
+                             "windows' n_best_size best starts and ends make them)")
     parser.add_argument("--demo", action="store_true",
                         help="the packaged comic-books passage and its questions")
     features, decode, args = parser.parse_args_into_dataclasses(argv)
@@ -162,15 +181,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             questions = args.question
             context = read_context_file(args.context_file) if args.context_file else args.context
-        check_inputs(context, questions)
+        check_inputs(context, questions, args.top_k)
         model, tokenizer = load_model_and_tokenizer(args.model)
     except QAError as err:
         return exit_with_error("qa-answer", err)
     answers = answer_questions(model, tokenizer, questions, context,
                                decode.decode_config(has_unanswerable=False),
-                               FeatureConfig(features.max_length, features.doc_stride))
+                               FeatureConfig(features.max_length, features.doc_stride),
+                               top_k=args.top_k)
     for answer in answers:
-        print(json.dumps(asdict(answer), ensure_ascii=False))
+        print(json.dumps(answer.as_json(), ensure_ascii=False))
     print(json.dumps({"model": args.model, "questions": len(answers),
                       "answers": {a.question: a.answer for a in answers}}, ensure_ascii=False))
     return 0

@@ -14,6 +14,7 @@ from qa_core.decode import (
     decode,
     feature_topk_spans,
     reference_decode,
+    top_answers,
 )
 
 NEG = -1e4  # padding / "never" logit value
@@ -407,3 +408,39 @@ def test_vectorized_matches_reference_on_peaked_logits(seed):
     assert decode(start, end, offsets, example_index, contexts, ids, config) == reference_decode(
         start, end, offsets, example_index, contexts, ids, config
     )
+
+
+@pytest.mark.parametrize("k", [1, 3, 12])
+def test_top_answers_are_the_k_best_distinct_spans_led_by_the_answer(k):
+    rng = np.random.default_rng(11)
+    # several windows per example with the same token -> character offsets: the same spans
+    # recur across windows, and scores rounded to halves tie often
+    start, end, offsets, example_index, contexts, ids = random_features(rng, 120, 24, 40)
+    config = DecodeConfig(n_best_size=6, max_answer_length=5)
+    spans = feature_topk_spans(start, end, offsets, config.n_best_size,
+                               config.max_answer_length, spans_per_feature=36)  # every candidate
+    ranked = top_answers(spans, example_index, contexts, ids, k)
+    best = best_answers(spans, example_index, contexts, ids, config)
+    assert list(ranked) == ids
+    for example, example_id in enumerate(ids):
+        # the oracle: every candidate character span of the example's windows, at its best score
+        score_of: dict[tuple[int, int], float] = {}
+        for feature in np.flatnonzero(example_index == example):
+            for slot in np.flatnonzero(spans.scores[feature] > -np.inf):
+                key = (int(spans.start_char[feature, slot]), int(spans.end_char[feature, slot]))
+                score_of[key] = max(score_of.get(key, -np.inf), spans.scores[feature, slot])
+        expected_scores = sorted(score_of.values(), reverse=True)[:k]
+        listed = ranked[example_id]
+        assert [p.score for p in listed] == expected_scores
+        assert len({(p.start_char, p.end_char) for p in listed}) == len(listed)
+        for p in listed:
+            assert score_of[p.start_char, p.end_char] == p.score
+            assert p.text == contexts[example][p.start_char:p.end_char]
+        if listed:  # the first is the answer, ties broken the same way
+            assert listed[0] == best[example_id]
+            assert listed[0].null_score == best[example_id].null_score
+        else:
+            assert best[example_id].score == -np.inf
+    assert any(len(listed) == k for listed in ranked.values())
+    with pytest.raises(ValueError, match="k must be"):
+        top_answers(spans, example_index, contexts, ids, 0)

@@ -64,6 +64,35 @@ def test_single_window_answer_is_the_best_scoring_span(model_and_tokenizer):
         assert answer.answer == context[start_char:end_char]
 
 
+def test_top_k_lists_the_best_distinct_spans_best_first(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    model.eval()
+    context = ("The Higgs boson was discovered at CERN in 2012 by the ATLAS and CMS teams. "
+               "Peter Higgs and François Englert shared the 2013 Nobel Prize in Physics.")
+    question = "Who shared the prize?"
+    # n_best_size above the context's token count: every span is a candidate, as in brute force
+    config = DecodeConfig(n_best_size=64, max_answer_length=6)
+    answer, = answer_questions(model, tokenizer, [question], context, config, top_k=5)
+    encoding = tokenizer(question, context, return_offsets_mapping=True, return_tensors="pt")
+    offsets = encoding.pop("offset_mapping")[0].tolist()
+    with torch.no_grad():
+        outputs = model(**encoding)
+    start, end = outputs.start_logits[0].tolist(), outputs.end_logits[0].tolist()
+    in_context = [i for i, s in enumerate(encoding.sequence_ids(0)) if s == 1]
+    brute_force = sorted(((start[i] + end[j], offsets[i][0], offsets[j][1]) for i in in_context
+                          for j in in_context if i <= j < i + 6), reverse=True)[:5]
+    assert len(answer.top_k) == 5
+    assert [(s["start_char"], s["end_char"]) for s in answer.top_k] == [
+        (a, b) for _, a, b in brute_force]
+    assert [s["score"] for s in answer.top_k] == pytest.approx([s for s, _, _ in brute_force],
+                                                               abs=1e-4)
+    assert answer.top_k[0] == {"answer": answer.answer, "score": answer.score,
+                               "start_char": answer.start_char, "end_char": answer.end_char}
+    assert all(s["answer"] == context[s["start_char"]:s["end_char"]] for s in answer.top_k)
+    plain, = answer_questions(model, tokenizer, [question], context, config)
+    assert plain.top_k is None and (plain.answer, plain.score) == (answer.answer, answer.score)
+
+
 def test_long_context_uses_several_windows(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     passage = demo_passage()
@@ -138,6 +167,17 @@ def test_cli_demo_prints_one_line_per_question_and_a_summary(tiny_model, capsys)
         assert a["answer"] == passage["context"][a["start_char"]:a["end_char"]]
     assert summary["model"] == tiny_model and summary["questions"] == 4
     assert summary["answers"] == {a["question"]: a["answer"] for a in answers}
+
+
+def test_cli_top_k_adds_each_questions_best_spans(tiny_model, capsys):
+    assert main(["--model", tiny_model, "--demo", "--top_k", "3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    for line in lines[:4]:
+        assert [s["score"] for s in line["top_k"]] == sorted(
+            (s["score"] for s in line["top_k"]), reverse=True) and len(line["top_k"]) == 3
+        assert line["top_k"][0]["answer"] == line["answer"]
+    assert main(["--model", tiny_model, "--demo", "--top_k", "0"]) == 2
+    assert "--top_k: must be at least 1, got 0" in one_line_error(capsys)
 
 
 def test_cli_question_and_context(tiny_model, tmp_path, capsys):
