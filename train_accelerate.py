@@ -73,7 +73,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
     evaluator = build_evaluator(accelerator, settings, eval_split, tokenizer.pad_token_id)
 
     # --- model and optimizer ----------------------------------------------------------------------
-    model = load_qa_model(data.model, optim.attention_dropout)
+    model = load_qa_model(data.model, optim.attention_dropout, optim.hidden_dropout)
     freeze_parameters(model, optim.freeze_encoder, optim.freeze_word_embeddings)
     tracker = EvalTracker(evaluator, output_dir, save_best=do_train)
 

@@ -1,5 +1,5 @@
 """The QA model: loading (a missing, empty or damaged folder is one error naming the folder or
-file) and the changes a run asks for (attention dropout, a frozen encoder)."""
+file) and the changes a run asks for (dropout, a frozen encoder)."""
 from __future__ import annotations
 
 import json
@@ -10,21 +10,34 @@ import torch
 from qa_core.errors import QAError, first_line
 
 ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout")
+# dropout on the hidden states (embeddings, attention output, feed-forward output)
+HIDDEN_DROPOUT_FIELDS = ("hidden_dropout_prob", "dropout")
+
+
+def _set_dropout(model_config, fields: tuple[str, ...], probability: float, flag: str) -> list[str]:
+    """Set whichever of ``fields`` the config has (the field name varies by model)."""
+    changed = [name for name in fields if hasattr(model_config, name)]
+    if not changed:
+        raise QAError(f"{type(model_config).__name__} has no {flag.replace('_', ' ')} field "
+                      f"({', '.join(fields)}): leave out --{flag}")
+    for name in changed:
+        setattr(model_config, name, probability)
+    return changed
 
 
 def set_attention_dropout(model_config, probability: float) -> list[str]:
-    """Override the attention dropout of a transformers config (the field name varies by model).
+    """Override the attention dropout of a transformers config.
 
     On CPU, attention dropout keeps PyTorch's scaled-dot-product attention off its fused kernel:
     training MiniLM ran about 2x faster here with it at 0.
     """
-    changed = [name for name in ATTENTION_DROPOUT_FIELDS if hasattr(model_config, name)]
-    if not changed:
-        raise QAError(f"{type(model_config).__name__} has no attention dropout field "
-                      f"({', '.join(ATTENTION_DROPOUT_FIELDS)}): leave out --attention_dropout")
-    for name in changed:
-        setattr(model_config, name, probability)
-    return changed
+    return _set_dropout(model_config, ATTENTION_DROPOUT_FIELDS, probability, "attention_dropout")
+
+
+def set_hidden_dropout(model_config, probability: float) -> list[str]:
+    """Override the dropout on a transformers config's hidden states (not the attention
+    weights'; DistilBERT's separate ``qa_dropout`` before its QA head is left alone)."""
+    return _set_dropout(model_config, HIDDEN_DROPOUT_FIELDS, probability, "hidden_dropout")
 
 
 def freeze_encoder(model: torch.nn.Module) -> int:
@@ -106,9 +119,11 @@ def check_model_folder(name_or_path: str) -> None:
                                ", ... missing)")
 
 
-def load_qa_model(name_or_path: str, attention_dropout: float | None = None):
+def load_qa_model(name_or_path: str, attention_dropout: float | None = None,
+                  hidden_dropout: float | None = None):
     """``AutoModelForQuestionAnswering`` from a folder or hub name, with ``attention_dropout``
-    set when given. Failures are one :class:`ModelFolderError` naming the model."""
+    and ``hidden_dropout`` set when given. Failures are one :class:`ModelFolderError` naming
+    the model."""
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForQuestionAnswering
 
@@ -120,6 +135,8 @@ def load_qa_model(name_or_path: str, attention_dropout: float | None = None):
                                f"({first_line(err)})") from None
     if attention_dropout is not None:
         set_attention_dropout(config, attention_dropout)
+    if hidden_dropout is not None:
+        set_hidden_dropout(config, hidden_dropout)
     try:
         return AutoModelForQuestionAnswering.from_pretrained(name_or_path, config=config)
     except (OSError, SafetensorError, ValueError) as err:

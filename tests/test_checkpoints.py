@@ -514,7 +514,12 @@ def test_a_bad_model_folder_is_one_error_naming_it(tiny_model, tmp_path, damage)
         load_qa_model(str(folder))
 
 
-def test_load_qa_model_loads_a_good_folder_and_sets_attention_dropout(tiny_model):
+def test_load_qa_model_loads_a_good_folder_and_sets_dropout(tiny_model):
     model = load_qa_model(tiny_model, attention_dropout=0.25)
     assert model.config.hidden_size == 32 and model.config.attention_probs_dropout_prob == 0.25
+    assert model.config.hidden_dropout_prob == 0.1  # the tiny model's own
+    model = load_qa_model(tiny_model, hidden_dropout=0.0)
+    assert model.config.hidden_dropout_prob == 0.0
+    assert model.config.attention_probs_dropout_prob == 0.1
+    assert model.bert.embeddings.dropout.p == 0.0  # the modules follow the config
     check_model_folder("some-org/some-model")  # a hub name is left to the hub loader

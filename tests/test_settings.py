@@ -29,6 +29,7 @@ def test_bad_choices_exit_2_with_the_allowed_values(argv, message, capsys):
     ("per_device_train_batch_size", "0"), ("max_train_examples", "0"), ("learning_rate", "nan"),
     ("learning_rate", "inf"), ("num_proc", "-1"), ("negative_window_fraction", "1.5"),
     ("doc_stride", "400"), ("max_train_minutes", "0"), ("attention_dropout", "-0.1"),
+    ("hidden_dropout", "1.5"),
 ])
 def test_values_that_cannot_work_are_refused_naming_the_flag(flag, value):
     with pytest.raises(QAError, match=f"--{flag}"):

@@ -567,10 +567,10 @@ def test_freeze_encoder_run_changes_only_the_head(tiny_model, cache_dir, tmp_pat
             assert torch.equal(before[name], after[name]), name
 
 
-def test_set_attention_dropout_finds_the_field_of_each_architecture():
+def test_set_dropout_finds_the_field_of_each_architecture():
     from transformers import BertConfig, DistilBertConfig, GPT2Config
 
-    from qa_core.modeling import set_attention_dropout
+    from qa_core.modeling import set_attention_dropout, set_hidden_dropout
 
     bert, distil = BertConfig(), DistilBertConfig()
     assert set_attention_dropout(bert, 0.0) == ["attention_probs_dropout_prob"]
@@ -579,6 +579,13 @@ def test_set_attention_dropout_finds_the_field_of_each_architecture():
             and distil.attention_dropout == 0.05)
     with pytest.raises(ValueError, match="no attention dropout field"):
         set_attention_dropout(GPT2Config(), 0.0)
+    bert, distil = BertConfig(), DistilBertConfig()
+    assert set_hidden_dropout(bert, 0.0) == ["hidden_dropout_prob"]
+    assert bert.hidden_dropout_prob == 0.0 and bert.attention_probs_dropout_prob == 0.1
+    assert set_hidden_dropout(distil, 0.0) == ["dropout"] and distil.dropout == 0.0
+    assert distil.attention_dropout == 0.1 and distil.qa_dropout == 0.1
+    with pytest.raises(ValueError, match="no hidden dropout field.*leave out --hidden_dropout"):
+        set_hidden_dropout(GPT2Config(), 0.0)
 
 
 def test_resolve_mixed_precision_auto(monkeypatch):
