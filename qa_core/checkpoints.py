@@ -67,7 +67,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +124,23 @@ class RunState:
     gradient_accumulation_steps: int = 1
     train_data_key: str = ""
     average_last: float = 0.0
+    # Settings that shape the updates but not the data order. A resume may change them
+    # (lowering the rate after a bad stretch is common practice), but the change is said
+    # (changed_settings); older checkpoints do not record them and are not compared.
+    learning_rate: float | None = None
+    weight_decay: float | None = None
+    warmup_steps: int | None = None
+    lr_scheduler: str | None = None
+    max_grad_norm: float | None = None
+    attention_dropout: float | None = None
+    hidden_dropout: float | None = None
 
     MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size",
                   "gradient_accumulation_steps", "train_data_key", "average_last")
+    SAID_IF_CHANGED = ("learning_rate", "weight_decay", "warmup_steps", "lr_scheduler",
+                       "max_grad_norm", "attention_dropout", "hidden_dropout")
+    # the restored optimizer state carries these (per parameter group), whatever the flags say
+    KEPT_FROM_CHECKPOINT = ("learning_rate", "weight_decay")
 
     def save(self, folder: Path) -> None:
         (Path(folder) / RUN_STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -149,11 +163,37 @@ class RunState:
             if not _has_type(value, known[name].type):
                 raise CheckpointError(f"{path}: field {name!r} is {value!r}, expected "
                                       f"{known[name].type}")
-        return cls(**data)
+        state = cls(**data)
+        state.recorded = frozenset(data)
+        return state
 
     def mismatches(self, current: "RunState") -> list[str]:
         return [f"{name}: checkpoint {getattr(self, name)!r} != now {getattr(current, name)!r}"
                 for name in self.MUST_MATCH if getattr(self, name) != getattr(current, name)]
+
+    def changed_settings(self, current: "RunState") -> list[str]:
+        """One line per ``SAID_IF_CHANGED`` setting the resuming run (``current``) gives a
+        value other than the checkpoint's run (``self``, as loaded) did."""
+        recorded = getattr(self, "recorded", frozenset(f.name for f in fields(self)))
+        lines = []
+        for name in self.SAID_IF_CHANGED:
+            before, now = getattr(self, name), getattr(current, name)
+            if name not in recorded or before == now:
+                continue
+            if name in self.KEPT_FROM_CHECKPOINT:
+                lines.append(f"--{name} {now!r} is not used: the checkpoint's optimizer state "
+                             f"keeps {before!r}")
+            else:
+                lines.append(f"--{name} is {now!r}, the checkpoint's run had {before!r}: the "
+                             "resumed run will differ from an uninterrupted one")
+        return lines
+
+    def resumed_with(self, current: "RunState") -> "RunState":
+        """This loaded state, recording the settings the resumed run goes on with: the
+        checkpoint's for ``KEPT_FROM_CHECKPOINT``, ``current``'s for the other ones."""
+        return replace(self, **{name: getattr(current, name) for name in self.SAID_IF_CHANGED
+                                if name not in self.KEPT_FROM_CHECKPOINT
+                                or name not in getattr(self, "recorded", ())})
 
 
 def _has_type(value, annotation: str) -> bool:

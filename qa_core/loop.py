@@ -249,9 +249,12 @@ class TrainingRun:
         folder = checkpoints.resolve_resume(self.output_dir, resume_from_checkpoint)
         if folder is None:
             return None
-        self.state = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
-                                                 self.scheduler, folder, expected=self.state,
-                                                 average=self.average)
+        saved = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
+                                            self.scheduler, folder, expected=self.state,
+                                            average=self.average)
+        for change in saved.changed_settings(self.state):
+            self.accelerator.print(f"warning: resuming from {folder}: {change}")
+        self.state = saved.resumed_with(self.state)
         return folder
 
     def update_average(self) -> None:

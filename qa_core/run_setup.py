@@ -143,7 +143,11 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     state = RunState(world_size=accelerator.num_processes, seed=optim.seed,
                      per_device_train_batch_size=optim.per_device_train_batch_size,
                      gradient_accumulation_steps=optim.gradient_accumulation_steps,
-                     train_data_key=split.summary["key"], average_last=optim.average_last)
+                     train_data_key=split.summary["key"], average_last=optim.average_last,
+                     learning_rate=optim.learning_rate, weight_decay=optim.weight_decay,
+                     warmup_steps=optim.warmup_steps, lr_scheduler=optim.lr_scheduler,
+                     max_grad_norm=optim.max_grad_norm, attention_dropout=optim.attention_dropout,
+                     hidden_dropout=optim.hidden_dropout)
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
                       output_dir, budget, average=weight_average(accelerator, model,
                                                                  optim.average_last))

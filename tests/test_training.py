@@ -149,6 +149,33 @@ def test_run_state_round_trip_and_mismatches(tmp_path):
         RunState.load(tmp_path)
 
 
+def test_run_state_says_which_update_settings_a_resume_changes(tmp_path):
+    saved = RunState(learning_rate=1e-3, weight_decay=0.01, warmup_steps=2, lr_scheduler="linear",
+                     max_grad_norm=1.0, attention_dropout=0.0, hidden_dropout=None)
+    saved.save(tmp_path)
+    loaded = RunState.load(tmp_path)
+    assert loaded.changed_settings(saved) == []
+    now = RunState(learning_rate=5e-4, weight_decay=0.01, warmup_steps=5, lr_scheduler="linear",
+                   max_grad_norm=1.0, attention_dropout=0.0, hidden_dropout=0.0)
+    assert loaded.changed_settings(now) == [
+        "--learning_rate 0.0005 is not used: the checkpoint's optimizer state keeps 0.001",
+        "--warmup_steps is 5, the checkpoint's run had 2: the resumed run will differ from an "
+        "uninterrupted one",
+        "--hidden_dropout is 0.0, the checkpoint's run had None: the resumed run will differ "
+        "from an uninterrupted one"]
+    # the next checkpoints record what the resumed run goes on with
+    resumed = loaded.resumed_with(now)
+    assert (resumed.learning_rate, resumed.warmup_steps, resumed.hidden_dropout) == (1e-3, 5, 0.0)
+    # a checkpoint written before these settings were recorded: nothing to compare
+    data = json.loads((tmp_path / RUN_STATE_FILE).read_text())
+    for name in RunState.SAID_IF_CHANGED:
+        del data[name]
+    (tmp_path / RUN_STATE_FILE).write_text(json.dumps(data))
+    older = RunState.load(tmp_path)
+    assert older.changed_settings(now) == []
+    assert older.resumed_with(now).learning_rate == 5e-4
+
+
 def make_checkpoints(output_dir: Path, finished: list[int], unfinished: list[int]) -> None:
     for step in finished + unfinished:
         folder = output_dir / "checkpoints" / f"step_{step}"
@@ -319,6 +346,27 @@ def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, 
         resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"), **flags))
     assert code == 2
     assert "per_device_train_batch_size: checkpoint 4 != now 2" in one_line_error(capsys)
+
+
+def test_resume_with_other_update_settings_goes_on_and_says_so(uninterrupted, tiny_model,
+                                                                cache_dir, tmp_path):
+    step_4 = uninterrupted / "checkpoints" / "step_4"
+    flags = {**RESUME_FLAGS, "learning_rate": 5e-4, "warmup_steps": 3}
+    code, _, stdout = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "D2", resume_from_checkpoint=str(step_4), **flags))
+    assert code == 0
+    assert (f"warning: resuming from {step_4}: --learning_rate 0.0005 is not used: the "
+            "checkpoint's optimizer state keeps 0.001") in stdout
+    assert (f"warning: resuming from {step_4}: --warmup_steps is 3, the checkpoint's run had 2: "
+            "the resumed run will differ from an uninterrupted one") in stdout
+    later = RunState.load(tmp_path / "D2" / "checkpoints" / "step_8")
+    assert (later.learning_rate, later.warmup_steps) == (1e-3, 3)
+    # the peak rate stays the checkpoint's 1e-3 and the schedule is the new warm-up's (3 steps,
+    # then linear decay to step 12); step 5 still runs at the rate step 4 set
+    records = train_records(tmp_path / "D2")
+    assert [r["step"] for r in records[:2]] == [5, 6]
+    assert records[0]["lr"] == pytest.approx(1e-3 * lr_lambda("linear", 2, 12)(4))
+    assert records[1]["lr"] == pytest.approx(1e-3 * lr_lambda("linear", 3, 12)(5))
 
 
 def test_resume_refuses_a_folder_without_run_state(uninterrupted, tiny_model, cache_dir, tmp_path,
