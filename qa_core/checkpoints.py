@@ -126,7 +126,7 @@ class RunState:
     average_last: float = 0.0
     # Settings that shape the updates but not the data order. A resume may change them
     # (lowering the rate after a bad stretch is common practice), but the change is said
-    # (changed_settings); older checkpoints do not record them and are not compared.
+    # (changed_settings); older checkpoints do not record them (load takes the resuming run's).
     learning_rate: float | None = None
     weight_decay: float | None = None
     warmup_steps: int | None = None
@@ -146,8 +146,10 @@ class RunState:
         (Path(folder) / RUN_STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, folder: Path) -> "RunState":
-        """Read ``folder/run_state.json``; anything but this class's fields, typed, is refused."""
+    def load(cls, folder: Path, unrecorded_from: "RunState | None" = None) -> "RunState":
+        """Read ``folder/run_state.json``; anything but this class's fields, typed, is refused.
+        ``unrecorded_from``: the resuming run's state, whose ``SAID_IF_CHANGED`` values stand in
+        for those a checkpoint written before they were recorded lacks."""
         path = Path(folder) / RUN_STATE_FILE
         if not path.is_file():
             raise CheckpointError(f"{folder} is not a checkpoint of this script: {RUN_STATE_FILE} "
@@ -163,9 +165,10 @@ class RunState:
             if not _has_type(value, known[name].type):
                 raise CheckpointError(f"{path}: field {name!r} is {value!r}, expected "
                                       f"{known[name].type}")
-        state = cls(**data)
-        state.recorded = frozenset(data)
-        return state
+        if unrecorded_from is not None:  # a checkpoint older than SAID_IF_CHANGED: no change
+            data = {**{name: getattr(unrecorded_from, name) for name in cls.SAID_IF_CHANGED},
+                    **data}
+        return cls(**data)
 
     def mismatches(self, current: "RunState") -> list[str]:
         return [f"{name}: checkpoint {getattr(self, name)!r} != now {getattr(current, name)!r}"
@@ -174,11 +177,10 @@ class RunState:
     def changed_settings(self, current: "RunState") -> list[str]:
         """One line per ``SAID_IF_CHANGED`` setting the resuming run (``current``) gives a
         value other than the checkpoint's run (``self``, as loaded) did."""
-        recorded = getattr(self, "recorded", frozenset(f.name for f in fields(self)))
         lines = []
         for name in self.SAID_IF_CHANGED:
             before, now = getattr(self, name), getattr(current, name)
-            if name not in recorded or before == now:
+            if before == now:
                 continue
             if name in self.KEPT_FROM_CHECKPOINT:
                 lines.append(f"--{name} {now!r} is not used: the checkpoint's optimizer state "
@@ -192,8 +194,7 @@ class RunState:
         """This loaded state, recording the settings the resumed run goes on with: the
         checkpoint's for ``KEPT_FROM_CHECKPOINT``, ``current``'s for the other ones."""
         return replace(self, **{name: getattr(current, name) for name in self.SAID_IF_CHANGED
-                                if name not in self.KEPT_FROM_CHECKPOINT
-                                or name not in getattr(self, "recorded", ())})
+                                if name not in self.KEPT_FROM_CHECKPOINT})
 
 
 def _has_type(value, annotation: str) -> bool:
@@ -590,7 +591,7 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
     require_checkpoint_support(accelerator)
     folder = Path(folder)
     verify_checkpoint(folder)
-    saved = RunState.load(folder)
+    saved = RunState.load(folder, unrecorded_from=expected)
     problems = saved.mismatches(expected) if expected is not None else []
     if problems:
         raise CheckpointError(f"cannot resume exactly from {folder}: " + "; ".join(problems))

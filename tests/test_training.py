@@ -171,7 +171,7 @@ def test_run_state_says_which_update_settings_a_resume_changes(tmp_path):
     for name in RunState.SAID_IF_CHANGED:
         del data[name]
     (tmp_path / RUN_STATE_FILE).write_text(json.dumps(data))
-    older = RunState.load(tmp_path)
+    older = RunState.load(tmp_path, unrecorded_from=now)
     assert older.changed_settings(now) == []
     assert older.resumed_with(now).learning_rate == 5e-4
 
