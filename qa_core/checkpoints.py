@@ -134,11 +134,14 @@ class RunState:
     max_grad_norm: float | None = None
     attention_dropout: float | None = None
     hidden_dropout: float | None = None
+    # A run without a time budget: the optimizer steps that --num_train_epochs / --max_train_steps
+    # give, which the learning-rate schedule decays over (a budgeted run's is planned_total_steps).
+    scheduled_steps: int | None = None
 
     MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size",
                   "gradient_accumulation_steps", "train_data_key", "average_last")
     SAID_IF_CHANGED = ("learning_rate", "weight_decay", "warmup_steps", "lr_scheduler",
-                       "max_grad_norm", "attention_dropout", "hidden_dropout")
+                       "max_grad_norm", "attention_dropout", "hidden_dropout", "scheduled_steps")
     # the restored optimizer state carries these (per parameter group), whatever the flags say
     KEPT_FROM_CHECKPOINT = ("learning_rate", "weight_decay")
 
@@ -182,7 +185,13 @@ class RunState:
             before, now = getattr(self, name), getattr(current, name)
             if before == now:
                 continue
-            if name in self.KEPT_FROM_CHECKPOINT:
+            if name == "scheduled_steps":
+                if before is not None and now is not None:  # None: a time budget plans the run
+                    lines.append(f"--num_train_epochs / --max_train_steps give {now} optimizer "
+                                 f"steps, the checkpoint's run had {before}: the learning-rate "
+                                 "schedule follows the new length, so the resumed run will "
+                                 "differ from an uninterrupted one")
+            elif name in self.KEPT_FROM_CHECKPOINT:
                 lines.append(f"--{name} {now!r} is not used: the checkpoint's optimizer state "
                              f"keeps {before!r}")
             else:

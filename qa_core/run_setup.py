@@ -147,7 +147,8 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                      learning_rate=optim.learning_rate, weight_decay=optim.weight_decay,
                      warmup_steps=optim.warmup_steps, lr_scheduler=optim.lr_scheduler,
                      max_grad_norm=optim.max_grad_norm, attention_dropout=optim.attention_dropout,
-                     hidden_dropout=optim.hidden_dropout)
+                     hidden_dropout=optim.hidden_dropout,
+                     scheduled_steps=None if budget else plan.total_steps)
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
                       output_dir, budget, average=weight_average(accelerator, model,
                                                                  optim.average_last))

@@ -11,6 +11,7 @@ import gzip
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -151,21 +152,30 @@ def test_run_state_round_trip_and_mismatches(tmp_path):
 
 def test_run_state_says_which_update_settings_a_resume_changes(tmp_path):
     saved = RunState(learning_rate=1e-3, weight_decay=0.01, warmup_steps=2, lr_scheduler="linear",
-                     max_grad_norm=1.0, attention_dropout=0.0, hidden_dropout=None)
+                     max_grad_norm=1.0, attention_dropout=0.0, hidden_dropout=None,
+                     scheduled_steps=100)
     saved.save(tmp_path)
     loaded = RunState.load(tmp_path)
     assert loaded.changed_settings(saved) == []
     now = RunState(learning_rate=5e-4, weight_decay=0.01, warmup_steps=5, lr_scheduler="linear",
-                   max_grad_norm=1.0, attention_dropout=0.0, hidden_dropout=0.0)
+                   max_grad_norm=1.0, attention_dropout=0.0, hidden_dropout=0.0,
+                   scheduled_steps=150)
     assert loaded.changed_settings(now) == [
         "--learning_rate 0.0005 is not used: the checkpoint's optimizer state keeps 0.001",
         "--warmup_steps is 5, the checkpoint's run had 2: the resumed run will differ from an "
         "uninterrupted one",
         "--hidden_dropout is 0.0, the checkpoint's run had None: the resumed run will differ "
-        "from an uninterrupted one"]
+        "from an uninterrupted one",
+        "--num_train_epochs / --max_train_steps give 150 optimizer steps, the checkpoint's run "
+        "had 100: the learning-rate schedule follows the new length, so the resumed run will "
+        "differ from an uninterrupted one"]
     # the next checkpoints record what the resumed run goes on with
     resumed = loaded.resumed_with(now)
-    assert (resumed.learning_rate, resumed.warmup_steps, resumed.hidden_dropout) == (1e-3, 5, 0.0)
+    assert (resumed.learning_rate, resumed.warmup_steps, resumed.hidden_dropout,
+            resumed.scheduled_steps) == (1e-3, 5, 0.0, 150)
+    # with a time budget on either side, the plan (planned_total_steps) says the length
+    assert len(loaded.changed_settings(replace(now, scheduled_steps=None))) == 3
+    assert len(replace(loaded, scheduled_steps=None).changed_settings(now)) == 3
     # a checkpoint written before these settings were recorded: nothing to compare
     data = json.loads((tmp_path / RUN_STATE_FILE).read_text())
     for name in RunState.SAID_IF_CHANGED:
@@ -351,7 +361,7 @@ def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, 
 def test_resume_with_other_update_settings_goes_on_and_says_so(uninterrupted, tiny_model,
                                                                 cache_dir, tmp_path):
     step_4 = uninterrupted / "checkpoints" / "step_4"
-    flags = {**RESUME_FLAGS, "learning_rate": 5e-4, "warmup_steps": 3}
+    flags = {**RESUME_FLAGS, "learning_rate": 5e-4, "warmup_steps": 3, "num_train_epochs": 3}
     code, _, stdout = run_main_in_process(train_args(
         tiny_model, cache_dir, tmp_path / "D2", resume_from_checkpoint=str(step_4), **flags))
     assert code == 0
@@ -359,14 +369,18 @@ def test_resume_with_other_update_settings_goes_on_and_says_so(uninterrupted, ti
             "checkpoint's optimizer state keeps 0.001") in stdout
     assert (f"warning: resuming from {step_4}: --warmup_steps is 3, the checkpoint's run had 2: "
             "the resumed run will differ from an uninterrupted one") in stdout
+    assert (f"warning: resuming from {step_4}: --num_train_epochs / --max_train_steps give 18 "
+            "optimizer steps, the checkpoint's run had 12: the learning-rate schedule follows the "
+            "new length, so the resumed run will differ from an uninterrupted one") in stdout
     later = RunState.load(tmp_path / "D2" / "checkpoints" / "step_8")
-    assert (later.learning_rate, later.warmup_steps) == (1e-3, 3)
-    # the peak rate stays the checkpoint's 1e-3 and the schedule is the new warm-up's (3 steps,
-    # then linear decay to step 12); step 5 still runs at the rate step 4 set
+    assert (later.learning_rate, later.warmup_steps, later.scheduled_steps) == (1e-3, 3, 18)
+    # the peak rate stays the checkpoint's 1e-3 and the schedule is the new warm-up's and
+    # length's (3 steps, then linear decay to step 18); step 5 still runs at the rate step 4 set
     records = train_records(tmp_path / "D2")
     assert [r["step"] for r in records[:2]] == [5, 6]
     assert records[0]["lr"] == pytest.approx(1e-3 * lr_lambda("linear", 2, 12)(4))
-    assert records[1]["lr"] == pytest.approx(1e-3 * lr_lambda("linear", 3, 12)(5))
+    assert records[1]["lr"] == pytest.approx(1e-3 * lr_lambda("linear", 3, 18)(5))
+    assert records[-1]["step"] == 18
 
 
 def test_resume_refuses_a_folder_without_run_state(uninterrupted, tiny_model, cache_dir, tmp_path,
