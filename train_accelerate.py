@@ -40,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
 def train(settings: TrainSettings, started_at: float) -> int:
     from accelerate.utils import set_seed
 
-    from qa_core.checkpoints import RunState, save_model_checked
+    from qa_core.checkpoints import (
+        RunState,
+        check_new_run_output,
+        resolve_resume,
+        save_model_checked,
+    )
     from qa_core.distributed import resolve_cache_sharing
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
     from qa_core.loop import EvalTracker, fit, start_log
@@ -56,14 +61,18 @@ def train(settings: TrainSettings, started_at: float) -> int:
                                    None if run_args.report_to == "none" else run_args.report_to,
                                    run_args.output_dir)
     output_dir = Path(run_args.output_dir)
-    log, distribution = start_log(accelerator, output_dir, run_args.report_to)
+    do_train = optim.max_train_steps != 0
+    if do_train:
+        check_new_run_output(accelerator, output_dir, run_args.resume_from_checkpoint,
+                             run_args.overwrite_output_dir)
+    new_run = resolve_resume(output_dir, run_args.resume_from_checkpoint) is None
+    log, distribution = start_log(accelerator, output_dir, run_args.report_to, new_run)
     set_seed(optim.seed)
 
     # --- data: the preprocessing cache, shared with preprocess.py ---------------------------------
     check_model_folder(data.model)  # a damaged model folder is refused before any preprocessing
     sharing = resolve_cache_sharing(accelerator, run_args.cache_sharing, settings.cache.cache_dir)
     tokenizer = load_tokenizer(data.model)
-    do_train = optim.max_train_steps != 0
     train_split = load_cached_split(accelerator, settings, sharing, data.train_data,
                                     data.train_split, tokenizer, data.max_train_examples) \
         if do_train else None
@@ -96,9 +105,12 @@ def train(settings: TrainSettings, started_at: float) -> int:
     # --- outputs ----------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
     save_model_checked(accelerator, model, output_dir, tracker.metrics)  # refuses NaN/inf weights
-    builds = {"eval": eval_split.builds, **({"train": train_split.builds} if do_train else {})}
+    splits = {"eval": eval_split, **({"train": train_split} if do_train else {})}
     summary = run_summary(tracker.metrics, state, train_seconds, accelerator, output_dir,
-                          distribution=distribution, cache={**sharing.as_dict(), "builds": builds})
+                          distribution=distribution,
+                          data={name: split.data_facts() for name, split in splits.items()},
+                          cache={**sharing.as_dict(),
+                                 "builds": {name: split.builds for name, split in splits.items()}})
     if accelerator.is_main_process:
         if run_args.demo:  # before the run files, so metrics.json holds the answers too
             demo_answers(accelerator.unwrap_model(model), tokenizer, evaluator.decode_config,

@@ -32,7 +32,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import append_record, packaged_model, print_summary, repo_path  # noqa: E402
+from bench.common import (  # noqa: E402
+    append_record,
+    packaged_model,
+    print_summary,
+    repo_path,
+    resolve_data_files,
+)
 from qa_core.decode import (  # noqa: E402
     DecodeConfig,
     best_answers,
@@ -143,11 +149,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the vectorized path")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/results")
     args = parser.parse_args(argv)
+    labels = resolve_data_files(parser, args, "data")  # one line, not a traceback, if missing
     config = DecodeConfig()  # n_best_size 20, max_answer_length 30
 
     t0 = time.perf_counter()
     features, examples, summary = load_real_features(
-        repo_path(args.data), repo_path(args.cache_dir), args.split, args.language, args.num_proc
+        args.data, repo_path(args.cache_dir), args.split, args.language, args.num_proc
     )
     if args.max_features is not None:
         features = features.select(range(min(args.max_features, len(features))))
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     scores_slow = squad_scores({i: slow[i].text for i in used_ids}, references)
 
     record = {
-        "data": args.data,
+        "data": labels["data"],
         "features": len(offsets),
         "examples": len(used_ids),
         "seq_len": MAX_LENGTH,

@@ -124,6 +124,9 @@ class RunState:
     gradient_accumulation_steps: int = 1
     train_data_key: str = ""
     average_last: float = 0.0
+    max_train_examples: int | None = None
+    group_by_length: bool = False
+    negative_window_fraction: float | None = None   # the share in effect (a default resolved)
     # Settings that shape the updates but not the data order. A resume may change them
     # (lowering the rate after a bad stretch is common practice), but the change is said
     # (changed_settings); older checkpoints do not record them (load takes the resuming run's).
@@ -138,8 +141,10 @@ class RunState:
     # give, which the learning-rate schedule decays over (a budgeted run's is planned_total_steps).
     scheduled_steps: int | None = None
 
+    # The data order (which windows, in which batches) and what the checkpoint holds.
     MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size",
-                  "gradient_accumulation_steps", "train_data_key", "average_last")
+                  "gradient_accumulation_steps", "train_data_key", "average_last",
+                  "max_train_examples", "group_by_length", "negative_window_fraction")
     SAID_IF_CHANGED = ("learning_rate", "weight_decay", "warmup_steps", "lr_scheduler",
                        "max_grad_norm", "attention_dropout", "hidden_dropout", "scheduled_steps")
     # the restored optimizer state carries these (per parameter group), whatever the flags say
@@ -151,8 +156,9 @@ class RunState:
     @classmethod
     def load(cls, folder: Path, unrecorded_from: "RunState | None" = None) -> "RunState":
         """Read ``folder/run_state.json``; anything but this class's fields, typed, is refused.
-        ``unrecorded_from``: the resuming run's state, whose ``SAID_IF_CHANGED`` values stand in
-        for those a checkpoint written before they were recorded lacks."""
+        ``unrecorded_from``: the resuming run's state, whose ``MUST_MATCH`` and
+        ``SAID_IF_CHANGED`` values stand in for those a checkpoint written before they were
+        recorded lacks (nothing to compare them with)."""
         path = Path(folder) / RUN_STATE_FILE
         if not path.is_file():
             raise CheckpointError(f"{folder} is not a checkpoint of this script: {RUN_STATE_FILE} "
@@ -168,9 +174,9 @@ class RunState:
             if not _has_type(value, known[name].type):
                 raise CheckpointError(f"{path}: field {name!r} is {value!r}, expected "
                                       f"{known[name].type}")
-        if unrecorded_from is not None:  # a checkpoint older than SAID_IF_CHANGED: no change
-            data = {**{name: getattr(unrecorded_from, name) for name in cls.SAID_IF_CHANGED},
-                    **data}
+        if unrecorded_from is not None:  # an older checkpoint: what it lacks, it cannot differ in
+            data = {**{name: getattr(unrecorded_from, name)
+                       for name in cls.MUST_MATCH + cls.SAID_IF_CHANGED}, **data}
         return cls(**data)
 
     def mismatches(self, current: "RunState") -> list[str]:
@@ -208,7 +214,8 @@ class RunState:
 
 def _has_type(value, annotation: str) -> bool:
     """``value`` fits a RunState annotation (``int``, ``str``, ``float | None``, ...)."""
-    kinds = {"int": (int,), "float": (int, float), "str": (str,), "None": (type(None),)}
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+             "None": (type(None),)}
     allowed = tuple(t for part in annotation.split("|") for t in kinds[part.strip()])
     return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
 
@@ -253,8 +260,14 @@ def checkpoint_folders(output_dir: Path) -> list[Path]:
 
 
 def remove_checkpoint(folder: Path) -> None:
-    """Delete a checkpoint, its manifest first: a kill midway leaves an unfinished folder."""
-    (Path(folder) / MANIFEST_FILE).unlink(missing_ok=True)
+    """Delete a checkpoint, its manifest first: a kill midway leaves an unfinished folder.
+    A symbolic link is removed as a link: what it points to (perhaps a checkpoint kept
+    elsewhere on purpose) is not this run's to delete."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        folder.unlink()
+        return
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -266,6 +279,32 @@ def prune_checkpoints(output_dir: Path, keep_last: int | None) -> list[Path]:
     for folder in doomed:
         remove_checkpoint(folder)
     return doomed
+
+
+def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: str | None,
+                         overwrite: bool) -> None:
+    """A new run (no ``--resume_from_checkpoint``) into an ``output_dir`` holding an earlier
+    run's checkpoints is refused, unless ``overwrite`` (then they are deleted first): otherwise
+    both runs' checkpoints would sit side by side, pruned together, and ``auto`` would later
+    resume whichever step is newest."""
+    if resume_from_checkpoint:
+        return
+    root = Path(output_dir) / "checkpoints"
+    earlier = sorted((p for p in root.iterdir() if STEP_FOLDER.match(p.name)),
+                     key=lambda p: int(STEP_FOLDER.match(p.name).group(1))) \
+        if root.is_dir() else []
+    if not earlier:
+        return
+    if not overwrite:
+        raise CheckpointError(
+            f"--output_dir {output_dir}: holds an earlier run's checkpoints "
+            f"({', '.join(p.name for p in earlier)}): resume it with --resume_from_checkpoint "
+            "auto, start afresh with --overwrite_output_dir (deletes them), or give another "
+            "--output_dir")
+    if accelerator.is_main_process:
+        for folder in earlier:
+            remove_checkpoint(folder)
+    accelerator.wait_for_everyone()
 
 
 def resolve_resume(output_dir: Path, resume_from_checkpoint: str | None) -> Path | None:

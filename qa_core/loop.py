@@ -47,13 +47,17 @@ class RunLog:
             self.accelerator.log(numbers, step=record.get("step"))
 
 
-def start_log(accelerator, output_dir: Path, report_to: str) -> tuple[RunLog, dict]:
+def start_log(accelerator, output_dir: Path, report_to: str,
+              new_run: bool) -> tuple[RunLog, dict]:
     """The run's log, opened with the distribution in effect (also printed): distributed type,
-    world size, machines, mixed precision and sharding."""
+    world size, machines, mixed precision and sharding. A new run starts ``log.jsonl`` afresh;
+    a resumed one goes on appending to its run's."""
     from qa_core.hardware import describe_distribution, distribution_line
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        if new_run:
+            (output_dir / "log.jsonl").unlink(missing_ok=True)
     log = RunLog(accelerator, output_dir / "log.jsonl", report_to)
     distribution = describe_distribution(accelerator)
     log.write({"event": "distribution", **distribution})

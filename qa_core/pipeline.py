@@ -699,12 +699,17 @@ def _summary(writer: CacheEntryWriter, source: ExampleSource, config: Preprocess
     }
 
 
+def counts_text(counts: dict[str, int]) -> str:
+    """Counts by reason as text: ``question_too_long 2, duplicate_id 1``."""
+    return ", ".join(f"{reason} {count}" for reason, count in counts.items())
+
+
 def empty_result_message(source: str, read: dict, skipped: dict) -> str:
     """One line: why ``source`` gave no example (rows read, skips and notes by reason)."""
     rows = sum(read["formats"].values()) + read["notes"].get("other_language", 0)
     parts = [f"{source}: no usable examples: {rows} rows read"]
     if skipped:
-        parts.append("skipped " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+        parts.append("skipped " + counts_text(skipped))
     if read["notes"].get("other_language"):
         parts.append(f"{read['notes']['other_language']} rows of another language than the one "
                      "kept (--language)")

@@ -23,14 +23,14 @@ from qa_core.batching import (
     select_first_examples,
     training_loader,
 )
-from qa_core.budget import StepCosts, TimeBudget
+from qa_core.budget import StepCosts, TimeBudget, calibration_steps
 from qa_core.checkpoints import RunState
 from qa_core.distributed import CacheSharing, cache_build_context, count_processes
 from qa_core.errors import SettingsError
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
 from qa_core.optim import build_optimizer, build_scheduler
-from qa_core.pipeline import PreprocessConfig, prepare
+from qa_core.pipeline import PreprocessConfig, counts_text, prepare
 from qa_core.settings import TrainSettings
 
 # Share of answer-less windows drawn per epoch when --negative_window_fraction is not given:
@@ -57,6 +57,13 @@ class CachedSplit:
     selection: FeatureSelection
     builds: int = 0
 
+    def data_facts(self) -> dict:
+        """For the run summary: the source, the examples read and used (``--max_*_examples``),
+        and the rows left out, counted by reason (``skipped``) with the labelling ``notes``."""
+        return {"source": self.summary["source"], "examples": self.summary["examples"],
+                "examples_used": self.selection.examples.num_rows,
+                "skipped": self.summary["skipped"], "notes": self.summary["notes"]}
+
 
 def load_cached_split(accelerator, settings: TrainSettings, sharing: CacheSharing, data: str,
                       split: str, tokenizer, limit: int | None) -> CachedSplit:
@@ -70,6 +77,10 @@ def load_cached_split(accelerator, settings: TrainSettings, sharing: CacheSharin
     with cache_build_context(accelerator, sharing):
         result = prepare(config, tokenizer)
     builds = count_processes(accelerator, not result.summary["cache_hit"])
+    if result.summary["skipped"]:  # counted, and said: a skip is never silent
+        accelerator.print(f"{result.summary['source']}: "
+                          f"{sum(result.summary['skipped'].values())} rows skipped "
+                          f"({counts_text(result.summary['skipped'])})")
     features, examples = open_cache_entry(result.entry)
     return CachedSplit(result.summary, features, select_first_examples(features, examples, limit),
                        builds)
@@ -123,9 +134,10 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
         model.compile()  # in place: state_dict keys and save_pretrained stay plain
     optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
     train_set = rows_of(accelerator, settings, split, pad_token_id)
+    negatives = negative_fraction(settings, split)
     sampler, loader = training_loader(train_set, optim.per_device_train_batch_size,
-                                      accelerator.num_processes, negative_fraction(settings, split),
-                                      optim.seed, optim.group_by_length)
+                                      accelerator.num_processes, negatives, optim.seed,
+                                      optim.group_by_length)
     model, optimizer, loader, evaluator.loader = accelerator.prepare(
         model, optimizer, loader, evaluator.loader)
     plan = StepPlan.build(len(loader), optim.gradient_accumulation_steps,
@@ -144,6 +156,8 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                      per_device_train_batch_size=optim.per_device_train_batch_size,
                      gradient_accumulation_steps=optim.gradient_accumulation_steps,
                      train_data_key=split.summary["key"], average_last=optim.average_last,
+                     max_train_examples=settings.data.max_train_examples,
+                     group_by_length=optim.group_by_length, negative_window_fraction=negatives,
                      learning_rate=optim.learning_rate, weight_decay=optim.weight_decay,
                      warmup_steps=optim.warmup_steps, lr_scheduler=optim.lr_scheduler,
                      max_grad_norm=optim.max_grad_norm, attention_dropout=optim.attention_dropout,
@@ -158,7 +172,10 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     if resumed is not None:
         accelerator.print(f"resumed from {resumed} at step {run.state.global_step} "
                           f"(epoch {run.state.epoch}, batch {run.state.batches_in_epoch})")
-    accelerator.print(f"{len(train_set)} train features ({len(sampler)} per epoch), "
-                      f"{plan.total_steps} optimizer steps on {accelerator.num_processes} "
-                      f"process(es), mixed precision {accelerator.mixed_precision}")
+    steps = (f"{run.plan.total_steps} optimizer steps" if run.total_steps_known else
+             f"optimizer steps planned after {calibration_steps(optim.warmup_steps)} to fit "
+             f"--max_train_minutes {optim.max_train_minutes:g}")
+    accelerator.print(f"{len(train_set)} train features ({len(sampler)} per epoch), {steps} on "
+                      f"{accelerator.num_processes} process(es), mixed precision "
+                      f"{accelerator.mixed_precision}")
     return run

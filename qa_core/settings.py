@@ -173,6 +173,9 @@ class RunArgs:
     keep_last: Optional[int] = _arg(2, "checkpoints kept (0: all)")
     resume_from_checkpoint: Optional[str] = _arg(None, "auto (newest finished checkpoint in "
                                                        "output_dir) or a checkpoint folder")
+    overwrite_output_dir: bool = _arg(False, "start a new run in an output_dir that holds an "
+                                             "earlier run's checkpoints, deleting them (without "
+                                             "it, such a run is refused)")
     logging_steps: int = _arg(10, "log every N optimizer steps")
     report_to: str = _arg("none", "experiment tracker", choices=REPORT_TO)
     cache_sharing: str = _arg(
@@ -248,6 +251,8 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("checkpointing_steps", _positive, "at least 1 (leave it out for epoch ends only)"),
     ("keep_last", _non_negative, "a count >= 0 (0 keeps all)"),
     ("logging_steps", _positive, "at least 1"),
+    # numpy's generator, which accelerate's set_seed seeds, takes 0 .. 2**32 - 1
+    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]"),
 )
 
 
@@ -266,6 +271,26 @@ def check_settings(*groups: Any) -> None:
     for flag in ("cache_dir", "output_dir"):
         if values.get(flag):
             check_writable_folder(Path(values[flag]).expanduser(), f"--{flag}")
+    if values.get("output_dir"):
+        check_output_subfolders(Path(values["output_dir"]).expanduser())
+    resume = values.get("resume_from_checkpoint")
+    if resume is not None and not resume.strip():  # e.g. an unset $CKPT: never a fresh start
+        raise SettingsError("argument --resume_from_checkpoint: empty; give a checkpoint folder "
+                            "or 'auto' (or leave the flag out to start a new run)")
+
+
+# What a run writes as folders under --output_dir (checkpoints/step_N/, best_model/)
+OUTPUT_SUBFOLDERS = ("checkpoints", "best_model")
+
+
+def check_output_subfolders(output_dir: Path) -> None:
+    """A file where the run will write a folder is refused before any work (it used to fail
+    at the first checkpoint, after training)."""
+    for name in OUTPUT_SUBFOLDERS:
+        path = output_dir / name
+        if path.exists() and not path.is_dir():
+            raise SettingsError(f"--output_dir {output_dir}: {path} is a file, but the run "
+                                f"writes its {name}/ folder there; move it away")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +327,8 @@ def demo_preset() -> dict[str, Any]:
         learning_rate=2.2e-4, warmup_steps=20, max_length=256, doc_stride=96,
         label_answer="consensus", logging_steps=20, mixed_precision="auto", eval_strategy="end",
         max_train_minutes=4.8, max_answer_length=CPU_RECIPE_MAX_ANSWER_TOKENS,
-        hidden_dropout=0.0, **SPEED_SETTINGS,
+        hidden_dropout=0.0, overwrite_output_dir=True,  # running the demo again redoes it
+        **SPEED_SETTINGS,
     )
 
 

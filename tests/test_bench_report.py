@@ -151,6 +151,25 @@ def test_empty_and_missing_results(tmp_path: Path):
     assert plots == [] and "No benchmark results" in body
 
 
+def test_missing_or_empty_results_leave_the_readme_tables_alone(results: Path, tmp_path: Path,
+                                                                 capsys):
+    """``--results`` with a typo used to create the folder and replace every table of the
+    README with "No benchmark results yet", rc 0."""
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:start -->\nRECORDED TABLES\n<!-- report:end -->\n")
+    with pytest.raises(SystemExit) as stop:
+        report.main(["--results", str(tmp_path / "resluts"), "--readme", str(readme)])
+    assert stop.value.code == 2
+    assert f"--results {tmp_path / 'resluts'}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "resluts").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report.main(["--results", str(empty), "--plots", str(tmp_path / "p"),
+                        "--readme", str(readme)]) == 0
+    assert json.loads(capsys.readouterr().out)["readme_updated"] is False
+    assert "RECORDED TABLES" in readme.read_text()
+
+
 def test_records_written_by_common_are_reported(tmp_path: Path):
     res = tmp_path / "results"
     path = common.append_record("roundtrip", {"batch_size": 2, "samples_per_s": 1.5,

@@ -29,7 +29,7 @@ def test_bad_choices_exit_2_with_the_allowed_values(argv, message, capsys):
     ("per_device_train_batch_size", "0"), ("max_train_examples", "0"), ("learning_rate", "nan"),
     ("learning_rate", "inf"), ("num_proc", "-1"), ("negative_window_fraction", "1.5"),
     ("doc_stride", "400"), ("max_train_minutes", "0"), ("attention_dropout", "-0.1"),
-    ("hidden_dropout", "1.5"),
+    ("hidden_dropout", "1.5"), ("seed", "-1"), ("seed", "4294967296"),
 ])
 def test_values_that_cannot_work_are_refused_naming_the_flag(flag, value):
     with pytest.raises(QAError, match=f"--{flag}"):
@@ -42,6 +42,23 @@ def test_folder_flags_that_are_files_are_refused(tmp_path):
     for flag in ("output_dir", "cache_dir"):
         with pytest.raises(QAError, match=f"--{flag} {a_file}: is a file"):
             parse_train_settings([f"--{flag}", str(a_file)])
+
+
+@pytest.mark.parametrize("name", ["checkpoints", "best_model"])
+def test_a_file_where_the_run_writes_a_folder_is_refused_before_any_work(tmp_path, name):
+    """It used to fail at the first checkpoint, after training (NotADirectoryError)."""
+    (tmp_path / name).write_text("x")
+    with pytest.raises(QAError, match=f"--output_dir {tmp_path}: {tmp_path / name} is a file, "
+                                      f"but the run writes its {name}/ folder there"):
+        parse_train_settings(["--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_resume_flag_is_refused_not_a_fresh_start(value):
+    """An unset ``$CKPT`` in ``--resume_from_checkpoint "$CKPT"`` used to start a new run."""
+    with pytest.raises(QAError, match="--resume_from_checkpoint: empty; give a checkpoint "
+                                      "folder or 'auto'"):
+        parse_train_settings(["--resume_from_checkpoint", value])
 
 
 def test_preset_replaces_defaults_but_not_what_was_typed():

@@ -349,13 +349,83 @@ def one_line_error(capsys) -> str:
     return errors[0]
 
 
-def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, tmp_path, capsys):
-    flags = {**RESUME_FLAGS, "per_device_train_batch_size": 2}
+@pytest.mark.parametrize("flag, value, expected", [
+    ("per_device_train_batch_size", 2, "per_device_train_batch_size: checkpoint 4 != now 2"),
+    # the data order: other windows, or the same ones in other batches (these resumed silently)
+    ("max_train_examples", 40, "max_train_examples: checkpoint 20 != now 40"),
+    ("group_by_length", True, "group_by_length: checkpoint False != now True"),
+    ("negative_window_fraction", 0.0, "negative_window_fraction: checkpoint 1.0 != now 0.0"),
+])
+def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, tmp_path, capsys,
+                                          flag, value, expected):
+    flags = {**RESUME_FLAGS, flag: value}
     code, _, _ = run_main_in_process(train_args(
         tiny_model, cache_dir, tmp_path / "D",
         resume_from_checkpoint=str(uninterrupted / "checkpoints" / "step_4"), **flags))
     assert code == 2
-    assert "per_device_train_batch_size: checkpoint 4 != now 2" in one_line_error(capsys)
+    assert expected in one_line_error(capsys)
+    assert not (tmp_path / "D" / "model.safetensors").exists()
+
+
+def test_a_new_run_into_an_earlier_runs_output_dir_is_refused_unless_overwritten(
+        uninterrupted, tiny_model, cache_dir, tmp_path, capsys):
+    """Before: the new run's checkpoints joined the earlier run's (step_4 beside the old step_8),
+    the log held both runs, and ``auto`` later resumed the old run."""
+    out = tmp_path / "used"
+    shutil.copytree(uninterrupted, out)
+    flags = {**RESUME_FLAGS, "num_train_epochs": 1}
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, **flags))
+    assert code == 2
+    assert (f"--output_dir {out}: holds an earlier run's checkpoints (step_4, step_6, step_8, "
+            "step_12): resume it with --resume_from_checkpoint auto, start afresh with "
+            "--overwrite_output_dir (deletes them), or give another --output_dir"
+            ) in one_line_error(capsys)
+    assert (out / "checkpoints" / "step_12" / MANIFEST_FILE).is_file()  # nothing touched
+
+    code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out,
+                                                      overwrite_output_dir=True, **flags))
+    assert code == 0 and summary["global_step"] == 6
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_4", "step_6"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert sum(r.get("event") == "distribution" for r in log) == 1  # this run's log only
+    assert max(r.get("step", 0) for r in log) == 6
+
+
+def test_the_run_summary_counts_each_splits_skipped_rows(tiny_model, cache_dir, tmp_path):
+    """Rows preprocessing leaves out are counted in the run's summary and said on stdout (they
+    used to be counted only in the cache entry's summary.json)."""
+    context = "The fox lives in Paris. It hunts at night."
+    eval_data = tmp_path / "eval.json"
+    eval_data.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{
+        "context": context, "qas": [
+            {"id": "ok", "question": "Where does the fox live?",
+             "answers": [{"text": "Paris", "answer_start": context.index("Paris")}]},
+            {"id": "long", "question": "why " * 300,
+             "answers": [{"text": "Paris", "answer_start": context.index("Paris")}]}]}]}]}))
+    code, summary, stdout = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "out", eval_data=str(eval_data), max_eval_examples=None,
+        max_train_steps=1))
+    assert code == 0 and summary["metrics"]["total"] == 1
+    assert summary["data"]["eval"] == {"source": str(eval_data), "examples": 1,
+                                       "examples_used": 1, "skipped": {"question_too_long": 1},
+                                       "notes": {}}
+    assert summary["data"]["train"]["examples_used"] == 20
+    assert f"{eval_data}: 1 rows skipped (question_too_long 1)" in stdout
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["data"]["eval"]["skipped"] == {"question_too_long": 1}
+
+
+def test_pruning_removes_a_linked_checkpoint_as_a_link(tmp_path):
+    """A step folder that is a symbolic link to a checkpoint kept elsewhere: pruning used to
+    delete the manifest (and files) it points to."""
+    kept = tmp_path / "kept" / "checkpoints" / "step_1"
+    make_checkpoints(tmp_path / "kept", finished=[1], unfinished=[])
+    make_checkpoints(tmp_path / "run", finished=[2, 3], unfinished=[])
+    (tmp_path / "run" / "checkpoints" / "step_1").symlink_to(kept, target_is_directory=True)
+    deleted = prune_checkpoints(tmp_path / "run", keep_last=2)
+    assert [p.name for p in deleted] == ["step_1"]
+    assert not (tmp_path / "run" / "checkpoints" / "step_1").exists()
+    assert (kept / MANIFEST_FILE).is_file() and (kept / "model.safetensors").is_file()
 
 
 def test_resume_with_other_update_settings_goes_on_and_says_so(uninterrupted, tiny_model,
