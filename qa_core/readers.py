@@ -23,6 +23,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from qa_core.cache import file_sha256
-from qa_core.errors import QAError
+from qa_core.errors import QAError, first_line
 from qa_core.offsets import ByteCharMap, OffsetError
 
 TYDI_HUB_CONFIG = "primary_task"
@@ -120,11 +121,33 @@ _KIND_NAMES = {dict: "an object", list: "an array", str: "a string"}
 
 
 def _expect(value: Any, kind: type, what: str, where: str) -> Any:
-    """``value`` if it is a ``kind`` (dict, list or str); else an error naming field ``what``."""
+    """``value`` if it is a ``kind`` (dict, list or str); else an error naming field ``what``.
+
+    A string must also be valid Unicode text (:func:`_check_unicode`).
+    """
     if not isinstance(value, kind):
         raise DataSourceError(f"{where}: field '{what}' must be {_KIND_NAMES[kind]}, "
                               f"got {_shown(value)}")
+    if kind is str:
+        _check_unicode(value, what, where)
     return value
+
+
+def _check_unicode(text: str, what: str, where: str) -> None:
+    """Every text a reader takes passes here: a lone UTF-16 surrogate is an error naming it.
+
+    JSON's ``\\ud800`` escape decodes to one without complaint, but such a string cannot be
+    encoded as UTF-8, so byte offsets, the tokenizer and Arrow would each fail on it later.
+    """
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")  # faster than searching for U+D800..U+DFFF
+    except UnicodeEncodeError as err:
+        raise DataSourceError(
+            f"{where}: field '{what}' holds a lone UTF-16 surrogate "
+            f"(\\u{ord(text[err.start]):04x} at character {err.start}): not valid Unicode text"
+        ) from None
 
 
 def _expect_item(value: Any, kind: type, where: str) -> Any:
@@ -160,11 +183,26 @@ def _optional_str(record: dict, name: str, where: str) -> str:
 # Row converters: one raw record -> Example, or None for a counted skip
 # ---------------------------------------------------------------------------------------------
 
-def _record_id(record: dict, fallback: str) -> str:
+def _naming_id(where: str, example_id: str) -> str:
+    """``where`` followed by the example id: the one place ids are written into messages.
+
+    An id holding a newline or another unprintable character is shown as its ``repr``, so
+    the error stays on one line.
+    """
+    shown = example_id if example_id.isprintable() else repr(example_id)
+    return f"{where} (example id {shown})"
+
+
+def _identified(record: dict, fallback_id: str, where: str) -> tuple[str, str]:
+    """(example id, ``where`` naming it): the source's ``id``/``example_id``, else
+    ``fallback_id`` (the row's position, not checked: it is built from the file name)."""
     for key in ("id", "example_id"):
         if record.get(key) is not None:
-            return str(record[key])
-    return fallback
+            example_id = str(record[key])
+            where = _naming_id(where, example_id)
+            _check_unicode(example_id, key, where)
+            return example_id, where
+    return fallback_id, _naming_id(where, fallback_id)
 
 
 def _base_example(example_id: str, question: str, context: str, title: str = "",
@@ -299,10 +337,12 @@ def _add_byte_spans(example: dict, byte_map: ByteCharMap, starts: list, ends: li
 
 
 def _yes_no(values: list, what: str, where: str) -> str:
-    for value in values:
+    for i, value in enumerate(values):
         if value is not None and not isinstance(value, str):
             raise DataSourceError(f"{where}: field '{what}' must hold strings (YES/NO/NONE), "
                                   f"got {_shown(value)}")
+        if value is not None:
+            _check_unicode(value, f"{what}[{i}]", where)
     return next((v for v in values if v and v != "NONE"), "NONE")
 
 
@@ -341,8 +381,7 @@ def _tydi_passage_span(candidates: tuple[list, list], gold: int, byte_map: ByteC
 def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
                        stats: ReadStats) -> dict | None:
     """HF ``tydiqa/primary_task`` row -> Example. Byte offsets become exact character offsets."""
-    example_id = _record_id(record, fallback_id)
-    where = f"{where} (example id {example_id})"
+    example_id, where = _identified(record, fallback_id, where)
     question = _require(record, "question_text", where)
     context = _require(record, "document_plaintext", where)
     annotations = _require(record, "annotations", where)
@@ -403,8 +442,7 @@ def primeqa_to_example(record: dict, fallback_id: str, where: str, stats: ReadSt
     document, end exclusive, -1 = no span; ``passage_indices``; ``yes_no_answer``}, one entry
     per annotator.  ``example_id`` is PrimeQA's own id (a UUID for TyDi, not TyDi's id).
     """
-    example_id = _record_id(record, fallback_id)
-    where = f"{where} (example id {example_id})"
+    example_id, where = _identified(record, fallback_id, where)
     question = _require(record, "question", where)
     documents = _require(record, "context", where)
     target = _require(record, "target", where)
@@ -461,8 +499,7 @@ def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, wh
     A start must index the context from its beginning: a negative one (which Python's slicing
     would read from the end) and one past the context's end are counted skips.
     """
-    example_id = _record_id(qa, fallback_id)
-    where = f"{where} (example id {example_id})"
+    example_id, where = _identified(qa, fallback_id, where)
     question = _require(qa, "question", where)
     answers = qa.get("answers")
     if answers is None and not qa.get("is_impossible"):
@@ -472,6 +509,11 @@ def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, wh
     example = _base_example(example_id, question, context,
                             title=_expect(title or "", str, "title", where))
     pairs = _squad_answers(answers, where) if answers is not None else []
+    if pairs and qa.get("is_impossible"):
+        # SQuAD v2 gives an impossible question `answers: []` (its spans go to
+        # `plausible_answers`); answers as well contradict that, and either label may be wrong.
+        stats.skipped["impossible_with_answers"] += 1
+        return None
     for i, (text, start_value) in enumerate(pairs):
         _expect(text, str, f"answers[{i}].text", where)
         start = as_int(start_value, f"answers[{i}].answer_start", where)
@@ -484,7 +526,7 @@ def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, wh
         else:
             example["answers"]["text"].append(text)
             example["answers"]["answer_start"].append(start)
-    if pairs and not example["answers"]["text"] and not qa.get("is_impossible"):
+    if pairs and not example["answers"]["text"]:
         stats.skipped["all_answer_spans_invalid"] += 1
         return None
     if not example["answers"]["text"]:
@@ -512,7 +554,7 @@ def flat_row_to_example(row: dict, fallback_id: str, where: str, stats: ReadStat
         if isinstance(row.get("annotations"), list):
             row = raw_tydi_to_hf(row, where)
         return tydi_hf_to_example(row, fallback_id, where, stats)
-    context = _require(row, "context", f"{where} (example id {_record_id(row, fallback_id)})")
+    context = _require(row, "context", _identified(row, fallback_id, where)[1])
     return squad_qa_to_example(row, context, row.get("title"), fallback_id, where, stats)
 
 
@@ -719,7 +761,9 @@ def _line_key(line: tuple[int, bytes]) -> bytes | None:
     if text is None:
         return None
     for ascii_only in (False, True):
-        spelled = json.dumps(text, ensure_ascii=ascii_only).encode("utf-8")
+        # surrogatepass: a text holding a lone surrogate is an error, but it is reported where
+        # the line is turned into a row (with its line and id), not here
+        spelled = json.dumps(text, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
         if spelled in raw:
             return spelled
     return None
@@ -802,16 +846,47 @@ class ExampleSource:
                         lambda row: _shared_text(row[0]), _same_rows)
 
 
+# A JSON string (skipped whole, so brackets inside it do not count) or one bracket.
+_JSON_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _deepest_nesting(text: str) -> tuple[int, int]:
+    """(depth, position) of the first deepest opening bracket of JSON ``text``."""
+    depth = deepest = deepest_at = 0
+    for token in _JSON_STRING_OR_BRACKET.finditer(text):
+        if token.group() in ("[", "{"):
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_at = depth, token.start()
+        elif token.group() in ("]", "}"):
+            depth -= 1
+    return deepest, deepest_at
+
+
+def _parse_json(text: str, where: str, whole_file: bool) -> Any:
+    """``json.loads(text)``; bad JSON is a DataSourceError at ``where`` naming the column (and
+    the line, for a ``whole_file``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        reason, position = err.msg, err.pos
+    except RecursionError:
+        # The parser recurses once per level: thousands of nested arrays or objects exhaust
+        # Python's stack. Name the deepest point instead, as for any other malformed JSON.
+        depth, position = _deepest_nesting(text)
+        reason = f"nested too deeply: {depth} levels of arrays and objects"
+    line = text.count("\n", 0, position) + 1
+    column = position - text.rfind("\n", 0, position)
+    at = f"line {line} column {column}" if whole_file else f"column {column}"
+    raise DataSourceError(f"{where}: malformed JSON ({reason} at {at})")
+
+
 def _jsonl_row(path: Path, line_number: int, line: str) -> Row | None:
     """One line of a .jsonl file as a row; None for a blank line."""
     if not line.strip():
         return None
     where = f"{path}:{line_number}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataSourceError(f"{where}: malformed JSON "
-                              f"({err.msg} at column {err.colno})") from None
+    record = _parse_json(line, where, whole_file=False)
     if not isinstance(record, dict):
         raise DataSourceError(f"{where}: expected a JSON object, got {json_type(record)}")
     return record, f"{path.name}:{line_number}", where
@@ -825,11 +900,7 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
 
 
 def _load_squad_json(path: Path) -> dict:
-    try:
-        document = json.loads(_read_text(path))
-    except json.JSONDecodeError as err:
-        raise DataSourceError(f"{path}: malformed JSON "
-                              f"({err.msg} at line {err.lineno} column {err.colno})") from None
+    document = _parse_json(_read_text(path), str(path), whole_file=True)
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise DataSourceError(f"{path}: unknown format: a .json file must be SQuAD JSON with a "
                               "top-level 'data' list")
@@ -925,7 +996,16 @@ def _open_disk_dataset(path: Path, spec: SourceSpec) -> ExampleSource:
     if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         raise DataSourceError(f"{path}: unknown format: a folder must be a "
                               "datasets.save_to_disk folder")
-    dataset = _pick_split(datasets.load_from_disk(str(path)), spec, str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        # What a damaged folder raises here: a missing file or split (FileNotFoundError), a
+        # truncated Arrow shard (ArrowInvalid, OSError), a state.json that is not JSON
+        # (ValueError) or not of the expected shape (KeyError, TypeError).
+        reason = first_line(err).replace(f"{path}{os.sep}", "").replace(str(path), path.name)
+        raise DataSourceError(f"{path}: not a readable datasets folder "
+                              f"({type(err).__name__}: {reason})") from None
+    dataset = _pick_split(loaded, spec, str(path))
     _check_columns(dataset, str(path))
     # Each saved dataset carries a content fingerprint: no need to hash gigabytes of Arrow again.
     digest = hashlib.sha256(
