@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from qa_core.errors import QAError, SettingsError
 from qa_core.metrics import f1_score
 
 # Which annotator's span labels the training windows (see label_answer_index).
@@ -72,17 +73,18 @@ def check_tokenizer(tokenizer, max_length: int | None = None) -> None:
     around."""
     name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
+        raise QAError(
             f"tokenizer {name!r} is not a fast tokenizer: offset mappings and sliding windows "
             "need one "
             "(load it with use_fast=True, or use a model folder that ships tokenizer.json)"
         )
     if tokenizer.cls_token_id is None and tokenizer.bos_token_id is None:
-        raise ValueError(f"tokenizer {name!r} has no CLS/BOS token to label no-answer windows with")
+        raise QAError(f"tokenizer {name!r} has no CLS/BOS token to label no-answer windows with")
     model_max = getattr(tokenizer, "model_max_length", None)
+    # above 10**6: transformers' "no limit set" placeholder
     if max_length is not None and model_max and model_max < 10**6 and max_length > model_max:
-        raise ValueError(
-            f"max_length {max_length} exceeds the tokenizer's model_max_length {model_max}"
+        raise SettingsError(
+            f"--max_length {max_length}: exceeds the tokenizer's model_max_length {model_max}"
         )
 
 
@@ -194,6 +196,19 @@ class FeatureBuilder:
             self._contexts.popitem(last=False)
         return result
 
+    def context_capacity(self, question_tokens: int) -> int:
+        """Context tokens a window holds beside a question of ``question_tokens`` tokens."""
+        return self.config.max_length - question_tokens - self.template.num_special
+
+    def no_window_reason(self, question_tokens: int, context_tokens: int) -> str | None:
+        """Why an example gets no window (its counted skip), or None: a context without tokens,
+        or a question leaving no more than ``doc_stride`` context tokens per window."""
+        if context_tokens == 0:
+            return "context_has_no_tokens"
+        if self.context_capacity(question_tokens) <= self.config.doc_stride:
+            return "question_too_long"
+        return None
+
     def build(self, examples: Sequence[dict]) -> tuple[pa.RecordBatch, FeatureStats]:
         """Every window of every example, labelled, as one Arrow record batch."""
         t, cfg = self.template, self.config
@@ -206,11 +221,11 @@ class FeatureBuilder:
         lengths, starts_out, ends_out, window_index, example_ids = [], [], [], [], []
         for example, question, (context_ids, context_offsets) in zip(examples, questions, contexts):
             question_ids = np.array(question.ids, dtype=np.int32)
-            capacity = cfg.max_length - len(question_ids) - t.num_special
-            if capacity <= cfg.doc_stride or len(context_ids) == 0:
-                reason = "question_too_long" if len(context_ids) else "context_has_no_tokens"
+            reason = self.no_window_reason(len(question_ids), len(context_ids))
+            if reason is not None:
                 stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
                 continue
+            capacity = self.context_capacity(len(question_ids))
             answer_tokens = None
             answers = example["answers"]
             if answers["text"]:

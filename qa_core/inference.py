@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -23,7 +24,12 @@ from qa_core.decode import DecodeConfig
 from qa_core.errors import QAError, exit_with_error, first_line
 from qa_core.evaluation import EvalAccumulator, EvalReferences, accumulate_logits
 from qa_core.features import FeatureBuilder, FeatureConfig
-from qa_core.modeling import ModelFolderError, check_model_folder, load_qa_model
+from qa_core.modeling import (
+    ModelFolderError,
+    check_model_folder,
+    load_qa_model,
+    quiet_model_loading,
+)
 
 
 class InputError(QAError):
@@ -42,7 +48,21 @@ class Answer:
     top_k: list[dict] | None = None
 
     def as_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "top_k" or v is not None}
+        """The answer as JSON data; a NaN or infinite score is ``null`` (strict JSON has no
+        ``-Infinity``)."""
+        return {k: finite_or_none(v) for k, v in asdict(self).items()
+                if k != "top_k" or v is not None}
+
+
+def finite_or_none(value):
+    """``value`` with every non-finite float (also inside lists and dicts) turned into None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    return value
 
 
 def demo_passage() -> dict:
@@ -77,13 +97,15 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
                      batch_size: int = 16, top_k: int = 1) -> list[Answer]:
     """Answer each question about ``context``; long contexts are windowed as in training, and
     logits become answers through evaluation's path (:func:`accumulate_logits`). With
-    ``top_k`` > 1 each answer also lists its question's ``top_k`` best distinct spans."""
+    ``top_k`` > 1 each answer also lists its question's ``top_k`` best distinct spans. A
+    question that no window can hold is an :class:`InputError` (:func:`check_windows`)."""
+    check_windows(tokenizer, questions, context, feature_config)
     examples = pa.Table.from_pylist([
         {"id": str(i), "question": q, "context": context,
          "answers": {"text": [], "answer_start": []}} for i, q in enumerate(questions)])
     batch, _ = FeatureBuilder(tokenizer, feature_config).build(examples.to_pylist())
     table = pa.Table.from_batches([batch])
-    # A question too long for any window has none: number features by question, not by appearance.
+    # Number features by question, not by appearance (check_windows: each question has one).
     features = FeatureRows(table, tokenizer.pad_token_id,
                            selection=select_first_examples(table, examples, None))
     loader = torch.utils.data.DataLoader(features, batch_size=batch_size,
@@ -118,8 +140,22 @@ def read_context_file(path: str) -> str:
                          f"offset {err.start}, line {line})") from None
 
 
+def check_unicode(text: str, what: str) -> None:
+    """``text`` must encode as UTF-8: a command-line byte that is not UTF-8 reaches Python as a
+    lone surrogate (U+DC80..U+DCFF), which nothing downstream can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(text[err.start])
+        found = (f"byte 0x{code - 0xDC00:02x}, not UTF-8," if 0xDC80 <= code <= 0xDCFF
+                 else f"lone surrogate U+{code:04X}")
+        raise InputError(f"{what} is not valid Unicode text ({found} at character "
+                         f"{err.start + 1})") from None
+
+
 def check_inputs(context: str | None, questions: list[str], top_k: int = 1) -> None:
-    """Something to answer: a context and questions that are not empty or only whitespace."""
+    """Something to answer: a context and questions that are valid Unicode and not empty or
+    only whitespace."""
     if top_k < 1:
         raise InputError(f"--top_k: must be at least 1, got {top_k}")
     if context is not None and not context.strip():
@@ -127,19 +163,57 @@ def check_inputs(context: str | None, questions: list[str], top_k: int = 1) -> N
     blank = [i + 1 for i, q in enumerate(questions) if not q.strip()]
     if blank:
         raise InputError(f"--question number {blank[0]} is empty or only whitespace")
+    if context is not None:
+        check_unicode(context, "--context")
+    for number, question in enumerate(questions, 1):
+        check_unicode(question, f"--question number {number}")
 
 
-def load_model_and_tokenizer(model: str):
-    """The QA model and its tokenizer from a folder (or hub name); a ModelFolderError names it."""
+def check_windows(tokenizer, questions: list[str], context: str,
+                  feature_config: FeatureConfig) -> None:
+    """Every question gets at least one window, by the rule :meth:`FeatureBuilder.build` skips
+    examples with (:meth:`FeatureBuilder.no_window_reason`), which would leave it an empty
+    answer. Refusals name the flag or the question (``--max_length`` above the tokenizer's
+    limit: :func:`~qa_core.features.check_tokenizer`)."""
+    builder = FeatureBuilder(tokenizer, feature_config)
+    max_length, doc_stride = feature_config.max_length, feature_config.doc_stride
+    encode = tokenizer.backend_tokenizer.encode  # as FeatureBuilder.build tokenizes
+    context_tokens = len(encode(context, add_special_tokens=False).ids)
+    for number, question in enumerate(questions, 1):
+        tokens = len(encode(question.lstrip(), add_special_tokens=False).ids)
+        reason = builder.no_window_reason(tokens, context_tokens)
+        room = builder.context_capacity(tokens)
+        if reason == "context_has_no_tokens":
+            raise InputError("the context has no tokens for this model's tokenizer (only "
+                             "characters it drops): nothing to answer from")
+        if reason == "question_too_long" and room <= 0:
+            raise InputError(f"--question number {number} is too long for --max_length "
+                             f"{max_length} ({tokens} tokens): nothing left for the context")
+        if reason == "question_too_long":
+            raise InputError(f"--question number {number} ({tokens} tokens) leaves {room} context "
+                             f"tokens per window with --max_length {max_length}, not more than "
+                             f"--doc_stride {doc_stride}: lower --doc_stride or raise --max_length")
+
+
+def load_model_tokenizer(model: str):
+    """The tokenizer of a model folder (or hub name); a ModelFolderError names it."""
     from qa_core.pipeline import load_tokenizer
 
     check_model_folder(model)
     try:
-        tokenizer = load_tokenizer(model)
+        return load_tokenizer(model)
     except ValueError as err:  # load_tokenizer's own message, or transformers' conversion error
         raise ModelFolderError(f"--model {model}: cannot load its tokenizer "
                                f"({first_line(err)})") from None
-    return load_qa_model(model), tokenizer
+
+
+def check_answers(answers: list[Answer], model: str) -> None:
+    """Each question must get a span with a finite score: with windows for every question
+    (:func:`check_windows`), none means the model's logits were NaN or inf."""
+    for number, answer in enumerate(answers, 1):
+        if answer.start_char < 0 or not math.isfinite(answer.score):
+            raise ModelFolderError(f"--model {model}: its logits are NaN or inf for --question "
+                                   f"number {number}: its weights are unusable")
 
 
 def parse_args(argv: list[str] | None):
@@ -182,15 +256,20 @@ def main(argv: list[str] | None = None) -> int:
             questions = args.question
             context = read_context_file(args.context_file) if args.context_file else args.context
         check_inputs(context, questions, args.top_k)
-        model, tokenizer = load_model_and_tokenizer(args.model)
+        tokenizer = load_model_tokenizer(args.model)
+        feature_config = FeatureConfig(features.max_length, features.doc_stride)
+        check_windows(tokenizer, questions, context, feature_config)  # before loading the model
+        # a model without a trained QA head would answer with a random one
+        with quiet_model_loading():
+            model = load_qa_model(args.model, trained_head=True)
+        answers = answer_questions(model, tokenizer, questions, context,
+                                   decode.decode_config(has_unanswerable=False), feature_config,
+                                   top_k=args.top_k)
+        check_answers(answers, args.model)
     except QAError as err:
         return exit_with_error("qa-answer", err)
-    answers = answer_questions(model, tokenizer, questions, context,
-                               decode.decode_config(has_unanswerable=False),
-                               FeatureConfig(features.max_length, features.doc_stride),
-                               top_k=args.top_k)
-    for answer in answers:
-        print(json.dumps(answer.as_json(), ensure_ascii=False))
+    for answer in answers:  # allow_nan=False: never -Infinity or NaN, which strict JSON lacks
+        print(json.dumps(answer.as_json(), ensure_ascii=False, allow_nan=False))
     print(json.dumps({"model": args.model, "questions": len(answers),
                       "answers": {a.question: a.answer for a in answers}}, ensure_ascii=False))
     return 0

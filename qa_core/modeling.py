@@ -2,7 +2,11 @@
 file) and the changes a run asks for (dropout, a frozen encoder)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -104,6 +108,7 @@ def check_model_folder(name_or_path: str) -> None:
         raise ModelFolderError(f"{config}: not valid JSON (truncated or damaged)") from None
     if not isinstance(data, dict):
         raise ModelFolderError(f"{config}: not a model config (a JSON {type(data).__name__})")
+    load_model_config(str(folder), shown=str(config))
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise ModelFolderError(f"--model {folder}: no model weights ({', '.join(WEIGHT_FILES)} "
                                "missing)")
@@ -119,26 +124,99 @@ def check_model_folder(name_or_path: str) -> None:
                                ", ... missing)")
 
 
+@contextlib.contextmanager
+def quiet_model_loading() -> Iterator[None]:
+    """No progress bar and no load report from transformers while loading: for a command whose
+    stderr holds only its one-line error (whatever the report says, the caller checks itself)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
+def load_model_config(name_or_path: str, shown: str | None = None):
+    """``AutoConfig`` of a folder or hub name; a config transformers refuses (unknown
+    ``model_type``, a field of the wrong type such as ``"num_hidden_layers": "two"``) is one
+    :class:`ModelFolderError` naming ``shown`` (the config file; by default ``--model NAME``)."""
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig
+
+    shown = shown or f"--model {name_or_path}"
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except OSError as err:  # unreadable, or a hub name while offline
+        raise ModelFolderError(f"{shown}: cannot load a model config from it "
+                               f"({first_line(err)})") from None
+    except (ValueError, TypeError, KeyError, StrictDataclassError) as err:
+        # a field validation error says which field in its cause; its own text is two lines
+        reason = first_line(err.__cause__ if isinstance(err, StrictDataclassError)
+                            and err.__cause__ is not None else err)
+        raise ModelFolderError(f"{shown}: not a usable model config ({reason})") from None
+
+
+def _weights_file(name_or_path: str) -> str:
+    """The weights file a load failure is about, for the message (the folder for hub names)."""
+    folder = Path(name_or_path).expanduser()
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return str(folder / name)
+    return f"--model {name_or_path}"
+
+
 def load_qa_model(name_or_path: str, attention_dropout: float | None = None,
-                  hidden_dropout: float | None = None):
+                  hidden_dropout: float | None = None, trained_head: bool = False):
     """``AutoModelForQuestionAnswering`` from a folder or hub name, with ``attention_dropout``
     and ``hidden_dropout`` set when given. Failures are one :class:`ModelFolderError` naming
-    the model."""
+    the model or file. A ``pytorch_model.bin`` is read by transformers with
+    ``torch.load(weights_only=True)``: a pickle that would build anything but tensors is
+    refused, not run.
+
+    ``trained_head``: refuse a model whose files lack weights the QA model needs (a plain
+    encoder: its QA head would be random, so answers change between runs). Training leaves it
+    off, as fine-tuning starts from such an encoder."""
+    import pickle
+
     from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModelForQuestionAnswering
+    from transformers import AutoModelForQuestionAnswering
 
     check_model_folder(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise ModelFolderError(f"--model {name_or_path}: cannot load its config "
-                               f"({first_line(err)})") from None
+    config = load_model_config(name_or_path)
     if attention_dropout is not None:
         set_attention_dropout(config, attention_dropout)
     if hidden_dropout is not None:
         set_hidden_dropout(config, hidden_dropout)
     try:
-        return AutoModelForQuestionAnswering.from_pretrained(name_or_path, config=config)
+        with warnings.catch_warnings():  # torch's pickle-protocol warning would precede the error
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            model, loading = AutoModelForQuestionAnswering.from_pretrained(
+                name_or_path, config=config, output_loading_info=True)
+    except pickle.UnpicklingError as err:  # what it refused to build, not torch's advice
+        found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(err))
+        raise ModelFolderError(f"{_weights_file(name_or_path)}: not a weights-only torch file, "
+                               "refused without running it "
+                               f"({found.group(0) if found else first_line(err)})") from None
     except (OSError, SafetensorError, ValueError) as err:
         raise ModelFolderError(f"--model {name_or_path}: cannot load a question-answering model "
                                f"({first_line(err)})") from None
+    except RuntimeError as err:
+        if "ignore_mismatched_sizes" not in str(err):  # only transformers' shape check is input
+            raise
+        raise ModelFolderError(f"{_weights_file(name_or_path)}: tensor shapes differ from what "
+                               "config.json gives (weights and config of different models)"
+                               ) from None
+    missing = sorted(loading["missing_keys"])  # transformers' own list, for any architecture
+    if trained_head and missing:
+        listed = f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''} missing"
+        if any(key.startswith(f"{model.base_model_prefix}.") for key in missing):
+            raise ModelFolderError(f"--model {name_or_path}: weights missing from its files "
+                                   f"({listed}): not a complete model")
+        raise ModelFolderError(f"--model {name_or_path}: has no trained question-answering head "
+                               f"({listed}): fine-tune it first with train_accelerate.py")
+    return model

@@ -523,3 +523,75 @@ def test_load_qa_model_loads_a_good_folder_and_sets_dropout(tiny_model):
     assert model.config.attention_probs_dropout_prob == 0.1
     assert model.bert.embeddings.dropout.p == 0.0  # the modules follow the config
     check_model_folder("some-org/some-model")  # a hub name is left to the hub loader
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+@pytest.mark.parametrize("zipped", [False, True], ids=["pickle", "torch_save"])
+def test_pickle_model_weights_are_refused_by_name_and_run_nothing(tiny_model, tmp_path, zipped):
+    """A ``pytorch_model.bin`` that runs code when unpickled (transformers reads it with
+    ``torch.load(weights_only=True)``): one error naming the file, nothing executed."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "marker"
+    plant(folder / "pytorch_model.bin", marker, zipped)
+    with pytest.raises(ModelFolderError) as refusal:
+        load_qa_model(str(folder))
+    message = str(refusal.value)
+    assert message.startswith(f"{folder / 'pytorch_model.bin'}: not a weights-only torch file, "
+                              "refused without running it (Unsupported ")
+    assert "\n" not in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("num_hidden_layers", "two", "Field 'num_hidden_layers' expected int, got str (value: 'two')"),
+    ("model_type", "no-such-model", "The checkpoint you are trying to load has model type "
+                                    "`no-such-model`"),
+])
+def test_an_unusable_config_is_one_error_naming_it(tiny_model, tmp_path, field, value, reason):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    for load in (check_model_folder, load_qa_model):  # check_model_folder: before any tokenizer
+        with pytest.raises(ModelFolderError) as refusal:
+            load(str(folder))
+        message = str(refusal.value)
+        assert message.startswith(f"{folder / 'config.json'}: not a usable model config ({reason}")
+        assert "\n" not in message
+
+
+def test_weights_of_other_shapes_than_the_config_are_one_error_naming_them(tiny_model, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match="model.safetensors: tensor shapes differ from what "
+                                               "config.json gives"):
+        load_qa_model(str(folder))
+
+
+def save_plain_encoder(tiny_model: str, folder: Path) -> Path:
+    """The tiny model's encoder alone (a ``BertModel``: no ``qa_outputs``), with its tokenizer,
+    as a pre-trained encoder is before fine-tuning."""
+    from transformers import AutoConfig, BertModel
+
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").unlink()
+    BertModel(AutoConfig.from_pretrained(tiny_model)).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_model_without_a_trained_qa_head_is_refused_only_when_asked(tiny_model, tmp_path):
+    """Inference refuses a random QA head (``trained_head``); training starts from one."""
+    folder = save_plain_encoder(tiny_model, tmp_path / "encoder")
+    assert load_qa_model(str(folder)).qa_outputs.weight.shape[0] == 2  # fine-tuning starts so
+    with pytest.raises(ModelFolderError) as refusal:
+        load_qa_model(str(folder), trained_head=True)
+    assert str(refusal.value) == (
+        f"--model {folder}: has no trained question-answering head (qa_outputs.bias, "
+        "qa_outputs.weight missing): fine-tune it first with train_accelerate.py")
+    assert load_qa_model(tiny_model, trained_head=True).qa_outputs.weight.shape[0] == 2

@@ -3,6 +3,7 @@ download)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -242,3 +243,117 @@ def test_cli_unreadable_context_file_is_one_line_naming_it(tiny_model, tmp_path,
     assert f"--context_file {missing}: cannot read it (No such file" in one_line_error(capsys)
     assert main(["--model", tiny_model, "--context_file", str(tmp_path), "--question", "Why?"]) == 2
     assert f"--context_file {tmp_path}: cannot read it (Is a directory)" in one_line_error(capsys)
+
+
+LONG_QUESTION = "why " * 600  # 600 tokens: more than --max_length 384 holds
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--context", "The fox is in Paris.", "--question", LONG_QUESTION],
+     "--question number 1 is too long for --max_length 384 (600 tokens): nothing left for the "
+     "context"),
+    # one question fine, one too long: was rc 0 with "answer": "", "score": -Infinity
+    (["--context", "The fox is in Paris.", "--question", "Where?", "--question", LONG_QUESTION],
+     "--question number 2 is too long for --max_length 384 (600 tokens)"),
+    (["--context", "\u200b\u200b", "--question", "Why?"],  # not blank, but no tokens
+     "the context has no tokens for this model's tokenizer"),
+    (["--demo", "--max_length", "64", "--doc_stride", "63"],
+     "--question number 1 (10 tokens) leaves 51 context tokens per window with --max_length 64, "
+     "not more than --doc_stride 63"),
+], ids=["long_question", "one_long_question_of_two", "zero_width_context", "doc_stride"])
+def test_cli_a_question_no_window_can_hold_is_one_line_naming_it(tiny_model, capsys, args,
+                                                                   message):
+    assert main(["--model", tiny_model, *args]) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_answer_questions_refuses_a_question_no_window_can_hold(model_and_tokenizer):
+    from qa_core.inference import InputError
+
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(InputError, match="--question number 2 is too long for --max_length 64"):
+        answer_questions(model, tokenizer, ["Where?", LONG_QUESTION], "The fox is in Paris.",
+                         feature_config=FeatureConfig(max_length=64, doc_stride=16))
+
+
+def test_cli_max_length_above_the_tokenizers_limit_is_one_line(tiny_model, capsys):
+    assert main(["--model", tiny_model, "--demo", "--max_length", "100000"]) == 2
+    assert ("--max_length 100000: exceeds the tokenizer's model_max_length 512"
+            in one_line_error(capsys))
+
+
+@pytest.mark.parametrize("flag,named", [("--question", "--question number 1"),
+                                        ("--context", "--context")])
+def test_cli_text_that_is_not_utf8_is_one_line_naming_it(tiny_model, capsys, flag, named):
+    """A command-line byte that is not UTF-8 (``$'Where\\xff?'``) reaches Python as a lone
+    surrogate (surrogateescape); it was a pyarrow UnicodeEncodeError traceback."""
+    text = b"Where\xff?".decode("utf-8", "surrogateescape")
+    args = {"--question": "Where?", "--context": "The fox is in Paris.", flag: text}
+    assert main(["--model", tiny_model, "--context", args["--context"], "--question",
+                 args["--question"]]) == 2
+    assert (f"{named} is not valid Unicode text (byte 0xff, not UTF-8, at character 6)"
+            in one_line_error(capsys))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+def test_cli_pickle_weights_are_refused_by_name_and_run_nothing(tiny_model, tmp_path, capsys):
+    from test_checkpoints import plant
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "marker"
+    plant(folder / "pytorch_model.bin", marker, zipped=False)
+    assert main(["--model", str(folder), "--demo"]) == 2
+    assert (f"{folder / 'pytorch_model.bin'}: not a weights-only torch file, refused without "
+            "running it (Unsupported operand 149)" in one_line_error(capsys))
+    assert not marker.exists()
+
+
+def test_cli_unusable_config_is_one_line_naming_it(tiny_model, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": "two"}))
+    assert main(["--model", str(folder), "--demo"]) == 2
+    assert (f"{folder / 'config.json'}: not a usable model config (Field 'num_hidden_layers' "
+            "expected int, got str (value: 'two'))" in one_line_error(capsys))
+
+
+def test_cli_model_without_a_trained_qa_head_is_one_line(tiny_model, tmp_path, capsys):
+    """A plain encoder would answer with a random QA head, different on every run."""
+    from test_checkpoints import save_plain_encoder
+
+    folder = save_plain_encoder(tiny_model, tmp_path / "encoder")
+    capsys.readouterr()  # the saving's progress bars
+    assert main(["--model", str(folder), "--demo"]) == 2
+    assert (f"--model {folder}: has no trained question-answering head (qa_outputs.bias, "
+            "qa_outputs.weight missing): fine-tune it first with train_accelerate.py"
+            in one_line_error(capsys))
+
+
+def test_cli_model_with_nonfinite_logits_is_one_line(tiny_model, tmp_path, capsys):
+    """NaN logits leave no span to choose: refused, not printed as "" with a -Infinity score."""
+    from transformers import AutoModelForQuestionAnswering
+
+    folder = tmp_path / "nan_model"
+    shutil.copytree(tiny_model, folder)
+    model = AutoModelForQuestionAnswering.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.qa_outputs.bias.fill_(float("nan"))
+    model.save_pretrained(str(folder))
+    capsys.readouterr()  # the loading's and saving's progress bars
+    assert main(["--model", str(folder), "--demo"]) == 2
+    assert (f"--model {folder}: its logits are NaN or inf for --question number 1: its weights "
+            "are unusable" in one_line_error(capsys))
+
+
+def test_answer_json_has_no_infinity_or_nan():
+    from qa_core.inference import Answer
+
+    answer = Answer("Why?", "", float("-inf"), -1, -1, float("nan"),
+                    [{"answer": "x", "score": float("inf"), "start_char": 0, "end_char": 1}])
+    data = answer.as_json()
+    assert data["score"] is None and data["null_score"] is None
+    assert data["top_k"][0] == {"answer": "x", "score": None, "start_char": 0, "end_char": 1}
+    json.dumps(data, allow_nan=False)

@@ -415,6 +415,16 @@ def test_the_run_summary_counts_each_splits_skipped_rows(tiny_model, cache_dir, 
     assert metrics["data"]["eval"]["skipped"] == {"question_too_long": 1}
 
 
+def test_max_length_above_the_tokenizers_limit_is_one_line(tiny_model, cache_dir, tmp_path,
+                                                           capsys):
+    """Was a ValueError traceback from the feature builder (the limit needs the tokenizer)."""
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "out",
+                                                max_length=100000, max_train_steps=1))
+    assert code == 2
+    assert ("--max_length 100000: exceeds the tokenizer's model_max_length 512"
+            in one_line_error(capsys))
+
+
 def test_pruning_removes_a_linked_checkpoint_as_a_link(tmp_path):
     """A step folder that is a symbolic link to a checkpoint kept elsewhere: pruning used to
     delete the manifest (and files) it points to."""
