@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from qa_core.budget import process_started_at
-from qa_core.errors import QAError, exit_with_error
+from qa_core.errors import QAError, exit_with_error, launch_rank
 from qa_core.settings import TrainSettings, parse_train_settings
 
 
@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         return train(settings, started_at)
     except QAError as err:
         return exit_with_error("train_accelerate.py", err)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (checkpoints are whole or
+        # unfinished, never half-written: see qa_core/checkpoints.py)
+        if launch_rank() == 0:
+            print("train_accelerate.py: interrupted: finished checkpoints, if any, resume with "
+                  "--resume_from_checkpoint auto", file=sys.stderr)
+        return 130  # the shell's code for a process ended by SIGINT
 
 
 def train(settings: TrainSettings, started_at: float) -> int:

@@ -415,6 +415,18 @@ def test_the_run_summary_counts_each_splits_skipped_rows(tiny_model, cache_dir, 
     assert metrics["data"]["eval"]["skipped"] == {"question_too_long": 1}
 
 
+def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys):
+    import train_accelerate
+
+    def interrupted(settings, started_at):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_accelerate, "train", interrupted)
+    assert train_accelerate.main(["--max_train_steps", "1"]) == 130
+    assert capsys.readouterr().err == ("train_accelerate.py: interrupted: finished checkpoints, "
+                                       "if any, resume with --resume_from_checkpoint auto\n")
+
+
 def test_max_length_above_the_tokenizers_limit_is_one_line(tiny_model, cache_dir, tmp_path,
                                                            capsys):
     """Was a ValueError traceback from the feature builder (the limit needs the tokenizer)."""
