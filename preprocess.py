@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
-from qa_core.errors import QAError, exit_with_error
+from qa_core.errors import QAError, exit_interrupted, exit_with_error
 from qa_core.pipeline import PreprocessConfig, prepare
 from qa_core.settings import parse_preprocess_settings
 
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
             rows_per_shard=source.rows_per_shard, overwrite_cache=source.overwrite_cache))
     except QAError as err:
         return exit_with_error("preprocess.py", err)
+    except KeyboardInterrupt:  # entries are written to a temporary folder, renamed when whole
+        return exit_interrupted("preprocess.py", "an unfinished cache entry is never used")
     print(json.dumps(result.summary))
     return 0
 

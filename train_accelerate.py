@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from qa_core.budget import process_started_at
-from qa_core.errors import QAError, exit_with_error, launch_rank
+from qa_core.errors import QAError, exit_interrupted, exit_with_error
 from qa_core.settings import TrainSettings, parse_train_settings
 
 
@@ -35,12 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         return train(settings, started_at)
     except QAError as err:
         return exit_with_error("train_accelerate.py", err)
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (checkpoints are whole or
-        # unfinished, never half-written: see qa_core/checkpoints.py)
-        if launch_rank() == 0:
-            print("train_accelerate.py: interrupted: finished checkpoints, if any, resume with "
-                  "--resume_from_checkpoint auto", file=sys.stderr)
-        return 130  # the shell's code for a process ended by SIGINT
+    except KeyboardInterrupt:  # checkpoints are finished or unfinished, never half-written
+        return exit_interrupted("train_accelerate.py", "finished checkpoints, if any, resume "
+                                "with --resume_from_checkpoint auto")
 
 
 def train(settings: TrainSettings, started_at: float) -> int:
@@ -86,6 +83,10 @@ def train(settings: TrainSettings, started_at: float) -> int:
                                    data.eval_data or data.train_data,
                                    data.eval_split, tokenizer, data.max_eval_examples)
     evaluator = build_evaluator(accelerator, settings, eval_split, tokenizer.pad_token_id)
+    eval_on_training_data = do_train and eval_split.summary["key"] == train_split.summary["key"]
+    if eval_on_training_data:  # one cache entry: the same rows (a file has no splits)
+        accelerator.print(f"warning: the evaluation data is the training data "
+                          f"({eval_split.summary['source']}): its scores are not held-out")
 
     # --- model and optimizer ----------------------------------------------------------------------
     model = load_qa_model(data.model, optim.attention_dropout, optim.hidden_dropout)
@@ -115,6 +116,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
     summary = run_summary(tracker.metrics, state, train_seconds, accelerator, output_dir,
                           distribution=distribution,
                           data={name: split.data_facts() for name, split in splits.items()},
+                          eval_on_training_data=eval_on_training_data,
                           cache={**sharing.as_dict(),
                                  "builds": {name: split.builds for name, split in splits.items()}})
     if accelerator.is_main_process:

@@ -63,6 +63,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -104,6 +105,12 @@ class NonFiniteModelError(QAError):
 # Run state
 # ---------------------------------------------------------------------------------------------
 
+# The preprocessing cache key covers the data and every setting that shapes the windows.
+TRAIN_DATA_KEY_HINT = (" (the training windows differ: another --train_data or --train_split, or "
+                       "another --max_length, --doc_stride, --label_answer, --language or "
+                       "tokenizer)")
+
+
 @dataclass
 class RunState:
     """What the model, optimizer and RNG states do not say: where in the data the run is."""
@@ -124,6 +131,7 @@ class RunState:
     gradient_accumulation_steps: int = 1
     train_data_key: str = ""
     average_last: float = 0.0
+    optimizer: str = ""             # its class: AdamW whichever kernel (--optim adamw_torch*)
     max_train_examples: int | None = None
     group_by_length: bool = False
     negative_window_fraction: float | None = None   # the share in effect (a default resolved)
@@ -137,16 +145,18 @@ class RunState:
     max_grad_norm: float | None = None
     attention_dropout: float | None = None
     hidden_dropout: float | None = None
+    mixed_precision: str | None = None   # as in effect ("auto" resolved)
     # A run without a time budget: the optimizer steps that --num_train_epochs / --max_train_steps
     # give, which the learning-rate schedule decays over (a budgeted run's is planned_total_steps).
     scheduled_steps: int | None = None
 
     # The data order (which windows, in which batches) and what the checkpoint holds.
     MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size",
-                  "gradient_accumulation_steps", "train_data_key", "average_last",
+                  "gradient_accumulation_steps", "train_data_key", "average_last", "optimizer",
                   "max_train_examples", "group_by_length", "negative_window_fraction")
     SAID_IF_CHANGED = ("learning_rate", "weight_decay", "warmup_steps", "lr_scheduler",
-                       "max_grad_norm", "attention_dropout", "hidden_dropout", "scheduled_steps")
+                       "max_grad_norm", "attention_dropout", "hidden_dropout", "mixed_precision",
+                       "scheduled_steps")
     # the restored optimizer state carries these (per parameter group), whatever the flags say
     KEPT_FROM_CHECKPOINT = ("learning_rate", "weight_decay")
 
@@ -174,6 +184,11 @@ class RunState:
             if not _has_type(value, known[name].type):
                 raise CheckpointError(f"{path}: field {name!r} is {value!r}, expected "
                                       f"{known[name].type}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                    not math.isfinite(value) or value < 0):
+                # counts, steps, rates and scores are all finite and >= 0
+                raise CheckpointError(f"{path}: field {name!r} is {value!r}, expected a finite "
+                                      "number >= 0")
         if unrecorded_from is not None:  # an older checkpoint: what it lacks, it cannot differ in
             data = {**{name: getattr(unrecorded_from, name)
                        for name in cls.MUST_MATCH + cls.SAID_IF_CHANGED}, **data}
@@ -181,6 +196,7 @@ class RunState:
 
     def mismatches(self, current: "RunState") -> list[str]:
         return [f"{name}: checkpoint {getattr(self, name)!r} != now {getattr(current, name)!r}"
+                + (TRAIN_DATA_KEY_HINT if name == "train_data_key" else "")
                 for name in self.MUST_MATCH if getattr(self, name) != getattr(current, name)]
 
     def changed_settings(self, current: "RunState") -> list[str]:
@@ -634,7 +650,11 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
 
     ``expected``: this run's settings; a checkpoint whose ``RunState.MUST_MATCH`` fields differ is
     refused. Any refusal is a :class:`CheckpointError` raised before anything is restored."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_state_dict,
+    )
 
     require_checkpoint_support(accelerator)
     folder = Path(folder)
@@ -661,10 +681,16 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
     model_state = read_model_state(folder / MODEL_FILE)
     optimizer_state = read_optimizer_state(folder / OPTIMIZER_FILE, optimizer)
     average_state = _read_average(folder, saved, average)
+    options = StateDictOptions(full_state_dict=True)
     try:
-        set_state_dict(model, optimizers=_inner_optimizer(optimizer),
-                       model_state_dict=model_state, optim_state_dict=optimizer_state,
-                       options=StateDictOptions(full_state_dict=True))
+        if optimizer_state["state"]:
+            set_state_dict(model, optimizers=_inner_optimizer(optimizer),
+                           model_state_dict=model_state, optim_state_dict=optimizer_state,
+                           options=options)
+        else:  # no per-parameter state (plain SGD), which torch's loader cannot place
+            set_model_state_dict(model, model_state, options=options)
+            restore_param_group_settings(_inner_optimizer(optimizer),
+                                         optimizer_state["param_groups"])
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{folder}: {MODEL_FILE} / {OPTIMIZER_FILE} do not fit this run's "
                               f"model ({first_line(err)})") from None
@@ -676,6 +702,14 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
     restore_rng_state(rng)
     accelerator.step = rng["accelerator_step"]
     return saved
+
+
+def restore_param_group_settings(optimizer, saved_groups: list[dict]) -> None:
+    """Each parameter group's settings (rate, weight decay, ...) from a saved full optimizer
+    state, whose ``params`` name parameters rather than number them (groups match in sizes:
+    :func:`read_optimizer_state`)."""
+    for live, saved in zip(optimizer.param_groups, saved_groups):
+        live.update({key: value for key, value in saved.items() if key != "params"})
 
 
 def _read_average(folder: Path, saved: RunState, average) -> dict[str, torch.Tensor] | None:

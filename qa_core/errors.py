@@ -40,3 +40,12 @@ def exit_with_error(prog: str, err: Exception) -> int:
     if launch_rank() == 0:
         print(f"{prog}: error: {err}", file=sys.stderr)
     return 2
+
+
+def exit_interrupted(prog: str, what_is_left: str = "") -> int:
+    """Ctrl-C (KeyboardInterrupt): one line instead of a traceback, saying what is left on
+    disk, and the exit code a shell gives a process ended by SIGINT (130)."""
+    if launch_rank() == 0:
+        print(f"{prog}: interrupted{': ' + what_is_left if what_is_left else ''}",
+              file=sys.stderr)
+    return 130

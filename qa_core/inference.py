@@ -21,7 +21,7 @@ import torch
 
 from qa_core.batching import FeatureRows, identity_collate, select_first_examples
 from qa_core.decode import DecodeConfig
-from qa_core.errors import QAError, exit_with_error, first_line
+from qa_core.errors import QAError, exit_interrupted, exit_with_error, first_line
 from qa_core.evaluation import EvalAccumulator, EvalReferences, accumulate_logits
 from qa_core.features import FeatureBuilder, FeatureConfig
 from qa_core.modeling import (
@@ -220,7 +220,7 @@ def parse_args(argv: list[str] | None):
     """(FeatureArgs, DecodeArgs, the rest): windows and decoding are training's settings."""
     from transformers import HfArgumentParser
 
-    from qa_core.settings import DecodeArgs, FeatureArgs
+    from qa_core.settings import DecodeArgs, FeatureArgs, parse_dataclasses
 
     parser = HfArgumentParser((FeatureArgs, DecodeArgs), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,7 +236,7 @@ def parse_args(argv: list[str] | None):
                              "windows' n_best_size best starts and ends make them)")
     parser.add_argument("--demo", action="store_true",
                         help="the packaged comic-books passage and its questions")
-    features, decode, args = parser.parse_args_into_dataclasses(argv)
+    features, decode, args = parse_dataclasses(parser, argv)
     if not args.demo and ((args.context is None and not args.context_file) or not args.question):
         parser.error("give a context (--context or --context_file) and at least one --question, "
                      "or --demo")
@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         check_answers(answers, args.model)
     except QAError as err:
         return exit_with_error("qa-answer", err)
+    except KeyboardInterrupt:
+        return exit_interrupted("qa-answer")
     for answer in answers:  # allow_nan=False: never -Infinity or NaN, which strict JSON lacks
         print(json.dumps(answer.as_json(), ensure_ascii=False, allow_nan=False))
     print(json.dumps({"model": args.model, "questions": len(answers),

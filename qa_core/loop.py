@@ -256,6 +256,10 @@ class TrainingRun:
         saved = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
                                             self.scheduler, folder, expected=self.state,
                                             average=self.average)
+        if saved.batches_in_epoch > len(self.loader):  # the data order matched (MUST_MATCH)
+            raise checkpoints.CheckpointError(
+                f"{folder / checkpoints.RUN_STATE_FILE}: batches_in_epoch is "
+                f"{saved.batches_in_epoch}, but an epoch of this run has {len(self.loader)}")
         for change in saved.changed_settings(self.state):
             self.accelerator.print(f"warning: resuming from {folder}: {change}")
         self.state = saved.resumed_with(self.state)

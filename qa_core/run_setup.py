@@ -133,6 +133,7 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     if optim.torch_compile:
         model.compile()  # in place: state_dict keys and save_pretrained stay plain
     optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
+    optimizer_class = type(optimizer).__name__  # before accelerate wraps it
     train_set = rows_of(accelerator, settings, split, pad_token_id)
     negatives = negative_fraction(settings, split)
     sampler, loader = training_loader(train_set, optim.per_device_train_batch_size,
@@ -156,12 +157,14 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                      per_device_train_batch_size=optim.per_device_train_batch_size,
                      gradient_accumulation_steps=optim.gradient_accumulation_steps,
                      train_data_key=split.summary["key"], average_last=optim.average_last,
+                     optimizer=optimizer_class,
                      max_train_examples=settings.data.max_train_examples,
                      group_by_length=optim.group_by_length, negative_window_fraction=negatives,
                      learning_rate=optim.learning_rate, weight_decay=optim.weight_decay,
                      warmup_steps=optim.warmup_steps, lr_scheduler=optim.lr_scheduler,
                      max_grad_norm=optim.max_grad_norm, attention_dropout=optim.attention_dropout,
                      hidden_dropout=optim.hidden_dropout,
+                     mixed_precision=accelerator.mixed_precision,
                      scheduled_steps=None if budget else plan.total_steps)
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
                       output_dir, budget, average=weight_average(accelerator, model,

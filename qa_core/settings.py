@@ -269,10 +269,25 @@ def check_settings(*groups: Any) -> None:
                             "rows_per_shard", "language")
         check_preprocess_settings(**{k: values[k] for k in preprocess_flags if k in values})
     for flag in ("cache_dir", "output_dir"):
+        if flag in values and values[flag] is not None and not values[flag].strip():
+            raise SettingsError(f"argument --{flag}: empty; give a folder (an empty path would "
+                                "mean the current folder)")
         if values.get(flag):
             check_writable_folder(Path(values[flag]).expanduser(), f"--{flag}")
     if values.get("output_dir"):
-        check_output_subfolders(Path(values["output_dir"]).expanduser())
+        output_dir = Path(values["output_dir"]).expanduser()
+        check_output_subfolders(output_dir)
+        model = Path(values.get("model") or "").expanduser()
+        if values.get("model") and model.is_dir() and model.resolve() == output_dir.resolve():
+            raise SettingsError(f"--output_dir {output_dir}: is the --model folder; the run "
+                                "would overwrite the model it starts from: give another "
+                                "--output_dir")
+    if values.get("report_to") == "tensorboard":
+        import accelerate.utils
+
+        if not accelerate.utils.is_tensorboard_available():  # accelerate would only warn
+            raise SettingsError("argument --report_to tensorboard: tensorboard is not installed "
+                                "(pip install tensorboard), so nothing would be logged")
     resume = values.get("resume_from_checkpoint")
     if resume is not None and not resume.strip():  # e.g. an unset $CKPT: never a fresh start
         raise SettingsError("argument --resume_from_checkpoint: empty; give a checkpoint folder "
@@ -360,17 +375,27 @@ PRESETS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
 }
 
 
+def parse_dataclasses(parser: HfArgumentParser, argv: list[str] | None) -> tuple:
+    """``parser.parse_args_into_dataclasses(argv)``, with an unknown flag or a stray word (a
+    typo such as ``--max_lenght``, an unquoted path with a space) refused as argparse refuses a
+    bad choice: the usage line and exit code 2 (transformers raises a ValueError instead)."""
+    *outputs, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return tuple(outputs)
+
+
 def parse_train_settings(argv: list[str] | None = None) -> TrainSettings:
     """argv -> checked :class:`TrainSettings`. An unknown flag or choice exits 2 with argparse's
     usage line; a value that cannot work raises :class:`QAError` naming the flag."""
     parser = HfArgumentParser(TRAIN_GROUPS, description=TRAIN_DESCRIPTION + _presets_help(),
                               formatter_class=_HelpFormatter)
-    groups = parser.parse_args_into_dataclasses(argv)
+    groups = parse_dataclasses(parser, argv)
     run = groups[-1]
     preset = "demo" if run.demo else run.preset
     if preset:  # preset values replace the defaults, not what the user typed
         parser.set_defaults(**PRESETS[preset][1]())
-        groups = parser.parse_args_into_dataclasses(argv)
+        groups = parse_dataclasses(parser, argv)
     check_settings(*groups)
     return TrainSettings(*groups)
 
@@ -379,7 +404,7 @@ def parse_preprocess_settings(argv: list[str] | None = None, description: str = 
     """argv -> (SourceArgs, CacheArgs, FeatureArgs), checked."""
     parser = HfArgumentParser((SourceArgs, CacheArgs, FeatureArgs), description=description,
                               formatter_class=_HelpFormatter)
-    groups = parser.parse_args_into_dataclasses(argv)
+    groups = parse_dataclasses(parser, argv)
     check_settings(*groups)
     return groups
 

@@ -340,6 +340,20 @@ def test_run_state_errors_name_the_file(tmp_path):
         RunState.load(tmp_path)
 
 
+@pytest.mark.parametrize("field, value", [("global_step", -5), ("batches_in_epoch", -3),
+                                          ("samples_seen", -1), ("best_f1", float("nan")),
+                                          ("learning_rate", float("inf"))])
+def test_run_state_values_out_of_range_are_refused(tmp_path, field, value):
+    """Accepted before (manifest rewritten to match): a negative step resumed and counted 43
+    samples where the run had seen 16; a NaN best_f1 ended as a bare NaN in metrics.json."""
+    RunState(global_step=3).save(tmp_path)
+    path = tmp_path / RUN_STATE_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(CheckpointError, match=rf"{path}: field '{field}' is .*, expected a "
+                                              "finite number >= 0"):
+        RunState.load(tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pickles: nothing from a checkpoint is unpickled
 # ---------------------------------------------------------------------------------------------

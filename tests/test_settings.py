@@ -1,6 +1,7 @@
 """Settings: dataclasses are the command line; bad values stop before any work, naming the flag."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -8,7 +9,12 @@ import time
 import pytest
 
 from qa_core.errors import QAError
-from qa_core.settings import PRESETS, SPEED_SETTINGS, parse_train_settings
+from qa_core.settings import (
+    PRESETS,
+    SPEED_SETTINGS,
+    parse_preprocess_settings,
+    parse_train_settings,
+)
 from tiny_models import REPO, offline_env
 
 
@@ -23,6 +29,23 @@ def test_bad_choices_exit_2_with_the_allowed_values(argv, message, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "invalid choice" in err and "choose from" in err
+
+
+@pytest.mark.parametrize("parse", ["train", "preprocess", "qa-answer"])
+@pytest.mark.parametrize("extra", [["--max_lenght", "64"], ["stray"]])
+def test_unknown_flags_and_stray_words_exit_2_with_the_usage_line(parse, extra, capsys):
+    """They were a ValueError traceback from HfArgumentParser (rc 1) in all three scripts."""
+    from qa_core.inference import parse_args
+
+    argv = {"train": [], "preprocess": ["--data", "d", "--model", "m"],
+            "qa-answer": ["--model", "m", "--demo"]}[parse] + extra
+    parser = {"train": parse_train_settings, "preprocess": parse_preprocess_settings,
+              "qa-answer": parse_args}[parse]
+    with pytest.raises(SystemExit) as stop:
+        parser(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and f"error: unrecognized arguments: {' '.join(extra)}" in err
 
 
 @pytest.mark.parametrize("flag, value", [
@@ -51,6 +74,30 @@ def test_a_file_where_the_run_writes_a_folder_is_refused_before_any_work(tmp_pat
     with pytest.raises(QAError, match=f"--output_dir {tmp_path}: {tmp_path / name} is a file, "
                                       f"but the run writes its {name}/ folder there"):
         parse_train_settings(["--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("flag", ["output_dir", "cache_dir"])
+def test_an_empty_folder_flag_is_refused_not_the_current_folder(flag):
+    """``--output_dir ''`` wrote the whole run into the current folder."""
+    with pytest.raises(QAError, match=f"argument --{flag}: empty; give a folder"):
+        parse_train_settings([f"--{flag}", ""])
+
+
+def test_the_model_folder_as_output_dir_is_refused(tmp_path):
+    """The run saved over the weights it started from (rc 0)."""
+    (tmp_path / "m").mkdir()
+    same = tmp_path / "x" / ".." / "m"
+    with pytest.raises(QAError, match=re.escape(f"--output_dir {same}: is the --model folder")):
+        parse_train_settings(["--model", str(tmp_path / "m"), "--output_dir", str(same)])
+
+
+def test_tensorboard_reporting_without_tensorboard_is_refused(monkeypatch):
+    """It ran with rc 0 and logged nothing (accelerate only warns)."""
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+    with pytest.raises(QAError, match="--report_to tensorboard: tensorboard is not installed"):
+        parse_train_settings(["--report_to", "tensorboard"])
 
 
 @pytest.mark.parametrize("value", ["", "  "])

@@ -32,6 +32,7 @@ from qa_core.modeling import freeze_encoder
 from qa_core.optim import NonFiniteGuard, NonFiniteLossError, lr_lambda, optimizer_param_groups
 from tiny_models import (
     EVAL_DATA,
+    TRAIN_DATA,
     load_weights,
     read_log,
     run_main_in_process,
@@ -175,6 +176,10 @@ def test_run_state_says_which_update_settings_a_resume_changes(tmp_path):
             resumed.scheduled_steps) == (1e-3, 5, 0.0, 150)
     # with a time budget on either side, the plan (planned_total_steps) says the length
     assert len(loaded.changed_settings(replace(now, scheduled_steps=None))) == 3
+    # bf16 after fp32 (fp16 is caught by its GradScaler state): said, as it changes the numbers
+    assert loaded.changed_settings(replace(saved, mixed_precision="bf16")) == [
+        "--mixed_precision is 'bf16', the checkpoint's run had None: the resumed run will differ "
+        "from an uninterrupted one"]
     assert len(replace(loaded, scheduled_steps=None).changed_settings(now)) == 3
     # a checkpoint written before these settings were recorded: nothing to compare
     data = json.loads((tmp_path / RUN_STATE_FILE).read_text())
@@ -341,6 +346,19 @@ def test_resume_mid_first_epoch_reproduces_the_run(uninterrupted, tiny_model, ca
         "step_12", "step_6", "step_8"]
 
 
+def test_a_plain_sgd_run_resumes_exactly(tiny_model, cache_dir, tmp_path):
+    """Plain SGD keeps no per-parameter state, which torch's full-state loader cannot place
+    (AssertionError: Expected device to be set): no --optim sgd run could be resumed."""
+    flags = {**RESUME_FLAGS, "optim": "sgd"}
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "A", **flags))
+    assert code == 0
+    code, _, stdout = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "B",
+        resume_from_checkpoint=str(tmp_path / "A" / "checkpoints" / "step_4"), **flags))
+    assert code == 0 and "at step 4 (epoch 0, batch 8)" in stdout
+    compare_resumed(tmp_path / "B", tmp_path / "A", from_step=4)
+
+
 def one_line_error(capsys) -> str:
     """The single stderr line of a refused run."""
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -354,7 +372,13 @@ def one_line_error(capsys) -> str:
     # the data order: other windows, or the same ones in other batches (these resumed silently)
     ("max_train_examples", 40, "max_train_examples: checkpoint 20 != now 40"),
     ("group_by_length", True, "group_by_length: checkpoint False != now True"),
+    # another optimizer (adamw_torch_fused is the same AdamW: that resumes bit-identically)
+    ("optim", "sgd", "optimizer: checkpoint 'AdamW' != now 'SGD'"),
     ("negative_window_fraction", 0.0, "negative_window_fraction: checkpoint 1.0 != now 0.0"),
+    # other windows: the cache key differs, and the message says which flags make it
+    ("max_length", 96, "(the training windows differ: another --train_data or --train_split, "
+                       "or another --max_length, --doc_stride, --label_answer, --language or "
+                       "tokenizer)"),
 ])
 def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, tmp_path, capsys,
                                           flag, value, expected):
@@ -365,6 +389,23 @@ def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, 
     assert code == 2
     assert expected in one_line_error(capsys)
     assert not (tmp_path / "D" / "model.safetensors").exists()
+
+
+def test_resume_refuses_a_position_past_the_epochs_end(uninterrupted, tiny_model, cache_dir,
+                                                       tmp_path, capsys):
+    """A run_state.json counting more batches than an epoch has (manifest rewritten to match)
+    used to resume and stop early with rc 0."""
+    edited = tmp_path / "edited"
+    shutil.copytree(uninterrupted / "checkpoints" / "step_4", edited)
+    state = json.loads((edited / RUN_STATE_FILE).read_text())
+    (edited / RUN_STATE_FILE).write_text(json.dumps({**state, "batches_in_epoch": 1000000}))
+    write_manifest(edited)
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "out",
+                                                resume_from_checkpoint=str(edited),
+                                                **RESUME_FLAGS))
+    assert code == 2
+    assert (f"{edited / RUN_STATE_FILE}: batches_in_epoch is 1000000, but an epoch of this run "
+            "has ") in one_line_error(capsys)
 
 
 def test_a_new_run_into_an_earlier_runs_output_dir_is_refused_unless_overwritten(
@@ -410,21 +451,33 @@ def test_the_run_summary_counts_each_splits_skipped_rows(tiny_model, cache_dir, 
                                        "examples_used": 1, "skipped": {"question_too_long": 1},
                                        "notes": {}}
     assert summary["data"]["train"]["examples_used"] == 20
+    assert summary["eval_on_training_data"] is False and "not held-out" not in stdout
     assert f"{eval_data}: 1 rows skipped (question_too_long 1)" in stdout
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["data"]["eval"]["skipped"] == {"question_too_long": 1}
 
 
-def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys):
+@pytest.mark.parametrize("script", ["train_accelerate.py", "preprocess.py", "qa-answer"])
+def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys, script):
+    """Each script used to end in a KeyboardInterrupt traceback."""
+    import preprocess
+    import qa_core.inference
     import train_accelerate
 
-    def interrupted(settings, started_at):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_accelerate, "train", interrupted)
-    assert train_accelerate.main(["--max_train_steps", "1"]) == 130
-    assert capsys.readouterr().err == ("train_accelerate.py: interrupted: finished checkpoints, "
-                                       "if any, resume with --resume_from_checkpoint auto\n")
+    module, work, argv, left = {
+        "train_accelerate.py": (train_accelerate, "train", ["--max_train_steps", "1"],
+                                ": finished checkpoints, if any, resume with "
+                                "--resume_from_checkpoint auto"),
+        "preprocess.py": (preprocess, "prepare", ["--data", "d", "--model", "m"],
+                          ": an unfinished cache entry is never used"),
+        "qa-answer": (qa_core.inference, "load_model_tokenizer", ["--model", "m", "--demo"], ""),
+    }[script]
+    monkeypatch.setattr(module, work, interrupted)
+    assert module.main(argv) == 130
+    assert capsys.readouterr().err == f"{script}: interrupted{left}\n"
 
 
 def test_max_length_above_the_tokenizers_limit_is_one_line(tiny_model, cache_dir, tmp_path,
@@ -435,6 +488,16 @@ def test_max_length_above_the_tokenizers_limit_is_one_line(tiny_model, cache_dir
     assert code == 2
     assert ("--max_length 100000: exceeds the tokenizer's model_max_length 512"
             in one_line_error(capsys))
+
+
+def test_evaluating_on_the_training_data_is_said(tiny_model, cache_dir, tmp_path):
+    """Without --eval_data a file is also the evaluation data (a file has no splits): the run
+    printed held-out-looking scores without a word."""
+    code, summary, stdout = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "out", eval_data=None, max_train_steps=1))
+    assert code == 0 and summary["eval_on_training_data"] is True
+    assert (f"warning: the evaluation data is the training data ({TRAIN_DATA}): its scores are "
+            "not held-out") in stdout
 
 
 def test_pruning_removes_a_linked_checkpoint_as_a_link(tmp_path):
