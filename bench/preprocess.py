@@ -61,6 +61,7 @@ from bench.common import (  # noqa: E402
     peak_rss_mb,
     print_summary,
     resolve_data_files,
+    resolve_model,
     run_json_child,
 )
 
@@ -331,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # the children run in the repository
     given = resolve_data_files(parser, args, "data", "check_data")
+    args.model = resolve_model(parser, args.model, tokenizer_only=True)
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-preprocess-"))
     work.mkdir(parents=True, exist_ok=True)

