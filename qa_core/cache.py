@@ -12,10 +12,13 @@ Entries are built in ``<cache_root>/.tmp-<key>-<pid>-<host><rand>`` and renamed 
 a run killed half-way leaves only a hidden temporary folder that is never read; a replaced
 entry is renamed to ``.trash-<key>-<rand>`` before it is deleted. :func:`remove_leftovers`
 deletes temporaries whose writer is gone and every ``.trash-*`` folder. A finished entry is
-reused only when :func:`entry_problem` finds every file of its manifest whole.
+reused only when :func:`entry_problem` finds every file of its manifest whole, its summary of
+the shape a build writes and its shards holding the rows the summary counts. A device that
+fills up while an entry is written is a :class:`CacheDirError` (:func:`no_space_error`).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -27,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from qa_core.errors import QAError
+from qa_core.errors import QAError, first_line
 
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
@@ -40,6 +43,16 @@ HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 class CacheDirError(QAError):
     """A ``--cache_dir`` that cannot hold the cache; the message names the flag and the path."""
+
+
+def no_space_error(cache_root: Path, err: BaseException) -> CacheDirError | None:
+    """The one-line error for writing an entry into a full device (or over the disk quota);
+    None for any other error, which keeps its behaviour."""
+    if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return CacheDirError(f"--cache_dir {cache_root}: no space left on the device while writing "
+                         f"a cache entry ({errno.errorcode[err.errno]}: {os.strerror(err.errno)}); "
+                         "free space or choose another --cache_dir")
 
 
 def fingerprint(parts: dict[str, Any]) -> str:
@@ -161,12 +174,86 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
         return None, "not valid JSON (truncated?)"
 
 
+# What a cache hit reads from summary.json (and prints), with the shape a build writes
+SUMMARY_COUNTS = ("examples", "answerable", "features", "features_with_answer",
+                  "answers_covered")
+SUMMARY_COUNTS_BY_REASON = ("skipped", "notes", "formats")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_counts_by_reason(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(reason, str) and _is_count(count)
+                                           for reason, count in value.items())
+
+
+def summary_shape_problem(summary: dict, key: str) -> str | None:
+    """Why ``summary.json`` is not what a build writes for entry ``key``; None when it is."""
+    checks = [("key", lambda value: value == key, f"the entry's folder name {key}"),
+              ("source", lambda value: isinstance(value, str), "text")]
+    checks += [(name, _is_count, "a count") for name in SUMMARY_COUNTS]
+    checks += [(name, _is_counts_by_reason, "counts by reason")
+               for name in SUMMARY_COUNTS_BY_REASON]
+    checks += [("seconds", _is_number, "a number of seconds"),
+               ("examples_per_s", lambda value: value is None or _is_number(value),
+                "a number or null")]
+    for name, fits, what in checks:
+        if name not in summary:
+            return f"no {name}"
+        if not fits(summary[name]):
+            return f"{name} is {_shown(summary[name])}, not {what}"
+    return None
+
+
+def arrow_rows(path: Path) -> int:
+    """Rows of an Arrow stream file, from its batches' headers (memory-mapped: no data read)."""
+    with pa.memory_map(str(path)) as source:
+        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+
+
+def split_rows_problem(entry: Path, files: dict, summary: dict) -> str | None:
+    """Whether each split's shards (those its ``state.json`` names, all in the manifest) hold
+    as many rows as ``summary.json`` counts."""
+    for split in SPLITS:  # the summary counts each split's rows under the split's name
+        state, why = _read_json(entry / split / "state.json")
+        try:
+            shards = [f"{split}/{record['filename']}" for record in state["_data_files"]]
+        except (KeyError, TypeError):
+            return f"{split}/state.json: {why or 'no list of _data_files'}"
+        for name in [f"{split}/state.json", *shards]:
+            if name not in files:
+                return f"{MANIFEST_FILE}: does not list {name}"
+        rows = 0
+        for name in shards:
+            try:
+                rows += arrow_rows(entry / name)
+            except (OSError, pa.ArrowException) as err:
+                return f"{name}: not readable as an Arrow stream ({first_line(err)})"
+        if rows != summary[split]:
+            return f"{SUMMARY_FILE}: {split} is {summary[split]}, the shards hold {rows} rows"
+    return None
+
+
 def entry_problem(entry: Path) -> str | None:
     """None when a cache entry is whole; else ``"<file>: <why>"`` for the first damage found.
 
-    Checks that ``summary.json`` parses and names the manifest's sha256, that ``manifest.json``
-    has that hash, and that every file it lists has its recorded size (and hash, where recorded).
-    An entry without a manifest (written before manifests existed) is not trusted either.
+    Checks that ``summary.json`` parses, has the shape a build writes (the fields a hit reads,
+    its key the folder's name) and names the manifest's sha256, that ``manifest.json`` has that
+    hash and lists files, that every file it lists has its recorded size (and hash, where
+    recorded), and that the shards hold the rows the summary counts (read from the Arrow
+    batches' headers, so a hit stays in milliseconds). An entry without a manifest (written
+    before manifests existed) is not trusted either.
     """
     summary, why = _read_json(entry / SUMMARY_FILE)
     if why or not isinstance(summary, dict):
@@ -175,13 +262,26 @@ def entry_problem(entry: Path) -> str | None:
     if not expected:
         return (f"{SUMMARY_FILE}: no manifest_sha256 "
                 "(written by a version that recorded no file sizes)")
+    shape = summary_shape_problem(summary, entry.name)
+    if shape:
+        return f"{SUMMARY_FILE}: {shape}"
     try:
         blob = (entry / MANIFEST_FILE).read_bytes()
     except OSError:
         return f"{MANIFEST_FILE}: missing or unreadable"
     if hashlib.sha256(blob).hexdigest() != expected:
         return f"{MANIFEST_FILE}: does not match the sha256 recorded in {SUMMARY_FILE}"
-    for name, recorded in json.loads(blob)["files"].items():
+    try:
+        files = json.loads(blob)["files"]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return f"{MANIFEST_FILE}: not valid JSON"
+    except (KeyError, TypeError):
+        files = None
+    if not isinstance(files, dict):
+        return f"{MANIFEST_FILE}: no \"files\" object"
+    for name, recorded in files.items():
+        if not (isinstance(recorded, dict) and _is_count(recorded.get("size"))):
+            return f"{MANIFEST_FILE}: {_shown(name)} has no size"
         path = entry / name
         try:
             size = path.stat().st_size
@@ -191,7 +291,7 @@ def entry_problem(entry: Path) -> str | None:
             return f"{name}: {size} bytes, {recorded['size']} when written (truncated or replaced)"
         if "sha256" in recorded and file_sha256(path) != recorded["sha256"]:
             return f"{name}: content differs from when it was written (sha256 mismatch)"
-    return None
+    return split_rows_problem(entry, files, summary)
 
 
 def temporary_name(key: str) -> str:

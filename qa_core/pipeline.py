@@ -42,6 +42,7 @@ from qa_core.cache import (
     check_writable_folder,
     entry_problem,
     fingerprint,
+    no_space_error,
     read_summary,
     remove_leftovers,
     tokenizer_files_fingerprint,
@@ -646,8 +647,11 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
                        examples_per_s=round(summary["examples"] / seconds, 1) if seconds else None)
         entry = writer.commit(summary, schemas, overwrite=config.overwrite_cache,
                               damaged=problem is not None)
-    except BaseException:
+    except BaseException as err:
         writer.abort()
+        full = no_space_error(cache_root, err)  # in this process or in a worker
+        if full is not None:
+            raise full from None
         raise
     return PrepareResult(entry, summary)
 

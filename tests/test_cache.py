@@ -1,6 +1,8 @@
 """preprocess.py / qa_core.pipeline.prepare: summary, cache layout, keys, reuse, atomic writes."""
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import signal
@@ -386,10 +388,49 @@ def edited_manifest(entry: Path) -> str:
     return "manifest.json: does not match"
 
 
+def edited_summary(name: str, edit, why: str):
+    """summary.json still valid JSON (its manifest_sha256 right), but of another shape."""
+    def damage(entry: Path) -> str:
+        summary = json.loads((entry / "summary.json").read_text())
+        edit(summary)
+        (entry / "summary.json").write_text(json.dumps(summary))
+        return f"summary.json: {why}"
+    return pytest.param(damage, id=name)
+
+
+def replaced_manifest(name: str, blob: bytes, why: str):
+    """Another manifest.json, with summary.json's manifest_sha256 updated to match it."""
+    def damage(entry: Path) -> str:
+        (entry / "manifest.json").write_bytes(blob)
+        summary = json.loads((entry / "summary.json").read_text())
+        summary["manifest_sha256"] = hashlib.sha256(blob).hexdigest()
+        (entry / "summary.json").write_text(json.dumps(summary))
+        return f"manifest.json: {why}"
+    return pytest.param(damage, id=name)
+
+
 @pytest.mark.parametrize("damage", [
     truncate_shard, flip_byte, drop_file("features/state.json", "missing"),
     drop_file("manifest.json", "missing"), drop_file("summary.json", "missing"), old_version_entry,
     truncated_summary, edited_manifest,
+    edited_summary("no_examples", lambda s: s.pop("examples"), "no examples"),
+    edited_summary("no_seconds", lambda s: s.pop("seconds"), "no seconds"),
+    edited_summary("examples_text", lambda s: s.update(examples="x"),
+                   "examples is 'x', not a count"),
+    edited_summary("skipped_text_count", lambda s: s.update(skipped={"question_too_long": "1"}),
+                   "skipped is {'question_too_long': '1'}, not counts by reason"),
+    edited_summary("skipped_list", lambda s: s.update(skipped=["a"]),
+                   "skipped is ['a'], not counts by reason"),
+    edited_summary("other_key", lambda s: s.update(key="deadbeef"),
+                   "key is 'deadbeef', not the entry's folder name"),
+    edited_summary("features_not_in_shards", lambda s: s.update(features=999999),
+                   "features is 999999, the shards hold"),
+    edited_summary("examples_not_in_shards", lambda s: s.update(examples=1),
+                   "examples is 1, the shards hold 6 rows"),
+    replaced_manifest("manifest_files_list", b'{"files": []}', 'no "files" object'),
+    replaced_manifest("manifest_not_json", b"not json", "not valid JSON"),
+    replaced_manifest("manifest_lists_nothing", b'{"files": {}}',
+                      "does not list features/state.json"),
 ])
 def test_damaged_entry_is_rebuilt_not_hit(config, damage):
     first = prepare(config)
@@ -448,6 +489,37 @@ def test_cache_dir_errors_name_the_flag(data_file, bert_tok_dir, tmp_path, capsy
                    "(a new cache entry has to be written)")
     assert preprocess.main(argv + ["--cache_dir", str(read_only / "new")]) == 2
     assert f"{read_only} is not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])
+def test_full_device_is_a_one_line_error(data_file, bert_tok_dir, tmp_path, capsys, monkeypatch,
+                                         num_proc, code):
+    """A write into a full device (or over the quota), in this process or a (forked) worker:
+    one line naming --cache_dir, exit code 2, and no temporary entry left."""
+    def full(self, batch):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(cache_mod.ShardWriter, "write", full)
+    cache_root = tmp_path / "c"
+    argv = ["--data", str(data_file), "--model", bert_tok_dir, "--cache_dir", str(cache_root),
+            "--language", "all", "--num_proc", str(num_proc)]
+    assert preprocess.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"preprocess.py: error: --cache_dir {cache_root}: no space left on the device "
+                   f"while writing a cache entry ({errno.errorcode[code]}: {os.strerror(code)}); "
+                   "free space or choose another --cache_dir")
+    assert list(cache_root.iterdir()) == []
+
+
+def test_other_write_errors_keep_their_exception(config, monkeypatch):
+    def broken(self, batch):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cache_mod.ShardWriter, "write", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        prepare(config)
+    assert list(Path(config.cache_dir).iterdir()) == []
 
 
 def test_read_only_cache_dir_still_serves_hits(config, monkeypatch):
