@@ -27,8 +27,13 @@ def refusal(proc: subprocess.CompletedProcess) -> str:
     return proc.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("script,extra", [("preprocess.py", []), ("vs_tutorial.py", []),
-                                          ("quality.py", ["--eval_data", EVAL_DATA])])
+# shipped data, so that a fresh clone (no ../shared) reaches the --model check
+TYDI_SAMPLE = str(REPO / "qa_core" / "data" / "tydiqa_tiny_dev.jsonl.gz")
+
+
+@pytest.mark.parametrize("script,extra", [
+    ("preprocess.py", ["--data", TYDI_SAMPLE, "--check_data", TYDI_SAMPLE]),
+    ("vs_tutorial.py", []), ("quality.py", ["--eval_data", EVAL_DATA])])
 def test_a_missing_model_folder_is_one_line_before_any_phase(script, extra):
     proc = run_bench(script, "--model", "/nonexistent", *extra)
     assert refusal(proc) == f"{script}: error: --model /nonexistent: no such model folder"
