@@ -42,6 +42,14 @@ def calibration_steps(warmup_steps: int) -> int:
     return max(CALIBRATION_STEPS, min(warmup_steps, MAX_CALIBRATION_STEPS))
 
 
+def earliest_plan_step(warmup_steps: int, start_step: int = 0) -> int:
+    """The first optimizer step after which a run (new, or resumed at ``start_step`` before its
+    plan) can make its plan: the warm-up is over and ``MIN_TIMED_STEPS`` were timed after the
+    process's first ``TIMED_FROM_STEP``. A run that ends by then never plans: its step limit is
+    its plan (``qa_core.run_setup.start_training``)."""
+    return max(calibration_steps(warmup_steps), start_step + TIMED_FROM_STEP + MIN_TIMED_STEPS)
+
+
 class StepCosts:
     """The relative cost of each optimizer step of a run (global step ``s`` is the ``s``-th),
     from a function giving one epoch's per-step costs (padded tokens:

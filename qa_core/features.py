@@ -135,13 +135,15 @@ class FeatureStats:
     answers_covered: int = 0          # answerable examples with >= 1 window labelled with the
                                       # answer
     skipped: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)   # kept, but worth knowing
 
     def add(self, other: "FeatureStats") -> None:
         self.features += other.features
         self.answerable += other.answerable
         self.answers_covered += other.answers_covered
-        for reason, count in other.skipped.items():
-            self.skipped[reason] = self.skipped.get(reason, 0) + count
+        for mine, theirs in ((self.skipped, other.skipped), (self.notes, other.notes)):
+            for reason, count in theirs.items():
+                mine[reason] = mine.get(reason, 0) + count
 
 
 def answer_token_span(token_starts: np.ndarray, token_ends: np.ndarray, answer_start: int,
@@ -154,6 +156,17 @@ def answer_token_span(token_starts: np.ndarray, token_ends: np.ndarray, answer_s
     start = int(np.searchsorted(token_ends, answer_start, side="right"))
     end = int(np.searchsorted(token_starts, answer_end, side="left")) - 1
     return (start, end) if start <= end else None
+
+
+def span_is_exact(token_starts: np.ndarray, token_ends: np.ndarray, span: tuple[int, int],
+                  answer_start: int, answer_text: str) -> bool:
+    """Whether token span ``span`` covers exactly the answer's characters, its surrounding
+    whitespace aside. Not so when the answer begins or ends inside a token ("believable" in
+    "Unbelievable"; a Thai word inside a run that a WordPiece vocabulary reads as one [UNK]):
+    the label is then the tokens around it, the best a token-level model can predict."""
+    first = answer_start + len(answer_text) - len(answer_text.lstrip())
+    end = answer_start + len(answer_text.rstrip())
+    return int(token_starts[span[0]]) == first and int(token_ends[span[1]]) == end
 
 
 def window_starts(num_context_tokens: int, capacity: int, doc_stride: int) -> list[int]:
@@ -235,6 +248,11 @@ class FeatureBuilder:
                 answer_tokens = answer_token_span(
                     context_offsets[:, 0], context_offsets[:, 1],
                     answer_start, answer_start + len(answers["text"][label]))
+                if answer_tokens is not None and not span_is_exact(
+                        context_offsets[:, 0], context_offsets[:, 1], answer_tokens,
+                        answer_start, answers["text"][label]):
+                    stats.notes["answer_inside_token"] = (
+                        stats.notes.get("answer_inside_token", 0) + 1)
             head = np.concatenate([t.prefix, question_ids, t.middle]).astype(np.int32)
             head_types = np.concatenate([t.prefix_types,
                                          np.full(len(question_ids), t.question_type),

@@ -279,9 +279,9 @@ class TrainingRun:
         if self.average is None:
             return
         self.average.copy_into(self.accelerator.unwrap_model(self.model))
-        log.write({"event": "weights_averaged", "step": self.state.global_step,
-                   "averaged_steps": self.average.count,
-                   "first_step": self.average.first_step(self.plan.total_steps)})
+        count, last = self.average.count, self.state.global_step
+        log.write({"event": "weights_averaged", "step": last, "averaged_steps": count,
+                   "first_step": last - count + 1 if count else None})  # as averaged
 
 
 @dataclass
@@ -344,6 +344,13 @@ def plan_budgeted_run(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
         settings.eval_strategy == "epoch", settings.checkpointing_steps, max_total=most)
     run.set_total_steps(plan.total_steps, optim.warmup_steps, optim.lr_scheduler)
     run.final_reserve_seconds = plan.reserved_seconds / max(1, plan.evaluations)
+    if run.average is not None and run.average.first_step(plan.total_steps) <= state.global_step:
+        accelerator.print(
+            f"warning: --average_last {optim.average_last:g}: the averaged tail of the "
+            f"{plan.total_steps} planned steps would begin at step "
+            f"{run.average.first_step(plan.total_steps)}, but the time budget made its plan at "
+            f"step {state.global_step}: steps {state.global_step + 1}-{plan.total_steps} are "
+            "averaged")
     log.write({"event": "time_budget_plan", "step": state.global_step,
                "total_steps": plan.total_steps, "seconds_per_step": plan.seconds_per_step,
                "reserved_seconds": plan.reserved_seconds})
@@ -371,11 +378,11 @@ def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: Optimi
         log.write({"event": "train", "step": step, "epoch": state.epoch,
                    **window.record(stepper.window_loss), "lr": lr,
                    "grad_norm": outcome.grad_norm, "nonfinite_steps": state.nonfinite_steps})
-    with clock.pause():
-        if settings.checkpointing_steps and step % settings.checkpointing_steps == 0:
-            run.save_checkpoint(settings.keep_last)
+    with clock.pause():  # evaluate first: the checkpoint then holds its score and RNG draws
         if settings.eval_strategy == "steps" and step % settings.eval_steps == 0:
             tracker.run(run, run.model, "steps", log)
+        if settings.checkpointing_steps and step % settings.checkpointing_steps == 0:
+            run.save_checkpoint(settings.keep_last)
 
 
 def progress_bar(run: TrainingRun):
@@ -403,10 +410,10 @@ def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
             if not train_epoch(run, epoch, stepper, window, guard, log, tracker, optim, settings,
                                clock, progress):
                 break
-            with clock.pause():
-                run.save_checkpoint(settings.keep_last)
+            with clock.pause():  # evaluation first, as after a step
                 if settings.eval_strategy == "epoch":
                     tracker.run(run, run.model, "epoch", log)
+                run.save_checkpoint(settings.keep_last)
     finally:
         progress.close()
     run.use_average(log)

@@ -64,7 +64,7 @@ from qa_core.readers import (
 # v2: summaries record the source schema ("formats"). v3: entries carry a manifest checked on
 # every hit; the language filter runs before notes/skips are counted; negative answer starts
 # are skipped.
-CODE_VERSION = "features-v3"
+CODE_VERSION = "features-v4"  # v4: notes answer_inside_token
 
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("question", pa.string()), ("context", pa.string()),
@@ -695,7 +695,7 @@ def _summary(writer: CacheEntryWriter, source: ExampleSource, config: Preprocess
         "features_with_answer": totals.features_with_answer,
         "answers_covered": totals.features.answers_covered,
         "skipped": skipped,
-        "notes": read["notes"],
+        "notes": dict(sorted((Counter(read["notes"]) + Counter(totals.features.notes)).items())),
         "formats": read["formats"],
         "settings": {k: v for k, v in asdict(config).items()
                      if k not in ("cache_dir", "overwrite_cache")},

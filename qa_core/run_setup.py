@@ -23,7 +23,7 @@ from qa_core.batching import (
     select_first_examples,
     training_loader,
 )
-from qa_core.budget import StepCosts, TimeBudget, calibration_steps
+from qa_core.budget import StepCosts, TimeBudget, calibration_steps, earliest_plan_step
 from qa_core.checkpoints import RunState
 from qa_core.distributed import CacheSharing, cache_build_context, count_processes
 from qa_core.errors import SettingsError
@@ -170,6 +170,12 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                       output_dir, budget, average=weight_average(accelerator, model,
                                                                  optim.average_last))
     resumed = run.resume(settings.run.resume_from_checkpoint)
+    if budget is not None and run.state.planned_total_steps is None:
+        limit = StepPlan.step_limit(plan.steps_per_epoch, optim.max_train_steps,
+                                    optim.num_train_epochs)
+        if limit <= earliest_plan_step(optim.warmup_steps, run.state.global_step):
+            # it ends before it could plan: the limit is the plan (schedule, averaged tail)
+            run.state.planned_total_steps = limit
     if run.state.planned_total_steps is not None:  # a budgeted run's plan continues unchanged
         run.set_total_steps(run.state.planned_total_steps, optim.warmup_steps, optim.lr_scheduler)
     if resumed is not None:

@@ -99,6 +99,36 @@ def test_the_saved_model_is_the_mean_of_the_last_steps_weights(averaged_run):
     assert state["averaged_steps"] == 2 and state["average_last"] == 0.5
 
 
+def test_a_budgeted_run_that_ends_before_its_plan_averages_its_tail(tiny_model, cache_dir,
+                                                                     tmp_path):
+    """--max_train_minutes with a step limit below the calibration steps: the run ended before
+    the budget could plan it, so nothing was averaged (averaged_steps 0, the last weights
+    saved) and a limit from --num_train_epochs left the schedule at its placeholder length.
+    The limit is now the plan."""
+    out = tmp_path / "A"
+    code, summary, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, max_train_steps=4, average_last=0.5, max_train_minutes=30))
+    assert code == 0 and summary["global_step"] == 4 and summary["averaged_steps"] == 2
+    events = [r for r in read_log(out) if r["event"] == "weights_averaged"]
+    assert [(e["averaged_steps"], e["first_step"]) for e in events] == [(2, 3)]
+
+
+def test_a_tail_beginning_before_the_budgets_plan_is_said_and_logged_as_averaged(
+        tiny_model, cache_dir, tmp_path):
+    """The plan is made after the warm-up (here at step 12); a tail of 0.9 of 20 steps would
+    begin at step 3. The log claimed first_step 3 while steps 13-20 were averaged."""
+    out = tmp_path / "B"
+    code, summary, stdout = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, max_train_steps=20, average_last=0.9, max_train_minutes=30,
+        max_train_examples=None, per_device_train_batch_size=4))
+    assert code == 0 and summary["global_step"] == 20 and summary["averaged_steps"] == 8
+    assert ("warning: --average_last 0.9: the averaged tail of the 20 planned steps would begin "
+            "at step 3, but the time budget made its plan at step 12: steps 13-20 are averaged"
+            ) in stdout
+    events = [r for r in read_log(out) if r["event"] == "weights_averaged"]
+    assert [(e["averaged_steps"], e["first_step"]) for e in events] == [(8, 13)]
+
+
 @pytest.mark.parametrize("from_step", [4, 8])
 def test_resume_before_or_inside_the_averaged_tail_is_exact(averaged_run, tiny_model, cache_dir,
                                                             tmp_path, from_step):

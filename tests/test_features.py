@@ -9,6 +9,7 @@ from conftest import corpus, long_text
 from qa_core.features import (
     FeatureBuilder,
     FeatureConfig,
+    FeatureStats,
     check_tokenizer,
     label_answer_index,
     offsets_to_numpy,
@@ -319,3 +320,31 @@ def test_question_too_long_is_counted_skip(load_tok, bert_tok_dir):
     assert set(batch.column("example_id").to_pylist()) == {"ok"}
     assert stats.skipped == {"question_too_long": 1, "context_has_no_tokens": 1}
     assert stats.answers_covered == stats.answerable == 1
+
+
+def test_an_answer_inside_a_token_is_labelled_by_its_tokens_and_counted(load_tok, minilm_path):
+    """The label of an answer that begins or ends inside a token is the tokens around it (the
+    best a token-level model can predict), as before, but it is no longer silent: the note
+    ``answer_inside_token`` counts it. Exact answers, with or without surrounding whitespace,
+    are not counted."""
+    tok = load_tok(minilm_path)
+    context = "It was unbelievable, said Ann Lee in Paris."
+    examples = [
+        {"id": "inside", "question": "What was it?", "context": context,
+         "answers": {"text": ["believable"], "answer_start": [context.index("believable")]}},
+        {"id": "exact", "question": "Who said it?", "context": context,
+         "answers": {"text": ["Ann Lee"], "answer_start": [context.index("Ann Lee")]}},
+        {"id": "padded", "question": "Where?", "context": context,
+         "answers": {"text": [" Paris"], "answer_start": [context.index(" Paris")]}},
+    ]
+    batch, stats = FeatureBuilder(tok, FeatureConfig(64, 16)).build(examples)
+    assert stats.notes == {"answer_inside_token": 1}
+    assert stats.answers_covered == 3
+    row = rows_of(batch, "inside")[0]
+    start, end = row["start_positions"], row["end_positions"]
+    assert context[row["offset_mapping"][start][0]:row["offset_mapping"][end][1]] == \
+        "unbelievable"
+    merged = FeatureStats()
+    merged.add(stats)
+    merged.add(stats)
+    assert merged.notes == {"answer_inside_token": 2}

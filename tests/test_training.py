@@ -346,6 +346,24 @@ def test_resume_mid_first_epoch_reproduces_the_run(uninterrupted, tiny_model, ca
         "step_12", "step_6", "step_8"]
 
 
+def test_resume_from_a_checkpoint_taken_at_an_evaluation_is_exact(tiny_model, cache_dir,
+                                                                   tmp_path):
+    """The evaluation at a checkpoint's step used to run after the checkpoint was written: its
+    loader's draw from the global RNG was missing from the checkpoint (so the resumed run's
+    dropout differed), and so was its score (a better model at that step was later replaced
+    in best_model/ by a worse one)."""
+    flags = {**RESUME_FLAGS, "eval_strategy": "steps", "eval_steps": 4}
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "A", **flags))
+    assert code == 0
+    saved = RunState.load(tmp_path / "A" / "checkpoints" / "step_4")
+    assert saved.best_step == 4 and saved.best_f1 is not None  # scored before it was written
+    code, _, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "B",
+        resume_from_checkpoint=str(tmp_path / "A" / "checkpoints" / "step_4"), **flags))
+    assert code == 0
+    compare_resumed(tmp_path / "B", tmp_path / "A", from_step=4)
+
+
 def test_a_plain_sgd_run_resumes_exactly(tiny_model, cache_dir, tmp_path):
     """Plain SGD keeps no per-parameter state, which torch's full-state loader cannot place
     (AssertionError: Expected device to be set): no --optim sgd run could be resumed."""
