@@ -65,9 +65,10 @@ def train(settings: TrainSettings, started_at: float) -> int:
                                    run_args.output_dir)
     output_dir = Path(run_args.output_dir)
     do_train = optim.max_train_steps != 0
-    if do_train:
-        check_new_run_output(accelerator, output_dir, run_args.resume_from_checkpoint,
-                             run_args.overwrite_output_dir)
+    # also an evaluation-only run, which would replace the model beside the other run's
+    # checkpoints and best_model/
+    check_new_run_output(accelerator, output_dir, run_args.resume_from_checkpoint,
+                         run_args.overwrite_output_dir)
     new_run = resolve_resume(output_dir, run_args.resume_from_checkpoint) is None
     log, distribution = start_log(accelerator, output_dir, run_args.report_to, new_run)
     set_seed(optim.seed)

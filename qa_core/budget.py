@@ -141,6 +141,12 @@ def process_started_at() -> float:
     return psutil.Process().create_time()
 
 
+def evaluation_seconds(eval_windows: int, batch_windows: int, mean_step: float) -> float:
+    """One evaluation's predicted seconds: its windows as training steps' worth of windows, at
+    ``FORWARD_SHARE`` of a (forward + backward + update) step each."""
+    return eval_windows / max(1, batch_windows) * mean_step * FORWARD_SHARE
+
+
 class TimeBudget:
     """The deadline of a run that must end inside ``minutes`` of its start."""
 
@@ -158,21 +164,37 @@ class TimeBudget:
         self._observed = 0
         self._timer_step: int | None = None
         self._last_seen = 0.0
+        self._last_paused = 0.0
         self._step_seconds: list[float] = []   # of the timed steps, in order
+        self._any_step_seconds: list[float] = []  # of every observed step, warm-up included
 
     def seconds_left(self) -> float:
         return self.deadline - time.time()
 
-    def observe_step(self, step: int) -> None:
+    def observe_step(self, step: int, paused_seconds: float = 0.0) -> None:
         """Called after each optimizer step until the plan is made: times the steps after this
-        process's ``TIMED_FROM_STEP``-th (step 4 of a new run, 4 steps after a resume)."""
+        process's ``TIMED_FROM_STEP``-th (step 4 of a new run, 4 steps after a resume).
+        ``paused_seconds``: the run's evaluation and checkpoint seconds so far, left out of the
+        step times (an evaluation inside the calibration once priced every step at 2.3 times
+        its cost, and the plan then reserved more than the whole budget)."""
         self._observed += 1
         now = time.time()
+        seconds = now - self._last_seen - (paused_seconds - self._last_paused)
+        if self._observed > 1:
+            self._any_step_seconds.append(seconds)
         if self._timer_step is not None:
-            self._step_seconds.append(now - self._last_seen)
+            self._step_seconds.append(seconds)
         elif self._observed == TIMED_FROM_STEP:
             self._timer_step = step
-        self._last_seen = now
+        self._last_seen, self._last_paused = now, paused_seconds
+
+    def provisional_reserve(self, eval_windows: int, batch_windows: int) -> float:
+        """Before the plan: seconds to keep for the final evaluation and save, priced with the
+        steps observed so far (the first ones are the slowest: on the safe side)."""
+        if not self._any_step_seconds:
+            return 0.0
+        mean_step = sum(self._any_step_seconds) / len(self._any_step_seconds)
+        return evaluation_seconds(eval_windows, batch_windows, mean_step) + CHECKPOINT_SECONDS
 
     def ready_to_plan(self, step: int, warmup_steps: int) -> bool:
         """The warm-up is over and enough steps have been timed."""
@@ -196,7 +218,7 @@ class TimeBudget:
 
         model = self.step_time_model(step)
         mean_step = model.seconds(self.costs.mean())
-        eval_seconds = eval_windows / max(1, batch_windows) * mean_step * FORWARD_SHARE
+        eval_seconds = evaluation_seconds(eval_windows, batch_windows, mean_step)
         left = self.seconds_left() - SAFETY_SHARE * self.budget_seconds
         # seconds from now to the end of each later step (costs beyond what can fit not needed)
         ends = np.cumsum(model.seconds(self.costs.after(

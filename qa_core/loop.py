@@ -316,18 +316,32 @@ class EvalTracker:
 
 
 def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
-                     settings: RunArgs, log: RunLog) -> bool:
+                     settings: RunArgs, log: RunLog, clock: Stopwatch) -> bool:
     """With ``--max_train_minutes``: time the calibration steps, then fix the plan once; stop
     early (on every process alike) if the remaining time no longer covers the final evaluation
-    and save."""
+    and save (before the plan, priced from the steps so far)."""
     budget, state = run.budget, run.state
     if budget is None:
         return False
+    reserve = run.final_reserve_seconds
     if not run.total_steps_known:  # step times serve only the plan, made once
-        budget.observe_step(state.global_step)
+        budget.observe_step(state.global_step, clock.paused)
         if budget.ready_to_plan(state.global_step, optim.warmup_steps):
             plan_budgeted_run(run, tracker, optim, settings, log)
-    return budget.time_is_up(run.final_reserve_seconds)
+            reserve = run.final_reserve_seconds
+        else:
+            reserve = budget.provisional_reserve(
+                len(tracker.evaluator.references.feature_example_index),
+                optim.per_device_train_batch_size * run.accelerator.num_processes)
+    if not budget.time_is_up(reserve):
+        return False
+    run.accelerator.print(
+        f"time budget: training stops at step {state.global_step}"
+        + (f" of the {run.plan.total_steps} planned" if run.total_steps_known else
+           ", before the plan was made")
+        + f", keeping {reserve:.0f} s for the final evaluation and save inside "
+          f"--max_train_minutes {optim.max_train_minutes:g}")
+    return True
 
 
 def plan_budgeted_run(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
@@ -439,7 +453,7 @@ def train_epoch(run: TrainingRun, epoch: int, stepper: OptimizerStepper,
             continue
         after_optimizer_step(run, outcome, stepper, window, guard, log, tracker, settings, clock)
         progress.update(1)
-        if budget_says_stop(run, tracker, optim, settings, log):
+        if budget_says_stop(run, tracker, optim, settings, log, clock):
             log.write({"event": "time_budget_stop", "step": state.global_step})
             return False
         if run.total_steps_known:

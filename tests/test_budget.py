@@ -189,12 +189,36 @@ def test_a_budgeted_run_resumed_before_its_plan_plans_and_finishes(tiny_model, c
     assert 22 < summary["global_step"] <= made[0]["total_steps"]
 
 
+def test_step_times_leave_out_evaluations_and_price_the_final_one_before_the_plan(monkeypatch):
+    """An evaluation inside the calibration was timed as a step (3.0 s/step planned for 1.3 s
+    steps, and more than the budget reserved). Before the plan the stop check kept nothing for
+    the final evaluation (a 30 s budget ran 44 s); now it prices one from the steps so far."""
+    now = [1000.0]
+    monkeypatch.setattr(qa_core.budget.time, "time", lambda: now[0])
+    budget = TimeBudget(FakeAccelerator(), minutes=10, started_at=1000.0, costs=StepCosts(100))
+    assert budget.provisional_reserve(eval_windows=800, batch_windows=8) == 0.0  # nothing seen
+    paused = 0.0
+    for step in range(1, 15):
+        now[0] += 0.5
+        if step == 10:  # an evaluation of 20 s after step 10
+            now[0] += 20.0
+            paused += 20.0
+        budget.observe_step(step, paused)
+    model = budget.step_time_model(14)
+    assert model.seconds(budget.costs.mean()) == pytest.approx(0.5)
+    assert budget.provisional_reserve(eval_windows=800, batch_windows=8) == pytest.approx(
+        800 / 8 * 0.5 * qa_core.budget.FORWARD_SHARE + qa_core.budget.CHECKPOINT_SECONDS)
+
+
 def test_time_up_stops_training_and_still_evaluates(tiny_model, cache_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(TimeBudget, "time_is_up", lambda self, reserve: True)
     out = tmp_path / "late"
-    code, summary, _ = run_main_in_process(train_args(
+    code, summary, output = run_main_in_process(train_args(
         tiny_model, cache_dir, out, max_train_minutes=5, **BUDGET_FLAGS))
     assert code == 0 and summary["global_step"] == 1
+    # said on stdout, not only in log.jsonl (a spent budget used to stop the run silently)
+    assert ("time budget: training stops at step 1, before the plan was made, keeping 0 s for "
+            "the final evaluation and save inside --max_train_minutes 5") in output
     log = read_log(out)
     assert [r["step"] for r in log if r["event"] == "time_budget_stop"] == [1]
     assert [r["reason"] for r in log if r["event"] == "eval"] == ["final"]

@@ -440,6 +440,9 @@ def test_a_new_run_into_an_earlier_runs_output_dir_is_refused_unless_overwritten
             "--overwrite_output_dir (deletes them), or give another --output_dir"
             ) in one_line_error(capsys)
     assert (out / "checkpoints" / "step_12" / MANIFEST_FILE).is_file()  # nothing touched
+    # an evaluation-only run too: it would replace the model beside the other run's checkpoints
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=0))
+    assert code == 2 and "holds an earlier run's checkpoints" in one_line_error(capsys)
 
     code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out,
                                                       overwrite_output_dir=True, **flags))
