@@ -41,6 +41,7 @@ from bench.common import (  # noqa: E402
     packaged_model,
     print_summary,
     resolve_data_files,
+    resolve_model,
 )
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tydi_format" / "new_wiki_primary.jsonl.gz"
@@ -130,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     given = resolve_data_files(parser, args, "data")
     if args.copies < 2:
         parser.error(f"--copies {args.copies}: must be at least 2")
-    model = args.model or packaged_model()
-    if model is None:
-        parser.error("--model is required when the packaged MiniLM (the demo extra) is missing")
+    model = resolve_model(parser, args.model or packaged_model())  # before any copy is made
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     big = work_dir / f"{Path(args.data).name.split('.')[0]}_x{args.copies}.jsonl.gz"

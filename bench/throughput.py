@@ -61,6 +61,7 @@ from bench.common import (  # noqa: E402
     peak_rss_mb,
     print_summary,
     resolve_data_files,
+    resolve_model,
     run_json_child,
 )
 
@@ -455,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model not in BUILTIN_MODELS and not Path(args.model).is_dir():
         parser.error(f"--model {args.model}: not one of {', '.join(BUILTIN_MODELS)} "
                      "nor a local model folder")
+    if args.model not in BUILTIN_MODELS:
+        resolve_model(parser, args.model)  # a damaged folder: one line, before any timing
 
     world = world_size_env()
     distributed = world > 1

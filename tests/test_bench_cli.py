@@ -33,7 +33,8 @@ TYDI_SAMPLE = str(REPO / "qa_core" / "data" / "tydiqa_tiny_dev.jsonl.gz")
 
 @pytest.mark.parametrize("script,extra", [
     ("preprocess.py", ["--data", TYDI_SAMPLE, "--check_data", TYDI_SAMPLE]),
-    ("vs_tutorial.py", []), ("quality.py", ["--eval_data", EVAL_DATA])])
+    ("vs_tutorial.py", []), ("quality.py", ["--eval_data", EVAL_DATA]),
+    ("rss.py", ["--data", TYDI_SAMPLE])])
 def test_a_missing_model_folder_is_one_line_before_any_phase(script, extra):
     proc = run_bench(script, "--model", "/nonexistent", *extra)
     assert refusal(proc) == f"{script}: error: --model /nonexistent: no such model folder"
@@ -79,3 +80,10 @@ def test_quality_removes_its_temporary_output_folder_after_a_failed_run(tiny_mod
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "train_accelerate.py failed with exit code 2" in proc.stderr
     assert not list(tmp_path.glob("qa-quality-*"))
+
+
+def test_throughput_refuses_a_damaged_model_folder_before_timing(tmp_path):
+    """An empty folder passed its is-a-folder check and failed later in a child (traceback)."""
+    proc = run_bench("throughput.py", "--model", str(tmp_path))
+    assert refusal(proc) == (f"throughput.py: error: --model {tmp_path}: not a model folder "
+                             "(config.json missing; empty)")
