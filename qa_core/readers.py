@@ -955,6 +955,8 @@ def open_source(spec: SourceSpec) -> ExampleSource:
         return _open_disk_dataset(path, spec)
     if path.is_file():
         return _open_file(path, spec)
+    if path.exists():  # a FIFO, a device such as /dev/null, a socket
+        raise DataSourceError(f"{spec.data}: not a regular file or folder")
     data = spec.data
     looks_local = (data.startswith((".", "/", "~")) or os.sep in data.rstrip("/").split("/", 1)[0]
                    or data.count("/") > 1 or data.endswith((".json", ".jsonl", ".gz")))

@@ -275,3 +275,16 @@ def test_lone_surrogate_is_reported_when_read_in_chunks(tmp_path):
     with pytest.raises(DataSourceError, match=r":2 \(example id b\): field 'context' holds a "):
         for chunk in source.chunks(lambda total: 1):
             list(examples_from_rows(chunk.rows(), "all", ReadStats(), set()))
+
+
+def test_a_device_or_fifo_as_data_is_named_as_such(tmp_path):
+    """/dev/null and a FIFO were reported as "no such file or folder"."""
+    import os
+
+    from qa_core.readers import SourceSpec, open_source
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for data in ("/dev/null", str(fifo)):
+        with pytest.raises(DataSourceError, match=f"^{data}: not a regular file or folder$"):
+            open_source(SourceSpec(data=data))
