@@ -41,53 +41,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(settings: TrainSettings, started_at: float) -> int:
-    from accelerate.utils import set_seed
-
-    from qa_core.checkpoints import (
-        RunState,
-        check_new_run_output,
-        resolve_resume,
-        save_model_checked,
-    )
-    from qa_core.distributed import resolve_cache_sharing
-    from qa_core.hardware import make_accelerator, resolve_mixed_precision
-    from qa_core.loop import EvalTracker, fit, start_log
+    from qa_core.checkpoints import RunState
+    from qa_core.loop import EvalTracker, fit
     from qa_core.modeling import check_model_folder, freeze_parameters, load_qa_model
     from qa_core.optim import build_optimizer
-    from qa_core.outputs import demo_answers, run_summary, write_run_files
     from qa_core.pipeline import load_tokenizer
-    from qa_core.run_setup import build_evaluator, load_cached_split, start_training
+    from qa_core.run_setup import build_evaluator, start_training
 
     data, optim, run_args = settings.data, settings.optim, settings.run
-    accelerator = make_accelerator(resolve_mixed_precision(optim.mixed_precision),
-                                   optim.gradient_accumulation_steps,
-                                   None if run_args.report_to == "none" else run_args.report_to,
-                                   run_args.output_dir)
-    output_dir = Path(run_args.output_dir)
     do_train = optim.max_train_steps != 0
-    # also an evaluation-only run, which would replace the model beside the other run's
-    # checkpoints and best_model/
-    check_new_run_output(accelerator, output_dir, run_args.resume_from_checkpoint,
-                         run_args.overwrite_output_dir)
-    new_run = resolve_resume(output_dir, run_args.resume_from_checkpoint) is None
-    log, distribution = start_log(accelerator, output_dir, run_args.report_to, new_run)
-    set_seed(optim.seed)
+    accelerator, log, distribution = open_run(settings)
+    output_dir = Path(run_args.output_dir)
 
     # --- data: the preprocessing cache, shared with preprocess.py ---------------------------------
     check_model_folder(data.model)  # a damaged model folder is refused before any preprocessing
-    sharing = resolve_cache_sharing(accelerator, run_args.cache_sharing, settings.cache.cache_dir)
     tokenizer = load_tokenizer(data.model)
-    train_split = load_cached_split(accelerator, settings, sharing, data.train_data,
-                                    data.train_split, tokenizer, data.max_train_examples) \
-        if do_train else None
-    eval_split = load_cached_split(accelerator, settings, sharing,
-                                   data.eval_data or data.train_data,
-                                   data.eval_split, tokenizer, data.max_eval_examples)
-    evaluator = build_evaluator(accelerator, settings, eval_split, tokenizer.pad_token_id)
-    eval_on_training_data = do_train and eval_split.summary["key"] == train_split.summary["key"]
-    if eval_on_training_data:  # one cache entry: the same rows (a file has no splits)
-        accelerator.print(f"warning: the evaluation data is the training data "
-                          f"({eval_split.summary['source']}): its scores are not held-out")
+    sharing, splits = load_splits(accelerator, settings, tokenizer, do_train)
+    evaluator = build_evaluator(accelerator, settings, splits["eval"], tokenizer.pad_token_id)
+    same_data = eval_on_training_data(accelerator, splits)
 
     # --- model and optimizer ----------------------------------------------------------------------
     model = load_qa_model(data.model, optim.attention_dropout, optim.hidden_dropout)
@@ -97,7 +68,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
     # --- training ---------------------------------------------------------------------------------
     train_seconds, state = 0.0, RunState()
     if do_train:
-        run = start_training(accelerator, settings, model, train_split, evaluator,
+        run = start_training(accelerator, settings, model, splits["train"], evaluator,
                              tokenizer.pad_token_id, output_dir, started_at)
         if run_args.report_to != "none":
             accelerator.init_trackers("qa-accelerate", config=settings.as_flat_dict())
@@ -110,25 +81,87 @@ def train(settings: TrainSettings, started_at: float) -> int:
         # the final evaluation, unless just run on these weights
         tracker.run(run if do_train else None, model, "final", log)
 
-    # --- outputs ----------------------------------------------------------------------------------
+    write_outputs(accelerator, settings, model, tokenizer, tracker, state, train_seconds,
+                  distribution=distribution, cache_sharing=sharing, splits=splits,
+                  eval_on_training_data=same_data)
+    accelerator.end_training()  # also tears down the process group: nothing collective after
+    return 0
+
+
+def open_run(settings: TrainSettings):
+    """The accelerator, the output folder checked and its log opened, the seed set."""
+    from accelerate.utils import set_seed
+
+    from qa_core.checkpoints import check_new_run_output, resolve_resume
+    from qa_core.hardware import make_accelerator, resolve_mixed_precision
+    from qa_core.loop import start_log
+
+    optim, run_args = settings.optim, settings.run
+    accelerator = make_accelerator(resolve_mixed_precision(optim.mixed_precision),
+                                   optim.gradient_accumulation_steps,
+                                   None if run_args.report_to == "none" else run_args.report_to,
+                                   run_args.output_dir)
+    output_dir = Path(run_args.output_dir)
+    # also an evaluation-only run, which would replace the model beside the other run's
+    # checkpoints and best_model/
+    check_new_run_output(accelerator, output_dir, run_args.resume_from_checkpoint,
+                         run_args.overwrite_output_dir)
+    new_run = resolve_resume(output_dir, run_args.resume_from_checkpoint) is None
+    log, distribution = start_log(accelerator, output_dir, run_args.report_to, new_run)
+    set_seed(optim.seed)
+    return accelerator, log, distribution
+
+
+def load_splits(accelerator, settings: TrainSettings, tokenizer, do_train: bool):
+    """The cache sharing in effect and the cached splits by name: ``eval``, and ``train`` when
+    training (built first, as before)."""
+    from qa_core.distributed import resolve_cache_sharing
+    from qa_core.run_setup import load_cached_split
+
+    data = settings.data
+    sharing = resolve_cache_sharing(accelerator, settings.run.cache_sharing,
+                                    settings.cache.cache_dir)
+    train_split = load_cached_split(accelerator, settings, sharing, data.train_data,
+                                    data.train_split, tokenizer, data.max_train_examples) \
+        if do_train else None
+    eval_split = load_cached_split(accelerator, settings, sharing,
+                                   data.eval_data or data.train_data,
+                                   data.eval_split, tokenizer, data.max_eval_examples)
+    return sharing, {"eval": eval_split, **({"train": train_split} if do_train else {})}
+
+
+def eval_on_training_data(accelerator, splits: dict) -> bool:
+    """One cache entry for both: the same rows (a file has no splits). Said, once."""
+    same = "train" in splits and splits["eval"].summary["key"] == splits["train"].summary["key"]
+    if same:
+        accelerator.print(f"warning: the evaluation data is the training data "
+                          f"({splits['eval'].summary['source']}): its scores are not held-out")
+    return same
+
+
+def write_outputs(accelerator, settings: TrainSettings, model, tokenizer, tracker, state,
+                  train_seconds: float, *, distribution: dict, cache_sharing, splits: dict,
+                  eval_on_training_data: bool) -> None:
+    """The model (finite weights only), metrics, predictions, config, and the JSON summary."""
+    from qa_core.checkpoints import save_model_checked
+    from qa_core.outputs import demo_answers, run_summary, write_run_files
+
+    output_dir = Path(settings.run.output_dir)
     accelerator.wait_for_everyone()
     save_model_checked(accelerator, model, output_dir, tracker.metrics)  # refuses NaN/inf weights
-    splits = {"eval": eval_split, **({"train": train_split} if do_train else {})}
     summary = run_summary(tracker.metrics, state, train_seconds, accelerator, output_dir,
                           distribution=distribution,
                           data={name: split.data_facts() for name, split in splits.items()},
                           eval_on_training_data=eval_on_training_data,
-                          cache={**sharing.as_dict(),
+                          cache={**cache_sharing.as_dict(),
                                  "builds": {name: split.builds for name, split in splits.items()}})
     if accelerator.is_main_process:
-        if run_args.demo:  # before the run files, so metrics.json holds the answers too
-            demo_answers(accelerator.unwrap_model(model), tokenizer, evaluator.decode_config,
-                         summary)
+        if settings.run.demo:  # before the run files, so metrics.json holds the answers too
+            demo_answers(accelerator.unwrap_model(model), tokenizer,
+                         tracker.evaluator.decode_config, summary)
         write_run_files(output_dir, summary, tracker.predictions, settings.as_flat_dict(),
                         tokenizer)
         print(json.dumps(summary, ensure_ascii=False))
-    accelerator.end_training()  # also tears down the process group: nothing collective after
-    return 0
 
 
 if __name__ == "__main__":
