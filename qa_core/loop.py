@@ -315,6 +315,14 @@ class EvalTracker:
                            "reason": str(err)})
 
 
+def evaluation_windows(run: TrainingRun, tracker: EvalTracker,
+                       optim: OptimArgs) -> tuple[int, int]:
+    """(windows one evaluation reads, windows one training step reads): what a budget prices an
+    evaluation from."""
+    return (len(tracker.evaluator.references.feature_example_index),
+            optim.per_device_train_batch_size * run.accelerator.num_processes)
+
+
 def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
                      settings: RunArgs, log: RunLog, clock: Stopwatch) -> bool:
     """With ``--max_train_minutes``: time the calibration steps, then fix the plan once; stop
@@ -330,9 +338,7 @@ def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
             plan_budgeted_run(run, tracker, optim, settings, log)
             reserve = run.final_reserve_seconds
         else:
-            reserve = budget.provisional_reserve(
-                len(tracker.evaluator.references.feature_example_index),
-                optim.per_device_train_batch_size * run.accelerator.num_processes)
+            reserve = budget.provisional_reserve(*evaluation_windows(run, tracker, optim))
     if not budget.time_is_up(reserve):
         return False
     run.accelerator.print(
@@ -352,8 +358,7 @@ def plan_budgeted_run(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
     most = StepPlan.step_limit(run.plan.steps_per_epoch, optim.max_train_steps,
                                optim.num_train_epochs)
     plan = run.budget.plan(
-        state.global_step, len(tracker.evaluator.references.feature_example_index),
-        optim.per_device_train_batch_size * accelerator.num_processes,
+        state.global_step, *evaluation_windows(run, tracker, optim),
         settings.eval_steps if settings.eval_strategy == "steps" else None,
         settings.eval_strategy == "epoch", settings.checkpointing_steps, max_total=most)
     run.set_total_steps(plan.total_steps, optim.warmup_steps, optim.lr_scheduler)
