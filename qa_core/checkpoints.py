@@ -258,21 +258,22 @@ def is_legacy_checkpoint(folder: Path) -> bool:
             and any(LEGACY_FILES.match(p.name) for p in folder.iterdir()))
 
 
-def checkpoint_folders(output_dir: Path) -> list[Path]:
-    """Finished checkpoints, oldest first: those with a manifest, and old accelerate-format ones
-    that were finished (so ``auto`` refuses them by name instead of silently starting afresh)."""
+def step_folders(output_dir: Path) -> list[Path]:
+    """Everything named ``step_N`` under ``output_dir/checkpoints``, finished or not, by step."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = []
-    for folder in root.iterdir():
-        match = STEP_FOLDER.match(folder.name)
-        if not match or not folder.is_dir():
-            continue
-        legacy_finished = (folder / RUN_STATE_FILE).is_file() and is_legacy_checkpoint(folder)
-        if (folder / MANIFEST_FILE).is_file() or legacy_finished:
-            found.append((int(match.group(1)), folder))
-    return [folder for _, folder in sorted(found)]
+    named = [(int(m.group(1)), path) for path in root.iterdir()
+             if (m := STEP_FOLDER.match(path.name))]
+    return [path for _, path in sorted(named)]
+
+
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first: those with a manifest, and old accelerate-format ones
+    that were finished (so ``auto`` refuses them by name instead of silently starting afresh)."""
+    return [folder for folder in step_folders(output_dir) if folder.is_dir() and (
+        (folder / MANIFEST_FILE).is_file()
+        or ((folder / RUN_STATE_FILE).is_file() and is_legacy_checkpoint(folder)))]
 
 
 def remove_checkpoint(folder: Path) -> None:
@@ -305,10 +306,7 @@ def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: 
     resume whichever step is newest."""
     if resume_from_checkpoint:
         return
-    root = Path(output_dir) / "checkpoints"
-    earlier = sorted((p for p in root.iterdir() if STEP_FOLDER.match(p.name)),
-                     key=lambda p: int(STEP_FOLDER.match(p.name).group(1))) \
-        if root.is_dir() else []
+    earlier = step_folders(output_dir)  # unfinished ones too: a killed run's last save
     if not earlier:
         return
     if not overwrite:

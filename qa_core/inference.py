@@ -30,6 +30,7 @@ from qa_core.modeling import (
     load_qa_model,
     quiet_model_loading,
 )
+from qa_core.offsets import unencodable_at
 
 
 class InputError(QAError):
@@ -143,14 +144,12 @@ def read_context_file(path: str) -> str:
 def check_unicode(text: str, what: str) -> None:
     """``text`` must encode as UTF-8: a command-line byte that is not UTF-8 reaches Python as a
     lone surrogate (U+DC80..U+DCFF), which nothing downstream can encode."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        code = ord(text[err.start])
+    at = unencodable_at(text)
+    if at is not None:
+        code = ord(text[at])
         found = (f"byte 0x{code - 0xDC00:02x}, not UTF-8," if 0xDC80 <= code <= 0xDCFF
                  else f"lone surrogate U+{code:04X}")
-        raise InputError(f"{what} is not valid Unicode text ({found} at character "
-                         f"{err.start + 1})") from None
+        raise InputError(f"{what} is not valid Unicode text ({found} at character {at + 1})")
 
 
 def check_inputs(context: str | None, questions: list[str], top_k: int = 1) -> None:

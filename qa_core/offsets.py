@@ -20,6 +20,19 @@ class OffsetError(ValueError):
         self.reason = reason
 
 
+def unencodable_at(text: str) -> int | None:
+    """Index of the first character UTF-8 cannot encode (a lone UTF-16 surrogate, as JSON's
+    ``\\ud800`` escape or a non-UTF-8 command-line byte gives), or None: such a text has no
+    byte offsets, and the tokenizer and Arrow fail on it."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")  # faster than searching for U+D800..U+DFFF
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
+
+
 @dataclass(frozen=True)
 class ByteCharMap:
     """Byte -> char lookup for one text, built once and reused for all its spans."""

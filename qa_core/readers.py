@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from qa_core.cache import file_sha256
 from qa_core.errors import QAError, first_line
-from qa_core.offsets import ByteCharMap, OffsetError
+from qa_core.offsets import ByteCharMap, OffsetError, unencodable_at
 
 TYDI_HUB_CONFIG = "primary_task"
 EXAMPLE_COLUMNS = (
@@ -135,19 +135,13 @@ def _expect(value: Any, kind: type, what: str, where: str) -> Any:
 
 def _check_unicode(text: str, what: str, where: str) -> None:
     """Every text a reader takes passes here: a lone UTF-16 surrogate is an error naming it.
-
-    JSON's ``\\ud800`` escape decodes to one without complaint, but such a string cannot be
-    encoded as UTF-8, so byte offsets, the tokenizer and Arrow would each fail on it later.
-    """
-    if text.isascii():
-        return
-    try:
-        text.encode("utf-8")  # faster than searching for U+D800..U+DFFF
-    except UnicodeEncodeError as err:
+    JSON's ``\\ud800`` escape decodes to one without complaint, but byte offsets, the tokenizer
+    and Arrow would each fail on it later."""
+    at = unencodable_at(text)
+    if at is not None:
         raise DataSourceError(
             f"{where}: field '{what}' holds a lone UTF-16 surrogate "
-            f"(\\u{ord(text[err.start]):04x} at character {err.start}): not valid Unicode text"
-        ) from None
+            f"(\\u{ord(text[at]):04x} at character {at}): not valid Unicode text")
 
 
 def _expect_item(value: Any, kind: type, where: str) -> Any:

@@ -5,7 +5,13 @@ import random
 
 import pytest
 
-from qa_core.offsets import ByteCharMap, OffsetError, byte_span_to_char_span, char_to_byte
+from qa_core.offsets import (
+    ByteCharMap,
+    OffsetError,
+    byte_span_to_char_span,
+    char_to_byte,
+    unencodable_at,
+)
 
 TEXTS = {
     "ascii": "The Higgs boson was discovered in 2012.",
@@ -110,3 +116,12 @@ def test_random_texts_inverse_property():
             bs, be = char_to_byte(text, i), char_to_byte(text, j)
             assert byte_map.span_to_chars(bs, be) == (i, j)
             assert data[bs:be].decode("utf-8") == text[i:j]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", None), ("plain ascii", None), ("中文 🤗 é", None), ("ab\ud800cd", 2),
+     ("é\udcff", 1), ("\udc80" + "x" * 5, 0), ("🤗x\ud83d", 2)],
+)
+def test_unencodable_at_finds_the_first_lone_surrogate(text, expected):
+    assert unencodable_at(text) == expected
