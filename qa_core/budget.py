@@ -166,7 +166,7 @@ class TimeBudget:
         self._last_seen = 0.0
         self._last_paused = 0.0
         self._step_seconds: list[float] = []   # of the timed steps, in order
-        self._any_step_seconds: list[float] = []  # of every observed step, warm-up included
+        self._observed_seconds = 0.0  # of every observed step after the first, warm-up included
 
     def seconds_left(self) -> float:
         return self.deadline - time.time()
@@ -181,19 +181,20 @@ class TimeBudget:
         now = time.time()
         seconds = now - self._last_seen - (paused_seconds - self._last_paused)
         if self._observed > 1:
-            self._any_step_seconds.append(seconds)
-        if self._timer_step is not None:
-            self._step_seconds.append(seconds)
+            self._observed_seconds += seconds
+        if self._timer_step is not None and len(self._step_seconds) < MAX_CALIBRATION_STEPS:
+            self._step_seconds.append(seconds)  # a plan is made within these
         elif self._observed == TIMED_FROM_STEP:
             self._timer_step = step
         self._last_seen, self._last_paused = now, paused_seconds
 
     def provisional_reserve(self, eval_windows: int, batch_windows: int) -> float:
-        """Before the plan: seconds to keep for the final evaluation and save, priced with the
-        steps observed so far (the first ones are the slowest: on the safe side)."""
-        if not self._any_step_seconds:
+        """Without a plan made by this process: seconds to keep for the final evaluation and
+        save, priced with the steps observed so far (the first ones are the slowest: on the safe
+        side)."""
+        if self._observed < 2:
             return 0.0
-        mean_step = sum(self._any_step_seconds) / len(self._any_step_seconds)
+        mean_step = self._observed_seconds / (self._observed - 1)
         return evaluation_seconds(eval_windows, batch_windows, mean_step) + CHECKPOINT_SECONDS
 
     def ready_to_plan(self, step: int, warmup_steps: int) -> bool:

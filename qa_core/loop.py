@@ -211,7 +211,8 @@ class TrainingRun:
     state: RunState
     output_dir: Path
     budget: TimeBudget | None = None
-    final_reserve_seconds: float = 0.0   # kept back for the final evaluation and save
+    # kept back for the final evaluation and save; None until this process makes the plan
+    final_reserve_seconds: float | None = None
     average: WeightAverage | None = None  # --average_last
 
     def set_total_steps(self, total_steps: int, warmup_steps: int, schedule: str) -> None:
@@ -331,14 +332,17 @@ def budget_says_stop(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
     budget, state = run.budget, run.state
     if budget is None:
         return False
-    reserve = run.final_reserve_seconds
-    if not run.total_steps_known:  # step times serve only the plan, made once
+    if run.final_reserve_seconds is None:  # this process has made no plan (yet)
         budget.observe_step(state.global_step, clock.paused)
-        if budget.ready_to_plan(state.global_step, optim.warmup_steps):
+        if not run.total_steps_known and budget.ready_to_plan(state.global_step,
+                                                              optim.warmup_steps):
             plan_budgeted_run(run, tracker, optim, settings, log)
-            reserve = run.final_reserve_seconds
-        else:
-            reserve = budget.provisional_reserve(*evaluation_windows(run, tracker, optim))
+    reserve = run.final_reserve_seconds
+    if reserve is None:
+        # before the plan, and under a plan this process did not make (a resumed run's stored
+        # plan, a step limit reached before any plan could be made): priced from the steps
+        # seen so far (such runs once kept nothing and could overrun by a whole evaluation)
+        reserve = budget.provisional_reserve(*evaluation_windows(run, tracker, optim))
     if not budget.time_is_up(reserve):
         return False
     run.accelerator.print(

@@ -247,3 +247,25 @@ def test_freeze_word_embeddings_keeps_only_the_input_embeddings_fixed(tiny_model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not model.get_input_embeddings().weight.requires_grad
     assert any(n.startswith("qa_outputs") for n in trainable) and len(trainable) > 2
+
+
+def test_a_run_that_never_plans_still_keeps_time_for_its_final_evaluation(
+        tiny_model, cache_dir, tmp_path, monkeypatch):
+    """A budgeted run whose step limit comes before the plan (and a resumed run under its stored
+    plan) made no plan in this process, and its stop check kept 0 s for the final evaluation
+    and save: it could overrun its budget by a whole evaluation. It now keeps what its own
+    steps price one at."""
+    reserves = []
+    real_time_is_up = TimeBudget.time_is_up
+
+    def recording(self, reserve_seconds):
+        reserves.append(reserve_seconds)
+        return real_time_is_up(self, reserve_seconds)
+
+    monkeypatch.setattr(TimeBudget, "time_is_up", recording)
+    code, summary, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "short", max_train_minutes=5,
+        **dict(BUDGET_FLAGS, max_train_steps=6)))
+    assert code == 0 and summary["global_step"] == 6
+    assert len(reserves) == 6 and reserves[0] == 0.0  # one step seen: nothing to price with
+    assert all(r >= qa_core.budget.CHECKPOINT_SECONDS for r in reserves[1:])
