@@ -84,7 +84,8 @@ def check_tokenizer(tokenizer, max_length: int | None = None) -> None:
     # above 10**6: transformers' "no limit set" placeholder
     if max_length is not None and model_max and model_max < 10**6 and max_length > model_max:
         raise SettingsError(
-            f"--max_length {max_length}: exceeds the tokenizer's model_max_length {model_max}"
+            f"--max_length {max_length}: exceeds the model's limit of {model_max} tokens (its "
+            "tokenizer's model_max_length, or its config's max_position_embeddings)"
         )
 
 

@@ -201,7 +201,9 @@ def load_model_tokenizer(model: str):
     check_model_folder(model)
     try:
         return load_tokenizer(model)
-    except ValueError as err:  # load_tokenizer's own message, or transformers' conversion error
+    except QAError:  # names the folder already
+        raise
+    except ValueError as err:  # transformers' conversion error for a hub name
         raise ModelFolderError(f"--model {model}: cannot load its tokenizer "
                                f"({first_line(err)})") from None
 

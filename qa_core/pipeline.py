@@ -18,6 +18,7 @@ Every stage is timed in CPU seconds (``summary["cpu_seconds"]``).
 from __future__ import annotations
 
 import copy
+import json
 import multiprocessing
 import os
 import signal
@@ -49,7 +50,7 @@ from qa_core.cache import (
     tokenizer_fingerprint,
     write_split_info,
 )
-from qa_core.errors import QAError, SettingsError
+from qa_core.errors import QAError, SettingsError, first_line
 from qa_core.features import FeatureBuilder, FeatureConfig, FeatureStats
 from qa_core.readers import (
     Chunk,
@@ -132,16 +133,63 @@ class PrepareResult:
 
 
 def load_tokenizer(model: str):
+    """``model``'s fast tokenizer. A local folder's tokenizer files that cannot be read, or that
+    give a vocabulary far smaller than the model's, are refused naming the folder: transformers
+    otherwise builds a 5-token tokenizer from a lone ``tokenizer_config.json`` and every word
+    becomes ``[UNK]``, with no error."""
     from transformers import AutoTokenizer
 
+    folder = Path(model).expanduser()
+    local = folder.is_dir()
     try:
-        return AutoTokenizer.from_pretrained(model, use_fast=True)
-    except (OSError, ValueError) as err:  # transformers raises either for a folder without one
+        tokenizer = AutoTokenizer.from_pretrained(str(folder) if local else model, use_fast=True)
+    except Exception as err:  # noqa: BLE001 - damaged files raise KeyError, JSON and Rust errors
+        reason = f"{type(err).__name__}: {first_line(err)}"[:160]
+        if local:
+            raise QAError(f"--model {folder}: its tokenizer files cannot be loaded (damaged or "
+                          f"incomplete; found {', '.join(_tokenizer_files(folder)) or 'none'}: "
+                          f"{reason})") from None
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         raise QAError(
             f"cannot load a tokenizer for {model!r}: not a local model folder, and the hub could "
-            f"not supply it ({str(err).splitlines()[0][:160]}); pass a local folder or run where "
-            "there is network"
+            f"not supply it ({reason}); pass a local folder or run where there is network"
         ) from None
+    if local:
+        config = _model_config(folder)
+        _check_vocabulary(folder, tokenizer, config.get("vocab_size"))
+        positions = config.get("max_position_embeddings")
+        if isinstance(positions, int) and positions > 0 and tokenizer.model_max_length >= 10**6:
+            # transformers' "no limit" placeholder: the model's positions are the limit
+            # (--max_length 1000 on a 512-position model failed inside the forward pass)
+            tokenizer.model_max_length = positions
+    return tokenizer
+
+
+def _model_config(folder: Path) -> dict:
+    """The folder's config.json, or {} (check_model_folder speaks for a missing or bad one)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _tokenizer_files(folder: Path) -> list[str]:
+    from qa_core.modeling import TOKENIZER_FILES
+
+    return [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+
+
+def _check_vocabulary(folder: Path, tokenizer, vocab_size) -> None:
+    """The tokenizer must cover most of the model's vocabulary (models round ``vocab_size`` up,
+    so a little less is normal; under half means its vocabulary files are missing)."""
+    if isinstance(vocab_size, int) and len(tokenizer) < vocab_size / 2:
+        raise QAError(
+            f"--model {folder}: its tokenizer has {len(tokenizer)} tokens, the model's "
+            f"vocabulary {vocab_size}: the tokenizer's vocabulary file is missing or damaged "
+            f"(found {', '.join(_tokenizer_files(folder)) or 'none'}; a BERT-style folder needs "
+            "tokenizer.json or vocab.txt)")
 
 
 def tokenizer_key(model: str, tokenizer=None) -> tuple[str, object | None]:

@@ -278,7 +278,21 @@ def test_answer_questions_refuses_a_question_no_window_can_hold(model_and_tokeni
 
 def test_cli_max_length_above_the_tokenizers_limit_is_one_line(tiny_model, capsys):
     assert main(["--model", tiny_model, "--demo", "--max_length", "100000"]) == 2
-    assert ("--max_length 100000: exceeds the tokenizer's model_max_length 512"
+    assert ("--max_length 100000: exceeds the model's limit of 512 tokens (its "
+            in one_line_error(capsys))
+
+
+def test_cli_max_length_above_the_models_positions_is_one_line(tiny_model, tmp_path, capsys):
+    """A tokenizer that sets no model_max_length let --max_length 1000 through to a
+    512-position model: a RuntimeError traceback from the forward pass."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("model_max_length", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    positions = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    assert main(["--model", str(folder), "--demo", "--max_length", str(positions + 8)]) == 2
+    assert (f"--max_length {positions + 8}: exceeds the model's limit of {positions} tokens"
             in one_line_error(capsys))
 
 
@@ -318,6 +332,30 @@ def test_cli_unusable_config_is_one_line_naming_it(tiny_model, tmp_path, capsys)
     assert main(["--model", str(folder), "--demo"]) == 2
     assert (f"{folder / 'config.json'}: not a usable model config (Field 'num_hidden_layers' "
             "expected int, got str (value: 'two'))" in one_line_error(capsys))
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    ("missing", "its tokenizer has 5 tokens, the model's vocabulary 30522: the tokenizer's "
+                "vocabulary file is missing or damaged (found tokenizer_config.json; "),
+    ("empty_object", "its tokenizer files cannot be loaded (damaged or incomplete; found "
+                     "tokenizer.json, tokenizer_config.json: KeyError: 'added_tokens')"),
+    ("truncated", "its tokenizer files cannot be loaded (damaged or incomplete; found "
+                  "tokenizer.json, tokenizer_config.json: JSONDecodeError: "),
+])
+def test_cli_damaged_or_missing_tokenizer_is_one_line_naming_the_folder(
+        tiny_model, tmp_path, capsys, damage, said):
+    """Without tokenizer.json, transformers built a 5-token tokenizer from tokenizer_config.json
+    alone: every word became [UNK] and qa-answer (and preprocessing) went on with rc 0."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    tokenizer_file = folder / "tokenizer.json"
+    if damage == "missing":
+        tokenizer_file.unlink()
+    else:
+        text = "{}" if damage == "empty_object" else tokenizer_file.read_text()[:3000]
+        tokenizer_file.write_text(text)
+    assert main(["--model", str(folder), "--demo"]) == 2
+    assert f"--model {folder}: {said}" in one_line_error(capsys)
 
 
 def test_cli_model_without_a_trained_qa_head_is_one_line(tiny_model, tmp_path, capsys):

@@ -507,7 +507,7 @@ def test_max_length_above_the_tokenizers_limit_is_one_line(tiny_model, cache_dir
     code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "out",
                                                 max_length=100000, max_train_steps=1))
     assert code == 2
-    assert ("--max_length 100000: exceeds the tokenizer's model_max_length 512"
+    assert ("--max_length 100000: exceeds the model's limit of 512 tokens (its "
             in one_line_error(capsys))
 
 
