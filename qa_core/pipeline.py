@@ -210,7 +210,7 @@ def cache_key(source: ExampleSource, tokenizer_key: str, config: PreprocessConfi
         "code": CODE_VERSION,
         "data": source.fingerprint,
         "source_kind": source.kind,
-        "split": config.split if source.kind in ("hub", "load_from_disk") else None,
+        "split": config.split if source.has_splits else None,
         "language": config.language.lower(),
         "hub_config": config.hub_config,
         "tokenizer": tokenizer_key,
@@ -674,7 +674,8 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
     if entry.exists() and not config.overwrite_cache:
         problem = entry_problem(entry)
         if problem is None:
-            return PrepareResult(entry, _hit_summary(entry, started, leftovers))
+            return PrepareResult(entry, _hit_summary(entry, started, leftovers, source,
+                                                     config))
 
     tokenizer = tokenizer or load_tokenizer(config.model)
     builder = FeatureBuilder(tokenizer, feature_config)  # validates the tokenizer before any work
@@ -704,9 +705,14 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
     return PrepareResult(entry, summary)
 
 
-def _hit_summary(entry: Path, started: float, leftovers: int) -> dict:
-    """The stored summary of a reused entry, with this run's figures."""
+def _hit_summary(entry: Path, started: float, leftovers: int, source: ExampleSource,
+                 config: PreprocessConfig) -> dict:
+    """The stored summary of a reused entry, with this run's figures, source and settings (the
+    same data, perhaps at another path)."""
     summary = read_summary(entry)
+    summary["source"] = source.description
+    if isinstance(summary.get("settings"), dict):
+        summary["settings"].update(data=config.data, split=config.split)
     # seconds and examples_per_s describe this run; the build's own figures keep a build_ prefix
     summary.update(build_seconds=summary.pop("seconds"),
                    build_examples_per_s=summary.pop("examples_per_s"))

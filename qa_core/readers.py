@@ -814,6 +814,7 @@ class ExampleSource:
     rows: Callable[[], Iterator[Row]]  # (record, fallback_id, where)
     spec: SourceSpec
     path: Path | None = None  # the .jsonl(.gz) file, whose lines are chunked undecoded
+    has_splits: bool = False  # a hub dataset or a DatasetDict folder: --split picks one
 
     def iter_examples(self, stats: ReadStats) -> Iterator[dict]:
         """Examples that pass the language filter, with unique ids; skips counted in ``stats``
@@ -1003,11 +1004,17 @@ def _open_disk_dataset(path: Path, spec: SourceSpec) -> ExampleSource:
                               f"({type(err).__name__}: {reason})") from None
     dataset = _pick_split(loaded, spec, str(path))
     _check_columns(dataset, str(path))
+    # A folder of one Dataset has no splits: like a file, --split does not apply (it was shown
+    # as "[split]" and keyed by it, so training and evaluation on the same folder looked
+    # like different data).
+    has_splits = isinstance(loaded, datasets.DatasetDict)
+    split = spec.split if has_splits else None
     # Each saved dataset carries a content fingerprint: no need to hash gigabytes of Arrow again.
-    digest = hashlib.sha256(
-        f"{dataset._fingerprint}|{spec.split}|{len(dataset)}".encode()).hexdigest()
-    return ExampleSource("load_from_disk", f"{path} [{spec.split}]", digest,
-                         lambda: _dataset_rows(dataset, f"{path.name}/{spec.split}"), spec)
+    digest = hashlib.sha256(f"{dataset._fingerprint}|{split}|{len(dataset)}".encode()).hexdigest()
+    return ExampleSource("load_from_disk", f"{path} [{split}]" if has_splits else str(path),
+                         digest, lambda: _dataset_rows(dataset, f"{path.name}/{split}"
+                                                       if has_splits else path.name),
+                         spec, has_splits=has_splits)
 
 
 def _open_hub_dataset(spec: SourceSpec) -> ExampleSource:
@@ -1029,4 +1036,5 @@ def _open_hub_dataset(spec: SourceSpec) -> ExampleSource:
     digest = hashlib.sha256(
         f"{spec.data}|{config}|{spec.split}|{dataset._fingerprint}".encode()).hexdigest()
     return ExampleSource("hub", f"{spec.data} [{config}/{spec.split}]", digest,
-                         lambda: _dataset_rows(dataset, f"{spec.data}/{spec.split}"), spec)
+                         lambda: _dataset_rows(dataset, f"{spec.data}/{spec.split}"), spec,
+                         has_splits=True)

@@ -157,6 +157,17 @@ def test_key_changes_with_every_output_setting(config, data_file, roberta_tok_di
     assert key(replace(config, data=str(copy))) == base
 
 
+def test_a_hit_through_a_copy_reports_the_copy(config, tmp_path):
+    """The entry is content-addressed, so a copy of the file under another name is a hit; its
+    summary named the file the entry was first built from."""
+    prepare(config)
+    copy = tmp_path / "renamed.jsonl.gz"
+    copy.write_bytes(Path(config.data).read_bytes())
+    hit = prepare(replace(config, data=str(copy)))
+    assert hit.summary["cache_hit"] is True
+    assert hit.summary["source"] == str(copy) and hit.summary["settings"]["data"] == str(copy)
+
+
 def test_overwrite_cache_rebuilds(config):
     first = prepare(config)
     stamp = (first.entry / "summary.json").stat().st_mtime_ns

@@ -156,6 +156,12 @@ def test_save_to_disk_flat_squad(tmp_path):
     assert [e["id"] for e in examples] == ["q1", "q2"]
     assert examples[1]["answers"]["text"] == ["ATLAS", "ATLAS and CMS"]
     assert stats.answerable == 2
+    # one Dataset has no splits: like a file, --split does not apply, and it is neither shown
+    # nor keyed (it was, so training and evaluating on the folder looked like two sources)
+    train, evaluation = (open_source(SourceSpec(str(tmp_path / "flat"), split=name))
+                         for name in ("train", "validation"))
+    assert train.description == evaluation.description == str(tmp_path / "flat")
+    assert train.fingerprint == evaluation.fingerprint and not train.has_splits
 
 
 def test_flat_squad_style_jsonl(tmp_path):
