@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from qa_core.errors import QAError, SettingsError
 from qa_core.metrics import f1_score
+from qa_core.offsets import extend_ends_over_marks
 
 # Which annotator's span labels the training windows (see label_answer_index).
 LABEL_ANSWERS = ("first", "consensus")
@@ -200,7 +201,8 @@ class FeatureBuilder:
             for context, encoding in zip(missing, encoded):
                 self._contexts[context] = (
                     np.array(encoding.ids, dtype=np.int32),
-                    np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2),
+                    extend_ends_over_marks(
+                        context, np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2)),
                 )
         result = []
         for context in contexts:
@@ -281,6 +283,10 @@ class FeatureBuilder:
                 window_index.append(w)
                 example_ids.append(example["id"])
             stats.answers_covered += covered
+            if answers["text"] and not covered:
+                # every window is labelled "no answer": said, not silent
+                note = "answer_has_no_tokens" if answer_tokens is None else "answer_in_no_window"
+                stats.notes[note] = stats.notes.get(note, 0) + 1
 
         stats.features = len(lengths)
         return self._to_record_batch(ids_parts, type_parts, offset_parts, context_mask_parts,

@@ -65,7 +65,7 @@ from qa_core.readers import (
 # v2: summaries record the source schema ("formats"). v3: entries carry a manifest checked on
 # every hit; the language filter runs before notes/skips are counted; negative answer starts
 # are skipped.
-CODE_VERSION = "features-v4"  # v4: notes answer_inside_token
+CODE_VERSION = "features-v5"  # v5: token ends past combining marks; notes answers in no window
 
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("question", pa.string()), ("context", pa.string()),

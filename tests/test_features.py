@@ -348,3 +348,48 @@ def test_an_answer_inside_a_token_is_labelled_by_its_tokens_and_counted(load_tok
     merged.add(stats)
     merged.add(stats)
     assert merged.notes == {"answer_inside_token": 2}
+
+
+def test_decomposed_accents_stay_inside_the_tokens_they_follow(load_tok, minilm_path):
+    """The uncased MiniLM tokenizer strips accents, so "Cafe\\u0301" (NFD) was one token ending
+    before the accent: a gold answer ending in it could not be predicted (EM 0), and "e\\u0301te"
+    was labelled one mark short. Token ends now move past the marks no token holds."""
+    from qa_core.offsets import extend_ends_over_marks
+
+    tok = load_tok(minilm_path)
+    context = "Wir trinken Cafe\u0301 im e\u0301te\u0301, sagt Ann."
+    examples = [
+        {"id": "cafe", "question": "Was trinken wir?", "context": context,
+         "answers": {"text": ["Cafe\u0301"], "answer_start": [context.index("Cafe")]}},
+        {"id": "ete", "question": "Wann?", "context": context,
+         "answers": {"text": ["e\u0301te\u0301"], "answer_start": [context.index("e\u0301t")]}},
+    ]
+    batch, stats = FeatureBuilder(tok, FeatureConfig(64, 16)).build(examples)
+    assert stats.notes == {} and stats.answers_covered == 2
+    for example in examples:
+        row = rows_of(batch, example["id"])[0]
+        start, end = row["start_positions"], row["end_positions"]
+        assert (context[row["offset_mapping"][start][0]:row["offset_mapping"][end][1]]
+                == example["answers"]["text"][0])
+    # an end moves only over marks no token holds, never into the next token
+    held = np.array([[0, 1], [1, 2], [2, 3]], dtype=np.int32)  # the mark is a token of its own
+    assert extend_ends_over_marks("a\u0301b", held).tolist() == held.tolist()
+    stripped = np.array([[0, 1], [4, 5]], dtype=np.int32)
+    assert extend_ends_over_marks("a\u0301\u0302 b", stripped).tolist() == [[0, 3], [4, 5]]
+    assert extend_ends_over_marks("plain", stripped).tolist() == stripped.tolist()
+
+
+@pytest.mark.parametrize(("answer", "config", "note"), [
+    ("\u200b", FeatureConfig(64, 16), "answer_has_no_tokens"),
+    (" ".join(["word"] * 40), FeatureConfig(24, 4), "answer_in_no_window"),
+])
+def test_an_answer_no_window_holds_is_counted(load_tok, minilm_path, answer, config, note):
+    """Its windows are all labelled "no answer"; that was silent (only answers_covered fell)."""
+    tok = load_tok(minilm_path)
+    context = f"Before it: {answer} and after it comes more text to fill a few windows here."
+    examples = [{"id": "x", "question": "What?", "context": context,
+                 "answers": {"text": [answer], "answer_start": [context.index(answer)]}}]
+    batch, stats = FeatureBuilder(tok, config).build(examples)
+    assert stats.answerable == 1 and stats.answers_covered == 0
+    assert stats.notes == {note: 1}
+    assert set(batch.column("start_positions").to_pylist()) == {0}
