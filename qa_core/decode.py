@@ -465,6 +465,9 @@ def feature_topk_spans(
     keep = n_best_size if spans_per_feature is None else spans_per_feature
     if keep < 1:
         raise ValueError("spans_per_feature must be >= 1")
+    # A feature has at most n_best_size starts x n_best_size ends to offer: more slots would
+    # stay empty (qa-answer --top_k 10**12 tried to allocate 7 TiB for them).
+    keep = min(keep, n_best_size * n_best_size)
     # NaN is handled per chunk, where the top-k row sort reveals it for free.
     start_logits = _float_logits(start_logits)
     end_logits = _float_logits(end_logits)

@@ -208,13 +208,19 @@ def load_model_tokenizer(model: str):
                                f"({first_line(err)})") from None
 
 
-def check_answers(answers: list[Answer], model: str) -> None:
-    """Each question must get a span with a finite score: with windows for every question
-    (:func:`check_windows`), none means the model's logits were NaN or inf."""
+def check_answers(answers: list[Answer], model: str, n_best_size: int) -> None:
+    """Each question must get an answer: a span, or "" where ``--allow_no_answer`` let the
+    no-answer score win. With windows for every question (:func:`check_windows`), neither
+    means non-finite logits, or no valid span among the ``n_best_size`` best starts and ends
+    (both once read "its weights are unusable")."""
     for number, answer in enumerate(answers, 1):
-        if answer.start_char < 0 or not math.isfinite(answer.score):
+        if not math.isfinite(answer.null_score):
             raise ModelFolderError(f"--model {model}: its logits are NaN or inf for --question "
                                    f"number {number}: its weights are unusable")
+        if answer.start_char < 0 and not math.isfinite(answer.score):
+            raise InputError(f"--question number {number}: no valid span among the "
+                             f"--n_best_size {n_best_size} best start and end tokens (each end "
+                             "before its start, or too far after it); raise --n_best_size")
 
 
 def parse_args(argv: list[str] | None):
@@ -266,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         answers = answer_questions(model, tokenizer, questions, context,
                                    decode.decode_config(has_unanswerable=False), feature_config,
                                    top_k=args.top_k)
-        check_answers(answers, args.model)
+        check_answers(answers, args.model, decode.n_best_size)
     except QAError as err:
         return exit_with_error("qa-answer", err)
     except KeyboardInterrupt:

@@ -344,6 +344,18 @@ def test_narrow_first_packing_does_not_change_spans(monkeypatch, narrow_width):
         np.testing.assert_array_equal(getattr(split, field), getattr(single, field))
 
 
+def test_spans_per_feature_beyond_every_candidate_keeps_every_candidate():
+    """A feature offers at most n_best_size x n_best_size spans: asking for 10**12 slots (qa-answer
+    --top_k 10**12) allocated them (7 TiB); now it keeps the n_best_size**2 there are."""
+    rng = np.random.default_rng(5)
+    start, end, offsets, *_ = random_features(rng, 20, 64, 80)
+    every = feature_topk_spans(start, end, offsets, 4, 30, spans_per_feature=16)
+    huge = feature_topk_spans(start, end, offsets, 4, 30, spans_per_feature=10**12)
+    assert huge.spans_per_feature == 16
+    for field in ("scores", "start_token", "end_token", "start_char", "end_char", "null_score"):
+        np.testing.assert_array_equal(getattr(huge, field), getattr(every, field))
+
+
 @pytest.mark.parametrize("keep", [1, 3])
 def test_fewer_spans_per_feature_are_the_head_of_the_n_best(keep):
     rng = np.random.default_rng(9)

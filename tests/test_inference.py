@@ -386,6 +386,28 @@ def test_cli_model_with_nonfinite_logits_is_one_line(tiny_model, tmp_path, capsy
             "are unusable" in one_line_error(capsys))
 
 
+def test_cli_no_answer_allowed_is_an_empty_answer_not_a_weights_error(tiny_model, capsys):
+    """With --allow_no_answer the no-answer score may win: the answer is "" (its score the
+    no-answer one). qa-answer called that "its logits are NaN or inf ... unusable"."""
+    assert main(["--model", tiny_model, "--context", "The cat sat on the mat.", "--question",
+                 "Where?", "--allow_no_answer", "true", "--null_score_diff_threshold",
+                 "-1000"]) == 0
+    answer = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert answer["answer"] == "" and answer["start_char"] == -1
+    assert answer["score"] == answer["null_score"] is not None
+
+
+def test_no_valid_span_among_the_n_best_is_said_as_such():
+    from qa_core.inference import Answer, InputError, ModelFolderError, check_answers
+
+    no_span = Answer("Where?", "", float("-inf"), -1, -1, 1.5)
+    with pytest.raises(InputError, match=r"--question number 2: no valid span among the "
+                                         r"--n_best_size 1 best start and end tokens"):
+        check_answers([Answer("Who?", "Ann", 3.0, 0, 3, 1.0), no_span], "m", n_best_size=1)
+    with pytest.raises(ModelFolderError, match="its logits are NaN or inf"):
+        check_answers([Answer("Where?", "", float("-inf"), -1, -1, float("-inf"))], "m", 1)
+
+
 def test_answer_json_has_no_infinity_or_nan():
     from qa_core.inference import Answer
 
