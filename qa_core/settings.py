@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -382,7 +383,23 @@ def parse_dataclasses(parser: HfArgumentParser, argv: list[str] | None) -> tuple
     *outputs, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    for group in outputs:
+        expand_home(group)
     return tuple(outputs)
+
+
+# Flags naming a file or folder. A shell leaves "~" unexpanded in "--flag=~/x": the checks
+# expanded it but the run used it literally (a folder named "~" in the current one).
+PATH_FLAGS = ("data", "model", "train_data", "eval_data", "cache_dir", "output_dir",
+              "resume_from_checkpoint", "context_file")
+
+
+def expand_home(group: Any) -> None:
+    """``~`` and ``~user`` at the start of a path flag of ``group``, expanded in place."""
+    for name in PATH_FLAGS:
+        value = getattr(group, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(group, name, os.path.expanduser(value))
 
 
 def parse_train_settings(argv: list[str] | None = None) -> TrainSettings:

@@ -138,3 +138,19 @@ def test_help_shows_each_flag_with_its_help():
     for needle in ("--max_train_minutes", "wall-clock budget", "--optim",
                    "transformers' names", "cpu_fast", "--cache_sharing"):
         assert needle in text
+
+
+def test_a_home_folder_in_a_path_flag_is_expanded(tmp_path, monkeypatch):
+    """"--cache_dir=~/probe" reaches Python with the "~" (the shell expands only a word that
+    starts with it): the checks expanded it, the run did not (a traceback, and a folder named
+    "~" in the current one)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    source, cache, _ = parse_preprocess_settings(
+        ["--data=~/data.jsonl", "--model=~/model", "--cache_dir=~/cache"])
+    assert (source.data, source.model, cache.cache_dir) == (
+        str(tmp_path / "data.jsonl"), str(tmp_path / "model"), str(tmp_path / "cache"))
+    settings = parse_train_settings(["--model=~/model", "--train_data=~/train.json",
+                                     "--output_dir=~/out", "--resume_from_checkpoint=~/out/c"])
+    assert settings.data.train_data == str(tmp_path / "train.json")
+    assert settings.run.output_dir == str(tmp_path / "out")
+    assert settings.run.resume_from_checkpoint == str(tmp_path / "out" / "c")
