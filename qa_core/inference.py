@@ -30,7 +30,7 @@ from qa_core.modeling import (
     load_qa_model,
     quiet_model_loading,
 )
-from qa_core.offsets import unencodable_at
+from qa_core.offsets import is_blank, unencodable_at
 
 
 class InputError(QAError):
@@ -157,11 +157,13 @@ def check_inputs(context: str | None, questions: list[str], top_k: int = 1) -> N
     only whitespace."""
     if top_k < 1:
         raise InputError(f"--top_k: must be at least 1, got {top_k}")
-    if context is not None and not context.strip():
-        raise InputError("the context is empty or only whitespace: nothing to answer from")
-    blank = [i + 1 for i, q in enumerate(questions) if not q.strip()]
+    if context is not None and is_blank(context):
+        raise InputError("the context is empty or only whitespace (or zero-width / combining "
+                         "characters): nothing to answer from")
+    blank = [i + 1 for i, q in enumerate(questions) if is_blank(q)]
     if blank:
-        raise InputError(f"--question number {blank[0]} is empty or only whitespace")
+        raise InputError(f"--question number {blank[0]} is empty or only whitespace (or "
+                         "zero-width / combining characters)")
     if context is not None:
         check_unicode(context, "--context")
     for number, question in enumerate(questions, 1):

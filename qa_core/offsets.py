@@ -62,6 +62,19 @@ def extend_ends_over_marks(text: str, offsets: np.ndarray) -> np.ndarray:
     return moved
 
 
+def is_blank(text: str) -> bool:
+    """Nothing to read: only whitespace, control and format characters (zero-width space, BOM,
+    direction marks) and combining marks. ``str.strip`` keeps "\\u200b" and "\\u0301", so such a
+    question was read and answered."""
+    if not text.strip():
+        return True
+    if text.isascii():
+        return False
+    # stops at the first visible character: at once for any real text
+    return all(unicodedata.category(c)[0] in "ZM" or unicodedata.category(c) in ("Cc", "Cf")
+               for c in text)
+
+
 def unencodable_at(text: str) -> int | None:
     """Index of the first character UTF-8 cannot encode (a lone UTF-16 surrogate, as JSON's
     ``\\ud800`` escape or a non-UTF-8 command-line byte gives), or None: such a text has no

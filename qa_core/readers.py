@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 from qa_core.cache import file_sha256
 from qa_core.errors import QAError, first_line
-from qa_core.offsets import ByteCharMap, OffsetError, unencodable_at
+from qa_core.offsets import ByteCharMap, OffsetError, is_blank, unencodable_at
 
 TYDI_HUB_CONFIG = "primary_task"
 EXAMPLE_COLUMNS = (
@@ -219,10 +219,10 @@ def _has_text(stats: ReadStats, question: str, context: str, names: tuple[str, s
     """False (a counted skip) for a blank question or context; a non-string one is an error."""
     _expect(question, str, names[0], where)
     _expect(context, str, names[1], where)
-    if not question.strip():
+    if is_blank(question):
         stats.skipped["empty_question"] += 1
         return False
-    if not context.strip():
+    if is_blank(context):
         stats.skipped["empty_context"] += 1
         return False
     return True
@@ -496,14 +496,18 @@ def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, wh
     example_id, where = _identified(qa, fallback_id, where)
     question = _require(qa, "question", where)
     answers = qa.get("answers")
-    if answers is None and not qa.get("is_impossible"):
+    impossible = qa.get("is_impossible")
+    if impossible not in (None, True, False):  # "false" is truthy: it read as impossible
+        raise DataSourceError(f"{where}: field 'is_impossible' must be true or false, got "
+                              f"{_shown(impossible)}")
+    if answers is None and not impossible:
         raise DataSourceError(f"{where}: missing required field 'answers'")
     if not _has_text(stats, question, context, ("question", "context"), where):
         return None
     example = _base_example(example_id, question, context,
                             title=_expect(title or "", str, "title", where))
     pairs = _squad_answers(answers, where) if answers is not None else []
-    if pairs and qa.get("is_impossible"):
+    if pairs and impossible:
         # SQuAD v2 gives an impossible question `answers: []` (its spans go to
         # `plausible_answers`); answers as well contradict that, and either label may be wrong.
         stats.skipped["impossible_with_answers"] += 1

@@ -215,7 +215,7 @@ def test_cli_empty_model_folder_is_one_line_naming_it(tmp_path, capsys):
         capsys)
 
 
-@pytest.mark.parametrize("context", ["", "   ", " \n\t \n"])
+@pytest.mark.parametrize("context", ["", "   ", " \n\t \n", "\u200b\u200b", "\ufeff \u0301"])
 def test_cli_blank_context_is_one_line(tiny_model, tmp_path, capsys, context):
     assert main(["--model", tiny_model, "--context", context, "--question", "Why?"]) == 2
     assert "the context is empty or only whitespace" in one_line_error(capsys)
@@ -230,6 +230,9 @@ def test_cli_blank_question_is_one_line(tiny_model, capsys):
     assert main(["--model", tiny_model, "--context", "Text.", "--question", "Why?", "--question",
                  "  "]) == 2
     assert "--question number 2 is empty or only whitespace" in one_line_error(capsys)
+    # zero-width and combining characters only: nothing to read either (they were answered)
+    assert main(["--model", tiny_model, "--context", "Text.", "--question", "\u200b\u200b"]) == 2
+    assert "--question number 1 is empty or only whitespace" in one_line_error(capsys)
 
 
 def test_cli_unreadable_context_file_is_one_line_naming_it(tiny_model, tmp_path, capsys):
@@ -255,7 +258,7 @@ LONG_QUESTION = "why " * 600  # 600 tokens: more than --max_length 384 holds
     # one question fine, one too long: was rc 0 with "answer": "", "score": -Infinity
     (["--context", "The fox is in Paris.", "--question", "Where?", "--question", LONG_QUESTION],
      "--question number 2 is too long for --max_length 384 (600 tokens)"),
-    (["--context", "\u200b\u200b", "--question", "Why?"],  # not blank, but no tokens
+    (["--context", "\ufffd\ufffd", "--question", "Why?"],  # not blank, but no tokens
      "the context has no tokens for this model's tokenizer"),
     (["--demo", "--max_length", "64", "--doc_stride", "63"],
      "--question number 1 (10 tokens) leaves 51 context tokens per window with --max_length 64, "

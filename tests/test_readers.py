@@ -273,10 +273,12 @@ def test_empty_question_or_context_counted(tmp_path):
         raw_tydi_record(1, "   ", DOC, answers=["2012"]),
         raw_tydi_record(2, "When?", " \n ", passages=[], answers=[None]),
         raw_tydi_record(3, "When?", DOC, answers=["2012"]),
+        raw_tydi_record(4, "\u200b\u0301", DOC, answers=["2012"]),  # zero-width, combining
+        raw_tydi_record(5, "When?", "\ufeff\u200b", passages=[], answers=[None]),
     ]
     examples, stats = read(write_jsonl(tmp_path / "e.jsonl", rows))
     assert [e["id"] for e in examples] == ["3"]
-    assert stats.skipped == {"empty_question": 1, "empty_context": 1}
+    assert stats.skipped == {"empty_question": 2, "empty_context": 2}
 
 
 def test_invalid_offsets_counted_and_all_invalid_skipped(tmp_path):

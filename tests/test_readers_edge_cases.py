@@ -241,6 +241,18 @@ def test_impossible_with_answers_is_a_counted_skip(tmp_path):
     assert not examples and stats.skipped == {"impossible_with_answers": 1}
 
 
+@pytest.mark.parametrize("value", ["false", "true", [], 2])
+def test_is_impossible_that_is_not_a_boolean_is_one_line_error(tmp_path, value):
+    """The string "false" is truthy: it read as impossible (an answerable question skipped as
+    impossible_with_answers, or, without answers, silently made a no-answer example)."""
+    context = "é " + P2
+    qas = [{"id": "q", "question": "When?", "is_impossible": value}]
+    path = write_json(tmp_path / "v2.json", squad_document(qas, context))
+    with pytest.raises(DataSourceError, match=r"data\[0\]\.paragraphs\[0\]\.qas\[0\].*: field "
+                                              r"'is_impossible' must be true or false, got "):
+        read(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # What a user sees: preprocess.py exits 2 with one line (the surrogate used to reach the
 # tokenizer as a TypeError, the nesting a RecursionError)
