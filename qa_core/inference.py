@@ -249,6 +249,10 @@ def parse_args(argv: list[str] | None):
     if not args.demo and ((args.context is None and not args.context_file) or not args.question):
         parser.error("give a context (--context or --context_file) and at least one --question, "
                      "or --demo")
+    if args.demo and (args.context is not None or args.context_file):
+        # the demo's passage was used and the given context dropped without a word
+        parser.error("--demo answers from the packaged passage: give --context/--context_file "
+                     "or --demo, not both (--question may go with either)")
     return features, decode, args
 
 

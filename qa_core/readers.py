@@ -877,7 +877,11 @@ def _parse_json(text: str, where: str, whole_file: bool) -> Any:
     line = text.count("\n", 0, position) + 1
     column = position - text.rfind("\n", 0, position)
     at = f"line {line} column {column}" if whole_file else f"column {column}"
-    raise DataSourceError(f"{where}: malformed JSON ({reason} at {at})")
+    hint = ""
+    if whole_file and reason == "Extra data" and column == 1 and text[position] == "{":
+        # what datasets' to_json writes by default: one object per line, named .json
+        hint = "; it looks like JSON Lines (one object per line): name it .jsonl"
+    raise DataSourceError(f"{where}: malformed JSON ({reason} at {at}){hint}")
 
 
 def _jsonl_row(path: Path, line_number: int, line: str) -> Row | None:

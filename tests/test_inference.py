@@ -207,6 +207,15 @@ def test_cli_errors(tmp_path, capsys):
         main(["--model", str(tmp_path), "--question", "Why?"])  # no context
 
 
+def test_cli_demo_with_a_context_is_a_usage_error(tiny_model, capsys):
+    """--demo used the packaged passage and silently dropped the context given with it."""
+    with pytest.raises(SystemExit) as info:
+        main(["--model", tiny_model, "--demo", "--context", "The cat sat.", "--question", "Who?"])
+    assert info.value.code == 2
+    assert "--demo answers from the packaged passage: give --context/--context_file or --demo, " \
+        "not both" in capsys.readouterr().err
+
+
 def test_cli_empty_model_folder_is_one_line_naming_it(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

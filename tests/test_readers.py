@@ -247,6 +247,12 @@ def test_malformed_squad_json(tmp_path):
     path.write_text('{"rows": []}')
     with pytest.raises(DataSourceError, match="unknown format"):
         read(path)
+    # datasets' to_json writes JSON Lines by default, whatever the name
+    path.write_text('{"question": "a?"}\n{"question": "b?"}\n')
+    with pytest.raises(DataSourceError) as info:
+        read(path)
+    assert str(info.value) == (f"{path}: malformed JSON (Extra data at line 2 column 1); it "
+                               "looks like JSON Lines (one object per line): name it .jsonl")
 
 
 @pytest.mark.parametrize("field", ["question_text", "document_plaintext", "annotations"])
