@@ -5,8 +5,8 @@ Layout of one entry (``<cache_root>/<key>/``), a folder ``datasets.load_from_dis
     features/data-0000i-of-0000n.arrow, state.json, dataset_info.json
     examples/...                (same)
     manifest.json               size of every file above (and sha256 of the small ones)
-    summary.json                what preprocessing counted, with the manifest's sha256;
-                                written last, so present only in finished entries
+    summary.json                what preprocessing counted, with the manifest's sha256 and
+                                its own; written last, so present only in finished entries
 
 Entries are built in ``<cache_root>/.tmp-<key>-<pid>-<host><rand>`` and renamed into place, so
 a run killed half-way leaves only a hidden temporary folder that is never read; a replaced
@@ -245,6 +245,13 @@ def split_rows_problem(entry: Path, files: dict, summary: dict) -> str | None:
     return None
 
 
+def summary_sha256(summary: dict) -> str:
+    """The sha256 of a summary's content (its keys sorted, ``summary_sha256`` itself left out),
+    recorded in it: the manifest covers the shards, this covers the counts a hit reports."""
+    content = {k: v for k, v in summary.items() if k != "summary_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def entry_problem(entry: Path) -> str | None:
     """None when a cache entry is whole; else ``"<file>: <why>"`` for the first damage found.
 
@@ -252,8 +259,9 @@ def entry_problem(entry: Path) -> str | None:
     its key the folder's name) and names the manifest's sha256, that ``manifest.json`` has that
     hash and lists files, that every file it lists has its recorded size (and hash, where
     recorded), and that the shards hold the rows the summary counts (read from the Arrow
-    batches' headers, so a hit stays in milliseconds). An entry without a manifest (written
-    before manifests existed) is not trusted either.
+    batches' headers, so a hit stays in milliseconds), and last that the summary's content has
+    the sha256 it records. An entry without a manifest (written before manifests existed) is
+    not trusted either.
     """
     summary, why = _read_json(entry / SUMMARY_FILE)
     if why or not isinstance(summary, dict):
@@ -291,7 +299,11 @@ def entry_problem(entry: Path) -> str | None:
             return f"{name}: {size} bytes, {recorded['size']} when written (truncated or replaced)"
         if "sha256" in recorded and file_sha256(path) != recorded["sha256"]:
             return f"{name}: content differs from when it was written (sha256 mismatch)"
-    return split_rows_problem(entry, files, summary)
+    rows = split_rows_problem(entry, files, summary)
+    if rows is None and summary.get("summary_sha256") != summary_sha256(summary):
+        # the counts a hit reports, edited or bit-flipped in ways the checks above miss
+        return f"{SUMMARY_FILE}: its content does not match its summary_sha256"
+    return rows
 
 
 def temporary_name(key: str) -> str:
@@ -486,6 +498,7 @@ class CacheEntryWriter:
         manifest = json.dumps(build_manifest(self.tmp), indent=1).encode()
         (self.tmp / MANIFEST_FILE).write_bytes(manifest)
         summary["manifest_sha256"] = hashlib.sha256(manifest).hexdigest()
+        summary["summary_sha256"] = summary_sha256(summary)
         # summary.json comes last: it marks the entry finished
         (self.tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         final = self.cache_root / self.key

@@ -438,6 +438,11 @@ def replaced_manifest(name: str, blob: bytes, why: str):
                    "features is 999999, the shards hold"),
     edited_summary("examples_not_in_shards", lambda s: s.update(examples=1),
                    "examples is 1, the shards hold 6 rows"),
+    # counts no other check can see: they were served as a hit
+    edited_summary("answerable_count", lambda s: s.update(answerable=s["answerable"] + 80),
+                   "its content does not match its summary_sha256"),
+    edited_summary("notes_count", lambda s: s.update(notes={"no_answer": 0}),
+                   "its content does not match its summary_sha256"),
     replaced_manifest("manifest_files_list", b'{"files": []}', 'no "files" object'),
     replaced_manifest("manifest_not_json", b"not json", "not valid JSON"),
     replaced_manifest("manifest_lists_nothing", b'{"files": {}}',
