@@ -293,6 +293,12 @@ def check_settings(*groups: Any) -> None:
     if resume is not None and not resume.strip():  # e.g. an unset $CKPT: never a fresh start
         raise SettingsError("argument --resume_from_checkpoint: empty; give a checkpoint folder "
                             "or 'auto' (or leave the flag out to start a new run)")
+    if resume and values.get("max_train_steps") == 0:
+        # an evaluation-only run evaluates --model: the checkpoint was ignored without a word,
+        # and the untrained model's outputs replaced the run's own
+        raise SettingsError("argument --max_train_steps 0: an evaluation-only run evaluates "
+                            "--model and resumes nothing; drop --resume_from_checkpoint (to "
+                            "evaluate a trained run, pass its output folder as --model)")
 
 
 # What a run writes as folders under --output_dir (checkpoints/step_N/, best_model/)

@@ -108,6 +108,16 @@ def test_an_empty_resume_flag_is_refused_not_a_fresh_start(value):
         parse_train_settings(["--resume_from_checkpoint", value])
 
 
+@pytest.mark.parametrize("resume", ["auto", "runs/x/checkpoints/step_8"])
+def test_an_evaluation_only_run_refuses_a_checkpoint_to_resume(resume):
+    """--max_train_steps 0 evaluated the untrained --model, ignored the checkpoint and, into the
+    run's own folder, replaced its trained model and metrics, with rc 0."""
+    with pytest.raises(QAError, match="--max_train_steps 0: an evaluation-only run evaluates "
+                                      "--model and resumes nothing; drop "
+                                      "--resume_from_checkpoint"):
+        parse_train_settings(["--max_train_steps", "0", "--resume_from_checkpoint", resume])
+
+
 def test_preset_replaces_defaults_but_not_what_was_typed():
     settings = parse_train_settings(["--preset", "cpu_fast", "--learning_rate", "3e-5"])
     assert settings.optim.learning_rate == 3e-5               # typed: kept
