@@ -146,6 +146,10 @@ class RunState:
     attention_dropout: float | None = None
     hidden_dropout: float | None = None
     mixed_precision: str | None = None   # as in effect ("auto" resolved)
+    pad_to: str | None = None
+    # The questions evaluations score (cache key / --max_eval_examples): best_f1 compares
+    # only scores on the same ones.
+    eval_data_key: str | None = None
     # A run without a time budget: the optimizer steps that --num_train_epochs / --max_train_steps
     # give, which the learning-rate schedule decays over (a budgeted run's is planned_total_steps).
     scheduled_steps: int | None = None
@@ -156,7 +160,7 @@ class RunState:
                   "max_train_examples", "group_by_length", "negative_window_fraction")
     SAID_IF_CHANGED = ("learning_rate", "weight_decay", "warmup_steps", "lr_scheduler",
                        "max_grad_norm", "attention_dropout", "hidden_dropout", "mixed_precision",
-                       "scheduled_steps")
+                       "pad_to", "scheduled_steps", "eval_data_key")
     # the restored optimizer state carries these (per parameter group), whatever the flags say
     KEPT_FROM_CHECKPOINT = ("learning_rate", "weight_decay")
 
@@ -213,6 +217,12 @@ class RunState:
                                  f"steps, the checkpoint's run had {before}: the learning-rate "
                                  "schedule follows the new length, so the resumed run will "
                                  "differ from an uninterrupted one")
+            elif name == "eval_data_key":
+                if before is not None and now is not None:
+                    lines.append("the evaluation data (--eval_data, --eval_split or "
+                                 "--max_eval_examples) differs from the checkpoint's run: its "
+                                 f"best F1 ({self.best_f1}) is not compared with the new scores; "
+                                 "best_model/ is chosen afresh")
             elif name in self.KEPT_FROM_CHECKPOINT:
                 lines.append(f"--{name} {now!r} is not used: the checkpoint's optimizer state "
                              f"keeps {before!r}")
@@ -224,8 +234,11 @@ class RunState:
     def resumed_with(self, current: "RunState") -> "RunState":
         """This loaded state, recording the settings the resumed run goes on with: the
         checkpoint's for ``KEPT_FROM_CHECKPOINT``, ``current``'s for the other ones."""
-        return replace(self, **{name: getattr(current, name) for name in self.SAID_IF_CHANGED
-                                if name not in self.KEPT_FROM_CHECKPOINT})
+        resumed = replace(self, **{name: getattr(current, name) for name in self.SAID_IF_CHANGED
+                                   if name not in self.KEPT_FROM_CHECKPOINT})
+        if self.eval_data_key is not None and self.eval_data_key != current.eval_data_key:
+            resumed = replace(resumed, best_f1=None, best_step=None)  # scores on other questions
+        return resumed
 
 
 def _has_type(value, annotation: str) -> bool:

@@ -200,10 +200,15 @@ class Evaluator:
     loader: Any
     references: EvalReferences
     decode_config: DecodeConfig
+    data_key: str = ""    # which questions it scores (cache key and --max_eval_examples)
 
     def evaluate(self, model) -> tuple[dict, dict[str, Prediction]]:
+        """Metrics and predictions. The training's random state is left as it was: iterating a
+        DataLoader draws its base seed from torch's global generator, so an evaluation used to
+        change the later dropout masks and ``--eval_strategy`` changed the trained weights."""
         accumulator = EvalAccumulator(self.references, self.decode_config)
-        batches = tqdm(self.loader, desc="eval", leave=False,
-                       disable=not self.accelerator.is_local_main_process)
-        accumulate_logits(model, batches, accumulator, self.accelerator)
+        with torch.random.fork_rng(devices=[]):
+            batches = tqdm(self.loader, desc="eval", leave=False,
+                           disable=not self.accelerator.is_local_main_process)
+            accumulate_logits(model, batches, accumulator, self.accelerator)
         return accumulator.finish()

@@ -264,6 +264,13 @@ class TrainingRun:
         for change in saved.changed_settings(self.state):
             self.accelerator.print(f"warning: resuming from {folder}: {change}")
         self.state = saved.resumed_with(self.state)
+        if (self.state.best_f1 is not None
+                and folder.resolve().parent.parent != self.output_dir.resolve()):
+            # that run's best_model/ is in its own folder: this one chooses its own (the
+            # summary named a best step whose model was nowhere in this output folder)
+            self.accelerator.print(f"resuming from {folder} into another --output_dir: "
+                                   "best_model/ here is chosen from this run's evaluations")
+            self.state = replace(self.state, best_f1=None, best_step=None)
         return folder
 
     def update_average(self) -> None:

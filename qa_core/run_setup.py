@@ -95,7 +95,8 @@ def build_evaluator(accelerator, settings: TrainSettings, split: CachedSplit,
     loader = torch.utils.data.DataLoader(eval_set, collate_fn=identity_collate,
                                          batch_size=settings.optim.per_device_eval_batch_size)
     return Evaluator(accelerator, loader, references,
-                     settings.decode.decode_config(has_unanswerable))
+                     settings.decode.decode_config(has_unanswerable),
+                     data_key=f"{split.summary['key']}/{settings.data.max_eval_examples}")
 
 
 def rows_of(accelerator, settings: TrainSettings, split: CachedSplit,
@@ -164,7 +165,8 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                      warmup_steps=optim.warmup_steps, lr_scheduler=optim.lr_scheduler,
                      max_grad_norm=optim.max_grad_norm, attention_dropout=optim.attention_dropout,
                      hidden_dropout=optim.hidden_dropout,
-                     mixed_precision=accelerator.mixed_precision,
+                     mixed_precision=accelerator.mixed_precision, pad_to=optim.pad_to,
+                     eval_data_key=evaluator.data_key,
                      scheduled_steps=None if budget else plan.total_steps)
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
                       output_dir, budget, average=weight_average(accelerator, model,

@@ -191,6 +191,24 @@ def test_run_state_says_which_update_settings_a_resume_changes(tmp_path):
     assert older.resumed_with(now).learning_rate == 5e-4
 
 
+def test_a_resume_says_other_padding_and_chooses_the_best_model_afresh_on_other_questions():
+    """--pad_to changes the numbers and --max_eval_examples (or the evaluation data) the scores
+    best_f1 is compared with: both resumed without a word, and the summary's best_f1 was a score
+    on 8 questions beside a final F1 on 100."""
+    saved = RunState(best_f1=12.6, best_step=6, pad_to="longest", eval_data_key="k/8")
+    now = RunState(pad_to="max_length", eval_data_key="k/100")
+    assert saved.changed_settings(now) == [
+        "--pad_to is 'max_length', the checkpoint's run had 'longest': the resumed run will "
+        "differ from an uninterrupted one",
+        "the evaluation data (--eval_data, --eval_split or --max_eval_examples) differs from "
+        "the checkpoint's run: its best F1 (12.6) is not compared with the new scores; "
+        "best_model/ is chosen afresh"]
+    resumed = saved.resumed_with(now)
+    assert (resumed.best_f1, resumed.best_step, resumed.eval_data_key) == (None, None, "k/100")
+    same = saved.resumed_with(replace(now, eval_data_key="k/8"))
+    assert (same.best_f1, same.best_step) == (12.6, 6)
+
+
 def make_checkpoints(output_dir: Path, finished: list[int], unfinished: list[int]) -> None:
     for step in finished + unfinished:
         folder = output_dir / "checkpoints" / f"step_{step}"
@@ -849,3 +867,38 @@ def test_resume_is_exact_with_the_fused_optimizer(tiny_model, cache_dir, tmp_pat
     assert_same_weights(load_weights(resumed), load_weights(full))
     assert [(r["loss"], r["lr"]) for r in train_records(resumed)] == [
         (r["loss"], r["lr"]) for r in train_records(full) if r["step"] > 4]
+
+
+def test_evaluations_do_not_change_the_trained_weights(tiny_model, cache_dir, tmp_path):
+    """Iterating the evaluation loader drew its seed from torch's global generator, so the
+    dropout masks after an evaluation, and the trained weights, depended on --eval_strategy
+    (two runs differing only in it: 39 of 39 tensors differed)."""
+    flags = dict(max_train_steps=4, hidden_dropout=0.1, learning_rate=1e-3)
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "end",
+                                                eval_strategy="end", **flags))
+    assert code == 0
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "every",
+                                                eval_strategy="steps", eval_steps=1, **flags))
+    assert code == 0
+    assert [r["step"] for r in read_log(tmp_path / "every") if r["event"] == "eval"] == [
+        1, 2, 3, 4]
+    end, every = load_weights(tmp_path / "end"), load_weights(tmp_path / "every")
+    assert all(torch.equal(end[name], every[name]) for name in end)
+
+
+def test_a_resume_into_another_folder_chooses_its_own_best_model(tiny_model, cache_dir,
+                                                                 tmp_path):
+    """The checkpoint's run's best_model/ stays in that run's folder: a resumed run into a new
+    --output_dir whose scores did not beat it wrote no best_model/, and its summary named the
+    old best step."""
+    flags = dict(max_train_steps=4, checkpointing_steps=2, keep_last=0, eval_strategy="steps",
+                 eval_steps=1)
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "a", **flags))
+    assert code == 0
+    code, summary, stdout = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "b",
+        resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step_2"), **flags))
+    assert code == 0
+    assert "into another --output_dir: best_model/ here is chosen from this run's evaluations" \
+        in stdout
+    assert summary["best_step"] in (3, 4) and (tmp_path / "b" / "best_model").is_dir()
