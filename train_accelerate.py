@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(settings: TrainSettings, started_at: float) -> int:
     from qa_core.checkpoints import RunState
-    from qa_core.loop import EvalTracker, fit
+    from qa_core.loop import EvalTracker, TrainedSpan, fit
     from qa_core.modeling import check_model_folder, freeze_parameters, load_qa_model
     from qa_core.optim import build_optimizer
     from qa_core.pipeline import load_tokenizer
@@ -66,13 +66,13 @@ def train(settings: TrainSettings, started_at: float) -> int:
     tracker = EvalTracker(evaluator, output_dir, save_best=do_train)
 
     # --- training ---------------------------------------------------------------------------------
-    train_seconds, state = 0.0, RunState()
+    trained, state = TrainedSpan(), RunState()
     if do_train:
         run = start_training(accelerator, settings, model, splits["train"], evaluator,
                              tokenizer.pad_token_id, output_dir, started_at)
         if run_args.report_to != "none":
             accelerator.init_trackers("qa-accelerate", config=settings.as_flat_dict())
-        train_seconds = fit(run, tracker, log, optim, run_args)
+        trained = fit(run, tracker, log, optim, run_args)
         model, state = run.model, run.state
     else:  # FSDP2 prepares a model only together with an optimizer
         optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
@@ -81,7 +81,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
         # the final evaluation, unless just run on these weights
         tracker.run(run if do_train else None, model, "final", log)
 
-    write_outputs(accelerator, settings, model, tokenizer, tracker, state, train_seconds,
+    write_outputs(accelerator, settings, model, tokenizer, tracker, state, trained,
                   distribution=distribution, cache_sharing=sharing, splits=splits,
                   eval_on_training_data=same_data)
     accelerator.end_training()  # also tears down the process group: nothing collective after
@@ -140,7 +140,7 @@ def eval_on_training_data(accelerator, splits: dict) -> bool:
 
 
 def write_outputs(accelerator, settings: TrainSettings, model, tokenizer, tracker, state,
-                  train_seconds: float, *, distribution: dict, cache_sharing, splits: dict,
+                  trained, *, distribution: dict, cache_sharing, splits: dict,
                   eval_on_training_data: bool) -> None:
     """The model (finite weights only), metrics, predictions, config, and the JSON summary."""
     from qa_core.checkpoints import save_model_checked
@@ -149,7 +149,7 @@ def write_outputs(accelerator, settings: TrainSettings, model, tokenizer, tracke
     output_dir = Path(settings.run.output_dir)
     accelerator.wait_for_everyone()
     save_model_checked(accelerator, model, output_dir, tracker.metrics)  # refuses NaN/inf weights
-    summary = run_summary(tracker.metrics, state, train_seconds, accelerator, output_dir,
+    summary = run_summary(tracker.metrics, state, trained, accelerator, output_dir,
                           distribution=distribution,
                           data={name: split.data_facts() for name, split in splits.items()},
                           eval_on_training_data=eval_on_training_data,

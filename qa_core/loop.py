@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 
@@ -425,9 +425,22 @@ def progress_bar(run: TrainingRun):
                 disable=not run.accelerator.is_local_main_process)
 
 
+class TrainedSpan(NamedTuple):
+    """What this process trained: seconds (evaluations and checkpoints left out) and samples
+    (a resumed run's earlier samples left out: they were once divided by this run's seconds)."""
+
+    seconds: float = 0.0
+    samples: int = 0
+
+    @property
+    def samples_per_s(self) -> float | None:
+        return round(self.samples / self.seconds, 2) if self.seconds else None
+
+
 def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
-        settings: RunArgs) -> float:
-    """Train to ``run.plan.total_steps``; returns the training seconds (eval/checkpoints out)."""
+        settings: RunArgs) -> TrainedSpan:
+    """Train to ``run.plan.total_steps``."""
+    samples_before = run.state.samples_seen
     progress = progress_bar(run)
     stepper = OptimizerStepper(run.accelerator, run.model, run.optimizer, optim.max_grad_norm)
     guard = NonFiniteGuard(optim.max_consecutive_nonfinite)
@@ -447,7 +460,7 @@ def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
     finally:
         progress.close()
     run.use_average(log)
-    return clock.training_seconds()
+    return TrainedSpan(clock.training_seconds(), run.state.samples_seen - samples_before)
 
 
 def train_epoch(run: TrainingRun, epoch: int, stepper: OptimizerStepper,

@@ -9,7 +9,7 @@ from typing import Any
 SUMMARY_METRICS = ("exact_match", "f1", "start_f1", "end_f1")
 
 
-def run_summary(metrics: dict, state, train_seconds: float, accelerator, output_dir: Path,
+def run_summary(metrics: dict, state, trained, accelerator, output_dir: Path,
                 **facts: Any) -> dict[str, Any]:
     """The JSON summary: headline metrics, all metrics, and the run's facts (``facts`` adds
     more, e.g. the distribution in effect and how the cache was built)."""
@@ -18,9 +18,8 @@ def run_summary(metrics: dict, state, train_seconds: float, accelerator, output_
         "metrics": metrics, "global_step": state.global_step, "samples_seen": state.samples_seen,
         "nonfinite_steps": state.nonfinite_steps, "best_f1": state.best_f1,
         "best_step": state.best_step, "averaged_steps": state.averaged_steps,
-        "train_seconds": round(train_seconds, 2),
-        "train_samples_per_s": (round(state.samples_seen / train_seconds, 2) if train_seconds
-                                else None),
+        "train_seconds": round(trained.seconds, 2),  # trained: this process's TrainedSpan
+        "train_samples_per_s": trained.samples_per_s,
         "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
         **facts, "output_dir": str(output_dir),
     }

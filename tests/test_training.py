@@ -890,7 +890,8 @@ def test_a_resume_into_another_folder_chooses_its_own_best_model(tiny_model, cac
                                                                  tmp_path):
     """The checkpoint's run's best_model/ stays in that run's folder: a resumed run into a new
     --output_dir whose scores did not beat it wrote no best_model/, and its summary named the
-    old best step."""
+    old best step. Its train_samples_per_s divided all samples, the checkpoint's included, by
+    this run's seconds (848 samples/s for 136)."""
     flags = dict(max_train_steps=4, checkpointing_steps=2, keep_last=0, eval_strategy="steps",
                  eval_steps=1)
     code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "a", **flags))
@@ -902,3 +903,6 @@ def test_a_resume_into_another_folder_chooses_its_own_best_model(tiny_model, cac
     assert "into another --output_dir: best_model/ here is chosen from this run's evaluations" \
         in stdout
     assert summary["best_step"] in (3, 4) and (tmp_path / "b" / "best_model").is_dir()
+    # the rate counts this process's samples (steps 3-4), not the checkpoint's as well
+    assert summary["samples_seen"] == 32
+    assert summary["train_samples_per_s"] * summary["train_seconds"] == pytest.approx(16, rel=0.1)
