@@ -44,6 +44,10 @@ class WeightAverage:
         if step >= self.first_step(total_steps):
             self.averaged.update_parameters(model)
 
+    def reset(self) -> None:
+        """Empty the mean: the next update starts it afresh."""
+        self.averaged.n_averaged.zero_()
+
     def copy_into(self, model: torch.nn.Module) -> None:
         """Replace ``model``'s weights by the mean (nothing happens while it is empty)."""
         if not self.count:

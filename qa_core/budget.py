@@ -225,12 +225,25 @@ class TimeBudget:
         ends = np.cumsum(model.seconds(self.costs.after(
             step, max_total, stop_at_sum=max(0.0, left) / max(model.per_cost, 1e-12))))
         steps_per_epoch = self.costs.steps_per_epoch
-        total, evaluations, reserved = step, 1, 0.0
-        for _ in range(3):  # evaluations depend on the total, the total on the evaluations
+
+        def reserve(total: int) -> tuple[float, int]:
+            """Seconds kept for the evaluations and checkpoints ``total`` steps imply."""
             evaluations = 1 + _periodic_events(total, steps_per_epoch, eval_every, epoch_evals)
             checkpoints = _periodic_events(total, steps_per_epoch, checkpoint_every, True)
-            reserved = evaluations * eval_seconds + (checkpoints + 1) * CHECKPOINT_SECONDS
-            total = step + int(np.searchsorted(ends, left - reserved, side="right"))
+            return (evaluations * eval_seconds + (checkpoints + 1) * CHECKPOINT_SECONDS,
+                    evaluations)
+
+        def fits(total: int) -> bool:
+            return total == step or ends[total - step - 1] + reserve(total)[0] <= left
+
+        # the largest total that fits: steps and reserve both grow with it (a fixed-point
+        # iteration between the two once printed 1 evaluation for a plan implying 23)
+        low, high = step, step + len(ends)
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle - 1)
+        total = low
+        reserved, evaluations = reserve(total)
         per_step = float(ends[total - step - 1] / (total - step)) if total > step else mean_step
         plan = [BudgetPlan(total, per_step, reserved, evaluations)]
         if self.accelerator.num_processes > 1:

@@ -282,12 +282,46 @@ class TrainingRun:
                             self.plan.total_steps)
         self.state.averaged_steps = self.average.count
 
+    def reconcile_resumed_average(self) -> None:
+        """A resume with another run length moves the averaged tail: a mean the checkpoint began
+        before the new tail is dropped, and one the new tail should already hold more of is
+        said. (It went on silently, averaging steps 5-6 and 9-16 for a tail of 9-16.)"""
+        if self.average is None or not self.total_steps_known:
+            return
+        step, count, total = self.state.global_step, self.average.count, self.plan.total_steps
+        first = self.average.first_step(total)
+        if count == max(0, step - first + 1):
+            return
+        if first > step:
+            self.average.reset()
+            self.state.averaged_steps = 0
+            said = (f"begins at step {first}, after the checkpoint: its mean of {count} steps' "
+                    "weights is dropped")
+        else:
+            said = (f"begins at step {first}, but the checkpoint's mean holds {count} steps up to "
+                    f"step {step}: the model will be the mean of those and steps {step + 1}-"
+                    f"{total}")
+        self.accelerator.print(f"warning: --average_last: resumed with another run length, the "
+                               f"averaged tail of the {total} steps {said}")
+
     def use_average(self, log: "RunLog") -> None:
-        """End of training: the model's weights become the average (logged)."""
+        """End of training: the model's weights become the average (logged; a tail the run
+        stopped short of, on a time budget or an error guard, is said)."""
         if self.average is None:
             return
         self.average.copy_into(self.accelerator.unwrap_model(self.model))
-        count, last = self.average.count, self.state.global_step
+        count, last, total = self.average.count, self.state.global_step, self.plan.total_steps
+        first = self.average.first_step(total)
+        if not self.total_steps_known:
+            self.accelerator.print(f"warning: --average_last: training stopped at step {last}, "
+                                   "before the time budget planned the run: nothing is averaged")
+        elif last < total and count < total - first + 1:
+            self.accelerator.print(
+                f"warning: --average_last: training stopped at step {last} of the {total} "
+                "planned, " + (f"so the model is the mean of {count} steps' weights, not of the "
+                               f"{total - first + 1} planned" if count else
+                               f"before the averaged tail (from step {first}): the model is the "
+                               "last step's weights, not an average"))
         log.write({"event": "weights_averaged", "step": last, "averaged_steps": count,
                    "first_step": last - count + 1 if count else None})  # as averaged
 
@@ -379,8 +413,10 @@ def plan_budgeted_run(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
             f"warning: --average_last {optim.average_last:g}: the averaged tail of the "
             f"{plan.total_steps} planned steps would begin at step "
             f"{run.average.first_step(plan.total_steps)}, but the time budget made its plan at "
-            f"step {state.global_step}: steps {state.global_step + 1}-{plan.total_steps} are "
-            "averaged")
+            f"step {state.global_step}: "
+            + (f"steps {state.global_step + 1}-{plan.total_steps} are averaged"
+               if plan.total_steps > state.global_step else
+               "no step is left to average"))  # it printed "steps 13-12 are averaged"
     log.write({"event": "time_budget_plan", "step": state.global_step,
                "total_steps": plan.total_steps, "seconds_per_step": plan.seconds_per_step,
                "reserved_seconds": plan.reserved_seconds})

@@ -183,6 +183,7 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     if resumed is not None:
         accelerator.print(f"resumed from {resumed} at step {run.state.global_step} "
                           f"(epoch {run.state.epoch}, batch {run.state.batches_in_epoch})")
+        run.reconcile_resumed_average()
     steps = (f"{run.plan.total_steps} optimizer steps" if run.total_steps_known else
              f"optimizer steps planned after {calibration_steps(optim.warmup_steps)} to fit "
              f"--max_train_minutes {optim.max_train_minutes:g}")

@@ -177,3 +177,26 @@ def test_average_last_outside_zero_to_one_is_refused(tmp_path, capsys):
 
     assert main(["--average_last", "1.5", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--average_last" in _error_line(capsys)
+
+
+def test_a_resume_with_another_length_drops_or_says_the_moved_tail(averaged_run, tiny_model,
+                                                                   cache_dir, tmp_path):
+    """Resumed at step 8 of 12 (tail 7-12, two steps averaged) with --max_train_steps 24, the
+    tail is 13-24: the checkpoint's mean was kept and averaged with it (10 steps, logged as
+    15-24). Now it is dropped and said; with 10 steps (tail 6-10) the missing step is said."""
+    checkpoint = str(averaged_run / "checkpoints" / "step_8")
+    longer = dict(AVERAGE_FLAGS, max_train_steps=24)
+    code, summary, output = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "longer", resume_from_checkpoint=checkpoint, **longer))
+    assert code == 0 and summary["averaged_steps"] == 12
+    assert ("warning: --average_last: resumed with another run length, the averaged tail of "
+            "the 24 steps begins at step 13, after the checkpoint: its mean of 2 steps' weights "
+            "is dropped") in output
+    shorter = dict(AVERAGE_FLAGS, max_train_steps=10)
+    code, summary, output = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "shorter", resume_from_checkpoint=checkpoint,
+        **shorter))
+    assert code == 0 and summary["averaged_steps"] == 4
+    assert ("the averaged tail of the 10 steps begins at step 6, but the checkpoint's mean "
+            "holds 2 steps up to step 8: the model will be the mean of those and steps 9-10"
+            ) in output

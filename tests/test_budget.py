@@ -65,6 +65,25 @@ def test_plan_keeps_back_evaluations_checkpoints_and_margin(monkeypatch):
     assert budget.time_is_up(reserve_seconds=596 - margin - 1) is False
 
 
+def test_plan_is_the_most_steps_whose_implied_evaluations_still_fit(monkeypatch):
+    """With an evaluation every epoch, more steps imply more evaluations: the plan alternated
+    between the two three times and kept whatever the last round gave, so a plan of 457 steps
+    said "5 s kept for 1 evaluation(s)" while implying 23, and the run stopped at step 238."""
+    budget = timed_budget(monkeypatch, 5, lambda _: 0.1, 8, StepCosts(20))
+    plan = budget.plan(step=12, eval_windows=800, batch_windows=8, eval_every=None,
+                       epoch_evals=True)
+    eval_seconds = 800 / 8 * 0.1 * qa_core.budget.FORWARD_SHARE
+
+    def needed(total: int) -> float:
+        evaluations = 1 + total // 20
+        return ((total - 12) * 0.1 + evaluations * eval_seconds
+                + (total // 20 + 1) * qa_core.budget.CHECKPOINT_SECONDS)
+
+    left = 300 - 0.8 - qa_core.budget.SAFETY_SHARE * 300
+    assert plan.evaluations == 1 + plan.total_steps // 20
+    assert needed(plan.total_steps) <= left < needed(plan.total_steps + 1)
+
+
 def test_plan_prices_later_steps_by_their_padded_tokens(monkeypatch):
     """Length grouping puts a group's long batches first, so the timed warm-up steps cost more
     than the run's average step; the plan must not extrapolate their time to every step."""
@@ -223,6 +242,28 @@ def test_time_up_stops_training_and_still_evaluates(tiny_model, cache_dir, tmp_p
     assert [r["step"] for r in log if r["event"] == "time_budget_stop"] == [1]
     assert [r["reason"] for r in log if r["event"] == "eval"] == ["final"]
     assert (out / "model.safetensors").is_file()
+
+
+def test_a_run_stopped_before_its_averaged_tail_says_the_model_is_not_an_average(
+        tiny_model, cache_dir, tmp_path, monkeypatch):
+    """Time up before the tail of --average_last began: the last weights were saved as the
+    model, averaged_steps 0 in the log only, no word on stdout."""
+    calls = []
+
+    def late_after_the_plan(self, reserve_seconds):
+        calls.append(reserve_seconds)
+        return len(calls) >= 15  # the plan is made at step 12
+
+    monkeypatch.setattr(TimeBudget, "time_is_up", late_after_the_plan)
+    out = tmp_path / "short"
+    code, summary, output = run_main_in_process(train_args(
+        tiny_model, cache_dir, out, max_train_minutes=5, average_last=0.5, **BUDGET_FLAGS))
+    assert code == 0 and summary["global_step"] == 15 and summary["averaged_steps"] == 0
+    planned = [r for r in read_log(out) if r["event"] == "time_budget_plan"][0]["total_steps"]
+    first = planned - int(np.ceil(0.5 * planned)) + 1
+    assert (f"warning: --average_last: training stopped at step 15 of the {planned} planned, "
+            f"before the averaged tail (from step {first}): the model is the last step's "
+            "weights, not an average") in output
 
 
 def test_budget_shortens_a_run_but_never_lengthens_it_past_its_epochs(tiny_model, cache_dir,
