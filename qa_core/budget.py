@@ -171,6 +171,12 @@ class TimeBudget:
     def seconds_left(self) -> float:
         return self.deadline - time.time()
 
+    def seconds_spent_before_training(self) -> bool:
+        """True on every process when the deadline has passed before any step (a budget
+        shorter than start-up: nothing can end inside it)."""
+        late = torch.tensor(float(self.seconds_left() <= 0), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(late, "max").item())
+
     def observe_step(self, step: int, paused_seconds: float = 0.0) -> None:
         """Called after each optimizer step until the plan is made: times the steps after this
         process's ``TIMED_FROM_STEP``-th (step 4 of a new run, 4 steps after a resume).

@@ -5,6 +5,7 @@ are the "data -> model and optimizer" half of the script, before ``loop.fit`` ta
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -172,6 +173,11 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                       output_dir, budget, average=weight_average(accelerator, model,
                                                                  optim.average_last))
     resumed = run.resume(settings.run.resume_from_checkpoint)
+    if budget is not None and budget.seconds_spent_before_training():
+        raise SettingsError(
+            f"--max_train_minutes {optim.max_train_minutes:g}: spent before the first step "
+            f"({time.time() - started_at:.1f} s for start-up, data and model): no run fits "
+            "inside it; give more time")
     if budget is not None and run.state.planned_total_steps is None:
         limit = StepPlan.step_limit(plan.steps_per_epoch, optim.max_train_steps,
                                     optim.num_train_epochs)

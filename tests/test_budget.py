@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from test_training import one_line_error
 
 import qa_core.budget
 from qa_core.budget import (
@@ -264,6 +265,19 @@ def test_a_run_stopped_before_its_averaged_tail_says_the_model_is_not_an_average
     assert (f"warning: --average_last: training stopped at step 15 of the {planned} planned, "
             f"before the averaged tail (from step {first}): the model is the last step's "
             "weights, not an average") in output
+
+
+def test_a_budget_spent_before_the_first_step_is_refused(tiny_model, cache_dir, tmp_path,
+                                                         capsys):
+    """--max_train_minutes 0.001 (0.06 s) ran 7 s, trained a step and said it kept 0 s for the
+    final evaluation, rc 0: no run fits inside such a budget."""
+    code, summary, _ = run_main_in_process(train_args(
+        tiny_model, cache_dir, tmp_path / "spent", max_train_minutes=0.001, **BUDGET_FLAGS))
+    assert code == 2 and summary == {}
+    err = one_line_error(capsys)
+    assert "--max_train_minutes 0.001: spent before the first step (" in err
+    assert "s for start-up, data and model): no run fits inside it; give more time" in err
+    assert not (tmp_path / "spent" / "model.safetensors").exists()
 
 
 def test_budget_shortens_a_run_but_never_lengthens_it_past_its_epochs(tiny_model, cache_dir,
