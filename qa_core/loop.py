@@ -179,10 +179,13 @@ class ThroughputWindow:
         self.samples += samples
         self.batches += 1
 
-    def record(self, window_loss: torch.Tensor) -> dict[str, float]:
-        """The window's mean loss and rate; the window starts again."""
+    def record(self, window_loss: torch.Tensor, accelerator) -> dict[str, float]:
+        """The window's mean loss over every process (each ran as many micro-batches; rank 0's
+        own loss alone was logged) and this process's rate; the window starts again."""
         elapsed = time.perf_counter() - self.started
-        record = {"loss": window_loss.item() / max(1, self.batches),
+        mean_loss = accelerator.reduce(window_loss, "mean") if accelerator.num_processes > 1 \
+            else window_loss
+        record = {"loss": mean_loss.item() / max(1, self.batches),
                   "samples_per_s": self.samples / elapsed if elapsed else 0.0}
         window_loss.zero_()
         self.started, self.samples, self.batches = time.perf_counter(), 0, 0
@@ -442,7 +445,7 @@ def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: Optimi
     step = state.global_step
     if step % settings.logging_steps == 0 or step == run.plan.total_steps:
         log.write({"event": "train", "step": step, "epoch": state.epoch,
-                   **window.record(stepper.window_loss), "lr": lr,
+                   **window.record(stepper.window_loss, run.accelerator), "lr": lr,
                    "grad_norm": outcome.grad_norm, "nonfinite_steps": state.nonfinite_steps})
     with clock.pause():  # evaluate first: the checkpoint then holds its score and RNG draws
         if settings.eval_strategy == "steps" and step % settings.eval_steps == 0:

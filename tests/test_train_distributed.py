@@ -54,8 +54,11 @@ def run_one(args: list[str]) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 # 20 examples -> 43 windows: 6 global batches of 8 per epoch (the last one short), 2 epochs.
+# No dropout and fixed-width batches: 1 x 8 and 2 x 4 then compute the same losses (the masks,
+# and the padding positions the loss's softmax covers, would differ).
 TRAIN_FLAGS = dict(max_train_examples=20, max_eval_examples=5, num_train_epochs=2, warmup_steps=3,
-                   lr_scheduler="linear", learning_rate=1e-3, logging_steps=1, eval_strategy="end")
+                   lr_scheduler="linear", learning_rate=1e-3, logging_steps=1, eval_strategy="end",
+                   hidden_dropout=0.0, attention_dropout=0.0, pad_to="max_length")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +105,10 @@ def test_lr_per_optimizer_step_is_independent_of_the_process_count(one_process_t
     assert one_records[-1]["lr"] > 0.0
     assert ([r["epoch"] for r in one_records] == [r["epoch"] for r in two_records]
             == [0] * 6 + [1] * 6)
+    # the logged loss is the mean over both ranks' micro-batches (it was rank 0's own): the
+    # same as one process's over the same 8 samples, for the epoch's full batches
+    assert [r["loss"] for r in two_records[:5]] == pytest.approx(
+        [r["loss"] for r in one_records[:5]], rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
