@@ -47,9 +47,9 @@ saved.
 Resume (:func:`load_checkpoint`) verifies the manifest first: a file missing, truncated, altered,
 swapped in from another checkpoint, or not listed at all is refused with its name
 (:class:`CheckpointError`, one line) before anything is restored. Then every file is parsed and
-checked (types, the RNG states on throwaway generators, parameter-group sizes against the live
-optimizer, scheduler and GradScaler fields) before anything is applied. Model weights that do
-not fit the live model are found only while applying: still a refusal, and the run stops.
+checked (types, the RNG states on throwaway generators, the model's and the weight average's
+tensor names, shapes and dtypes against the live ones, parameter-group sizes against the live
+optimizer, scheduler and GradScaler fields) before anything is applied.
 Folders in accelerate's own ``save_state`` layout (pickles such as ``random_states_0.pkl``) are
 refused by name.
 
@@ -619,6 +619,49 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
+def _names(names: list[str], limit: int = 3) -> str:
+    """``tensor 'a'`` / ``tensors 'a', 'b', 'c' and 4 more``, for refusals."""
+    shown = ", ".join(repr(name) for name in names[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"tensor{'s' if len(names) > 1 else ''} {shown}{more}"
+
+
+def live_model_state(model) -> dict:
+    """The live model's state dict under the names checkpoints use (unwrapped parameter names),
+    sharded tensors left sharded (their shapes are the full ones): nothing is gathered."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=False))
+
+
+def check_tensors(path: Path, state: dict, live: dict, what: str = "this run's model") -> None:
+    """Refuse unless ``state`` holds exactly ``live``'s tensors, each of its shape and dtype
+    (loading would leave a missing one as it was, and cast another dtype silently); the
+    refusal names the first offending tensor and counts the others."""
+    missing = [name for name in live if name not in state]
+    unexpected = [name for name in state if name not in live]
+    if missing or unexpected:
+        reasons = ([f"lacks {_names(missing)}"] if missing else []) + (
+            [f"holds {_names(unexpected)} that {what} does not have"] if unexpected else [])
+        raise CheckpointError(f"{path}: does not fit {what}: " + "; ".join(reasons))
+    for index, attribute in enumerate(("shape", "dtype")):
+        differ = [name for name in live if _layout(live[name])[index] is not None
+                  and _layout(state[name])[index] != _layout(live[name])[index]]
+        if differ:
+            name, others = differ[0], len(differ) - 1
+            raise CheckpointError(
+                f"{path}: does not fit {what}: tensor {name!r} has {attribute} "
+                f"{_layout(state[name])[index]}, {what} has {_layout(live[name])[index]}"
+                + (f" ({others} more tensors differ in {attribute})" if others else ""))
+
+
+def _layout(tensor) -> tuple[list[int] | None, torch.dtype | None]:
+    """(shape, dtype) of a tensor, a DTensor (its full shape) or a sharded tensor (None where
+    it does not say)."""
+    shape = getattr(tensor, "shape", None)
+    return (list(shape) if shape is not None else None, getattr(tensor, "dtype", None))
+
+
 def read_optimizer_state(path: Path, optimizer) -> dict:
     """``torch.load(weights_only=True)``: a pickle that would build anything but tensors and
     containers is refused, not run. Its parameter groups must match the live optimizer's."""
@@ -690,6 +733,7 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
     scaler_state = (_read_keyed_json(scaler_path, scaler.state_dict(), "GradScaler")
                     if scaler is not None else None)
     model_state = read_model_state(folder / MODEL_FILE)
+    check_tensors(folder / MODEL_FILE, model_state, live_model_state(model))
     optimizer_state = read_optimizer_state(folder / OPTIMIZER_FILE, optimizer)
     average_state = _read_average(folder, saved, average)
     options = StateDictOptions(full_state_dict=True)
@@ -703,8 +747,9 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
             restore_param_group_settings(_inner_optimizer(optimizer),
                                          optimizer_state["param_groups"])
     except (RuntimeError, KeyError, ValueError) as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__  # torch's reasons
         raise CheckpointError(f"{folder}: {MODEL_FILE} / {OPTIMIZER_FILE} do not fit this run's "
-                              f"model ({first_line(err)})") from None
+                              f"model ({reason})") from None  # follow a first line that names none
     scheduler.load_state_dict(scheduler_state)
     if scaler is not None:
         scaler.load_state_dict(scaler_state)
@@ -736,9 +781,7 @@ def _read_average(folder: Path, saved: RunState, average) -> dict[str, torch.Ten
         raise CheckpointError(f"{path}: missing: {RUN_STATE_FILE} counts "
                               f"{saved.averaged_steps} averaged steps")
     state = read_model_state(path)
-    live = average.state_dict()
-    if set(state) != set(live) or any(state[k].shape != live[k].shape for k in live):
-        raise CheckpointError(f"{path}: does not fit this run's model")
+    check_tensors(path, state, average.state_dict(), "this run's weight average")
     if int(state["n_averaged"]) != saved.averaged_steps:
         raise CheckpointError(f"{path}: holds {int(state['n_averaged'])} steps, "
                               f"{RUN_STATE_FILE} counts {saved.averaged_steps}")

@@ -278,6 +278,82 @@ def test_an_optimizer_of_other_parameter_groups_is_refused(saved, tiny_model):
     reset_accelerate_state()
 
 
+def rewrite_model_file(folder: Path, edit, name: str = MODEL_FILE) -> None:
+    """``edit`` the tensors of ``folder/name``, write them back and the manifest to match (a
+    manifest is no signature: the checks after it must catch what it cannot)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / name))
+    edit(tensors)
+    save_file(tensors, str(folder / name), metadata={"format": "pt"})
+    write_manifest(folder)
+
+
+MODEL_DAMAGE_CASES = {
+    # resumed with rc 0 before: the missing tensor kept the resuming model's value, other dtypes
+    # were cast silently
+    "missing": (lambda t: t.pop("qa_outputs.bias"),
+                "does not fit this run's model: lacks tensor 'qa_outputs.bias'"),
+    "int32": (lambda t: t.update({k: v.to(torch.int32) for k, v in t.items()}),
+              "tensor 'bert.embeddings.word_embeddings.weight' has dtype torch.int32, this "
+              "run's model has torch.float32 ("),
+    "bf16": (lambda t: t.update({"qa_outputs.weight": t["qa_outputs.weight"].bfloat16()}),
+             "tensor 'qa_outputs.weight' has dtype torch.bfloat16, this run's model has "
+             "torch.float32"),
+    # refused before, but as "(Error(s) in loading state_dict for BertForQuestionAnswering:)"
+    "extra": (lambda t: t.update({"qa_outputs.extra": torch.zeros(2)}),
+              "holds tensor 'qa_outputs.extra' that this run's model does not have"),
+    "shape": (lambda t: t.update({"qa_outputs.bias": torch.zeros(3)}),
+              "tensor 'qa_outputs.bias' has shape [3], this run's model has [2]"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(MODEL_DAMAGE_CASES))
+def test_model_weights_that_do_not_fit_are_refused_naming_the_tensor(saved, fresh, tmp_path,
+                                                                      damage):
+    edit, expected = MODEL_DAMAGE_CASES[damage]
+    folder = copy_of(saved, tmp_path)
+    rewrite_model_file(folder, edit)
+    message = assert_refused(fresh, folder, MODEL_FILE)
+    assert f"{folder / MODEL_FILE}: " in message and expected in message, message
+
+
+def test_a_checkpoint_of_a_wider_model_is_refused_naming_the_tensor(tiny_model, tmp_path):
+    """A 48-hidden model's checkpoint on a 32-hidden run: same parameter count per group, so
+    only the weights tell; refused before with an empty reason."""
+    from tiny_models import make_tiny_qa_model
+
+    wide = make_run(make_tiny_qa_model(tmp_path / "wide", hidden_size=48))
+    save_checkpoint(wide.accelerator, wide.model, wide.optimizer, wide.scheduler,
+                    RunState(global_step=0), tmp_path / "ck")
+    message = assert_refused(make_run(tiny_model), tmp_path / "ck", MODEL_FILE)
+    assert ("tensor 'bert.embeddings.word_embeddings.weight' has shape [30522, 48], this run's "
+            "model has [30522, 32] (") in message, message
+    reset_accelerate_state()
+
+
+def test_an_averaged_model_of_another_dtype_is_refused_naming_the_tensor(fresh, tmp_path):
+    """Only the names and shapes were compared: an int32 average resumed."""
+    from qa_core.averaging import WeightAverage
+
+    average = WeightAverage(fresh.accelerator.unwrap_model(fresh.model), 0.5)
+    average.update(fresh.accelerator.unwrap_model(fresh.model), step=1, total_steps=1)
+    folder = tmp_path / "ck"
+    save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler,
+                    RunState(averaged_steps=1, average_last=0.5), folder, average)
+    rewrite_model_file(folder, lambda t: t.update(
+        {k: v.to(torch.int32) for k, v in t.items() if v.is_floating_point()}),
+        name="averaged_model.safetensors")
+    live = WeightAverage(fresh.accelerator.unwrap_model(fresh.model), 0.5)
+    with pytest.raises(CheckpointError) as refusal:
+        load_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler, folder,
+                        average=live)
+    assert str(refusal.value).startswith(
+        f"{folder / 'averaged_model.safetensors'}: does not fit this run's weight average: "
+        "tensor 'module.bert.embeddings.word_embeddings.weight' has dtype torch.int32, this "
+        "run's weight average has torch.float32 ("), str(refusal.value)
+
+
 def test_the_fp16_gradscaler_state_round_trips(fresh, tiny_model, tmp_path):
     """(accelerate makes a GradScaler only for fp16 on a GPU: one is set by hand here.)"""
     scaler = torch.amp.GradScaler("cpu")
