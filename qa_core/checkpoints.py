@@ -619,11 +619,11 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def _names(names: list[str], limit: int = 3) -> str:
+def _names(names: list[str], kind: str = "tensor", limit: int = 3) -> str:
     """``tensor 'a'`` / ``tensors 'a', 'b', 'c' and 4 more``, for refusals."""
     shown = ", ".join(repr(name) for name in names[:limit])
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return f"tensor{'s' if len(names) > 1 else ''} {shown}{more}"
+    return f"{kind}{'s' if len(names) > 1 else ''} {shown}{more}"
 
 
 def live_model_state(model) -> dict:
@@ -662,9 +662,9 @@ def _layout(tensor) -> tuple[list[int] | None, torch.dtype | None]:
     return (list(shape) if shape is not None else None, getattr(tensor, "dtype", None))
 
 
-def read_optimizer_state(path: Path, optimizer) -> dict:
+def read_optimizer_state(path: Path) -> dict:
     """``torch.load(weights_only=True)``: a pickle that would build anything but tensors and
-    containers is refused, not run. Its parameter groups must match the live optimizer's."""
+    containers is refused, not run. Its contents: :func:`check_optimizer_state`."""
     import pickle
 
     try:
@@ -679,12 +679,138 @@ def read_optimizer_state(path: Path, optimizer) -> dict:
     if (not isinstance(groups, list) or not isinstance(data.get("state"), dict)
             or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
         raise CheckpointError(f"{path}: not an optimizer state (state, param_groups)")
-    saved = [len(g["params"]) for g in groups]
-    live = [len(g["params"]) for g in _inner_optimizer(optimizer).param_groups]
-    if saved != live:
-        raise CheckpointError(f"{path}: parameter groups of sizes {saved}, this run's optimizer "
-                              f"has {live} (a different model or --freeze_encoder?)")
     return data
+
+
+# wrappers whose names torch's full state dicts leave out (FSDP1, activation checkpointing)
+_WRAPPER_PART = re.compile(r"(^|\.)(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
+
+
+def live_group_names(accelerator, model, optimizer) -> tuple[list[set[str]] | None, str | None]:
+    """The live optimizer's parameter groups as sets of parameter names (None when a parameter
+    has no name in the unwrapped model, as FSDP1's flat parameters), and the name of the
+    model's input word embeddings (None when unknown)."""
+    unwrapped = accelerator.unwrap_model(model)
+    names = {id(param): _WRAPPER_PART.sub(r"\1", name)
+             for name, param in unwrapped.named_parameters(remove_duplicate=False)}
+    try:
+        embeddings = names.get(id(unwrapped.get_input_embeddings().weight))
+    except (AttributeError, NotImplementedError):
+        embeddings = None
+    groups = [{names.get(id(param)) for param in group["params"]}
+              for group in _inner_optimizer(optimizer).param_groups]
+    return (None if any(None in group for group in groups) else groups), embeddings
+
+
+def check_optimizer_state(path: Path, data: dict, optimizer, model_state: dict,
+                          live_names: tuple[list[set[str]] | None, str | None]) -> None:
+    """Refuse an optimizer state that cannot resume this run exactly: parameter groups of other
+    parameters than the live optimizer's (the message names them, and the freezing flag that
+    makes the difference), group settings of other types, per-parameter state tensors of other
+    shapes or dtypes than their parameters (``model_state``: the checked model weights)."""
+    saved_groups = [group["params"] for group in data["param_groups"]]
+    for names in saved_groups:
+        for name in names:
+            if not isinstance(name, str) or name not in model_state:
+                raise CheckpointError(f"{path}: parameter groups name {name!r}, which is not a "
+                                      f"tensor of {MODEL_FILE}")
+    live_groups, embeddings = live_names
+    saved = [len(names) for names in saved_groups]
+    live = [len(group["params"]) for group in _inner_optimizer(optimizer).param_groups]
+    if saved != live or (live_groups is not None
+                         and [set(names) for names in saved_groups] != live_groups):
+        raise CheckpointError(f"{path}: parameter groups of sizes {saved}, this run's optimizer "
+                              f"has {live}" + _trained_change(saved_groups, live_groups,
+                                                              embeddings))
+    _check_group_settings(path, data["param_groups"], _inner_optimizer(optimizer).param_groups)
+    _check_parameter_states(path, data["state"], saved_groups, model_state)
+
+
+def _trained_change(saved_groups: list[list[str]], live_groups: list[set[str]] | None,
+                    embeddings: str | None) -> str:
+    """What the checkpoint's run trained that this one does not (or the reverse), and the flag
+    that does that."""
+    if live_groups is None:
+        return " (a different model, --freeze_encoder or --freeze_word_embeddings?)"
+    saved, live = set().union(*map(set, saved_groups)), set().union(*live_groups)
+    fixed_now, trained_now = sorted(saved - live), sorted(live - saved)
+    if not fixed_now and not trained_now:
+        return ": the same parameters, grouped otherwise (another grouping of weight decay?)"
+    said = ([f"the checkpoint's run trained {_names(fixed_now, 'parameter')}, which this run "
+             "keeps fixed"] if fixed_now else []) + (
+        [f"this run trains {_names(trained_now, 'parameter')}, which the checkpoint's run kept "
+         "fixed"] if trained_now else [])
+    changed = set(fixed_now) | set(trained_now)
+    flag = ("--freeze_word_embeddings" if changed == {embeddings} else "--freeze_encoder"
+            if not any(name.startswith("qa_outputs") for name in changed) else None)
+    return ": " + "; ".join(said) + (f" ({flag} differs from the checkpoint's run)" if flag
+                                     else "")
+
+
+def _finite_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_group_settings(path: Path, saved_groups: list[dict], live_groups: list[dict]) -> None:
+    """Each group setting the live optimizer holds as a number (or numbers: betas) must be
+    there, finite (a rate >= 0); flags must be true, false or null."""
+    for index, (saved, live) in enumerate(zip(saved_groups, live_groups)):
+        for key, now in live.items():
+            value, where = saved.get(key), f"{path}: param_groups[{index}][{key!r}]"
+            if _finite_number(now):
+                if key not in saved or not _finite_number(value) or (
+                        key in ("lr", "initial_lr") and value < 0):
+                    raise CheckpointError(f"{where} is {value!r}, expected a finite number"
+                                          + (" >= 0" if key in ("lr", "initial_lr") else ""))
+            elif isinstance(now, tuple) and all(map(_finite_number, now)):
+                if (not isinstance(value, (tuple, list)) or len(value) != len(now)
+                        or not all(map(_finite_number, value))):
+                    raise CheckpointError(f"{where} is {value!r}, expected {len(now)} finite "
+                                          "numbers")
+            elif (now is None or isinstance(now, bool)) and not (value is None
+                                                                  or isinstance(value, bool)):
+                raise CheckpointError(f"{where} is {value!r}, expected true, false or null")
+
+
+def _check_parameter_states(path: Path, states: dict, saved_groups: list[list[str]],
+                            model_state: dict) -> None:
+    """Per-parameter state: for parameters of the groups, holding the same fields as the other
+    parameters of as many dimensions, each tensor of its parameter's shape and dtype (a scalar,
+    such as ``step``, finite and >= 0)."""
+    grouped, fields_seen = {name for names in saved_groups for name in names}, {}
+    for name, entry in states.items():
+        if name not in grouped or not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: state[{name!r}] is not the state of a parameter of "
+                                  "its parameter groups")
+        param = model_state[name]
+        first, keys = fields_seen.setdefault(param.dim(), (name, sorted(entry)))
+        if sorted(entry) != keys:
+            raise CheckpointError(f"{path}: state[{name!r}] holds {sorted(entry)}, "
+                                  f"state[{first!r}] holds {keys}")
+        for key, value in entry.items():
+            problem = _state_value_problem(key, value, param)
+            if problem:
+                raise CheckpointError(f"{path}: state[{name!r}][{key!r}] {problem}")
+
+
+def _state_value_problem(key: str, value, param: torch.Tensor) -> str | None:
+    """Why one per-parameter state value cannot be this parameter's (None when it can)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        value = value.item()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if math.isfinite(value) and value >= 0 else f"is {value!r}, expected a " \
+            "finite number >= 0"
+    if not isinstance(value, torch.Tensor):
+        return None
+    shape = list(param.shape)  # Adafactor keeps factored second moments of matrices
+    shape = {"exp_avg_sq_row": shape[:-1], "exp_avg_sq_col": shape[:-2] + shape[-1:]}.get(
+        key, shape)
+    if list(value.shape) != shape:
+        return f"has shape {list(value.shape)}, its parameter's is {shape}"
+    if value.dtype != param.dtype:
+        return f"has dtype {value.dtype}, its parameter's is {param.dtype}"
+    return None
 
 
 def _read_keyed_json(path: Path, live: dict, what: str) -> dict:
@@ -734,7 +860,9 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
                     if scaler is not None else None)
     model_state = read_model_state(folder / MODEL_FILE)
     check_tensors(folder / MODEL_FILE, model_state, live_model_state(model))
-    optimizer_state = read_optimizer_state(folder / OPTIMIZER_FILE, optimizer)
+    optimizer_state = read_optimizer_state(folder / OPTIMIZER_FILE)
+    check_optimizer_state(folder / OPTIMIZER_FILE, optimizer_state, optimizer, model_state,
+                          live_group_names(accelerator, model, optimizer))
     average_state = _read_average(folder, saved, average)
     options = StateDictOptions(full_state_dict=True)
     try:

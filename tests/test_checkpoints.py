@@ -265,28 +265,61 @@ def test_auto_refuses_a_damaged_newest_checkpoint_without_falling_back(saved, fr
     assert_refused(fresh, newest, "rng_state_0.json")
 
 
-def test_an_optimizer_of_other_parameter_groups_is_refused(saved, tiny_model):
-    from qa_core.modeling import freeze_encoder
+@pytest.mark.parametrize("flag, expected", [
+    ("freeze_encoder", "parameter groups of sizes [16, 23], this run's optimizer has [1, 1]: the "
+                       "checkpoint's run trained parameters 'bert.embeddings.LayerNorm.bias', "
+                       "'bert.embeddings.LayerNorm.weight', 'bert.embeddings.position_embeddings"
+                       ".weight' and 34 more, which this run keeps fixed"),
+    # the message named only --freeze_encoder, whichever flag had changed
+    ("freeze_word_embeddings", "parameter groups of sizes [16, 23], this run's optimizer has "
+                               "[15, 23]: the checkpoint's run trained parameter "
+                               "'bert.embeddings.word_embeddings.weight', which this run keeps "
+                               "fixed (--freeze_word_embeddings differs from the checkpoint's "
+                               "run)"),
+])
+def test_an_optimizer_of_other_parameter_groups_is_refused_naming_the_flag(saved, tiny_model,
+                                                                           flag, expected):
+    from qa_core import modeling
 
     run = make_run(tiny_model)
-    freeze_encoder(run.accelerator.unwrap_model(run.model))
+    getattr(modeling, flag)(run.accelerator.unwrap_model(run.model))
     frozen = torch.optim.AdamW(optimizer_param_groups(run.model, 0.01), lr=1e-3)
     run.optimizer = run.accelerator.prepare(frozen)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(frozen, lr_lambda("linear", 2, 20))
     message = assert_refused(run, saved["step_2"], OPTIMIZER_FILE)
-    assert "parameter groups of sizes [" in message and "--freeze_encoder" in message
+    assert expected in message and message.endswith(f"(--{flag} differs from the checkpoint's "
+                                                    "run)"), message
     reset_accelerate_state()
 
 
-def rewrite_model_file(folder: Path, edit, name: str = MODEL_FILE) -> None:
-    """``edit`` the tensors of ``folder/name``, write them back and the manifest to match (a
-    manifest is no signature: the checks after it must catch what it cannot)."""
+def rewrite(folder: Path, name: str, edit) -> None:
+    """``edit`` the contents of ``folder/name`` (tensors of a safetensors file, the data of a
+    torch or JSON file), write them back and the manifest to match (a manifest is no
+    signature: the checks after it must catch what it cannot)."""
     from safetensors.torch import load_file, save_file
 
-    tensors = load_file(str(folder / name))
-    edit(tensors)
-    save_file(tensors, str(folder / name), metadata={"format": "pt"})
+    path = folder / name
+    if name.endswith(".safetensors"):
+        data = load_file(str(path))
+        edit(data)
+        save_file(data, str(path), metadata={"format": "pt"})
+    elif name.endswith(".pt"):
+        data = torch.load(path, weights_only=True)
+        edit(data)
+        torch.save(data, path)
+    else:
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
     write_manifest(folder)
+
+
+def refused_after_edit(saved, run: Run, tmp_path: Path, name: str, edit) -> tuple[Path, str]:
+    """A copy of the step-2 checkpoint with ``name`` edited: refused naming it; returns the
+    copy and the message."""
+    folder = copy_of(saved, tmp_path)
+    rewrite(folder, name, edit)
+    return folder, assert_refused(run, folder, name)
 
 
 MODEL_DAMAGE_CASES = {
@@ -306,16 +339,6 @@ MODEL_DAMAGE_CASES = {
     "shape": (lambda t: t.update({"qa_outputs.bias": torch.zeros(3)}),
               "tensor 'qa_outputs.bias' has shape [3], this run's model has [2]"),
 }
-
-
-@pytest.mark.parametrize("damage", sorted(MODEL_DAMAGE_CASES))
-def test_model_weights_that_do_not_fit_are_refused_naming_the_tensor(saved, fresh, tmp_path,
-                                                                      damage):
-    edit, expected = MODEL_DAMAGE_CASES[damage]
-    folder = copy_of(saved, tmp_path)
-    rewrite_model_file(folder, edit)
-    message = assert_refused(fresh, folder, MODEL_FILE)
-    assert f"{folder / MODEL_FILE}: " in message and expected in message, message
 
 
 def test_a_checkpoint_of_a_wider_model_is_refused_naming_the_tensor(tiny_model, tmp_path):
@@ -341,9 +364,8 @@ def test_an_averaged_model_of_another_dtype_is_refused_naming_the_tensor(fresh, 
     folder = tmp_path / "ck"
     save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler,
                     RunState(averaged_steps=1, average_last=0.5), folder, average)
-    rewrite_model_file(folder, lambda t: t.update(
-        {k: v.to(torch.int32) for k, v in t.items() if v.is_floating_point()}),
-        name="averaged_model.safetensors")
+    rewrite(folder, "averaged_model.safetensors", lambda t: t.update(
+        {k: v.to(torch.int32) for k, v in t.items() if v.is_floating_point()}))
     live = WeightAverage(fresh.accelerator.unwrap_model(fresh.model), 0.5)
     with pytest.raises(CheckpointError) as refusal:
         load_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler, folder,
@@ -352,6 +374,60 @@ def test_an_averaged_model_of_another_dtype_is_refused_naming_the_tensor(fresh, 
         f"{folder / 'averaged_model.safetensors'}: does not fit this run's weight average: "
         "tensor 'module.bert.embeddings.word_embeddings.weight' has dtype torch.int32, this "
         "run's weight average has torch.float32 ("), str(refusal.value)
+
+
+def set_group(data: dict, key: str, value) -> None:
+    data["param_groups"][0][key] = value
+
+
+OPTIMIZER_DAMAGE_CASES = {
+    # a RuntimeError traceback at the first step after resuming, before
+    "exp_avg_shape": (
+        lambda d: d["state"]["qa_outputs.weight"].update(exp_avg=torch.zeros(2, 31)),
+        "state['qa_outputs.weight']['exp_avg'] has shape [2, 31], its parameter's is [2, 32]"),
+    "exp_avg_dtype": (
+        lambda d: d["state"]["qa_outputs.weight"].update(
+            exp_avg=d["state"]["qa_outputs.weight"]["exp_avg"].double()),
+        "state['qa_outputs.weight']['exp_avg'] has dtype torch.float64, its parameter's is "
+        "torch.float32"),
+    "exp_avg_missing": (
+        lambda d: d["state"]["qa_outputs.weight"].pop("exp_avg"),
+        "state['qa_outputs.weight'] holds ['exp_avg_sq', 'step'], state["),
+    "step_nan": (
+        lambda d: d["state"]["qa_outputs.bias"].update(step=torch.tensor(float("nan"))),
+        "state['qa_outputs.bias']['step'] is nan, expected a finite number >= 0"),
+    "unknown_parameter": (
+        lambda d: d["state"].update(nowhere={"step": torch.tensor(1.0)}),
+        "state['nowhere'] is not the state of a parameter of its parameter groups"),
+    # a TypeError traceback, before
+    "lr_text": (lambda d: set_group(d, "lr", "x"),
+                "param_groups[0]['lr'] is 'x', expected a finite number >= 0"),
+    "lr_negative": (lambda d: set_group(d, "lr", -1.0),
+                    "param_groups[0]['lr'] is -1.0, expected a finite number >= 0"),
+    "betas": (lambda d: set_group(d, "betas", (0.9, "y")),
+              "param_groups[0]['betas'] is (0.9, 'y'), expected 2 finite numbers"),
+    "eps_missing": (lambda d: d["param_groups"][0].pop("eps"),
+                    "param_groups[0]['eps'] is None, expected a finite number"),
+    "amsgrad_text": (lambda d: set_group(d, "amsgrad", "no"),
+                     "param_groups[0]['amsgrad'] is 'no', expected true, false or null"),
+    "swapped_group_member": (
+        lambda d: d["param_groups"][0]["params"].__setitem__(0, "no.such.weight"),
+        "parameter groups name 'no.such.weight', which is not a tensor of model.safetensors"),
+}
+
+
+CONTENT_DAMAGE = {MODEL_FILE: MODEL_DAMAGE_CASES, OPTIMIZER_FILE: OPTIMIZER_DAMAGE_CASES}
+
+
+@pytest.mark.parametrize("name, damage", [(name, damage) for name, cases in CONTENT_DAMAGE.items()
+                                          for damage in sorted(cases)])
+def test_contents_that_cannot_resume_exactly_are_refused_naming_file_and_field(
+        saved, fresh, tmp_path, name, damage):
+    """Each file edited, the manifest rewritten to match: refused before anything is restored,
+    in one line naming the file and the tensor or field."""
+    edit, expected = CONTENT_DAMAGE[name][damage]
+    folder, message = refused_after_edit(saved, fresh, tmp_path, name, edit)
+    assert f"{folder / name}: " in message and expected in message, message
 
 
 def test_the_fp16_gradscaler_state_round_trips(fresh, tiny_model, tmp_path):
