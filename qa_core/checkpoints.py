@@ -822,27 +822,32 @@ def _read_keyed_json(path: Path, live: dict, what: str) -> dict:
     return data
 
 
-def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
-                    expected: RunState | None = None, average=None) -> RunState:
-    """Verify ``folder`` (:func:`verify_checkpoint`), read and check every file, then restore the
-    model, optimizer, scheduler, GradScaler, this rank's RNG states, ``accelerator.step`` and
-    the weight average (``average``, a :class:`~qa_core.averaging.WeightAverage`).
+@dataclass
+class CheckedCheckpoint:
+    """Every file of a checkpoint, read and checked against the live run: ready to restore."""
 
-    ``expected``: this run's settings; a checkpoint whose ``RunState.MUST_MATCH`` fields differ is
-    refused. Any refusal is a :class:`CheckpointError` raised before anything is restored."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_state_dict,
-    )
+    saved: RunState
+    rng: dict
+    scheduler: dict
+    scaler: dict | None
+    model: dict
+    optimizer: dict
+    average: dict | None
 
-    require_checkpoint_support(accelerator)
+
+def read_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
+                    expected: RunState | None = None, average=None,
+                    batches_per_epoch: int | None = None) -> CheckedCheckpoint:
+    """Verify ``folder`` (:func:`verify_checkpoint`), then read and check every file against
+    the live run; restores nothing. Arguments as :func:`load_checkpoint`'s."""
     folder = Path(folder)
     verify_checkpoint(folder)
     saved = RunState.load(folder, unrecorded_from=expected)
     problems = saved.mismatches(expected) if expected is not None else []
     if problems:
         raise CheckpointError(f"cannot resume exactly from {folder}: " + "; ".join(problems))
+    if batches_per_epoch is not None:
+        check_run_position(folder / RUN_STATE_FILE, saved, batches_per_epoch)
     rng_path = folder / RNG_FILE_PATTERN.format(rank=accelerator.process_index)
     if not rng_path.is_file():
         raise CheckpointError(f"{rng_path}: missing: the checkpoint holds no RNG state for "
@@ -863,29 +868,116 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
     optimizer_state = read_optimizer_state(folder / OPTIMIZER_FILE)
     check_optimizer_state(folder / OPTIMIZER_FILE, optimizer_state, optimizer, model_state,
                           live_group_names(accelerator, model, optimizer))
-    average_state = _read_average(folder, saved, average)
+    check_scheduler_state(folder / SCHEDULER_FILE, scheduler_state, scheduler.state_dict(),
+                          saved.global_step, optimizer_state["param_groups"])
+    return CheckedCheckpoint(saved, rng, scheduler_state, scaler_state, model_state,
+                             optimizer_state, _read_average(folder, saved, average))
+
+
+def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
+                    expected: RunState | None = None, average=None,
+                    batches_per_epoch: int | None = None) -> RunState:
+    """Verify ``folder`` (:func:`verify_checkpoint`), read and check every file, then restore the
+    model, optimizer, scheduler, GradScaler, this rank's RNG states, ``accelerator.step`` and
+    the weight average (``average``, a :class:`~qa_core.averaging.WeightAverage`).
+
+    ``expected``: this run's settings; a checkpoint whose ``RunState.MUST_MATCH`` fields differ is
+    refused. ``batches_per_epoch``: this run's (per process); with it, the run state's position
+    (epoch, batches_in_epoch, global_step) must be one the loop can have saved. Any refusal is a
+    :class:`CheckpointError` raised before anything is restored."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_state_dict,
+    )
+
+    require_checkpoint_support(accelerator)
+    folder = Path(folder)
+    checked = read_checkpoint(accelerator, model, optimizer, scheduler, folder, expected, average,
+                              batches_per_epoch)
     options = StateDictOptions(full_state_dict=True)
     try:
-        if optimizer_state["state"]:
+        if checked.optimizer["state"]:
             set_state_dict(model, optimizers=_inner_optimizer(optimizer),
-                           model_state_dict=model_state, optim_state_dict=optimizer_state,
+                           model_state_dict=checked.model, optim_state_dict=checked.optimizer,
                            options=options)
         else:  # no per-parameter state (plain SGD), which torch's loader cannot place
-            set_model_state_dict(model, model_state, options=options)
+            set_model_state_dict(model, checked.model, options=options)
             restore_param_group_settings(_inner_optimizer(optimizer),
-                                         optimizer_state["param_groups"])
+                                         checked.optimizer["param_groups"])
     except (RuntimeError, KeyError, ValueError) as err:
         reason = " ".join(str(err).split())[:300] or type(err).__name__  # torch's reasons
         raise CheckpointError(f"{folder}: {MODEL_FILE} / {OPTIMIZER_FILE} do not fit this run's "
                               f"model ({reason})") from None  # follow a first line that names none
-    scheduler.load_state_dict(scheduler_state)
-    if scaler is not None:
-        scaler.load_state_dict(scaler_state)
-    if average_state is not None:
-        average.load_state_dict(average_state)
-    restore_rng_state(rng)
-    accelerator.step = rng["accelerator_step"]
-    return saved
+    scheduler.load_state_dict(checked.scheduler)
+    if checked.scaler is not None:
+        accelerator.scaler.load_state_dict(checked.scaler)
+    if checked.average is not None:
+        average.load_state_dict(checked.average)
+    restore_rng_state(checked.rng)
+    accelerator.step = checked.rng["accelerator_step"]
+    return checked.saved
+
+
+def check_run_position(path: Path, saved: RunState, batches_per_epoch: int) -> None:
+    """Refuse a run state whose position the loop cannot have saved (it would resume, and run
+    to another length). The loop counts ``batches_in_epoch`` per micro-batch and steps once per
+    ``gradient_accumulation_steps`` of them, and once more for an epoch's last partial
+    accumulation (accelerate syncs at the end of the data); it saves after an optimizer step
+    (``batches_in_epoch`` a multiple of the accumulation, or the whole epoch) or at an epoch's
+    end (``epoch`` advanced, ``batches_in_epoch`` 0). So ``global_step`` = ``epoch`` x
+    ceil(batches per epoch / accumulation) + ceil(``batches_in_epoch`` / accumulation)."""
+    batches, accumulation = saved.batches_in_epoch, saved.gradient_accumulation_steps
+    if batches > batches_per_epoch:
+        raise CheckpointError(f"{path}: batches_in_epoch is {batches}, but an epoch of this run "
+                              f"has {batches_per_epoch}")
+    if accumulation < 1:
+        raise CheckpointError(f"{path}: gradient_accumulation_steps is {accumulation}, expected "
+                              "1 or more")
+    setting = (f"(gradient_accumulation_steps {accumulation}, {batches_per_epoch} batches per "
+               "epoch)")
+    if batches % accumulation and batches != batches_per_epoch:
+        raise CheckpointError(f"{path}: batches_in_epoch {batches} is not at an optimizer step "
+                              f"{setting}")
+    steps = (saved.epoch * math.ceil(batches_per_epoch / accumulation)
+             + math.ceil(batches / accumulation))
+    if saved.global_step != steps:
+        raise CheckpointError(
+            f"{path}: global_step {saved.global_step} does not agree with epoch {saved.epoch} "
+            f"and batches_in_epoch {batches}, which give global_step {steps} {setting}")
+
+
+def check_scheduler_state(path: Path, data: dict, live: dict, global_step: int,
+                          optimizer_groups: list[dict]) -> None:
+    """Refuse a ``LambdaLR`` state that would not continue the schedule exactly: one base and
+    last rate per parameter group, finite and >= 0, the base rates those the optimizer state
+    started from (``initial_lr``), ``last_epoch`` the run state's ``global_step`` (the schedule
+    steps once per optimizer step, skipped ones included), other fields of the live types."""
+    groups = len(optimizer_groups)
+    for key in ("base_lrs", "_last_lr"):
+        values = data.get(key)
+        if key in live and (not isinstance(values, list) or len(values) != groups or not all(
+                _finite_number(value) and value >= 0 for value in values)):
+            raise CheckpointError(f"{path}: field {key!r} is {values!r}, expected {groups} "
+                                  "finite numbers >= 0, one per parameter group")
+    step = data.get("last_epoch")
+    if step != global_step or isinstance(step, bool):
+        raise CheckpointError(f"{path}: field 'last_epoch' is {step!r}, but {RUN_STATE_FILE} "
+                              f"has global_step {global_step} (the schedule steps once per "
+                              "optimizer step)")
+    for index, (base, group) in enumerate(zip(data.get("base_lrs", []), optimizer_groups)):
+        if "initial_lr" in group and base != group["initial_lr"]:
+            raise CheckpointError(f"{path}: base_lrs[{index}] is {base!r}, but {OPTIMIZER_FILE} "
+                                  f"has initial_lr {group['initial_lr']!r} in that group")
+    for key, now in live.items():
+        value = data[key]
+        if (isinstance(now, bool) != isinstance(value, bool)
+                or (isinstance(now, int) and not isinstance(value, int))
+                or (isinstance(now, list) and (not isinstance(value, list)
+                                               or len(value) != len(now)))):
+            raise CheckpointError(f"{path}: field {key!r} is {value!r}, expected "
+                                  f"{type(now).__name__}" + (f" of {len(now)} items"
+                                                             if isinstance(now, list) else ""))
 
 
 def restore_param_group_settings(optimizer, saved_groups: list[dict]) -> None:

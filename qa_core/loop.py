@@ -259,7 +259,8 @@ class TrainingRun:
             return None
         saved = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
                                             self.scheduler, folder, expected=self.state,
-                                            average=self.average)
+                                            average=self.average,
+                                            batches_per_epoch=len(self.loader))
         if saved.batches_in_epoch > len(self.loader):  # the data order matched (MUST_MATCH)
             raise checkpoints.CheckpointError(
                 f"{folder / checkpoints.RUN_STATE_FILE}: batches_in_epoch is "

@@ -125,9 +125,9 @@ def copy_of(saved, tmp_path, name: str = "step_2") -> Path:
     return folder
 
 
-def load(run: Run, folder: Path, expected: RunState | None = None) -> RunState:
+def load(run: Run, folder: Path, expected: RunState | None = None, **options) -> RunState:
     return load_checkpoint(run.accelerator, run.model, run.optimizer, run.scheduler, folder,
-                           expected)
+                           expected, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,11 +186,11 @@ def test_save_replaces_an_existing_folder(saved, fresh, tmp_path):
 # Damage: every file truncated or swapped in from another checkpoint is refused by name
 # ---------------------------------------------------------------------------------------------
 
-def assert_refused(run: Run, folder: Path, names: str) -> str:
+def assert_refused(run: Run, folder: Path, names: str, **options) -> str:
     before = weights(run)
     scheduler_before = run.scheduler.state_dict()
     with pytest.raises(CheckpointError) as refusal:
-        load(run, folder)
+        load(run, folder, **options)
     message = str(refusal.value)
     assert "\n" not in message and str(folder / names) in message, message
     after = weights(run)
@@ -363,7 +363,7 @@ def test_an_averaged_model_of_another_dtype_is_refused_naming_the_tensor(fresh, 
     average.update(fresh.accelerator.unwrap_model(fresh.model), step=1, total_steps=1)
     folder = tmp_path / "ck"
     save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler,
-                    RunState(averaged_steps=1, average_last=0.5), folder, average)
+                    RunState(global_step=1, averaged_steps=1, average_last=0.5), folder, average)
     rewrite(folder, "averaged_model.safetensors", lambda t: t.update(
         {k: v.to(torch.int32) for k, v in t.items() if v.is_floating_point()}))
     live = WeightAverage(fresh.accelerator.unwrap_model(fresh.model), 0.5)
@@ -416,7 +416,24 @@ OPTIMIZER_DAMAGE_CASES = {
 }
 
 
-CONTENT_DAMAGE = {MODEL_FILE: MODEL_DAMAGE_CASES, OPTIMIZER_FILE: OPTIMIZER_DAMAGE_CASES}
+SCHEDULER_DAMAGE_CASES = {
+    # a TypeError traceback, before
+    "base_lrs_text": (lambda d: d.update(base_lrs=["x", "y"]),
+                      "field 'base_lrs' is ['x', 'y'], expected 2 finite numbers >= 0, one per "
+                      "parameter group"),
+    "base_lrs_short": (lambda d: d.update(_last_lr=[0.001]),
+                       "field '_last_lr' is [0.001], expected 2 finite numbers >= 0"),
+    "base_lrs_other": (lambda d: d.update(base_lrs=[1.0, 1.0]),
+                       "base_lrs[0] is 1.0, but optimizer.pt has initial_lr 0.001 in that group"),
+    # resumed silently before, with the rate of step 1000 of a 20-step schedule: 0
+    "last_epoch": (lambda d: d.update(last_epoch=1000),
+                   "field 'last_epoch' is 1000, but run_state.json has global_step 2 (the "
+                   "schedule steps once per optimizer step)"),
+    "step_count_text": (lambda d: d.update(_step_count="3"),
+                        "field '_step_count' is '3', expected int"),
+}
+CONTENT_DAMAGE = {MODEL_FILE: MODEL_DAMAGE_CASES, OPTIMIZER_FILE: OPTIMIZER_DAMAGE_CASES,
+                  SCHEDULER_FILE: SCHEDULER_DAMAGE_CASES}
 
 
 @pytest.mark.parametrize("name, damage", [(name, damage) for name, cases in CONTENT_DAMAGE.items()
@@ -430,13 +447,46 @@ def test_contents_that_cannot_resume_exactly_are_refused_naming_file_and_field(
     assert f"{folder / name}: " in message and expected in message, message
 
 
+@pytest.mark.parametrize("position, batches_per_epoch, expected", [
+    ({"batches_in_epoch": 2}, 5, None),  # the fixture's step 2: two batches of one
+    # accumulation 2, an epoch of 3 batches: 2 steps, the second of a single batch
+    ({"gradient_accumulation_steps": 2, "batches_in_epoch": 3}, 3, None),
+    ({"gradient_accumulation_steps": 2, "epoch": 1}, 3, None),
+    # resumed before, to another run length
+    ({"batches_in_epoch": 8}, 10, "global_step 2 does not agree with epoch 0 and "
+                                  "batches_in_epoch 8, which give global_step 8 "
+                                  "(gradient_accumulation_steps 1, 10 batches per epoch)"),
+    ({"epoch": 1, "batches_in_epoch": 2}, 5, "global_step 2 does not agree with epoch 1 and "
+                                             "batches_in_epoch 2, which give global_step 7 "
+                                             "(gradient_accumulation_steps 1, 5 batches per "
+                                             "epoch)"),
+    ({"gradient_accumulation_steps": 2, "batches_in_epoch": 3}, 5,
+     "batches_in_epoch 3 is not at an optimizer step (gradient_accumulation_steps 2, 5 batches "
+     "per epoch)"),
+    ({"batches_in_epoch": 6}, 5, "batches_in_epoch is 6, but an epoch of this run has 5"),
+])
+def test_a_position_the_loop_cannot_have_saved_is_refused(saved, fresh, tmp_path, position,
+                                                          batches_per_epoch, expected):
+    """global_step = epoch x ceil(batches per epoch / accumulation) + ceil(batches_in_epoch /
+    accumulation), batches_in_epoch at an optimizer step (a multiple of the accumulation, or the
+    whole epoch)."""
+    folder = copy_of(saved, tmp_path)
+    rewrite(folder, RUN_STATE_FILE, lambda state: state.update(position))
+    if expected is None:
+        assert load(fresh, folder, batches_per_epoch=batches_per_epoch).global_step == 2
+    else:
+        message = assert_refused(fresh, folder, RUN_STATE_FILE,
+                                 batches_per_epoch=batches_per_epoch)
+        assert message == f"{folder / RUN_STATE_FILE}: {expected}"
+
+
 def test_the_fp16_gradscaler_state_round_trips(fresh, tiny_model, tmp_path):
     """(accelerate makes a GradScaler only for fp16 on a GPU: one is set by hand here.)"""
     scaler = torch.amp.GradScaler("cpu")
     scaler.load_state_dict({**scaler.state_dict(), "scale": 512.0, "_growth_tracker": 7})
     fresh.accelerator.scaler = scaler
-    save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler, RunState(),
-                    tmp_path / "ck")
+    save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler,
+                    RunState(global_step=1), tmp_path / "ck")  # fresh took one step
     assert json.loads((tmp_path / "ck" / "scaler.json").read_text())["scale"] == 512.0
     other = make_run(tiny_model)
     other.accelerator.scaler = torch.amp.GradScaler("cpu")

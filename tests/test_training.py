@@ -427,21 +427,32 @@ def test_resume_refuses_a_changed_setting(uninterrupted, tiny_model, cache_dir, 
     assert not (tmp_path / "D" / "model.safetensors").exists()
 
 
-def test_resume_refuses_a_position_past_the_epochs_end(uninterrupted, tiny_model, cache_dir,
-                                                       tmp_path, capsys):
-    """A run_state.json counting more batches than an epoch has (manifest rewritten to match)
-    used to resume and stop early with rc 0."""
+@pytest.mark.parametrize("edit, expected", [
+    # used to resume and stop early with rc 0
+    ({"batches_in_epoch": 1000000}, "batches_in_epoch is 1000000, but an epoch of this run has "
+                                    "11"),
+    # both used to resume silently, to another run length
+    ({"global_step": 2}, "global_step 2 does not agree with epoch 0 and batches_in_epoch 8, "
+                         "which give global_step 4 (gradient_accumulation_steps 2, 11 batches "
+                         "per epoch)"),
+    ({"epoch": 1}, "global_step 4 does not agree with epoch 1 and batches_in_epoch 8, which give "
+                   "global_step 10 (gradient_accumulation_steps 2, 11 batches per epoch)"),
+], ids=["past_the_epochs_end", "global_step", "epoch"])
+def test_resume_refuses_a_position_the_loop_cannot_have_saved(uninterrupted, tiny_model,
+                                                              cache_dir, tmp_path, capsys, edit,
+                                                              expected):
+    """A run_state.json whose epoch, batches_in_epoch and global_step disagree (manifest
+    rewritten to match): the step-4 checkpoint is at epoch 0, batch 8 of 11, accumulation 2."""
     edited = tmp_path / "edited"
     shutil.copytree(uninterrupted / "checkpoints" / "step_4", edited)
     state = json.loads((edited / RUN_STATE_FILE).read_text())
-    (edited / RUN_STATE_FILE).write_text(json.dumps({**state, "batches_in_epoch": 1000000}))
+    (edited / RUN_STATE_FILE).write_text(json.dumps({**state, **edit}))
     write_manifest(edited)
     code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "out",
                                                 resume_from_checkpoint=str(edited),
                                                 **RESUME_FLAGS))
     assert code == 2
-    assert (f"{edited / RUN_STATE_FILE}: batches_in_epoch is 1000000, but an epoch of this run "
-            "has ") in one_line_error(capsys)
+    assert one_line_error(capsys).endswith(f"{edited / RUN_STATE_FILE}: {expected}")
 
 
 def test_a_new_run_into_an_earlier_runs_output_dir_is_refused_unless_overwritten(
