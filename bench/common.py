@@ -15,10 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -155,6 +156,57 @@ def resolve_model(parser: Any, model: str | None, tokenizer_only: bool = False) 
     except ModelFolderError as err:
         parser.error(str(err))
     return str(folder)
+
+
+def check_rules(parser: Any, **values: Any) -> None:
+    """``parser.error`` (one line, exit code 2) for a value that ``qa_core.settings``' rule of
+    the flag of the same name refuses (``max_train_examples``, ``negative_window_fraction``,
+    ``attention_dropout``, ...); None values and flags without a rule are not checked."""
+    from qa_core.settings import RULES
+
+    for flag, rule, meaning in RULES:
+        if values.get(flag) is not None and not rule(values[flag]):
+            parser.error(f"argument --{flag}: must be {meaning}, got {values[flag]!r}")
+
+
+def check_at_least(parser: Any, minimum: int, **values: Any) -> None:
+    """``parser.error`` for a named value below ``minimum`` (None values are not checked)."""
+    for flag, value in values.items():
+        if value is not None and value < minimum:
+            parser.error(f"argument --{flag}: must be at least {minimum}, got {value!r}")
+
+
+@contextmanager
+def one_line_errors(parser: Any, prefix: str = "") -> Iterator[None]:
+    """A ``QAError`` (bad settings or data, said in one line) raised inside becomes
+    ``parser.error`` (``prefix`` first): exit code 2, no traceback."""
+    from qa_core.errors import QAError
+
+    try:
+        yield
+    except QAError as err:
+        parser.error(f"{prefix}{err}")
+
+
+def csv_flag(parser: Any, flag: str, value: str, kind: Callable[[str], Any] = str,
+             choices: Sequence[str] | None = None, minimum: int | None = None) -> list:
+    """The comma-separated values of ``--flag``, each through ``kind``; ``parser.error`` when
+    none is given, one is not a ``kind`` (e.g. not an integer), not among ``choices`` or below
+    ``minimum``."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        parser.error(f"--{flag} {value!r}: give one or more comma-separated values")
+    values = []
+    for item in items:
+        if choices is not None and item not in choices:
+            parser.error(f"--{flag}: unknown {item!r} ({', '.join(choices)})")
+        try:
+            values.append(kind(item))
+        except ValueError:
+            parser.error(f"--{flag}: {item!r} is not {'an integer' if kind is int else 'valid'}")
+        if minimum is not None and values[-1] < minimum:
+            parser.error(f"--{flag}: {item} must be at least {minimum}")
+    return values
 
 
 def _cpu_model() -> str:

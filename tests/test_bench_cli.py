@@ -87,3 +87,27 @@ def test_throughput_refuses_a_damaged_model_folder_before_timing(tmp_path):
     proc = run_bench("throughput.py", "--model", str(tmp_path))
     assert refusal(proc) == (f"throughput.py: error: --model {tmp_path}: not a model folder "
                              "(config.json missing; empty)")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--batch_sizes", "x"], "--batch_sizes: 'x' is not an integer"),
+    (["--batch_sizes", "0"], "--batch_sizes: 0 must be at least 1"),
+    (["--compile", "maybe"], "--compile: unknown 'maybe' (no, yes)"),
+    (["--optims", "foo"], "--optims: unknown 'foo' (adamw_torch, adamw_torch_fused, "
+                          "adamw_torch_foreach, sgd, adafactor)"),
+    (["--precisions", ","], "--precisions ',': give one or more comma-separated values"),
+    (["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    (["--attention_dropout", "3"],
+     "argument --attention_dropout: must be a probability in [0, 1], got 3.0"),
+    (["--seq_lens", "8"], "--seq_lens 8 (used as --max_length): {data}: no usable examples: "
+                          "3190 rows read; skipped question_too_long 3190; raise --max_length "
+                          "or lower --doc_stride"),
+])
+def test_throughput_refuses_bad_flags_in_one_line(tiny_model, tmp_path, extra, message):
+    """Each was a traceback (ValueError, KeyError, max() of nothing, ZeroDivisionError, a
+    DataSourceError), some after the timing had begun."""
+    data = REPO / "qa_core" / "data" / "squadshifts_new_wiki_train.json.gz"
+    proc = run_bench("throughput.py", "--model", tiny_model, "--cache_dir", str(tmp_path),
+                     "--in_process", "--seq_lens", "128", "--precisions", "fp32",
+                     "--padding", "longest", "--batch_sizes", "4", "--steps", "2", *extra)
+    assert refusal(proc) == "throughput.py: error: " + message.format(data=data)
