@@ -34,6 +34,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench.common import (  # noqa: E402
     append_record,
+    check_at_least,
+    one_line_errors,
     packaged_model,
     print_summary,
     repo_path,
@@ -149,13 +151,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the vectorized path")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/results")
     args = parser.parse_args(argv)
+    check_at_least(parser, 1, **{"num-proc": args.num_proc, "max-features": args.max_features,
+                                 "repeats": args.repeats})
     labels = resolve_data_files(parser, args, "data")  # one line, not a traceback, if missing
     config = DecodeConfig()  # n_best_size 20, max_answer_length 30
 
     t0 = time.perf_counter()
-    features, examples, summary = load_real_features(
-        args.data, repo_path(args.cache_dir), args.split, args.language, args.num_proc
-    )
+    with one_line_errors(parser):  # e.g. a file that gives no example
+        features, examples, summary = load_real_features(
+            args.data, repo_path(args.cache_dir), args.split, args.language, args.num_proc
+        )
     if args.max_features is not None:
         features = features.select(range(min(args.max_features, len(features))))
     table = features.data

@@ -13,8 +13,9 @@ from bench.common import model_label, packaged_model, resolve_model
 from tiny_models import EVAL_DATA, REPO, offline_env
 
 
-def run_bench(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "bench" / script), "--no_record", *args],
+def run_bench(script: str, *args: str, no_record: str = "--no_record",
+              **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / script), no_record, *args],
                           cwd=REPO, env=offline_env(**env), capture_output=True, text=True,
                           timeout=120)
 
@@ -111,3 +112,17 @@ def test_throughput_refuses_bad_flags_in_one_line(tiny_model, tmp_path, extra, m
                      "--in_process", "--seq_lens", "128", "--precisions", "fp32",
                      "--padding", "longest", "--batch_sizes", "4", "--steps", "2", *extra)
     assert refusal(proc) == "throughput.py: error: " + message.format(data=data)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+    (["--num-proc", "0"], "argument --num-proc: must be at least 1, got 0"),
+    (["--max-features", "0"], "argument --max-features: must be at least 1, got 0"),
+])
+def test_decode_refuses_bad_counts_before_preprocessing(tmp_path, extra, message):
+    """--repeats 0 was an UnboundLocalError after the whole run; --num-proc 0 a SettingsError
+    traceback from the preprocessing."""
+    proc = run_bench("decode.py", "--data", EVAL_DATA, "--cache-dir", str(tmp_path), *extra,
+                     no_record="--no-record")
+    assert refusal(proc) == "decode.py: error: " + message
+    assert not any(tmp_path.iterdir())  # refused before any preprocessing
