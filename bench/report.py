@@ -381,6 +381,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         ap.error(f"--results {results}: no such folder")
     plots_dir = args.plots or results.parent / "plots"
     out = args.out or results / "REPORT.md"
+    if out.is_dir():  # checked before any plot is drawn
+        ap.error(f"--out {out}: is a folder; give the report's file path (e.g. "
+                 f"{out / 'REPORT.md'})")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        ap.error(f"--out {out}: {parent} is a file, not a folder")
 
     body, plots = build_report(results, plots_dir, link_base=out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -170,6 +170,21 @@ def test_missing_or_empty_results_leave_the_readme_tables_alone(results: Path, t
     assert "RECORDED TABLES" in readme.read_text()
 
 
+def test_out_a_folder_or_below_a_file_is_one_line(results: Path, tmp_path: Path, capsys):
+    """``--out`` naming a folder was an IsADirectoryError traceback (after the plots)."""
+    for out, message in [(tmp_path, f"--out {tmp_path}: is a folder; give the report's file "
+                                     f"path (e.g. {tmp_path / 'REPORT.md'})"),
+                         (results / "throughput.jsonl" / "R.md",
+                          f"--out {results / 'throughput.jsonl' / 'R.md'}: "
+                          f"{results / 'throughput.jsonl'} is a file, not a folder")]:
+        with pytest.raises(SystemExit) as stop:
+            report.main(["--results", str(results), "--plots", str(tmp_path / "p"),
+                         "--readme", "", "--out", str(out)])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+    assert not (tmp_path / "p").exists()
+
+
 def test_records_written_by_common_are_reported(tmp_path: Path):
     res = tmp_path / "results"
     path = common.append_record("roundtrip", {"batch_size": 2, "samples_per_s": 1.5,
