@@ -36,6 +36,7 @@ import argparse
 import gc
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -49,7 +50,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import append_record, packaged_model, print_summary, repo_path  # noqa: E402
+from bench.common import (  # noqa: E402
+    append_record,
+    csv_flag,
+    packaged_model,
+    print_summary,
+    repo_path,
+)
 
 ASSETS = REPO / "bench" / "gpu_check_assets"
 TOKENIZER_DIR = ASSETS / "tokenizer"
@@ -633,11 +640,10 @@ def parse_args(argv: list[str] | None):
         help="copy the tokenizer files to bench/gpu_check_assets and exit",
     )
     args = parser.parse_args(argv)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = sorted(set(stages) - set(STAGES))
-    if unknown:
-        parser.error(f"--stages: unknown {', '.join(unknown)} (known: {', '.join(STAGES)})")
-    args.stages = stages
+    if not (math.isfinite(args.budget_s) and args.budget_s > 0):
+        parser.error(f"argument --budget_s: must be a positive number of seconds, got "
+                     f"{args.budget_s!r} (every stage would be skipped)")
+    args.stages = csv_flag(parser, "stages", args.stages, choices=STAGES)
     return parser, args
 
 

@@ -121,3 +121,22 @@ def test_a_machine_without_gpu_is_told_in_one_line(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("gpu_check.py: error: ") and "no CUDA GPU visible" in err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--budget_s", "0"], "argument --budget_s: must be a positive number of seconds, got 0.0 "
+                          "(every stage would be skipped)"),
+    (["--budget_s", "-5"], "argument --budget_s: must be a positive number of seconds, got -5.0 "
+                           "(every stage would be skipped)"),
+    (["--budget_s", "nan"], "argument --budget_s: must be a positive number of seconds, got nan "
+                            "(every stage would be skipped)"),
+    (["--stages", ","], "--stages ',': give one or more comma-separated values"),
+    (["--stages", "train,nope"], "--stages: unknown 'nope' (" + ", ".join(gpu_check.STAGES) + ")"),
+])
+def test_a_budget_or_stage_list_that_runs_nothing_is_refused(capsys, extra, message):
+    """``--dry_run --budget_s 0`` (or -5, or ``--stages ,``) exited 0 with every stage
+    skipped and ``"failed": []``."""
+    with pytest.raises(SystemExit) as stop:
+        gpu_check.main(["--dry_run", "--out", "", *extra])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"gpu_check.py: error: {message}"
