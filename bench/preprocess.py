@@ -4,7 +4,8 @@
     python bench/preprocess.py [--data FILE] [--check_data FILE] [--model PATH] [--max_length 384]
         [--doc_stride 128] [--tutorial_max_length 512] [--no_record]
 
-Both sides read the same TyDi-schema file with the same tokenizer (default: the packaged
+Both sides read the same TyDi file (HF schema, or the official one, which the tutorial side maps
+as HF's loader does) with the same tokenizer (default: the packaged
 all-MiniLM-L6-v2). Each measurement runs in its own child process, so its examples/s is a cold
 start and its peak RSS (``bench.common.peak_rss_mb``, children included) is its own.
 
@@ -53,10 +54,13 @@ if str(REPO) not in sys.path:
 
 from bench.common import (  # noqa: E402
     append_record,
+    check_at_least,
+    csv_flag,
     label_tokens_hold,
     labels_hold,
     model_label,
     offline_env,
+    one_line_errors,
     packaged_model,
     peak_rss_mb,
     print_summary,
@@ -132,16 +136,20 @@ def phase_tutorial(args) -> dict:
     started = time.perf_counter()
     from transformers import AutoTokenizer
 
+    from qa_core.readers import raw_tydi_to_hf
+
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     path = Path(args.data)
     features = []   # what a datasets.map would store: plain lists, one padded window per example
     # (label start/end, offsets of those two tokens): enough for the label check later
     checks = []
     n_examples = 0
-    for record in read_records(path):  # the tutorial read the (English) train split row by row
+    for n, record in enumerate(read_records(path), start=1):  # the (English) train split
         if (record.get("language") or "english").lower() != "english":
             continue
         n_examples += 1
+        if isinstance(record.get("annotations"), list):  # official schema: as HF's loader maps it
+            record = raw_tydi_to_hf(record, f"{path}:{n}")
         question, context = record["question_text"], record["document_plaintext"]
         enc = tokenizer(question, context, max_length=args.tutorial_max_length,
                         truncation="only_second", padding="max_length")
@@ -286,7 +294,7 @@ def run_child(args, phase: str, **overrides) -> dict:
 def run_cold(args, work: Path) -> dict[str, dict]:
     """``prepare`` cold for each ``--num_procs`` value, each in a fresh cache folder."""
     ours: dict[str, dict] = {}
-    for n in [int(x) for x in args.num_procs.split(",")]:
+    for n in args.num_procs:
         cold = run_child(args, "ours", cache_dir=work / f"np{n}", num_proc=n,
                          language="english", preload_tokenizer=1)
         assert not cold["cache_hit"]
@@ -299,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA),
-                        help="TyDi HF-schema .jsonl(.gz) (English rows used)")
+                        help="TyDi .jsonl(.gz), HF or official schema (English rows used)")
     parser.add_argument("--check_data", default=str(DEFAULT_CHECK),
                         help="official multilingual TyDi file for the label check with "
                              "--language all")
@@ -330,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "ours":
         print(json.dumps(phase_ours(args)))
         return 0
+    from qa_core.pipeline import check_preprocess_settings
+
+    args.num_procs = csv_flag(parser, "num_procs", args.num_procs, int, minimum=1)
+    check_at_least(parser, 1, tutorial_max_length=args.tutorial_max_length)
+    with one_line_errors(parser):
+        check_preprocess_settings(args.max_length, args.doc_stride)
     # the children run in the repository
     given = resolve_data_files(parser, args, "data", "check_data")
     args.model = resolve_model(parser, args.model, tokenizer_only=True)

@@ -3,6 +3,7 @@ bench/quality.py leaves no temporary model copy behind."""
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,27 @@ def test_decode_refuses_bad_counts_before_preprocessing(tmp_path, extra, message
                      no_record="--no-record")
     assert refusal(proc) == "decode.py: error: " + message
     assert not any(tmp_path.iterdir())  # refused before any preprocessing
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--num_procs", "0"], "--num_procs: 0 must be at least 1"),
+    (["--num_procs", "1,x"], "--num_procs: 'x' is not an integer"),
+    (["--doc_stride", "400"], "--doc_stride 400: must be below --max_length (384): it is the "
+                              "overlap between consecutive windows"),
+])
+def test_preprocess_refuses_bad_settings_before_the_tutorial_phase(tiny_model, extra, message):
+    """--num_procs 0 was a SettingsError traceback in a child, after the tutorial phase ran."""
+    proc = run_bench("preprocess.py", "--model", tiny_model, "--data", TYDI_SAMPLE,
+                     "--check_data", TYDI_SAMPLE, *extra)
+    assert refusal(proc) == "preprocess.py: error: " + message
+    assert "tutorial:" not in proc.stdout
+
+
+def test_preprocess_reads_the_official_tydi_schema_on_the_tutorial_side(tiny_model, tmp_path):
+    """The tutorial side indexed ``annotations`` as HF's dict of lists: ``TypeError: list
+    indices must be integers`` on the official schema, which the readers support."""
+    proc = run_bench("preprocess.py", "--model", tiny_model, "--data", TYDI_SAMPLE,
+                     "--check_data", TYDI_SAMPLE, "--num_procs", "1", "--work_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["tutorial"]["examples"] == summary["ours"]["num_proc_1"]["examples"] == 1
