@@ -5,14 +5,16 @@
         [--no_record]
 
 ``--data`` (default: the long-document New-Wiki TyDi file) is replicated ``--copies`` times
-with new example ids (``<id>-r<k>`` for copy k >= 1) into ``--work_dir``. Both the 1x and the
-replicated file are preprocessed first (``preprocess.py`` children, cache in
+with new example ids (``<id>-r<k>`` for copy k >= 1) into ``--work_dir`` (the copy is named
+by the file's content; each run starts its training children afresh there). Both the 1x and
+the replicated file are preprocessed first (``preprocess.py`` children, cache in
 ``<work_dir>/cache``, reused by later runs), so the measured runs are cache hits. Then, for each
 file, a child process runs
 
     train_accelerate.py --model <packaged MiniLM> --train_data <file>
         --eval_data qa_core/data/squadshifts_new_wiki_eval.json.gz --max_eval_examples 20
         --max_train_steps 5 --cache_dir <work_dir>/cache --output_dir <work_dir>/run-<n>x
+        --overwrite_output_dir
 
 and its peak RSS is read from ``os.wait4``'s rusage (``ru_maxrss`` of that child alone).
 Appends one record to ``bench/results/rss.jsonl``: the commands, the cached feature counts,
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import os
 import subprocess
@@ -43,15 +46,30 @@ from bench.common import (  # noqa: E402
     resolve_data_files,
     resolve_model,
 )
+from qa_core.errors import first_line  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tydi_format" / "new_wiki_primary.jsonl.gz"
 EVAL_DATA = "qa_core/data/squadshifts_new_wiki_eval.json.gz"
 RSS_TARGET = 1.3
 
 
+def replicated_path(work_dir: Path, source: Path, copies: int) -> Path:
+    """Where the ``copies``-fold copy of ``source`` goes: named by the file's name and a prefix
+    of the sha256 of its bytes, so that another file of the same name is never served an old
+    copy."""
+    digest = hashlib.sha256()
+    with source.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return work_dir / f"{source.name.split('.')[0]}-{digest.hexdigest()[:12]}_x{copies}.jsonl.gz"
+
+
 def replicate(source: Path, copies: int, target: Path) -> int:
     """Write ``copies`` copies of the JSONL(.gz) ``source`` to ``target`` (gzip), copy k >= 1
-    with ids ``<id>-r<k>``; returns the number of records written. Skips work when present."""
+    with ids ``<id>-r<k>`` (the ``id`` field, else ``example_id``: the official TyDi schema;
+    a row with neither gets its id from its position, new in each copy); returns the number of
+    records written. Skips work when present (``target`` is named by the content:
+    :func:`replicated_path`)."""
     if target.is_file():
         with gzip.open(target, "rt", encoding="utf-8") as handle:
             return sum(1 for _ in handle)
@@ -64,8 +82,10 @@ def replicate(source: Path, copies: int, target: Path) -> int:
         for k in range(copies):
             for line in lines:
                 record = json.loads(line)
-                if k:
-                    record["id"] = f"{record['id']}-r{k}"
+                key = next((key for key in ("id", "example_id")
+                            if isinstance(record, dict) and record.get(key) is not None), None)
+                if k and key:
+                    record[key] = f"{record[key]}-r{k}"
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 written += 1
     partial.rename(target)
@@ -104,7 +124,8 @@ def measure(data: str, model: str, work_dir: Path, name: str) -> dict:
     command = [sys.executable, "train_accelerate.py", "--model", model, "--train_data", data,
                "--eval_data", EVAL_DATA, "--max_eval_examples", "20", "--max_train_steps", "5",
                "--cache_dir", str(work_dir / "cache"),
-               "--output_dir", str(work_dir / f"run-{name}")]
+               "--output_dir", str(work_dir / f"run-{name}"),
+               "--overwrite_output_dir"]  # the work folder is reused between runs
     log_path = work_dir / f"train-{name}.log"
     code, peak_mb, seconds = run_child(command, log_path)
     if code:
@@ -128,14 +149,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default=None, help="a note stored with the record")
     parser.add_argument("--no_record", action="store_true", help="do not append to bench/results")
     args = parser.parse_args(argv)
+    data_arg = args.data  # as given, for messages
     given = resolve_data_files(parser, args, "data")
+    if not args.data.endswith((".jsonl", ".jsonl.gz")):
+        parser.error(f"--data {data_arg}: rss.py replicates the rows of a JSON Lines file "
+                     "(.jsonl or .jsonl.gz)")
     if args.copies < 2:
         parser.error(f"--copies {args.copies}: must be at least 2")
     model = resolve_model(parser, args.model or packaged_model())  # before any copy is made
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    big = work_dir / f"{Path(args.data).name.split('.')[0]}_x{args.copies}.jsonl.gz"
-    records = replicate(Path(args.data), args.copies, big)
+    big = replicated_path(work_dir, Path(args.data), args.copies)
+    try:
+        records = replicate(Path(args.data), args.copies, big)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:  # e.g. not gzip
+        parser.error(f"--data {data_arg}: cannot be replicated as JSON Lines "
+                     f"({type(err).__name__}: {first_line(err)})")
 
     files = {"1x": args.data, f"{args.copies}x": str(big)}
     features = {}

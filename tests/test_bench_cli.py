@@ -3,6 +3,7 @@ bench/quality.py leaves no temporary model copy behind."""
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import subprocess
 import sys
@@ -151,3 +152,44 @@ def test_preprocess_reads_the_official_tydi_schema_on_the_tutorial_side(tiny_mod
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["tutorial"]["examples"] == summary["ours"]["num_proc_1"]["examples"] == 1
+
+
+def test_rss_replicates_rows_with_either_id_field_or_none(tmp_path):
+    """Replication assumed an ``id`` field: ``KeyError: 'id'`` on the official TyDi schema."""
+    from bench import rss
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text('{"id": "a"}\n{"example_id": 5}\n{"q": 1}\n', encoding="utf-8")
+    target = rss.replicated_path(tmp_path, source, 2)
+    assert rss.replicate(source, 2, target) == 6
+    with gzip.open(target, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    assert rows == [{"id": "a"}, {"example_id": 5}, {"q": 1},
+                    {"id": "a-r1"}, {"example_id": "5-r1"}, {"q": 1}]
+    source.write_text('{"id": "b"}\n', encoding="utf-8")  # same name, other content
+    assert rss.replicated_path(tmp_path, source, 2) != target
+
+
+def test_rss_runs_again_in_its_work_dir_on_a_new_file_of_the_same_name(tiny_model, tmp_path):
+    """The work folder is 'reused between runs', but a second run's training child refused
+    its used --output_dir, and another --data of the same file name was served the old
+    replicated copy."""
+    work = tmp_path / "work"
+    other = tmp_path / "other" / Path(TYDI_SAMPLE).name
+    other.parent.mkdir()
+    with gzip.open(TYDI_SAMPLE, "rt", encoding="utf-8") as handle:
+        lines = handle.readlines()
+    with gzip.open(other, "wt", encoding="utf-8") as handle:
+        handle.writelines(lines[5:])  # the English row is the last one
+    for data, rows in [(TYDI_SAMPLE, len(lines)), (str(other), len(lines) - 5)]:
+        proc = run_bench("rss.py", "--model", tiny_model, "--data", data, "--copies", "2",
+                         "--work_dir", str(work))
+        assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["replicated_examples"] == 2 * rows
+    assert len(list(work.glob("tydiqa_tiny_dev-*_x2.jsonl.gz"))) == 2
+
+
+def test_rss_refuses_a_file_that_is_not_json_lines(tiny_model):
+    proc = run_bench("rss.py", "--model", tiny_model, "--data", EVAL_DATA)
+    assert refusal(proc) == (f"rss.py: error: --data {EVAL_DATA}: rss.py replicates the rows of "
+                             "a JSON Lines file (.jsonl or .jsonl.gz)")
