@@ -137,7 +137,8 @@ def synthetic_logits(
     return start.astype(np.float32), end.astype(np.float32)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and the flags, counts checked (``parser.error``: one line, exit code 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help="from the current directory, else from the repository root")
@@ -153,6 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     check_at_least(parser, 1, **{"num-proc": args.num_proc, "max-features": args.max_features,
                                  "repeats": args.repeats})
+    return parser, args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser, args = parse_args(argv)
     labels = resolve_data_files(parser, args, "data")  # one line, not a traceback, if missing
     config = DecodeConfig()  # n_best_size 20, max_answer_length 30
 

@@ -303,6 +303,17 @@ def run_cold(args, work: Path) -> dict[str, dict]:
     return ours
 
 
+def check_flags(parser, args) -> None:
+    """``parser.error`` (one line, exit code 2) for a flag that cannot work, before any phase;
+    ``args.num_procs`` becomes the list of worker counts."""
+    from qa_core.pipeline import check_preprocess_settings
+
+    args.num_procs = csv_flag(parser, "num_procs", args.num_procs, int, minimum=1)
+    check_at_least(parser, 1, tutorial_max_length=args.tutorial_max_length)
+    with one_line_errors(parser):
+        check_preprocess_settings(args.max_length, args.doc_stride)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -338,12 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase == "ours":
         print(json.dumps(phase_ours(args)))
         return 0
-    from qa_core.pipeline import check_preprocess_settings
-
-    args.num_procs = csv_flag(parser, "num_procs", args.num_procs, int, minimum=1)
-    check_at_least(parser, 1, tutorial_max_length=args.tutorial_max_length)
-    with one_line_errors(parser):
-        check_preprocess_settings(args.max_length, args.doc_stride)
+    check_flags(parser, args)
     # the children run in the repository
     given = resolve_data_files(parser, args, "data", "check_data")
     args.model = resolve_model(parser, args.model, tokenizer_only=True)
