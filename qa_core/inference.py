@@ -249,6 +249,9 @@ def parse_args(argv: list[str] | None):
     if not args.demo and ((args.context is None and not args.context_file) or not args.question):
         parser.error("give a context (--context or --context_file) and at least one --question, "
                      "or --demo")
+    repeated = next((q for i, q in enumerate(args.question) if q in args.question[:i]), None)
+    if repeated is not None:  # the summary's answers, keyed by question, would hold it once
+        parser.error(f"--question {repeated!r} is given twice")
     if args.demo and (args.context is not None or args.context_file):
         # the demo's passage was used and the given context dropped without a word
         parser.error("--demo answers from the packaged passage: give --context/--context_file "

@@ -214,6 +214,10 @@ def test_cli_demo_with_a_context_is_a_usage_error(tiny_model, capsys):
     assert info.value.code == 2
     assert "--demo answers from the packaged passage: give --context/--context_file or --demo, " \
         "not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # the summary said "questions: 2" beside one answer
+        main(["--model", tiny_model, "--context", "The cat sat.", "--question", "Who?",
+              "--question", "Who?"])
+    assert info.value.code == 2 and "--question 'Who?' is given twice" in capsys.readouterr().err
 
 
 def test_cli_empty_model_folder_is_one_line_naming_it(tmp_path, capsys):
