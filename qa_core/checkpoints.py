@@ -853,6 +853,12 @@ def read_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
         raise CheckpointError(f"{rng_path}: missing: the checkpoint holds no RNG state for "
                               f"process {accelerator.process_index}")
     rng = parse_rng_state(read_json(rng_path), rng_path)
+    if rng["accelerator_step"] != saved.batches_in_epoch:
+        # accelerate counts this epoch's micro-batches (0 after an epoch's end, as the run state
+        # then says): another count syncs gradients at other micro-batches, silently
+        raise CheckpointError(f"{rng_path}: accelerator_step is {rng['accelerator_step']}, but "
+                              f"{RUN_STATE_FILE} says {saved.batches_in_epoch} batches of this "
+                              "epoch were taken")
     scheduler_state = _read_keyed_json(folder / SCHEDULER_FILE, scheduler.state_dict(),
                                        "LR scheduler")
     scaler, scaler_path = accelerator.scaler, folder / SCALER_FILE

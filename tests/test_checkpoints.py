@@ -472,12 +472,25 @@ def test_a_position_the_loop_cannot_have_saved_is_refused(saved, fresh, tmp_path
     whole epoch)."""
     folder = copy_of(saved, tmp_path)
     rewrite(folder, RUN_STATE_FILE, lambda state: state.update(position))
+    # accelerate's micro-batch counter, as the loop leaves it at that position
+    rewrite(folder, "rng_state_0.json",
+            lambda rng: rng.update(accelerator_step=position.get("batches_in_epoch", 0)))
     if expected is None:
         assert load(fresh, folder, batches_per_epoch=batches_per_epoch).global_step == 2
     else:
         message = assert_refused(fresh, folder, RUN_STATE_FILE,
                                  batches_per_epoch=batches_per_epoch)
         assert message == f"{folder / RUN_STATE_FILE}: {expected}"
+
+
+def test_an_accumulation_counter_other_than_the_position_is_refused(saved, fresh, tmp_path):
+    """rng_state_N.json's accelerator_step is the epoch's micro-batch count (0 after an epoch's
+    end): another value made accelerate sync gradients at other micro-batches, silently."""
+    folder = copy_of(saved, tmp_path)
+    rewrite(folder, "rng_state_0.json", lambda rng: rng.update(accelerator_step=1))
+    message = assert_refused(fresh, folder, "rng_state_0.json")
+    assert message == (f"{folder / 'rng_state_0.json'}: accelerator_step is 1, but "
+                       f"{RUN_STATE_FILE} says 0 batches of this epoch were taken")
 
 
 def test_the_fp16_gradscaler_state_round_trips(fresh, tiny_model, tmp_path):
