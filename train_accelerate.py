@@ -84,6 +84,9 @@ def train(settings: TrainSettings, started_at: float) -> int:
     write_outputs(accelerator, settings, model, tokenizer, tracker, state, trained,
                   distribution=distribution, cache_sharing=sharing, splits=splits,
                   eval_on_training_data=same_data)
+    # every rank done (rank 0's writes too) before the process group goes: a rank tearing
+    # it down alone is one suspect of a rare abort at exit seen once in CI (FSDP2 on CPU)
+    accelerator.wait_for_everyone()
     accelerator.end_training()  # also tears down the process group: nothing collective after
     return 0
 
