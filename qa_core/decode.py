@@ -397,7 +397,9 @@ def _topk_spans_chunk(
     span_start = np.where(start_ok, start_idx, far).astype(signed)
     span_end = np.where(end_ok, end_idx, -far).astype(signed)
     span = span_end[:, None, :] - span_start[:, :, None]
-    valid = span.view(unsigned) < max_answer_length
+    # no span is longer than its window: the cap keeps the rejected cells (e - s near -2 * far,
+    # 32770 as uint16) out however large the limit (--max_answer_length 50000 let them in)
+    valid = span.view(unsigned) < min(max_answer_length, length)
     flat = np.flatnonzero(valid)
     # flat = (row * n + start slot) * n + end slot, so the cell's start logit
     # is start_val's flat // n and its end logit end_val's row * n + end slot.

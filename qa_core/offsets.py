@@ -40,7 +40,7 @@ def _combining_marks() -> re.Pattern:
 
 def extend_ends_over_marks(text: str, offsets: np.ndarray) -> np.ndarray:
     """Token character offsets ``[start, end)`` into ``text``, each end moved past the combining
-    marks that follow it and that no token holds.
+    marks that follow it (the rest of a run of marks it ends inside) and that no token holds.
 
     A tokenizer that strips accents (uncased BERT, MiniLM) gives "Cafe\u0301" (decomposed, NFD)
     a token ending before the accent, so no span could end with it: a gold answer ending in a
@@ -53,8 +53,10 @@ def extend_ends_over_marks(text: str, offsets: np.ndarray) -> np.ndarray:
         return offsets
     run_starts, run_ends = (np.array(column) for column in zip(*runs))
     ends = offsets[:, 1]
-    which = np.minimum(np.searchsorted(run_starts, ends), len(runs) - 1)
-    follows = run_starts[which] == ends
+    # the run holding the character at each end (one may start inside the token: a spacing
+    # mark it holds, then a non-spacing one the tokenizer dropped, as in Bengali "াঁ")
+    which = np.maximum(np.searchsorted(run_starts, ends, side="right") - 1, 0)
+    follows = (run_starts[which] <= ends) & (ends < run_ends[which])
     next_starts = np.append(offsets[1:, 0], len(text))
     moved = offsets.copy()
     moved[:, 1] = np.where(follows, np.minimum(run_ends[which], np.maximum(next_starts, ends)),

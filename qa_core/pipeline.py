@@ -65,7 +65,9 @@ from qa_core.readers import (
 # v2: summaries record the source schema ("formats"). v3: entries carry a manifest checked on
 # every hit; the language filter runs before notes/skips are counted; negative answer starts
 # are skipped.
-CODE_VERSION = "features-v5"  # v5: token ends past combining marks; notes answers in no window
+# v5: token ends past combining marks, notes for answers in no window; v6: also past the rest
+# of a run of marks begun inside a token
+CODE_VERSION = "features-v6"
 
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("question", pa.string()), ("context", pa.string()),

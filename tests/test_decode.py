@@ -271,6 +271,10 @@ def random_features(rng: np.random.Generator, num_features: int, length: int, nu
         (40, DecodeConfig(n_best_size=5, max_answer_length=3)),
         (8, DecodeConfig(n_best_size=20, max_answer_length=4)),  # n_best > length
         (64, DecodeConfig(allow_no_answer=True, null_score_diff_threshold=0.5)),
+        # "no limit": above 32770 the rejected cells' 16-bit span passed the length check, and
+        # spans on question tokens (offsets -1) won: every answer "" (EM 0, rc 0)
+        (64, DecodeConfig(max_answer_length=50000)),
+        (64, DecodeConfig(max_answer_length=10**9)),
     ],
 )
 def test_vectorized_matches_reference_on_random_features(seed, length, config):

@@ -357,15 +357,17 @@ def test_decomposed_accents_stay_inside_the_tokens_they_follow(load_tok, minilm_
     from qa_core.offsets import extend_ends_over_marks
 
     tok = load_tok(minilm_path)
-    context = "Wir trinken Cafe\u0301 im e\u0301te\u0301, sagt Ann."
+    context = "Wir trinken Cafe\u0301 im e\u0301te\u0301, sagt Ann, und \u092e\u093e\u0901."
     examples = [
+        {"id": "mother", "question": "Wer?", "context": context,  # a run begun inside a token
+         "answers": {"text": ["\u092e\u093e\u0901"], "answer_start": [context.index("\u092e")]}},
         {"id": "cafe", "question": "Was trinken wir?", "context": context,
          "answers": {"text": ["Cafe\u0301"], "answer_start": [context.index("Cafe")]}},
         {"id": "ete", "question": "Wann?", "context": context,
          "answers": {"text": ["e\u0301te\u0301"], "answer_start": [context.index("e\u0301t")]}},
     ]
     batch, stats = FeatureBuilder(tok, FeatureConfig(64, 16)).build(examples)
-    assert stats.notes == {} and stats.answers_covered == 2
+    assert stats.notes == {} and stats.answers_covered == 3
     for example in examples:
         row = rows_of(batch, example["id"])[0]
         start, end = row["start_positions"], row["end_positions"]
@@ -377,6 +379,10 @@ def test_decomposed_accents_stay_inside_the_tokens_they_follow(load_tok, minilm_
     stripped = np.array([[0, 1], [4, 5]], dtype=np.int32)
     assert extend_ends_over_marks("a\u0301\u0302 b", stripped).tolist() == [[0, 3], [4, 5]]
     assert extend_ends_over_marks("plain", stripped).tolist() == stripped.tolist()
+    # a run of marks that starts inside the token: the spacing mark is held, the nasal
+    # sign after it was dropped (Devanagari "माँ": the label was "मा")
+    mother = "\u092e\u093e\u0901 x"
+    assert extend_ends_over_marks(mother, np.array([[0, 2], [4, 5]])).tolist() == [[0, 3], [4, 5]]
 
 
 @pytest.mark.parametrize(("answer", "config", "note"), [
