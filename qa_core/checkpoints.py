@@ -74,6 +74,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qa_core.distributed import on_every_process
 from qa_core.errors import QAError, first_line
 
 RUN_STATE_FILE = "run_state.json"
@@ -899,8 +900,10 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
 
     require_checkpoint_support(accelerator)
     folder = Path(folder)
-    checked = read_checkpoint(accelerator, model, optimizer, scheduler, folder, expected, average,
-                              batches_per_epoch)
+    checked = on_every_process(  # a file only one rank reads (its RNG state) stops every rank
+        accelerator, lambda: read_checkpoint(accelerator, model, optimizer, scheduler, folder,
+                                             expected, average, batches_per_epoch),
+        CheckpointError)
     options = StateDictOptions(full_state_dict=True)
     try:
         if checked.optimizer["state"]:

@@ -18,11 +18,13 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
-from qa_core.errors import SettingsError
+from qa_core.errors import QAError, SettingsError
+
+T = TypeVar("T")
 
 CACHE_SHARING = ("auto", "shared", "local")
 PROBE_PREFIX = ".shared-probe-"
@@ -122,3 +124,24 @@ def cache_build_context(accelerator, sharing: CacheSharing) -> Iterator[bool]:
     finally:
         if first:
             accelerator.wait_for_everyone()
+
+
+def on_every_process(accelerator, read: Callable[[], T], error: type[QAError]) -> T:
+    """``read()`` on every process; a QAError any of them raises is raised on all of them (the
+    lowest rank's). Only rank 0 prints errors, so a file only rank 1 reads (its RNG state)
+    was refused with no line at all, and rank 0 then crashed in the next collective."""
+    if accelerator.num_processes == 1:
+        return read()
+    from accelerate.utils import gather_object
+
+    try:
+        result, problem = read(), None
+    except QAError as err:
+        result, problem = None, err
+    said = gather_object([None if problem is None else str(problem)])
+    first = next((text for text in said if text is not None), None)
+    if first is None:
+        return result
+    if problem is not None and str(problem) == first:
+        raise problem
+    raise error(first)

@@ -168,3 +168,19 @@ def test_two_process_resume_mid_epoch_reproduces_the_run(tiny_model, cache_dir, 
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
     assert [(r["step"], r["loss"]) for r in train_records(tmp_path / "B")] == [
         (r["step"], r["loss"]) for r in train_records(tmp_path / "A") if r["step"] > 4]
+    # a file only rank 1 reads, damaged (manifest rewritten to match): every rank stops with
+    # the one line naming it (rank 1 alone refused it: no line at all, rank 0 a traceback)
+    from qa_core.checkpoints import write_manifest
+
+    rng_file = checkpoint / "rng_state_1.json"
+    rng = json.loads(rng_file.read_text())
+    rng_file.write_text(json.dumps(dict(rng, accelerator_step=3)))
+    write_manifest(checkpoint)
+    result = run_script(train_args(tiny_model, cache_dir, tmp_path / "C",
+                                   resume_from_checkpoint=str(checkpoint), **flags),
+                        launcher=accelerate_launcher(CONFIG), timeout=300)
+    errors = [line for line in (result.stdout + result.stderr).splitlines()
+              if "train_accelerate.py: error: " in line]
+    assert result.returncode != 0 and errors == [
+        f"train_accelerate.py: error: {rng_file}: accelerator_step is 3, but run_state.json "
+        "says 8 batches of this epoch were taken"], result.stderr[-3000:]
