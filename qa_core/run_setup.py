@@ -134,6 +134,10 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     optim = settings.optim
     if optim.torch_compile:
         model.compile()  # in place: state_dict keys and save_pretrained stay plain
+    if optim.optim == "adafactor" and accelerator.distributed_type == "FSDP":
+        # its update mixes plain tensors with FSDP2's DTensor parameters: a traceback per rank
+        raise SettingsError("--optim adafactor: not supported with FSDP (transformers' Adafactor "
+                            "cannot update sharded DTensor parameters); use adamw_torch* or DDP")
     optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
     optimizer_class = type(optimizer).__name__  # before accelerate wraps it
     train_set = rows_of(accelerator, settings, split, pad_token_id)

@@ -157,3 +157,18 @@ def test_fsdp1_launch_on_cpu_stops_with_one_line(tiny_model, cache_dir, tmp_path
     )
     assert "exitcode  : 2" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_adafactor_under_fsdp2_stops_with_one_line(tiny_model, cache_dir, tmp_path):
+    """Each rank crashed at the first step ('aten.add_.Tensor got mixed torch.Tensor and
+    DTensor'): three tracebacks and no error line."""
+    args = train_args(tiny_model, cache_dir, tmp_path / "out", max_train_steps=1,
+                      optim="adafactor")
+    result = run_script(args, launcher=accelerate_launcher(CONFIGS / "fsdp2_cpu_2proc.yaml"),
+                        timeout=300)
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("train_accelerate.py: error")]
+    assert result.returncode != 0 and errors == [
+        "train_accelerate.py: error: --optim adafactor: not supported with FSDP (transformers' "
+        "Adafactor cannot update sharded DTensor parameters); use adamw_torch* or DDP"]
+    assert 'train_accelerate.py", line' not in result.stderr
