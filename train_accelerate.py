@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from qa_core.budget import process_started_at
-from qa_core.errors import QAError, exit_interrupted, exit_with_error
+from qa_core.errors import QAError, exit_interrupted, exit_with_error, launch_rank
+from qa_core.outputs import output_dir_lock
 from qa_core.settings import TrainSettings, parse_train_settings
 
 
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     started_at = process_started_at() if argv is None else time.time()
     try:
         settings = parse_train_settings(argv)  # bad flags end here, before any work
-        return train(settings, started_at)
+        with output_dir_lock(Path(settings.run.output_dir), holder=launch_rank() == 0):
+            return train(settings, started_at)
     except QAError as err:
         return exit_with_error("train_accelerate.py", err)
     except KeyboardInterrupt:  # checkpoints are finished or unfinished, never half-written

@@ -312,6 +312,12 @@ def prune_checkpoints(output_dir: Path, keep_last: int | None) -> list[Path]:
     return doomed
 
 
+# What a finished run writes beside its checkpoints (model, metrics, best model), removed by a
+# new run with --overwrite_output_dir.
+EARLIER_RESULTS = ("model.safetensors", "config.json", "metrics.json", "predictions.json",
+                   "train_config.json", "best_model")
+
+
 def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: str | None,
                          overwrite: bool) -> None:
     """A new run (no ``--resume_from_checkpoint``) into an ``output_dir`` holding an earlier
@@ -321,7 +327,17 @@ def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: 
     if resume_from_checkpoint:
         return
     earlier = step_folders(output_dir)  # unfinished ones too: a killed run's last save
+    if overwrite and accelerator.is_main_process:
+        # the earlier run's results go too: a new run that then failed (or was killed) left
+        # them beside its own log, as if they were its own
+        for name in EARLIER_RESULTS:
+            target = Path(output_dir) / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
     if not earlier:
+        accelerator.wait_for_everyone()
         return
     if not overwrite:
         raise CheckpointError(

@@ -3,8 +3,15 @@ predictions.json, train_config.json, and the JSON summary (the last line printed
 from __future__ import annotations
 
 import json
+import os
+import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from qa_core.errors import SettingsError
+
+LOCK_FILE = ".run.lock"  # "<pid> <host>" of the run writing into the folder
 
 SUMMARY_METRICS = ("exact_match", "f1", "start_f1", "end_f1")
 
@@ -53,3 +60,64 @@ def demo_answers(model, tokenizer, decode_config, summary: dict) -> None:
         print(f"Q: {answer.question}\nA: {answer.answer}   [{verdict}]\n")
     summary["demo_answers"] = {a.question: a.answer for a in answers}
     summary["demo_answers_right"] = verdicts.count("right")
+
+
+@contextmanager
+def output_dir_lock(output_dir: Path, holder: bool) -> Iterator[None]:
+    """One run at a time in ``output_dir``: ``holder`` (the launch's rank 0) takes
+    ``output_dir/.run.lock`` for the run's duration. Two runs started together each saw no
+    checkpoints yet and wrote into the same folder (mixed log records, one run failing on the
+    other's half-written checkpoint). A lock whose process is gone (kill -9) is taken over."""
+    if not holder:
+        yield
+        return
+    folder = Path(output_dir)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path, mine = folder / LOCK_FILE, f"{os.getpid()} {socket.gethostname()}"
+    _take_lock(path, mine)
+    try:
+        yield
+    finally:
+        if _read_lock(path) == mine:
+            path.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a run refused before writing anything leaves no folder
+
+
+def _take_lock(path: Path, mine: str) -> None:
+    for _ in range(3):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            held = _read_lock(path)
+            pid, _, host = held.partition(" ")
+            if held and host != socket.gethostname():
+                raise SettingsError(f"--output_dir {path.parent}: a run on {host} (pid {pid}) "
+                                    f"is writing into it; remove {path} if that run is gone")
+            if held and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                raise SettingsError(f"--output_dir {path.parent}: another run (pid {pid}) is "
+                                    "writing into it; wait for it or give another --output_dir")
+            path.unlink(missing_ok=True)  # its run is gone (or the file is empty): take it
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(mine)
+        return
+    raise SettingsError(f"--output_dir {path.parent}: could not take {path}")
+
+
+def _read_lock(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

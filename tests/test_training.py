@@ -11,6 +11,7 @@ import gzip
 import json
 import math
 import shutil
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -917,3 +918,43 @@ def test_a_resume_into_another_folder_chooses_its_own_best_model(tiny_model, cac
     # the rate counts this process's samples (steps 3-4), not the checkpoint's as well
     assert summary["samples_seen"] == 32
     assert summary["train_samples_per_s"] * summary["train_seconds"] == pytest.approx(16, rel=0.1)
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tiny_model, cache_dir, tmp_path, capsys):
+    """Two runs started together each saw no checkpoints yet and wrote into the same folder
+    (two runs' records mixed in log.jsonl, one failing on the other's half-written
+    checkpoint). A lock left by a run that is gone (kill -9) is taken over."""
+    import subprocess
+
+    from qa_core.outputs import LOCK_FILE
+
+    out = tmp_path / "out"
+    out.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / LOCK_FILE).write_text(f"{sleeper.pid} {socket.gethostname()}")
+        code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out,
+                                                    max_train_steps=1))
+        assert code == 2
+        assert one_line_error(capsys).endswith(
+            f"--output_dir {out}: another run (pid {sleeper.pid}) is writing into it; wait for "
+            "it or give another --output_dir")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=1))
+    assert code == 0 and not (out / LOCK_FILE).exists()  # taken over, and released at the end
+
+
+def test_overwrite_output_dir_removes_the_earlier_runs_results(tiny_model, cache_dir, tmp_path):
+    """A new run with --overwrite_output_dir that then failed left the earlier run's model,
+    metrics and predictions beside its own log, as if they were its own."""
+    out = tmp_path / "out"
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=2))
+    assert code == 0 and (out / "model.safetensors").is_file() and (out / "best_model").is_dir()
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, out, max_train_steps=2,
+                                                overwrite_output_dir=True, max_train_minutes=0.001))
+    assert code == 2  # its budget is spent before the first step: nothing written
+    for name in ("model.safetensors", "metrics.json", "predictions.json", "train_config.json",
+                 "best_model"):
+        assert not (out / name).exists(), name
