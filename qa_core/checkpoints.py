@@ -148,6 +148,7 @@ class RunState:
     hidden_dropout: float | None = None
     mixed_precision: str | None = None   # as in effect ("auto" resolved)
     pad_to: str | None = None
+    distributed_type: str | None = None  # DDP ("MULTI_CPU"/"MULTI_GPU") or "FSDP": other sums
     # The questions evaluations score (cache key / --max_eval_examples): best_f1 compares
     # only scores on the same ones.
     eval_data_key: str | None = None
@@ -161,7 +162,7 @@ class RunState:
                   "max_train_examples", "group_by_length", "negative_window_fraction")
     SAID_IF_CHANGED = ("learning_rate", "weight_decay", "warmup_steps", "lr_scheduler",
                        "max_grad_norm", "attention_dropout", "hidden_dropout", "mixed_precision",
-                       "pad_to", "scheduled_steps", "eval_data_key")
+                       "pad_to", "distributed_type", "scheduled_steps", "eval_data_key")
     # the restored optimizer state carries these (per parameter group), whatever the flags say
     KEPT_FROM_CHECKPOINT = ("learning_rate", "weight_decay")
 
@@ -218,6 +219,10 @@ class RunState:
                                  f"steps, the checkpoint's run had {before}: the learning-rate "
                                  "schedule follows the new length, so the resumed run will "
                                  "differ from an uninterrupted one")
+            elif name == "distributed_type":
+                lines.append(f"the launch distributes as {now!r}, the checkpoint's run as "
+                             f"{before!r} (another accelerate config): the resumed run will "
+                             "differ from an uninterrupted one")
             elif name == "eval_data_key":
                 if before is not None and now is not None:
                     lines.append("the evaluation data (--eval_data, --eval_split or "

@@ -171,6 +171,7 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                      max_grad_norm=optim.max_grad_norm, attention_dropout=optim.attention_dropout,
                      hidden_dropout=optim.hidden_dropout,
                      mixed_precision=accelerator.mixed_precision, pad_to=optim.pad_to,
+                     distributed_type=str(accelerator.distributed_type.value),
                      eval_data_key=evaluator.data_key,
                      scheduled_steps=None if budget else plan.total_steps)
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,

@@ -208,6 +208,11 @@ def test_a_resume_says_other_padding_and_chooses_the_best_model_afresh_on_other_
     assert (resumed.best_f1, resumed.best_step, resumed.eval_data_key) == (None, None, "k/100")
     same = saved.resumed_with(replace(now, eval_data_key="k/8"))
     assert (same.best_f1, same.best_step) == (12.6, 6)
+    # a DDP checkpoint resumed under FSDP2: other reduction order, not exact (it was silent)
+    assert RunState(distributed_type="MULTI_CPU").changed_settings(
+        RunState(distributed_type="FSDP")) == [
+        "the launch distributes as 'FSDP', the checkpoint's run as 'MULTI_CPU' (another "
+        "accelerate config): the resumed run will differ from an uninterrupted one"]
 
 
 def make_checkpoints(output_dir: Path, finished: list[int], unfinished: list[int]) -> None:
