@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 
 from qa_core.budget import process_started_at
-from qa_core.errors import QAError, exit_interrupted, exit_with_error, launch_rank
+from qa_core.errors import (
+    QAError,
+    die_with_the_launcher,
+    exit_interrupted,
+    exit_with_error,
+    launch_rank,
+)
 from qa_core.outputs import output_dir_lock
 from qa_core.settings import TrainSettings, parse_train_settings
 
@@ -31,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     # A --max_train_minutes budget counts from the process's start when run from the command
     # line (importing torch and transformers takes seconds), from this call when called in-process.
     started_at = process_started_at() if argv is None else time.time()
+    die_with_the_launcher()
     try:
         settings = parse_train_settings(argv)  # bad flags end here, before any work
         with output_dir_lock(Path(settings.run.output_dir), holder=launch_rank() == 0):

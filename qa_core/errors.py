@@ -49,3 +49,22 @@ def exit_interrupted(prog: str, what_is_left: str = "") -> int:
         print(f"{prog}: interrupted{': ' + what_is_left if what_is_left else ''}",
               file=sys.stderr)
     return 130
+
+
+def die_with_the_launcher() -> None:
+    """A rank started by a launcher (torchrun, ``accelerate launch``) ends when the launcher
+    does: a launcher killed with SIGKILL left its ranks running in their own sessions, writing
+    into the output folder beside a resumed run (Linux only: ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+    import signal
+    import sys
+
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the parent exits
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher was already gone before the call
+        os.kill(os.getpid(), signal.SIGTERM)

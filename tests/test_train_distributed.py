@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,46 @@ def test_two_process_resume_mid_epoch_reproduces_the_run(tiny_model, cache_dir, 
     assert result.returncode != 0 and errors == [
         f"train_accelerate.py: error: {rng_file}: accelerator_step is 3, but run_state.json "
         "says 8 batches of this epoch were taken"], result.stderr[-3000:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_ranks_end_when_their_launcher_is_killed(tiny_model, cache_dir, tmp_path):
+    """A launcher killed with SIGKILL left both ranks running (parent PID 1, their own
+    sessions) to the end of the run, writing checkpoints beside a resumed run."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from tiny_models import offline_env
+
+    out = tmp_path / "out"
+    args = train_args(tiny_model, cache_dir, out, max_train_examples=200, num_train_epochs=50,
+                      eval_strategy="end")
+    launcher = subprocess.Popen(accelerate_launcher(CONFIG) + [str(REPO / "train_accelerate.py"),
+                                                               *args],
+                                cwd=REPO, env=offline_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not train_records_so_far(out) and time.time() < deadline:
+            time.sleep(0.5)
+        ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+                 if "train_accelerate.py" in " ".join(p.cmdline())]
+        assert len(ranks) == 2 and train_records_so_far(out), "the run did not start training"
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        gone, alive = psutil.wait_procs(ranks, timeout=20)
+        assert not alive, f"ranks still running after their launcher: {alive}"
+    finally:
+        for process in psutil.Process().children(recursive=True):
+            if "train_accelerate.py" in " ".join(process.cmdline()):
+                process.kill()
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def train_records_so_far(out: Path) -> bool:
+    log = out / "log.jsonl"
+    return log.is_file() and '"event": "train"' in log.read_text()
