@@ -922,7 +922,9 @@ def test_a_resume_into_another_folder_chooses_its_own_best_model(tiny_model, cac
     assert summary["best_step"] in (3, 4) and (tmp_path / "b" / "best_model").is_dir()
     # the rate counts this process's samples (steps 3-4), not the checkpoint's as well
     assert summary["samples_seen"] == 32
-    assert summary["train_samples_per_s"] * summary["train_seconds"] == pytest.approx(16, rel=0.1)
+    # (train_seconds is rounded to 0.01 s, and this run trains for a few hundredths: the
+    # product lies near 16, far from the 32 that counting the checkpoint's samples gives)
+    assert 8 < summary["train_samples_per_s"] * summary["train_seconds"] < 24
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tiny_model, cache_dir, tmp_path, capsys):
