@@ -832,6 +832,10 @@ def _state_value_problem(key: str, value, param: torch.Tensor) -> str | None:
         return f"has shape {list(value.shape)}, its parameter's is {shape}"
     if value.dtype != param.dtype:
         return f"has dtype {value.dtype}, its parameter's is {param.dtype}"
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        # the next update would carry it into the weights (the non-finite guard skips such
+        # steps, so a run never saves one: the file was changed)
+        return "holds NaN or inf"
     return None
 
 

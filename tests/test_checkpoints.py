@@ -393,6 +393,10 @@ OPTIMIZER_DAMAGE_CASES = {
     "exp_avg_missing": (
         lambda d: d["state"]["qa_outputs.weight"].pop("exp_avg"),
         "state['qa_outputs.weight'] holds ['exp_avg_sq', 'step'], state["),
+    # resumed silently, and the next update carried the NaN into the weights
+    "exp_avg_nan": (
+        lambda d: d["state"]["qa_outputs.weight"]["exp_avg"].view(-1).__setitem__(3, float("nan")),
+        "state['qa_outputs.weight']['exp_avg'] holds NaN or inf"),
     "step_nan": (
         lambda d: d["state"]["qa_outputs.bias"].update(step=torch.tensor(float("nan"))),
         "state['qa_outputs.bias']['step'] is nan, expected a finite number >= 0"),
