@@ -348,6 +348,25 @@ def _row_take(array: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return array.reshape(-1)[np.arange(num_rows)[:, None] * length + columns]
 
 
+def _valid_cells(start_idx: np.ndarray, end_idx: np.ndarray, start_ok: np.ndarray,
+                 end_ok: np.ndarray, length: int, max_answer_length: int) -> np.ndarray:
+    """Flat positions, ascending, of the [F, n_start, n_end] grid's valid cells: start and end
+    are context tokens with finite logits, 0 <= e - s < max_answer_length.
+
+    Moving rejected starts far right and rejected ends far left makes e - s negative for them,
+    so one unsigned comparison of e - s checks everything. Only the valid cells (a few dozen of
+    the n*n per feature with real logits) get a score. Cell a*n + b is in (start token, end
+    token) lexicographic order and np.flatnonzero lists cells row by row in ascending order."""
+    signed, unsigned = (np.int16, np.uint16) if length < 2**14 else (np.int64, np.uint64)
+    far = np.iinfo(signed).max // 2
+    span_start = np.where(start_ok, start_idx, far).astype(signed)
+    span_end = np.where(end_ok, end_idx, -far).astype(signed)
+    span = span_end[:, None, :] - span_start[:, :, None]
+    # no span is longer than its window: the cap keeps the rejected cells (e - s near -2 * far,
+    # 32770 as uint16) out however large the limit (--max_answer_length 50000 let them in)
+    return np.flatnonzero(span.view(unsigned) < min(max_answer_length, length))
+
+
 def _topk_spans_chunk(
     start_logits: np.ndarray,
     end_logits: np.ndarray,
@@ -384,23 +403,8 @@ def _topk_spans_chunk(
     start_ok = (start_begin >= 0) & (start_stop >= 0) & np.isfinite(start_val)
     end_ok = (end_begin >= 0) & (end_stop >= 0) & np.isfinite(end_val)
 
-    # 3. Candidate cells of the [F, n_start, n_end] grid: start and end are
-    #    context tokens with finite logits, 0 <= e - s < max_answer_length.
-    #    Moving rejected starts far right and rejected ends far left makes
-    #    e - s negative for them, so one unsigned comparison of e - s checks
-    #    everything.  Only the valid cells (a few dozen of the n*n per feature
-    #    with real logits) get a score.  Cell a*n + b is in (start token, end
-    #    token) lexicographic order and np.flatnonzero lists cells row by row
-    #    in ascending order.
-    signed, unsigned = (np.int16, np.uint16) if length < 2**14 else (np.int64, np.uint64)
-    far = np.iinfo(signed).max // 2
-    span_start = np.where(start_ok, start_idx, far).astype(signed)
-    span_end = np.where(end_ok, end_idx, -far).astype(signed)
-    span = span_end[:, None, :] - span_start[:, :, None]
-    # no span is longer than its window: the cap keeps the rejected cells (e - s near -2 * far,
-    # 32770 as uint16) out however large the limit (--max_answer_length 50000 let them in)
-    valid = span.view(unsigned) < min(max_answer_length, length)
-    flat = np.flatnonzero(valid)
+    # 3. Candidate cells of the [F, n_start, n_end] grid (:func:`_valid_cells`).
+    flat = _valid_cells(start_idx, end_idx, start_ok, end_ok, length, max_answer_length)
     # flat = (row * n + start slot) * n + end slot, so the cell's start logit
     # is start_val's flat // n and its end logit end_val's row * n + end slot.
     start_at = flat // n
