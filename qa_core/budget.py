@@ -174,8 +174,12 @@ class TimeBudget:
     def seconds_spent_before_training(self) -> bool:
         """True on every process when the deadline has passed before any step (a budget
         shorter than start-up: nothing can end inside it)."""
-        late = torch.tensor(float(self.seconds_left() <= 0), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(late, "max").item())
+        return self._on_any_process(self.seconds_left() <= 0)
+
+    def _on_any_process(self, flag: bool) -> bool:
+        """``flag`` OR-ed over the processes (each reads its own clock): all decide alike."""
+        raised = torch.tensor(float(flag), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(raised, "max").item())
 
     def observe_step(self, step: int, paused_seconds: float = 0.0) -> None:
         """Called after each optimizer step until the plan is made: times the steps after this
@@ -260,9 +264,7 @@ class TimeBudget:
         """True on every process once any process has less than ``reserve_seconds`` (plus half
         the safety margin: the final evaluation's estimate can be short) left."""
         margin = SAFETY_SHARE * self.budget_seconds / 2
-        late = torch.tensor(float(self.seconds_left() <= reserve_seconds + margin),
-                            device=self.accelerator.device)
-        return bool(self.accelerator.reduce(late, "max").item())
+        return self._on_any_process(self.seconds_left() <= reserve_seconds + margin)
 
 
 def _periodic_events(total_steps: int, steps_per_epoch: int, every: int | None,

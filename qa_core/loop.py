@@ -183,9 +183,7 @@ class ThroughputWindow:
         """The window's mean loss over every process (each ran as many micro-batches; rank 0's
         own loss alone was logged) and this process's rate; the window starts again."""
         elapsed = time.perf_counter() - self.started
-        mean_loss = accelerator.reduce(window_loss, "mean") if accelerator.num_processes > 1 \
-            else window_loss
-        record = {"loss": mean_loss.item() / max(1, self.batches),
+        record = {"loss": accelerator.reduce(window_loss, "mean").item() / max(1, self.batches),
                   "samples_per_s": self.samples / elapsed if elapsed else 0.0}
         window_loss.zero_()
         self.started, self.samples, self.batches = time.perf_counter(), 0, 0
@@ -261,10 +259,6 @@ class TrainingRun:
                                             self.scheduler, folder, expected=self.state,
                                             average=self.average,
                                             batches_per_epoch=len(self.loader))
-        if saved.batches_in_epoch > len(self.loader):  # the data order matched (MUST_MATCH)
-            raise checkpoints.CheckpointError(
-                f"{folder / checkpoints.RUN_STATE_FILE}: batches_in_epoch is "
-                f"{saved.batches_in_epoch}, but an epoch of this run has {len(self.loader)}")
         for change in saved.changed_settings(self.state):
             self.accelerator.print(f"warning: resuming from {folder}: {change}")
         self.state = saved.resumed_with(self.state)
