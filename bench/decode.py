@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -157,18 +158,44 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
     return parser, args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser, args = parse_args(argv)
-    labels = resolve_data_files(parser, args, "data")  # one line, not a traceback, if missing
-    config = DecodeConfig()  # n_best_size 20, max_answer_length 30
+@dataclass
+class DecodeInputs:
+    """What both decoders read: each feature's offsets, synthetic logits and example (an index
+    into the examples' ids and contexts)."""
 
-    t0 = time.perf_counter()
-    with one_line_errors(parser):  # e.g. a file that gives no example
-        features, examples, summary = load_real_features(
-            args.data, repo_path(args.cache_dir), args.split, args.language, args.num_proc
-        )
-    if args.max_features is not None:
-        features = features.select(range(min(args.max_features, len(features))))
+    offsets: np.ndarray
+    start_logits: np.ndarray
+    end_logits: np.ndarray
+    feature_example_index: np.ndarray
+    example_ids: list[str]
+    contexts: list[str]
+
+
+@dataclass
+class DecoderRuns:
+    """Each decoder's answers (example id -> answer) and timings."""
+
+    fast: dict  # vectorized, one thread
+    fast_threads: dict  # vectorized, chunks on all cores
+    slow: dict  # reference_decode
+    vectorized_times: list[float]
+    threads_times: list[float]
+    reference_s: float
+
+
+@dataclass
+class AnswerCheck:
+    """The two decoders' answers compared, and both scored, over the examples with features."""
+
+    examples: int
+    mismatches: int
+    identical: bool
+    scores_fast: dict
+    scores_slow: dict
+
+
+def decode_inputs(features, examples, seed: int) -> DecodeInputs:
+    """The decoders' inputs from the cached splits, with logits synthesized from the labels."""
     table = features.data
     offsets = offsets_to_numpy(table.column("offset_mapping"), pad_to=MAX_LENGTH)
     feature_example_ids = table.column("example_id").to_pylist()
@@ -182,77 +209,93 @@ def main(argv: list[str] | None = None) -> dict:
         table.column("start_positions").to_numpy(),
         table.column("end_positions").to_numpy(),
         table.column("has_answer").to_numpy(zero_copy_only=False),
-        args.seed,
+        seed,
     )
-    # Only examples that still have features (all of them unless --max-features cut some).
-    used = np.unique(feature_example_index)
-    print(
-        f"data: {summary['source']} -> {len(offsets)} features x {MAX_LENGTH} tokens, "
-        f"{len(used)} examples (cache hit: {summary['cache_hit']}); "
-        f"setup {time.perf_counter() - t0:.1f}s",
-        flush=True,
+    return DecodeInputs(offsets, start_logits, end_logits, feature_example_index, example_ids,
+                        contexts)
+
+
+def vectorized_decode(inputs: DecodeInputs, config: DecodeConfig, num_threads: int | None) -> dict:
+    spans = feature_topk_spans(
+        inputs.start_logits, inputs.end_logits, inputs.offsets, config.n_best_size,
+        config.max_answer_length, num_threads=num_threads,
+        spans_per_feature=1,  # as evaluation does
     )
-    print(f"logits: {LOGITS_DESCRIPTION}", flush=True)
+    return best_answers(spans, inputs.feature_example_index, inputs.contexts, inputs.example_ids,
+                        config)
 
-    def vectorized(num_threads):
-        spans = feature_topk_spans(
-            start_logits, end_logits, offsets, config.n_best_size, config.max_answer_length,
-            num_threads=num_threads, spans_per_feature=1,  # as evaluation does
-        )
-        return best_answers(spans, feature_example_index, contexts, example_ids, config)
 
-    def best_of(num_threads):
-        vectorized(num_threads)  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            result = vectorized(num_threads)
-            times.append(time.perf_counter() - started)
-        return result, times
+def best_of(inputs: DecodeInputs, config: DecodeConfig, num_threads: int | None,
+            repeats: int) -> tuple[dict, list[float]]:
+    """The vectorized answers and the times of ``repeats`` runs after a warm-up."""
+    vectorized_decode(inputs, config, num_threads)  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = vectorized_decode(inputs, config, num_threads)
+        times.append(time.perf_counter() - started)
+    return result, times
 
+
+def run_decoders(inputs: DecodeInputs, config: DecodeConfig, repeats: int) -> DecoderRuns:
     # Headline: one thread, like the reference.  Also timed: chunks on all cores.
-    fast, vectorized_times = best_of(1)
-    fast_threads, threads_times = best_of(None)
-    usable_cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                    else os.cpu_count())
+    fast, vectorized_times = best_of(inputs, config, 1, repeats)
+    fast_threads, threads_times = best_of(inputs, config, None, repeats)
     started = time.perf_counter()
     slow = reference_decode(
-        start_logits, end_logits, offsets, feature_example_index, contexts, example_ids, config
+        inputs.start_logits, inputs.end_logits, inputs.offsets, inputs.feature_example_index,
+        inputs.contexts, inputs.example_ids, config
     )
     reference_s = time.perf_counter() - started
-    vectorized_s = min(vectorized_times)
+    return DecoderRuns(fast, fast_threads, slow, vectorized_times, threads_times, reference_s)
 
+
+def check_answers(runs: DecoderRuns, example_ids: list[str], used: np.ndarray,
+                  answers: list[dict]) -> AnswerCheck:
+    """Same text and character span for every used example; SQuAD EM/F1 of both decoders."""
+    fast, slow = runs.fast, runs.slow
     used_ids = [example_ids[i] for i in used]
     mismatches = [
         i for i in used_ids
         if (fast[i].text, fast[i].start_char, fast[i].end_char)
         != (slow[i].text, slow[i].start_char, slow[i].end_char)
     ]
-    identical = not mismatches and fast.keys() == slow.keys() and fast_threads == fast
-    answers = examples.data.column("answers").to_pylist()
+    identical = not mismatches and fast.keys() == slow.keys() and runs.fast_threads == fast
     references = {example_ids[i]: answers[i]["text"] for i in used}
     scores_fast = squad_scores({i: fast[i].text for i in used_ids}, references)
     scores_slow = squad_scores({i: slow[i].text for i in used_ids}, references)
+    return AnswerCheck(len(used_ids), len(mismatches), identical, scores_fast, scores_slow)
 
-    record = {
-        "data": labels["data"],
-        "features": len(offsets),
-        "examples": len(used_ids),
+
+def usable_cores() -> int | None:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def decode_record(args: argparse.Namespace, data_label: str, config: DecodeConfig,
+                  num_features: int, runs: DecoderRuns, check: AnswerCheck) -> dict:
+    """The record ``bench/results/decode.jsonl`` gets (and the summary line)."""
+    vectorized_s = min(runs.vectorized_times)
+    reference_s = runs.reference_s
+    scores_fast, scores_slow = check.scores_fast, check.scores_slow
+    return {
+        "data": data_label,
+        "features": num_features,
+        "examples": check.examples,
         "seq_len": MAX_LENGTH,
         "n_best_size": config.n_best_size,
         "max_answer_length": config.max_answer_length,
         "spans_per_feature": 1,
-        "identical": identical,
-        "mismatched_examples": len(mismatches),
+        "identical": check.identical,
+        "mismatched_examples": check.mismatches,
         "vectorized_s": round(vectorized_s, 4),
-        "vectorized_runs_s": [round(t, 4) for t in vectorized_times],
+        "vectorized_runs_s": [round(t, 4) for t in runs.vectorized_times],
         "reference_s": round(reference_s, 3),
         "speedup": round(reference_s / vectorized_s, 1),
-        "vectorized_all_cores_s": round(min(threads_times), 4),
-        "speedup_all_cores": round(reference_s / min(threads_times), 1),
-        "cores_used_all_cores": usable_cores,
-        "vectorized_features_per_s": round(len(offsets) / vectorized_s),
-        "reference_features_per_s": round(len(offsets) / reference_s),
+        "vectorized_all_cores_s": round(min(runs.threads_times), 4),
+        "speedup_all_cores": round(reference_s / min(runs.threads_times), 1),
+        "cores_used_all_cores": usable_cores(),
+        "vectorized_features_per_s": round(num_features / vectorized_s),
+        "reference_features_per_s": round(num_features / reference_s),
         "exact_match": round(scores_fast["exact_match"], 3),
         "f1": round(scores_fast["f1"], 3),
         "reference_exact_match": round(scores_slow["exact_match"], 3),
@@ -265,6 +308,35 @@ def main(argv: list[str] | None = None) -> dict:
         "threads_note": "speedup/vectorized_s: feature_topk_spans(num_threads=1), single-threaded "
                         "like the reference; *_all_cores: chunks on every usable core",
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser, args = parse_args(argv)
+    labels = resolve_data_files(parser, args, "data")  # one line, not a traceback, if missing
+    config = DecodeConfig()  # n_best_size 20, max_answer_length 30
+
+    t0 = time.perf_counter()
+    with one_line_errors(parser):  # e.g. a file that gives no example
+        features, examples, summary = load_real_features(
+            args.data, repo_path(args.cache_dir), args.split, args.language, args.num_proc
+        )
+    if args.max_features is not None:
+        features = features.select(range(min(args.max_features, len(features))))
+    inputs = decode_inputs(features, examples, args.seed)
+    # Only examples that still have features (all of them unless --max-features cut some).
+    used = np.unique(inputs.feature_example_index)
+    print(
+        f"data: {summary['source']} -> {len(inputs.offsets)} features x {MAX_LENGTH} tokens, "
+        f"{len(used)} examples (cache hit: {summary['cache_hit']}); "
+        f"setup {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
+    print(f"logits: {LOGITS_DESCRIPTION}", flush=True)
+
+    runs = run_decoders(inputs, config, args.repeats)
+    check = check_answers(runs, inputs.example_ids, used,
+                          examples.data.column("answers").to_pylist())
+    record = decode_record(args, labels["data"], config, len(inputs.offsets), runs, check)
     if not args.no_record:
         path = append_record("decode", record)
         print(f"record appended to {path.relative_to(REPO_ROOT)}", flush=True)
