@@ -46,6 +46,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,7 +315,7 @@ def check_flags(parser, args) -> None:
         check_preprocess_settings(args.max_length, args.doc_stride)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA),
@@ -339,6 +340,75 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_proc", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--language", default="english", help=argparse.SUPPRESS)
     parser.add_argument("--preload_tokenizer", type=int, default=0, help=argparse.SUPPRESS)
+    return parser
+
+
+@dataclass
+class PhaseResults:
+    """What the children measured, and the label checks of their cache entries."""
+
+    tutorial: dict
+    ours: dict[str, dict]  # the cold runs, "num_proc_<N>" -> the child's summary
+    warm: dict
+    check_main: dict  # --data, English, from the first cold run's cache entry
+    check_multi: dict  # --check_data, every language
+
+
+def run_phases(args: argparse.Namespace, work: Path) -> PhaseResults:
+    """Every measurement, each in its own child, then the label checks; printed as they end."""
+    tutorial = run_child(args, "tutorial")
+    print(f"tutorial: {tutorial}", flush=True)
+    ours = run_cold(args, work)
+    first = next(iter(ours.values()))
+    warm = run_child(args, "ours", cache_dir=Path(first["cache_dir"]).parent, num_proc=1,
+                     language="english")
+    assert warm["cache_hit"] and warm["key"] == first["key"]
+    print(f"ours warm: {warm}", flush=True)
+    check_main = check_cache(first["cache_dir"], Path(args.data), "english")
+    check_run = run_child(args, "ours", data=args.check_data, cache_dir=work / "check",
+                          num_proc=1, language="all")
+    check_multi = check_cache(check_run["cache_dir"], Path(args.check_data), "all")
+    return PhaseResults(tutorial, ours, warm, check_main, check_multi)
+
+
+def preprocess_summary(args: argparse.Namespace, given: dict[str, str],
+                       results: PhaseResults) -> dict:
+    """The record (and summary line): both sides, their ratios and the label checks."""
+    tutorial, ours, warm = results.tutorial, results.ours, results.warm
+    check_multi = results.check_multi
+    keys = {name: r["key"] for name, r in ours.items()}
+    ours_np1 = ours.get("num_proc_1", next(iter(ours.values())))
+    ours_frac = results.check_main["answers_labelled_frac"]
+    return {
+        "data": given["data"], "model": model_label(args.model), "max_length": args.max_length,
+        "doc_stride": args.doc_stride, "tutorial_max_length": args.tutorial_max_length,
+        "tutorial": tutorial,
+        "ours": {**ours,
+                 "warm": {k: warm[k] for k in ("seconds", "cache_hit", "key", "peak_rss_mb")}},
+        "cache_keys": keys, "cache_keys_equal": len(set(keys.values())) == 1,
+        "num_proc_scaling": scaling(ours), "amdahl": amdahl(ours),
+        # the children run with the tokenizer's default TOKENIZERS_PARALLELISM (see run_child);
+        # RAYON_NUM_THREADS=1 holds its thread pool to one thread
+        "rayon_num_threads": os.environ.get("RAYON_NUM_THREADS"),
+        "cold_over_warm": round(ours_np1["seconds"] / max(warm["seconds"], 1e-9), 1),
+        "label_check": {"data": results.check_main,
+                        "check_data_all_languages": {"file": given["check_data"], **check_multi}},
+        "all_check_data_answers_labelled": (
+            check_multi["answers_labelled"] == check_multi["answerable"]
+            and check_multi["wrong_labels"] == 0),
+        "ratios": {
+            "preprocess_examples_per_s": round(
+                ours_np1["examples_per_s"] / tutorial["examples_per_s"], 3),
+            "preprocess_examples_per_s_best_num_proc": round(
+                max(r["examples_per_s"] for r in ours.values()) / tutorial["examples_per_s"], 3),
+            "answers_labelled": round(ours_frac / tutorial["answers_labelled_frac"], 3)
+            if tutorial["answers_labelled_frac"] else None,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if not args.model:
@@ -357,51 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-preprocess-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        tutorial = run_child(args, "tutorial")
-        print(f"tutorial: {tutorial}", flush=True)
-        ours = run_cold(args, work)
-        first = next(iter(ours.values()))
-        warm = run_child(args, "ours", cache_dir=Path(first["cache_dir"]).parent, num_proc=1,
-                         language="english")
-        assert warm["cache_hit"] and warm["key"] == first["key"]
-        print(f"ours warm: {warm}", flush=True)
-        check_main = check_cache(first["cache_dir"], Path(args.data), "english")
-        check_run = run_child(args, "ours", data=args.check_data, cache_dir=work / "check",
-                              num_proc=1, language="all")
-        check_multi = check_cache(check_run["cache_dir"], Path(args.check_data), "all")
+        results = run_phases(args, work)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
 
-    keys = {name: r["key"] for name, r in ours.items()}
-    ours_np1 = ours.get("num_proc_1", first)
-    ours_frac = check_main["answers_labelled_frac"]
-    summary = {
-        "data": given["data"], "model": model_label(args.model), "max_length": args.max_length,
-        "doc_stride": args.doc_stride, "tutorial_max_length": args.tutorial_max_length,
-        "tutorial": tutorial,
-        "ours": {**ours,
-                 "warm": {k: warm[k] for k in ("seconds", "cache_hit", "key", "peak_rss_mb")}},
-        "cache_keys": keys, "cache_keys_equal": len(set(keys.values())) == 1,
-        "num_proc_scaling": scaling(ours), "amdahl": amdahl(ours),
-        # the children run with the tokenizer's default TOKENIZERS_PARALLELISM (see run_child);
-        # RAYON_NUM_THREADS=1 holds its thread pool to one thread
-        "rayon_num_threads": os.environ.get("RAYON_NUM_THREADS"),
-        "cold_over_warm": round(ours_np1["seconds"] / max(warm["seconds"], 1e-9), 1),
-        "label_check": {"data": check_main,
-                        "check_data_all_languages": {"file": given["check_data"], **check_multi}},
-        "all_check_data_answers_labelled": (
-            check_multi["answers_labelled"] == check_multi["answerable"]
-            and check_multi["wrong_labels"] == 0),
-        "ratios": {
-            "preprocess_examples_per_s": round(
-                ours_np1["examples_per_s"] / tutorial["examples_per_s"], 3),
-            "preprocess_examples_per_s_best_num_proc": round(
-                max(r["examples_per_s"] for r in ours.values()) / tutorial["examples_per_s"], 3),
-            "answers_labelled": round(ours_frac / tutorial["answers_labelled_frac"], 3)
-            if tutorial["answers_labelled_frac"] else None,
-        },
-    }
+    summary = preprocess_summary(args, given, results)
     if not args.no_record:
         append_record("preprocess", summary)
     print_summary(summary)
