@@ -58,6 +58,13 @@ def run_json_child(argv: list[str], what: str, env: dict[str, str] | None = None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_phase(args: Any, phases: dict[str, Callable[[Any], dict]]) -> int:
+    """A bench's child process: ``phases[args.phase](args)``, printed as the one JSON line
+    :func:`run_json_child` reads back; exit code 0."""
+    print(json.dumps(phases[args.phase](args)))
+    return 0
+
+
 def packaged_model() -> str | None:
     """Folder of the packaged all-MiniLM-L6-v2 (the ``demo`` extra); None when not installed."""
     try:

