@@ -42,7 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -123,13 +125,25 @@ def thread_info() -> dict:
 # Child: the tutorial
 # ---------------------------------------------------------------------------------------------
 
-def phase_tutorial(args) -> dict:
-    import numpy as np
+@dataclass
+class TutorialData:
+    """The tutorial's train and eval features (one padded window per example), the rows they
+    came from and the tokenizer that made them."""
 
+    tokenizer: Any
+    train_rows: list[dict]
+    train_set: Any  # datasets.Dataset
+    eval_rows: list[dict]
+    eval_set: Any
+    preprocess_seconds: float  # train file, tokenizer load included
+    eval_preprocess_seconds: float
+
+
+def tutorial_preprocess(args: argparse.Namespace) -> TutorialData:
     from bench import _tutorial_recipe as recipe
 
     started = time.perf_counter()
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # timed: the tutorial's preprocessing loads it too
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     train_rows = recipe.read_rows(args.train_data, args.language, args.max_train_examples)
@@ -141,23 +155,37 @@ def phase_tutorial(args) -> dict:
     eval_rows = recipe.read_rows(args.eval_data, args.language, args.max_eval_examples)
     eval_set = recipe.build_dataset(eval_rows, tokenizer, args.tutorial_max_length,
                                     args.tutorial_order)
-    eval_preprocess_seconds = time.perf_counter() - t0
+    return TutorialData(tokenizer, train_rows, train_set, eval_rows, eval_set, preprocess_seconds,
+                        time.perf_counter() - t0)
 
-    # Label check (untimed): re-tokenize each train window for its offsets.
+
+def tutorial_label_check(args: argparse.Namespace, data: TutorialData) -> dict:
+    """Answers correctly labelled (untimed): re-tokenizes each train window for its offsets."""
+    from bench import _tutorial_recipe as recipe
+
     gold = read_gold(args.train_data, args.language, args.max_train_examples)
-    starts = recipe.column(train_set, "start_positions")
-    ends = recipe.column(train_set, "end_positions")
+    starts = recipe.column(data.train_set, "start_positions")
+    ends = recipe.column(data.train_set, "end_positions")
     labelled = answerable = 0
-    for row, s, e in zip(train_rows, starts, ends):
+    for row, s, e in zip(data.train_rows, starts, ends):
         span = gold.get(row["id"])
         if span is None:
             continue
         answerable += 1
-        offsets = recipe.window_offsets(tokenizer, row, args.tutorial_max_length,
+        offsets = recipe.window_offsets(data.tokenizer, row, args.tutorial_max_length,
                                         args.tutorial_order)
         labelled += labels_hold(offsets, int(s), int(e), *span)
     log(f"tutorial: answers labelled {labelled}/{answerable}")
+    return {
+        "answerable": answerable, "answers_labelled": labelled,
+        "answers_labelled_frac": round(labelled / answerable, 4) if answerable else None,
+        "train_labels_out_of_window": int(((starts >= args.tutorial_max_length)
+                                           | (ends >= args.tutorial_max_length)).sum()),
+    }
 
+
+def train_tutorial(args: argparse.Namespace, train_set: Any, out_dir: Path) -> tuple[Any, dict]:
+    """The stock ``Trainer`` with the tutorial's settings; returns it and its training figures."""
     import torch
     from transformers import AutoModelForQuestionAnswering, Trainer, TrainingArguments, set_seed
 
@@ -178,7 +206,6 @@ def phase_tutorial(args) -> dict:
 
     set_seed(SEED)
     model = AutoModelForQuestionAnswering.from_pretrained(args.model)
-    out_dir = Path(args.work_dir) / "tutorial_trainer"
     kwargs = dict(
         output_dir=str(out_dir), max_steps=args.max_train_steps,
         per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=BATCH_SIZE,
@@ -193,34 +220,7 @@ def phase_tutorial(args) -> dict:
     train_seconds = float(train_metrics["train_runtime"])
     nonpad = int(trainer.nonpad) if trainer.nonpad is not None else 0
     samples = trainer.samples
-
-    t0 = time.perf_counter()
-    prediction = trainer.predict(eval_set)
-    eval_seconds = time.perf_counter() - t0
-    start_logits, end_logits = (np.asarray(x, dtype=np.float32) for x in prediction.predictions[:2])
-
-    from qa_core.metrics import squad_scores, start_end_scores
-
-    token_scores = start_end_scores(start_logits.argmax(1), end_logits.argmax(1),
-                                    recipe.column(eval_set, "start_positions"),
-                                    recipe.column(eval_set, "end_positions"))
-    texts = recipe.argmax_answers(tokenizer, recipe.column(eval_set, "input_ids"), start_logits,
-                                  end_logits)
-    predictions = {row["id"]: text for row, text in zip(eval_rows, texts)}
-    references = read_references(args.eval_data, args.language, args.max_eval_examples)
-    text_scores = squad_scores(predictions, references)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    return {
-        "order": args.tutorial_order, "max_length": args.tutorial_max_length,
-        "train_examples": len(train_rows), "train_features": len(train_set),
-        "preprocess_seconds": round(preprocess_seconds, 3),
-        "preprocess_examples_per_s": round(len(train_rows) / preprocess_seconds, 1),
-        "eval_examples": len(eval_rows),
-        "eval_preprocess_seconds": round(eval_preprocess_seconds, 3),
-        "answerable": answerable, "answers_labelled": labelled,
-        "answers_labelled_frac": round(labelled / answerable, 4) if answerable else None,
-        "train_labels_out_of_window": int(((starts >= args.tutorial_max_length)
-                                           | (ends >= args.tutorial_max_length)).sum()),
+    return trainer, {
         "global_step": int(trainer.state.global_step), "train_samples": samples,
         "train_seconds": round(train_seconds, 3),
         "train_samples_per_s": round(samples / train_seconds, 3),
@@ -229,10 +229,52 @@ def phase_tutorial(args) -> dict:
         "train_nonpad_tokens_per_s": round(nonpad / train_seconds, 1),
         "train_padded_tokens_per_s": round(trainer.padded / train_seconds, 1),
         "train_loss": train_metrics.get("train_loss"),
+    }
+
+
+def evaluate_tutorial(args: argparse.Namespace, trainer: Any, data: TutorialData) -> dict:
+    """The tutorial's evaluation: argmax start and end, token F1 over the eval features and
+    SQuAD EM/F1 of the answer texts."""
+    import numpy as np
+
+    from bench import _tutorial_recipe as recipe
+    from qa_core.metrics import squad_scores, start_end_scores
+
+    t0 = time.perf_counter()
+    prediction = trainer.predict(data.eval_set)
+    eval_seconds = time.perf_counter() - t0
+    start_logits, end_logits = (np.asarray(x, dtype=np.float32) for x in prediction.predictions[:2])
+    token_scores = start_end_scores(start_logits.argmax(1), end_logits.argmax(1),
+                                    recipe.column(data.eval_set, "start_positions"),
+                                    recipe.column(data.eval_set, "end_positions"))
+    texts = recipe.argmax_answers(data.tokenizer, recipe.column(data.eval_set, "input_ids"),
+                                  start_logits, end_logits)
+    predictions = {row["id"]: text for row, text in zip(data.eval_rows, texts)}
+    references = read_references(args.eval_data, args.language, args.max_eval_examples)
+    text_scores = squad_scores(predictions, references)
+    return {
         "eval_seconds": round(eval_seconds, 3),
         "start_f1": token_scores["start_f1"], "end_f1": token_scores["end_f1"],
         "exact_match": text_scores["exact_match"], "f1": text_scores["f1"],
         "token_metrics": token_scores, "squad_metrics": text_scores,
+    }
+
+
+def phase_tutorial(args: argparse.Namespace) -> dict:
+    data = tutorial_preprocess(args)
+    labels = tutorial_label_check(args, data)
+    out_dir = Path(args.work_dir) / "tutorial_trainer"
+    trainer, training = train_tutorial(args, data.train_set, out_dir)
+    evaluation = evaluate_tutorial(args, trainer, data)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {
+        "order": args.tutorial_order, "max_length": args.tutorial_max_length,
+        "train_examples": len(data.train_rows), "train_features": len(data.train_set),
+        "preprocess_seconds": round(data.preprocess_seconds, 3),
+        "preprocess_examples_per_s": round(len(data.train_rows) / data.preprocess_seconds, 1),
+        "eval_examples": len(data.eval_rows),
+        "eval_preprocess_seconds": round(data.eval_preprocess_seconds, 3),
+        **labels, **training, **evaluation,
         "peak_rss_mb": peak_rss_mb(include_children=False), **thread_info(),
     }
 
