@@ -198,8 +198,9 @@ def one_line_errors(parser: Any, prefix: str = "") -> Iterator[None]:
 def csv_flag(parser: Any, flag: str, value: str, kind: Callable[[str], Any] = str,
              choices: Sequence[str] | None = None, minimum: int | None = None) -> list:
     """The comma-separated values of ``--flag``, each through ``kind``; ``parser.error`` when
-    none is given, one is not a ``kind`` (e.g. not an integer), not among ``choices`` or below
-    ``minimum``."""
+    none is given, one is not a ``kind`` (e.g. not an integer), not among ``choices``, below
+    ``minimum`` or given twice (a record is keyed by the value: the second run replaced the
+    first, or found the first one's cache)."""
     items = [item.strip() for item in value.split(",") if item.strip()]
     if not items:
         parser.error(f"--{flag} {value!r}: give one or more comma-separated values")
@@ -213,6 +214,8 @@ def csv_flag(parser: Any, flag: str, value: str, kind: Callable[[str], Any] = st
             parser.error(f"--{flag}: {item!r} is not {'an integer' if kind is int else 'valid'}")
         if minimum is not None and values[-1] < minimum:
             parser.error(f"--{flag}: {item} must be at least {minimum}")
+        if values[-1] in values[:-1]:
+            parser.error(f"--{flag}: {item} is given twice")
     return values
 
 

@@ -294,10 +294,12 @@ def run_child(args, phase: str, **overrides) -> dict:
 
 
 def run_cold(args, work: Path) -> dict[str, dict]:
-    """``prepare`` cold for each ``--num_procs`` value, each in a fresh cache folder."""
+    """``prepare`` cold for each ``--num_procs`` value, each in a fresh cache folder (also in a
+    reused ``--work_dir``: a fixed ``np<N>`` folder was a cache hit the second time)."""
     ours: dict[str, dict] = {}
     for n in args.num_procs:
-        cold = run_child(args, "ours", cache_dir=work / f"np{n}", num_proc=n,
+        cache_dir = Path(tempfile.mkdtemp(prefix=f"np{n}-", dir=work))
+        cold = run_child(args, "ours", cache_dir=cache_dir, num_proc=n,
                          language="english", preload_tokenizer=1)
         assert not cold["cache_hit"]
         ours[f"num_proc_{n}"] = cold

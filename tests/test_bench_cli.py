@@ -133,6 +133,7 @@ def test_decode_refuses_bad_counts_before_preprocessing(tmp_path, extra, message
 @pytest.mark.parametrize("extra,message", [
     (["--num_procs", "0"], "--num_procs: 0 must be at least 1"),
     (["--num_procs", "1,x"], "--num_procs: 'x' is not an integer"),
+    (["--num_procs", "1,1"], "--num_procs: 1 is given twice"),  # was an AssertionError
     (["--doc_stride", "400"], "--doc_stride 400: must be below --max_length (384): it is the "
                               "overlap between consecutive windows"),
 ])
@@ -152,6 +153,18 @@ def test_preprocess_reads_the_official_tydi_schema_on_the_tutorial_side(tiny_mod
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["tutorial"]["examples"] == summary["ours"]["num_proc_1"]["examples"] == 1
+
+
+def test_preprocess_runs_again_in_its_work_dir(tiny_model, tmp_path):
+    """A reused --work_dir held the first run's cache in np1/: the second cold run was a cache
+    hit, an AssertionError traceback (rc 1)."""
+    for _ in range(2):
+        proc = run_bench("preprocess.py", "--model", tiny_model, "--data", TYDI_SAMPLE,
+                         "--check_data", TYDI_SAMPLE, "--num_procs", "1", "--work_dir",
+                         str(tmp_path), "--no_record")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert summary["ours"]["num_proc_1"]["cache_hit"] is False
 
 
 def test_rss_replicates_rows_with_either_id_field_or_none(tmp_path):
