@@ -490,6 +490,8 @@ def checked_flags(parser, args, on_cuda: bool) -> dict:
 
     check_at_least(parser, 1, steps=args.steps, threads=args.threads)
     check_at_least(parser, 0, warmup_steps=args.warmup_steps)
+    if not args.peak_budget_s > 0:
+        parser.error(f"argument --peak_budget_s: must be above 0 seconds, got {args.peak_budget_s}")
     check_rules(parser, attention_dropout=args.attention_dropout)
     precisions = csv_flag(parser, "precisions", args.precisions, choices=("fp32", "bf16", "fp16"))
     if "fp16" in precisions and not on_cuda:

@@ -100,6 +100,8 @@ def test_throughput_refuses_a_damaged_model_folder_before_timing(tmp_path):
                           "adamw_torch_foreach, sgd, adafactor)"),
     (["--precisions", ","], "--precisions ',': give one or more comma-separated values"),
     (["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    # 0 s measured no peak past the first estimate: MFU over an understated peak
+    (["--peak_budget_s", "0"], "argument --peak_budget_s: must be above 0 seconds, got 0.0"),
     (["--attention_dropout", "3"],
      "argument --attention_dropout: must be a probability in [0, 1], got 3.0"),
     (["--seq_lens", "8"], "--seq_lens 8 (used as --max_length): {data}: no usable examples: "
