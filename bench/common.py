@@ -287,11 +287,9 @@ def _static_fingerprint() -> dict:
         "gpu_count": 0,
         "cuda": None,
     }
-    try:
-        cpus = os.sched_getaffinity(0)  # what this process may actually use
-        fp["cpu_usable_cores"] = len(cpus)
-    except AttributeError:
-        fp["cpu_usable_cores"] = os.cpu_count()
+    from qa_core.hardware import usable_cores
+
+    fp["cpu_usable_cores"] = usable_cores()  # what this process may actually use
     try:
         import torch
 

@@ -49,6 +49,7 @@ from qa_core.decode import (  # noqa: E402
     reference_decode,
 )
 from qa_core.features import offsets_to_numpy  # noqa: E402
+from qa_core.hardware import usable_cores  # noqa: E402
 from qa_core.metrics import squad_scores  # noqa: E402
 
 DEFAULT_DATA = "../shared/data/tydi_format/new_wiki_primary.jsonl.gz"
@@ -265,10 +266,6 @@ def check_answers(runs: DecoderRuns, example_ids: list[str], used: np.ndarray,
     scores_fast = squad_scores({i: fast[i].text for i in used_ids}, references)
     scores_slow = squad_scores({i: slow[i].text for i in used_ids}, references)
     return AnswerCheck(len(used_ids), len(mismatches), identical, scores_fast, scores_slow)
-
-
-def usable_cores() -> int | None:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def decode_record(args: argparse.Namespace, data_label: str, config: DecodeConfig,

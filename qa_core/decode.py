@@ -43,7 +43,6 @@ from __future__ import annotations
 import functools
 import math
 import operator
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import NamedTuple, Sequence
@@ -505,8 +504,9 @@ def feature_topk_spans(
 
     begins = range(0, max(len(start_logits), 1), chunk_size)
     if num_threads is None:
-        num_threads = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                       else os.cpu_count() or 1)
+        from qa_core.hardware import usable_cores
+
+        num_threads = usable_cores()
     if num_threads > 1 and len(begins) > 1:
         with ThreadPoolExecutor(min(num_threads, len(begins))) as pool:
             list(pool.map(run, begins))  # list() waits and re-raises errors

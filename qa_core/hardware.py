@@ -40,6 +40,14 @@ class DistributionPlanError(QAError):
     """The launch asked for a distribution this run would not get; the message is one line."""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask; a container or ``taskset`` can
+    give it fewer than the machine has), or the machine's count where there is no mask."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Native precision
 # ---------------------------------------------------------------------------------------------
