@@ -244,29 +244,49 @@ def _span_start(value: Any, what: str, where: str, stats: ReadStats) -> int | No
     return start
 
 
+def _raw_field(entry: Any, keys: tuple[str, ...], name: str, where: str) -> Any:
+    """``entry[k1][k2]...`` of an official TyDi record's list entry ``name`` (``annotations[0]``):
+    a level that is not an object, or a missing key, is an error naming the field's path."""
+    for key in keys:
+        _expect(entry, dict, name, where)
+        name = f"{name}.{key}"
+        if key not in entry:
+            raise DataSourceError(f"{where}: missing required field '{name}'")
+        entry = entry[key]
+    return entry
+
+
 def raw_tydi_to_hf(record: dict, where: str) -> dict:
-    """Official TyDi jsonl record -> the HF ``primary_task`` schema (HF's loader's mapping)."""
+    """Official TyDi jsonl record -> the HF ``primary_task`` schema (HF's loader's mapping).
+
+    A malformed entry is an error naming the record's id and the field's path
+    (``annotations[0].minimal_answer``)."""
+    if any(record.get(key) is not None for key in ("id", "example_id")):
+        where = _identified(record, "", where)[1]
     annotations = _expect(_require(record, "annotations", where), list, "annotations", where)
-    candidates = record.get("passage_answer_candidates") or []
-    try:
-        hf = {
-            "annotations": {
-                "passage_answer_candidate_index": [a["passage_answer"]["candidate_index"]
-                                                   for a in annotations],
-                "minimal_answers_start_byte": [a["minimal_answer"]["plaintext_start_byte"]
-                                               for a in annotations],
-                "minimal_answers_end_byte": [a["minimal_answer"]["plaintext_end_byte"]
-                                             for a in annotations],
-                "yes_no_answer": [a.get("yes_no_answer", "NONE") for a in annotations],
-            },
-            "passage_answer_candidates": {
-                "plaintext_start_byte": [c["plaintext_start_byte"] for c in candidates],
-                "plaintext_end_byte": [c["plaintext_end_byte"] for c in candidates],
-            },
-        }
-    except (KeyError, TypeError, AttributeError) as err:
-        raise DataSourceError(f"{where}: malformed field 'annotations' or "
-                              f"'passage_answer_candidates' ({err!r})") from None
+    candidates = _expect(record.get("passage_answer_candidates") or [], list,
+                         "passage_answer_candidates", where)
+    ann = [(a, f"annotations[{i}]") for i, a in enumerate(annotations)]
+    cand = [(c, f"passage_answer_candidates[{i}]") for i, c in enumerate(candidates)]
+    hf = {
+        "annotations": {
+            "passage_answer_candidate_index": [
+                _raw_field(a, ("passage_answer", "candidate_index"), n, where) for a, n in ann],
+            "minimal_answers_start_byte": [
+                _raw_field(a, ("minimal_answer", "plaintext_start_byte"), n, where)
+                for a, n in ann],
+            "minimal_answers_end_byte": [
+                _raw_field(a, ("minimal_answer", "plaintext_end_byte"), n, where) for a, n in ann],
+            "yes_no_answer": [_expect(a, dict, n, where).get("yes_no_answer", "NONE")
+                              for a, n in ann],
+        },
+        "passage_answer_candidates": {
+            "plaintext_start_byte": [_raw_field(c, ("plaintext_start_byte",), n, where)
+                                     for c, n in cand],
+            "plaintext_end_byte": [_raw_field(c, ("plaintext_end_byte",), n, where)
+                                   for c, n in cand],
+        },
+    }
     for key in ("question_text", "document_plaintext", "document_title", "language", "id",
                 "example_id"):
         if key in record:

@@ -469,6 +469,37 @@ def test_tydi_end_byte_not_an_integer_names_the_field(tmp_path, value, shown):
                                f"got {shown}")
 
 
+def _drop_minimal_answer(row: dict) -> None:
+    del row["annotations"][1]["minimal_answer"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_drop_minimal_answer, "missing required field 'annotations[1].minimal_answer'"),
+    (lambda row: row["annotations"][0].update(minimal_answer=None),
+     "field 'annotations[0].minimal_answer' must be an object, got null"),
+    (lambda row: row["annotations"][0]["passage_answer"].clear(),
+     "missing required field 'annotations[0].passage_answer.candidate_index'"),
+    (lambda row: row["annotations"].__setitem__(0, "x"),
+     "field 'annotations[0]' must be an object, got string 'x'"),
+    (lambda row: row["passage_answer_candidates"][0].pop("plaintext_end_byte"),
+     "missing required field 'passage_answer_candidates[0].plaintext_end_byte'"),
+    (lambda row: row.update(passage_answer_candidates={"plaintext_start_byte": [0]}),
+     "field 'passage_answer_candidates' must be an array, got object"),
+])
+def test_official_tydi_entry_without_a_field_names_the_field_and_example_id(tmp_path, damage,
+                                                                           message):
+    """Issue 2: a missing required field names the field and the example id. An official
+    (raw) TyDi annotation without ``minimal_answer`` was `<file>:1: malformed field
+    'annotations' or 'passage_answer_candidates' (KeyError('minimal_answer'))`: no id, and
+    neither field nor entry said."""
+    row = raw_tydi_record(77, "When?", DOC, answers=["2012", "2012"])
+    damage(row)
+    path = write_jsonl(tmp_path / "raw.jsonl", [raw_tydi_record(76, "Q?", DOC), row])
+    with pytest.raises(DataSourceError) as info:
+        read(path)
+    assert str(info.value).startswith(f"{path}:2 (example id 77): {message}")
+
+
 def test_language_filter_before_notes_on_the_packaged_tydi_sample():
     """English-only on the 11-language TyDi sample: the one English row is all the notes count."""
     from qa_core.readers import open_source
