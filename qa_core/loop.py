@@ -425,8 +425,10 @@ def plan_budgeted_run(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
 
 def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: OptimizerStepper,
                          window: ThroughputWindow, guard: NonFiniteGuard, log: RunLog,
-                         tracker: EvalTracker, settings: RunArgs, clock: Stopwatch) -> None:
-    """Schedule, counters, logging, checkpoint and evaluation after one optimizer step."""
+                         tracker: EvalTracker, settings: RunArgs,
+                         clock: Stopwatch) -> dict | None:
+    """Schedule, counters, logging, checkpoint and evaluation after one optimizer step; the
+    training log record when this step wrote one."""
     state = run.state
     lr = run.scheduler.get_last_lr()[0]  # the rate this step used
     run.scheduler.step()
@@ -437,16 +439,18 @@ def after_optimizer_step(run: TrainingRun, outcome: StepOutcome, stepper: Optimi
                    "nonfinite_losses": outcome.nonfinite_losses,
                    "nonfinite_grad_norm": outcome.nonfinite_grad_norm})
     run.update_average()
-    step = state.global_step
+    step, record = state.global_step, None
     if step % settings.logging_steps == 0 or step == run.plan.total_steps:
-        log.write({"event": "train", "step": step, "epoch": state.epoch,
-                   **window.record(stepper.window_loss, run.accelerator), "lr": lr,
-                   "grad_norm": outcome.grad_norm, "nonfinite_steps": state.nonfinite_steps})
+        record = {"event": "train", "step": step, "epoch": state.epoch,
+                  **window.record(stepper.window_loss, run.accelerator), "lr": lr,
+                  "grad_norm": outcome.grad_norm, "nonfinite_steps": state.nonfinite_steps}
+        log.write(record)
     with clock.pause():  # evaluate first: the checkpoint then holds its score and RNG draws
         if settings.eval_strategy == "steps" and step % settings.eval_steps == 0:
             tracker.run(run, run.model, "steps", log)
         if settings.checkpointing_steps and step % settings.checkpointing_steps == 0:
             run.save_checkpoint(settings.keep_last)
+    return record
 
 
 def progress_bar(run: TrainingRun):
@@ -514,7 +518,11 @@ def train_epoch(run: TrainingRun, epoch: int, stepper: OptimizerStepper,
         window.add(samples)
         if outcome is None:
             continue
-        after_optimizer_step(run, outcome, stepper, window, guard, log, tracker, settings, clock)
+        record = after_optimizer_step(run, outcome, stepper, window, guard, log, tracker,
+                                      settings, clock)
+        if record is not None:  # the bar shows what the log just recorded
+            progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                 samples_per_s=f"{record['samples_per_s']:.1f}", refresh=False)
         progress.update(1)
         if budget_says_stop(run, tracker, optim, settings, log, clock):
             log.write({"event": "time_budget_stop", "step": state.global_step})

@@ -903,6 +903,21 @@ def test_evaluations_do_not_change_the_trained_weights(tiny_model, cache_dir, tm
     assert all(torch.equal(end[name], every[name]) for name in end)
 
 
+def test_the_progress_bar_shows_loss_lr_and_samples_per_s(tiny_model, cache_dir, tmp_path,
+                                                           capsys):
+    """Issue 3: a progress bar on the main process (loss, LR, samples/s). The loop's redesign
+    (a10a44b) dropped its postfix: the bar showed steps and it/s only."""
+    code, _, _ = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "bar",
+                                                max_train_steps=4, logging_steps=2))
+    assert code == 0
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in bar if line.startswith("train:") and "4/4" in line][-1]
+    record = [r for r in read_log(tmp_path / "bar") if r["event"] == "train"][-1]
+    assert record["step"] == 4
+    assert (f"loss={record['loss']:.3f}" in last and f"lr={record['lr']:.2e}" in last
+            and f"samples_per_s={record['samples_per_s']:.1f}" in last), last
+
+
 def test_a_resume_into_another_folder_chooses_its_own_best_model(tiny_model, cache_dir,
                                                                  tmp_path):
     """The checkpoint's run's best_model/ stays in that run's folder: a resumed run into a new
