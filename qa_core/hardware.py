@@ -3,7 +3,7 @@
 * :func:`native_bf16_available`, :func:`resolve_mixed_precision`: ``--mixed_precision auto``.
 * :func:`make_accelerator`: the ``Accelerator`` ``train_accelerate.py`` trains with, or a
   one-line :class:`DistributionPlanError` when the launch asked for FSDP or DeepSpeed and the
-  run would get something else.
+  run would get something else, or for fp16 on a CPU (which accelerate runs in fp32).
 * :func:`describe_distribution`: distributed type, world size, machines, mixed precision and
   sharding actually in effect (for the summary, ``metrics.json`` and the log).
 
@@ -229,7 +229,8 @@ def make_accelerator(
     )
     if fsdp_on_cpu:
         _set_fsdp_on_cpu(accelerator, plugin)
-    problem = outcome_mismatch(plan, str(accelerator.distributed_type.value))
+    problem = (outcome_mismatch(plan, str(accelerator.distributed_type.value))
+               or precision_mismatch(accelerator))
     if problem:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -264,6 +265,22 @@ def outcome_mismatch(plan: RequestedPlan, distributed_type: str) -> str | None:
         else "accelerate chose it for this launch"
     )
     return f"the launch asked for {plan.label}, but this run would get {distributed_type}: {why}"
+
+
+def precision_mismatch(accelerator) -> str | None:
+    """Why the built accelerator would not train in the mixed precision it reports: accelerate
+    keeps ``mixed_precision`` fp16 on a CPU but autocasts only on GPU-family devices (its
+    ``native_amp`` stays off, and no GradScaler is made), so the run would be fp32 throughout."""
+    from accelerate.utils import DistributedType
+
+    if (accelerator.mixed_precision != "fp16" or accelerator.native_amp
+            or accelerator.device.type != "cpu"
+            or accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)):
+        return None
+    return (f"mixed precision fp16 (--mixed_precision or the accelerate config) would not be in "
+            f"effect: accelerate {_accelerate_minor()} runs fp16 only on GPU-family devices, so "
+            f"this run on the CPU would train in fp32 while reporting fp16; give "
+            f"--mixed_precision bf16 or no (auto: bf16 where this machine runs it natively)")
 
 
 # ---------------------------------------------------------------------------------------------

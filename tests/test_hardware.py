@@ -176,6 +176,31 @@ def test_make_accelerator_refuses_fsdp1_on_cpu_before_building_anything(
     assert PartialState._shared_state == {}, "nothing was initialised"
 
 
+def test_fp16_on_a_cpu_is_refused_not_reported_while_training_in_fp32(
+    fresh_state, tiny_model, cache_dir, tmp_path, monkeypatch, capsys
+):
+    """Issue 10: the summary, metrics.json and the log state the mixed precision in effect.
+    accelerate keeps mixed_precision 'fp16' on a CPU but never autocasts there (native_amp off),
+    so --mixed_precision fp16 trained in fp32 with "mixed precision fp16" in all three, rc 0."""
+    if hardware.accelerator_device_available():
+        pytest.skip("a GPU is present: fp16 runs there")
+    for name in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "LOCAL_RANK", "WORLD_SIZE",
+                 "ACCELERATE_MIXED_PRECISION"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(DistributionPlanError, match=r"^mixed precision fp16 .* would train in "
+                                                    r"fp32 while reporting fp16; give "):
+        make_accelerator("fp16", 1, None, str(tmp_path))
+    reset_accelerate_state()
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # from the accelerate config
+    code, summary, stdout = run_main_in_process(train_args(tiny_model, cache_dir, tmp_path / "o"))
+    assert code == 2 and summary == {} and not stdout.strip()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith(
+        "train_accelerate.py: error: mixed precision fp16 (--mixed_precision or the accelerate "
+        "config) would not be in effect")
+    assert not (tmp_path / "o").exists()
+
+
 def test_train_accelerate_prints_one_line_and_exits_2(
     fresh_state, tiny_model, cache_dir, tmp_path, monkeypatch, capsys
 ):
