@@ -713,8 +713,9 @@ def _hit_summary(entry: Path, started: float, leftovers: int, source: ExampleSou
     same data, perhaps at another path)."""
     summary = read_summary(entry)
     summary["source"] = source.description
-    if isinstance(summary.get("settings"), dict):
-        summary["settings"].update(data=config.data, split=config.split)
+    # this run's settings: those the key covers are the build's, the others (the file's path,
+    # --num_proc, --batch_size, --rows_per_shard, the model folder's path) may differ
+    summary["settings"] = run_settings(config)
     # seconds and examples_per_s describe this run; the build's own figures keep a build_ prefix
     summary.update(build_seconds=summary.pop("seconds"),
                    build_examples_per_s=summary.pop("examples_per_s"))
@@ -725,6 +726,11 @@ def _hit_summary(entry: Path, started: float, leftovers: int, source: ExampleSou
     summary["examples_per_s"] = (round(summary["examples"] / summary["seconds"], 1)
                                  if summary["seconds"] else None)
     return summary
+
+
+def run_settings(config: PreprocessConfig) -> dict:
+    """The summary's ``settings``: this run's, as given (the cache folder aside)."""
+    return {k: v for k, v in asdict(config).items() if k not in ("cache_dir", "overwrite_cache")}
 
 
 def _summary(writer: CacheEntryWriter, source: ExampleSource, config: PreprocessConfig,
@@ -753,8 +759,7 @@ def _summary(writer: CacheEntryWriter, source: ExampleSource, config: Preprocess
         "skipped": skipped,
         "notes": dict(sorted((Counter(read["notes"]) + Counter(totals.features.notes)).items())),
         "formats": read["formats"],
-        "settings": {k: v for k, v in asdict(config).items()
-                     if k not in ("cache_dir", "overwrite_cache")},
+        "settings": run_settings(config),
         "tasks_redone": totals.redone,
     }
 

@@ -5,12 +5,13 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import datasets
@@ -166,6 +167,20 @@ def test_a_hit_through_a_copy_reports_the_copy(config, tmp_path):
     hit = prepare(replace(config, data=str(copy)))
     assert hit.summary["cache_hit"] is True
     assert hit.summary["source"] == str(copy) and hit.summary["settings"]["data"] == str(copy)
+
+
+def test_a_hit_reports_this_runs_settings(config, tmp_path):
+    """A hit's summary said the build's --num_proc, --batch_size, --rows_per_shard and model
+    path (settings the key leaves out), beside this run's data path: `num_proc 1, batch_size 2`
+    for a run given `--num_proc 2 --batch_size 5`."""
+    prepare(config)
+    model = tmp_path / "model copy"
+    shutil.copytree(config.model, model)
+    now = replace(config, model=str(model), num_proc=2, batch_size=5, rows_per_shard=7)
+    hit = prepare(now)
+    assert hit.summary["cache_hit"] is True
+    assert hit.summary["settings"] == {k: v for k, v in asdict(now).items()
+                                       if k not in ("cache_dir", "overwrite_cache")}
 
 
 def test_overwrite_cache_rebuilds(config):
