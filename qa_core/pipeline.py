@@ -66,8 +66,9 @@ from qa_core.readers import (
 # every hit; the language filter runs before notes/skips are counted; negative answer starts
 # are skipped.
 # v5: token ends past combining marks, notes for answers in no window; v6: also past the rest
-# of a run of marks begun inside a token
-CODE_VERSION = "features-v6"
+# of a run of marks begun inside a token; v7: notes count only the examples kept (not a
+# duplicate id, not one no window holds)
+CODE_VERSION = "features-v7"
 
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("question", pa.string()), ("context", pa.string()),
@@ -387,8 +388,8 @@ def run_task(task: Task) -> TaskResult:
     writers = {name: ShardWriter(folder / name, task.rows_per_shard, worker.schemas[name],
                                  prefix=f"task-{task.index:06d}-") for name in SPLITS}
     read, feature_stats = ReadStats(), FeatureStats()
-    seen = set(task.exclude)
-    examples = examples_from_rows(task.chunk.rows(), task.language, read, seen)
+    seen, notes_by_id = set(task.exclude), {}
+    examples = examples_from_rows(task.chunk.rows(), task.language, read, seen, notes_by_id)
     example_rows = with_answer = 0
     for batch in clock.timed("parse", _batches(examples, task.batch_size)):
         with clock.stage("build"):
@@ -397,6 +398,10 @@ def run_task(task: Task) -> TaskResult:
             kept_ids = set(features.column("example_id").to_pylist())
             kept = pa.RecordBatch.from_pylist([e for e in batch if e["id"] in kept_ids],
                                               schema=EXAMPLE_SCHEMA)
+            for example in batch:  # an example no window holds takes its notes along
+                notes = notes_by_id.pop(example["id"], None)
+                if notes and example["id"] not in kept_ids:
+                    read.notes -= notes
             with_answer += pc.sum(features.column("has_answer")).as_py() or 0
         with clock.stage("write"):
             writers["features"].write(features)

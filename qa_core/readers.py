@@ -688,25 +688,34 @@ Row = tuple[dict, str, str]   # (record, fallback id, where: file and line or ro
 
 
 def examples_from_rows(rows: Iterator[Row], language: str, stats: ReadStats,
-                       seen_ids: set[str]) -> Iterator[dict]:
+                       seen_ids: set[str],
+                       notes_by_id: dict[str, Counter] | None = None) -> Iterator[dict]:
     """Examples of ``rows`` that pass the language filter, with unique ids; skips in ``stats``.
 
     The language filter comes first: a row of another language is counted once
     (``notes.other_language``) and adds nothing to ``formats``, ``skipped`` or the other notes.
     An id already in ``seen_ids`` is a ``duplicate_id`` skip; kept ids are added to it.
-    ``language`` is lower-case ("all" keeps every row).
+    ``language`` is lower-case ("all" keeps every row). The other notes (labelling choices)
+    count the examples yielded only, not a row skipped or a duplicate; ``notes_by_id`` gets
+    each yielded example's notes, for a later stage that drops the example to take back.
     """
     for record, fallback_id, where in rows:
         if not language_kept(record, language):
             stats.notes["other_language"] += 1
             continue
-        example = flat_row_to_example(record, fallback_id, where, stats)
+        row = ReadStats()
+        example = flat_row_to_example(record, fallback_id, where, row)
+        stats.skipped.update(row.skipped)
+        stats.formats.update(row.formats)
         if example is None:
             continue
         if example["id"] in seen_ids:
             stats.skipped["duplicate_id"] += 1
             continue
         seen_ids.add(example["id"])
+        stats.notes.update(row.notes)
+        if notes_by_id is not None and row.notes:
+            notes_by_id[example["id"]] = row.notes
         stats.examples += 1
         stats.answerable += bool(example["answers"]["text"])
         yield example

@@ -108,6 +108,31 @@ def test_duplicate_ids_across_tasks_are_skipped_as_in_one_pass(config, tmp_path,
         k: result.summary[k] for k in COUNTS if k != "num_shards"}
 
 
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_notes_count_only_the_examples_kept(config, tmp_path, num_proc, one_row_per_task):
+    """A row's labelling note (no_answer, yes/no-only, passage-only) was counted when the row was
+    read, also for a duplicate id and for an example no window holds (question_too_long), so
+    the summary said e.g. examples 1, answerable 1 beside notes no_answer 1 (the shared TyDi
+    small_gold_annotation file at --max_length 64: notes no_answer 1, every example answerable)."""
+    from conftest import DOC, P1, P2, P3
+
+    long_question = " ".join(["Which"] * 40) + "?"
+    records = [
+        raw_tydi_record(201, "What is in Zürich?", DOC, passages=[P1, P2, P3], answers=[None]),
+        raw_tydi_record(201, "The same id again?", DOC, passages=[P1, P2, P3], answers=[None]),
+        raw_tydi_record(202, long_question, DOC, passages=[P1, P2, P3], answers=[("YES", 1)]),
+        raw_tydi_record(203, "When was it found?", DOC, passages=[P1, P2, P3], answers=["2012"]),
+        raw_tydi_record(204, "Where is CERN?", DOC, passages=[P1, P2, P3],
+                        answers=[("PASSAGE", 1)]),
+        raw_tydi_record(205, long_question, DOC, passages=[P1, P2, P3], answers=[None]),
+    ]
+    data = write_jsonl(tmp_path / "notes.jsonl", records)
+    summary = prepare(replace(config, data=str(data), num_proc=num_proc)).summary
+    assert summary["skipped"] == {"duplicate_id": 1, "question_too_long": 2}
+    assert (summary["examples"], summary["answerable"]) == (3, 1)
+    assert summary["notes"] == {"no_answer": 1, "passage_only_labelled_no_answer": 1}
+
+
 def in_worker(main_pid: int, examples) -> bool:
     return os.getpid() != main_pid and bool(examples)
 
