@@ -415,6 +415,8 @@ def parse_train_settings(argv: list[str] | None = None) -> TrainSettings:
                               formatter_class=_HelpFormatter)
     groups = parse_dataclasses(parser, argv)
     run = groups[-1]
+    if run.demo and run.preset not in (None, "demo"):  # the demo's values were used silently
+        parser.error(f"--demo is --preset demo: give --demo or --preset {run.preset}, not both")
     preset = "demo" if run.demo else run.preset
     if preset:  # preset values replace the defaults, not what the user typed
         parser.set_defaults(**PRESETS[preset][1]())

@@ -118,6 +118,16 @@ def test_an_evaluation_only_run_refuses_a_checkpoint_to_resume(resume):
         parse_train_settings(["--max_train_steps", "0", "--resume_from_checkpoint", resume])
 
 
+def test_demo_and_another_preset_is_a_usage_error(capsys):
+    """--demo --preset cpu_fast trained with the demo's values while train_config.json said
+    preset cpu_fast."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_settings(["--demo", "--preset", "cpu_fast"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "error: --demo is --preset demo: give --demo or --preset cpu_fast, not both")
+
+
 def test_preset_replaces_defaults_but_not_what_was_typed():
     settings = parse_train_settings(["--preset", "cpu_fast", "--learning_rate", "3e-5"])
     assert settings.optim.learning_rate == 3e-5               # typed: kept
