@@ -332,10 +332,16 @@ def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: 
     if resume_from_checkpoint:
         return
     earlier = step_folders(output_dir)  # unfinished ones too: a killed run's last save
-    if overwrite and accelerator.is_main_process:
+    if accelerator.is_main_process:
         # the earlier run's results go too: a new run that then failed (or was killed) left
-        # them beside its own log, as if they were its own
-        for name in EARLIER_RESULTS:
+        # them beside its own log, as if they were its own. Its best_model/ goes in any case:
+        # this run chooses its own, and one that chose none (evaluation only, or stopped
+        # before its first evaluation) left the earlier run's beside a summary with no best
+        stale = EARLIER_RESULTS if overwrite else ("best_model",)
+        if not overwrite and (Path(output_dir) / "best_model").exists():
+            accelerator.print(f"warning: --output_dir {output_dir}: removing an earlier run's "
+                              "best_model/ (this run chooses its own)")
+        for name in stale:
             target = Path(output_dir) / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target, ignore_errors=True)

@@ -34,8 +34,11 @@ def run_summary(metrics: dict, state, trained, accelerator, output_dir: Path,
 
 def write_run_files(output_dir: Path, summary: dict, predictions: dict, config: dict,
                     tokenizer) -> None:
-    """Main process only: tokenizer, metrics.json, train_config.json, predictions.json."""
+    """Main process only: tokenizer (also in ``best_model/``, so that folder loads on its own,
+    e.g. with ``qa-answer``), metrics.json, train_config.json, predictions.json."""
     tokenizer.save_pretrained(output_dir)
+    if (output_dir / "best_model").is_dir():
+        tokenizer.save_pretrained(output_dir / "best_model")
     metrics = {**summary["metrics"], **{k: v for k, v in summary.items() if k != "metrics"}}
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (output_dir / "train_config.json").write_text(json.dumps(config, indent=2))

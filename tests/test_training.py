@@ -980,3 +980,22 @@ def test_overwrite_output_dir_removes_the_earlier_runs_results(tiny_model, cache
     for name in ("model.safetensors", "metrics.json", "predictions.json", "train_config.json",
                  "best_model"):
         assert not (out / name).exists(), name
+
+
+def test_best_model_loads_on_its_own_and_a_new_run_removes_an_earlier_one(tiny_model, cache_dir,
+                                                                          tmp_path):
+    """best_model/ had no tokenizer (qa-answer --model OUT/best_model: "no tokenizer"); and a
+    new run into the folder that chose no best model (evaluation only) left the earlier run's
+    best_model/ beside a summary saying best_step null."""
+    from qa_core.inference import load_model_tokenizer
+
+    out = tmp_path / "out"
+    code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out,
+                                                      max_train_steps=2))
+    assert code == 0 and summary["best_step"] == 2
+    tokenizer = load_model_tokenizer(str(out / "best_model"))
+    assert len(tokenizer) == len(load_model_tokenizer(tiny_model))
+    code, summary, _ = run_main_in_process(train_args(tiny_model, cache_dir, out,
+                                                      max_train_steps=0))
+    assert code == 0 and summary["best_step"] is None
+    assert not (out / "best_model").exists()
