@@ -186,12 +186,15 @@ def check_at_least(parser: Any, minimum: int, **values: Any) -> None:
 @contextmanager
 def one_line_errors(parser: Any, prefix: str = "") -> Iterator[None]:
     """A ``QAError`` (bad settings or data, said in one line) raised inside becomes
-    ``parser.error`` (``prefix`` first): exit code 2, no traceback."""
-    from qa_core.errors import QAError
+    ``parser.error`` (``prefix`` first): exit code 2, no traceback. Under a launcher, where
+    every process meets the same error, only rank 0 says it (as ``train_accelerate.py``)."""
+    from qa_core.errors import QAError, launch_rank
 
     try:
         yield
     except QAError as err:
+        if launch_rank() != 0:
+            raise SystemExit(2) from None
         parser.error(f"{prefix}{err}")
 
 

@@ -516,19 +516,23 @@ def checked_flags(parser, args, on_cuda: bool) -> dict:
 
 def preprocess_all(parser, args, seq_lens: list[int], distributed: bool, on_cuda: bool,
                    rank0: bool) -> None:
-    """Preprocess once per window length, before anything is timed (rank 0 first under a
-    launcher); data that gives no features at a length is ``parser.error``, naming it."""
-    from contextlib import nullcontext
+    """Preprocess once per window length, before anything is timed (under a launcher the cache's
+    builder first, then the others: ``qa_core.distributed.build_on_every_process``); data that
+    gives no features at a length is ``parser.error``, naming it, on every process alike.
+    accelerate's ``main_process_first`` left the others waiting when rank 0 refused: rank 1
+    ended in a ``Connection closed by peer`` traceback (gloo), or waited on (NCCL)."""
+    from qa_core.distributed import build_on_every_process, resolve_cache_sharing
 
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not on_cuda) if distributed else None
+    accelerator = fresh_accelerator("no") if distributed else None
+    sharing = resolve_cache_sharing(accelerator, "auto", args.cache_dir) if distributed else None
     for seq_len in seq_lens:
-        with (state.main_process_first() if state is not None else nullcontext()), \
-                one_line_errors(parser, f"--seq_lens {seq_len} (used as --max_length): "):
-            summary = prepare_features(args.data, args.model, seq_len, args.cache_dir,
-                                       args.language).summary
+        def build(seq_len: int = seq_len):
+            return prepare_features(args.data, args.model, seq_len, args.cache_dir, args.language)
+
+        with one_line_errors(parser, f"--seq_lens {seq_len} (used as --max_length): "):
+            result = build_on_every_process(accelerator, sharing, build) if distributed else build()
         if rank0:
+            summary = result.summary
             log(f"features for seq_len {seq_len}: {summary['features']} from "
                 f"{summary['examples']} examples "
                 f"(cache hit: {summary['cache_hit']})")

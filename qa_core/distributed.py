@@ -126,6 +126,22 @@ def cache_build_context(accelerator, sharing: CacheSharing) -> Iterator[bool]:
             accelerator.wait_for_everyone()
 
 
+def build_on_every_process(accelerator, sharing: CacheSharing, build: Callable[[], T],
+                           error: type[QAError] = QAError) -> T:
+    """``build()`` on every process, the builder first (:func:`cache_build_context`), and a
+    QAError any of them raises raised on all of them (:func:`on_every_process`). Collective.
+
+    A builder's refusal releases the others; without the gather they stopped alike only when
+    they met the same error themselves, and one that did not went on alone into the next
+    collective (a ``Connection closed by peer`` traceback there on gloo, a wait on NCCL)."""
+
+    def first_then_the_others() -> T:
+        with cache_build_context(accelerator, sharing):
+            return build()
+
+    return on_every_process(accelerator, first_then_the_others, error)
+
+
 def on_every_process(accelerator, read: Callable[[], T], error: type[QAError]) -> T:
     """``read()`` on every process; a QAError any of them raises is raised on all of them (the
     lowest rank's). Only rank 0 prints errors, so a file only rank 1 reads (its RNG state)

@@ -118,6 +118,30 @@ def test_throughput_refuses_bad_flags_in_one_line(tiny_model, tmp_path, extra, m
     assert refusal(proc) == "throughput.py: error: " + message.format(data=data)
 
 
+
+@pytest.mark.slow
+def test_throughput_under_a_launch_refuses_data_on_every_rank_alike(tiny_model, tmp_path):
+    """Rank 0 refused the data inside accelerate's main_process_first, which never released
+    rank 1: its barrier ended in a 'Connection closed by peer' traceback (gloo; on NCCL it
+    waited). Now every rank stops with the one line, said once."""
+    from tiny_models import accelerate_launcher
+
+    data = REPO / "qa_core" / "data" / "squadshifts_new_wiki_train.json.gz"
+    command = accelerate_launcher(REPO / "accelerate_configs" / "cpu_2proc.yaml") + [
+        str(REPO / "bench" / "throughput.py"), "--no_record", "--model", tiny_model,
+        "--cache_dir", str(tmp_path), "--seq_lens", "8", "--precisions", "fp32",
+        "--padding", "longest", "--batch_sizes", "4", "--steps", "2"]
+    proc = subprocess.run(command, cwd=REPO, env=offline_env(), capture_output=True, text=True,
+                          timeout=300)
+    output = proc.stdout + proc.stderr
+    errors = [line for line in output.splitlines() if "throughput.py: error: " in line]
+    assert proc.returncode != 0 and errors == [
+        f"throughput.py: error: --seq_lens 8 (used as --max_length): {data}: no usable "
+        "examples: 3190 rows read; skipped question_too_long 3190; raise --max_length or lower "
+        "--doc_stride"], output[-3000:]
+    assert "[rank1]: Traceback" not in output and "Connection closed" not in output, output[-3000:]
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
     (["--num-proc", "0"], "argument --num-proc: must be at least 1, got 0"),
