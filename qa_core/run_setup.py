@@ -26,7 +26,7 @@ from qa_core.batching import (
 )
 from qa_core.budget import StepCosts, TimeBudget, calibration_steps, earliest_plan_step
 from qa_core.checkpoints import RunState
-from qa_core.distributed import CacheSharing, cache_build_context, count_processes
+from qa_core.distributed import CacheSharing, build_on_every_process, count_processes
 from qa_core.errors import SettingsError
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
@@ -75,8 +75,9 @@ def load_cached_split(accelerator, settings: TrainSettings, sharing: CacheSharin
         language=settings.cache.language, max_length=settings.features.max_length,
         doc_stride=settings.features.doc_stride, label_answer=settings.features.label_answer,
         num_proc=settings.cache.num_proc)
-    with cache_build_context(accelerator, sharing):
-        result = prepare(config, tokenizer)
+    # the builder's refusal stops every process alike, also one whose machine reads its own
+    # copy of the data or cache and got on (it went on alone into count_processes)
+    result = build_on_every_process(accelerator, sharing, lambda: prepare(config, tokenizer))
     builds = count_processes(accelerator, not result.summary["cache_hit"])
     if result.summary["skipped"]:  # counted, and said: a skip is never silent
         accelerator.print(f"{result.summary['source']}: "

@@ -13,6 +13,8 @@ Run alone: ``python -m pytest -q tests/test_multinode.py`` (marked ``slow``).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tiny_models import (
+    EVAL_DATA,
     REPO,
     free_port,
     last_json_line,
@@ -34,8 +37,10 @@ pytestmark = pytest.mark.slow
 CONFIG = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 
 
-def launch_two_nodes(node_args: list[list[str]], timeout: float = 300) -> list[str]:
-    """One ``accelerate launch`` per node (machine rank = index in ``node_args``); their stdouts."""
+def run_two_nodes(node_args: list[list[str]],
+                  timeout: float = 300) -> list[tuple[int, str, str]]:
+    """One ``accelerate launch`` per node (machine rank = index in ``node_args``); each node's
+    (exit code, stdout, stderr). A node still running after ``timeout`` fails the test (a hang)."""
     port = str(free_port())
     children = []
     for rank, args in enumerate(node_args):
@@ -66,21 +71,31 @@ def launch_two_nodes(node_args: list[list[str]], timeout: float = 300) -> list[s
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                start_new_session=True,
             )
         )
-    outputs = []
+    results = []
     try:
         for child in children:
-            stdout, stderr = child.communicate(timeout=timeout)
-            assert child.returncode == 0, (
-                f"node failed ({child.returncode}):\n{stdout[-3000:]}\n{stderr[-5000:]}"
-            )
-            outputs.append(stdout)
+            try:
+                stdout, stderr = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"a node still runs after {timeout} s: the ranks hang")
+            results.append((child.returncode, stdout, stderr))
     finally:
         for child in children:
             if child.poll() is None:
-                child.kill()
+                os.killpg(child.pid, signal.SIGKILL)  # the launcher and its ranks
                 child.communicate()
+    return results
+
+
+def launch_two_nodes(node_args: list[list[str]], timeout: float = 300) -> list[str]:
+    """:func:`run_two_nodes`, each node succeeding; their stdouts."""
+    outputs = []
+    for code, stdout, stderr in run_two_nodes(node_args, timeout):
+        assert code == 0, f"node failed ({code}):\n{stdout[-3000:]}\n{stderr[-5000:]}"
+        outputs.append(stdout)
     return outputs
 
 
@@ -156,3 +171,30 @@ def test_shared_cache_builds_once_and_training_checkpoints(tiny_model, tmp_path)
         checkpoint / "rng_state_1.json"
     ).is_file()  # one RNG state per process, written by each rank
     assert json.loads((checkpoint / "run_state.json").read_text())["world_size"] == 2
+
+
+def test_data_only_one_node_refuses_stops_every_node_with_its_line(tiny_model, tmp_path):
+    """Each node reads its own copy of the data and builds its own cache (node-local disks);
+    node 0's copy is truncated. Node 0 refused it; node 1 built its entry and went on alone into
+    the next collective: a ``Connection closed by peer`` traceback (gloo; on NCCL it waited).
+    Now the builders' refusals are gathered and every rank stops with node 0's line."""
+    good = tmp_path / "node1" / "eval.json.gz"
+    good.parent.mkdir()
+    good.write_bytes(Path(EVAL_DATA).read_bytes())
+    damaged = tmp_path / "node0" / "eval.json.gz"
+    damaged.parent.mkdir()
+    damaged.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    nodes = [
+        train_args(tiny_model, tmp_path / f"node{rank}" / "cache", tmp_path / "out",
+                   eval_data=str(data), cache_sharing="local", **EVAL_FLAGS)
+        for rank, data in enumerate([damaged, good])
+    ]
+    (code0, out0, err0), (code1, out1, err1) = run_two_nodes(nodes, timeout=240)
+    output = out0 + err0 + out1 + err1
+    errors = [line for line in output.splitlines() if "train_accelerate.py: error: " in line]
+    assert code0 != 0 and code1 != 0
+    assert errors == [
+        f"train_accelerate.py: error: {damaged}: truncated gzip file: the compressed data ends "
+        "within line 1 (an interrupted download or copy?); fetch or compress it again"
+    ], output[-5000:]
+    assert "[rank1]: Traceback" not in output and "Connection closed" not in output, err1[-5000:]
