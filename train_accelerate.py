@@ -104,7 +104,7 @@ def open_run(settings: TrainSettings):
     """The accelerator, the output folder checked and its log opened, the seed set."""
     from accelerate.utils import set_seed
 
-    from qa_core.checkpoints import check_new_run_output, resolve_resume
+    from qa_core.checkpoints import agreed_resume, check_new_run_output
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
     from qa_core.loop import start_log
 
@@ -118,7 +118,8 @@ def open_run(settings: TrainSettings):
     # checkpoints and best_model/
     check_new_run_output(accelerator, output_dir, run_args.resume_from_checkpoint,
                          run_args.overwrite_output_dir)
-    new_run = resolve_resume(output_dir, run_args.resume_from_checkpoint) is None
+    # every process alike, before any work: the machines must see the same checkpoints
+    new_run = agreed_resume(accelerator, output_dir, run_args.resume_from_checkpoint) is None
     log, distribution = start_log(accelerator, output_dir, run_args.report_to, new_run)
     set_seed(optim.seed)
     return accelerator, log, distribution

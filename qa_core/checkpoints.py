@@ -74,7 +74,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qa_core.distributed import on_every_process
+from qa_core.distributed import disagreement, on_every_process
 from qa_core.errors import QAError, first_line
 
 RUN_STATE_FILE = "run_state.json"
@@ -373,6 +373,24 @@ def resolve_resume(output_dir: Path, resume_from_checkpoint: str | None) -> Path
     folder = Path(resume_from_checkpoint)
     if not folder.is_dir():
         raise CheckpointError(f"--resume_from_checkpoint {folder}: no such folder")
+    return folder
+
+
+def agreed_resume(accelerator, output_dir: Path,
+                  resume_from_checkpoint: str | None) -> Path | None:
+    """:func:`resolve_resume` on every process (collective): a refusal on any of them is raised
+    on all, and they must all have found the same folder. Each machine reads ``output_dir`` for
+    itself: one that found none (node-local disks: only rank 0's machine holds the manifests)
+    started afresh while the others resumed, and the ranks waited in other collectives for
+    ever."""
+    folder = on_every_process(accelerator,
+                              lambda: resolve_resume(output_dir, resume_from_checkpoint),
+                              CheckpointError)
+    differs = disagreement(accelerator, "none" if folder is None else str(folder))
+    if differs:
+        raise CheckpointError(f"--resume_from_checkpoint {resume_from_checkpoint}: the processes "
+                              f"found different checkpoints ({differs}): --output_dir must be "
+                              "one folder that every machine sees (a shared file system)")
     return folder
 
 

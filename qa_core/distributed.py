@@ -142,6 +142,22 @@ def build_on_every_process(accelerator, sharing: CacheSharing, build: Callable[[
     return on_every_process(accelerator, first_then_the_others, error)
 
 
+def disagreement(accelerator, value: str) -> str | None:
+    """None when every process holds the same ``value`` (collective: a gather); else which
+    processes hold which, in one line: ``a on process 0; b on processes 1, 2``."""
+    if accelerator.num_processes == 1:
+        return None
+    from accelerate.utils import gather_object
+
+    held: dict[str, list[int]] = {}
+    for rank, text in enumerate(gather_object([value])):
+        held.setdefault(text, []).append(rank)
+    if len(held) == 1:
+        return None
+    return "; ".join(f"{text} on process{'es' if len(ranks) > 1 else ''} "
+                     f"{', '.join(map(str, ranks))}" for text, ranks in held.items())
+
+
 def on_every_process(accelerator, read: Callable[[], T], error: type[QAError]) -> T:
     """``read()`` on every process; a QAError any of them raises is raised on all of them (the
     lowest rank's). Only rank 0 prints errors, so a file only rank 1 reads (its RNG state)

@@ -252,7 +252,8 @@ class TrainingRun:
         """Restore the newest (``auto``) or given checkpoint; refuses one that cannot resume
         exactly. Returns the folder resumed from, or None."""
         checkpoints.require_checkpoint_support(self.accelerator)
-        folder = checkpoints.resolve_resume(self.output_dir, resume_from_checkpoint)
+        folder = checkpoints.agreed_resume(self.accelerator, self.output_dir,
+                                           resume_from_checkpoint)
         if folder is None:
             return None
         saved = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,17 +141,29 @@ def test_separate_caches_build_once_per_node_and_evaluate_like_one_process(
     assert two["metrics"] == one["metrics"]
 
 
-def test_shared_cache_builds_once_and_training_checkpoints(tiny_model, tmp_path):
+SHARED_FLAGS = dict(
+    max_train_steps=3,
+    checkpointing_steps=2,
+    keep_last=0,
+    per_device_train_batch_size=4,
+    eval_strategy="end",
+    max_eval_examples=5,
+)
+
+
+@pytest.fixture(scope="module")
+def two_node_training(tiny_model, tmp_path_factory) -> tuple[Path, list[str]]:
+    """Two nodes sharing the cache and output folders, training 3 steps (checkpoint at step 2)."""
+    tmp_path = tmp_path_factory.mktemp("shared")
     cache = tmp_path / "shared_cache"
-    flags = dict(
-        max_train_steps=3,
-        checkpointing_steps=2,
-        keep_last=0,
-        per_device_train_batch_size=4,
-        eval_strategy="end",
-        max_eval_examples=5,
-    )
-    stdouts = launch_two_nodes([train_args(tiny_model, cache, tmp_path / "out", **flags)] * 2)
+    stdouts = launch_two_nodes([train_args(tiny_model, cache, tmp_path / "out",
+                                           **SHARED_FLAGS)] * 2)
+    return tmp_path, stdouts
+
+
+def test_shared_cache_builds_once_and_training_checkpoints(two_node_training):
+    tmp_path, stdouts = two_node_training
+    cache = tmp_path / "shared_cache"
     summary = last_json_line(stdouts[0])
     assert summary["cache"] == {
         "requested": "auto",
@@ -198,3 +211,29 @@ def test_data_only_one_node_refuses_stops_every_node_with_its_line(tiny_model, t
         "within line 1 (an interrupted download or copy?); fetch or compress it again"
     ], output[-5000:]
     assert "[rank1]: Traceback" not in output and "Connection closed" not in output, err1[-5000:]
+
+
+def test_machines_that_find_other_checkpoints_stop_alike(two_node_training, tiny_model):
+    """``--resume_from_checkpoint auto`` with an output folder on each machine's own disk, as a
+    run without a shared file system leaves it: node 1 holds only its RNG files, no manifest.
+    Node 0 resumed step 2 and node 1 started afresh: node 0 waited in the resume's gather and
+    node 1 in training, both for ever. Now both stop with one line saying what each found."""
+    tmp_path, _ = two_node_training
+    node0, node1 = tmp_path / "node0_out", tmp_path / "node1_out"
+    shutil.copytree(tmp_path / "out", node0)
+    (node1 / "checkpoints" / "step_2").mkdir(parents=True)
+    shutil.copy(node0 / "checkpoints" / "step_2" / "rng_state_1.json",
+                node1 / "checkpoints" / "step_2")
+    flags = dict(SHARED_FLAGS, max_train_steps=4, resume_from_checkpoint="auto")
+    (code0, out0, err0), (code1, out1, err1) = run_two_nodes(
+        [train_args(tiny_model, tmp_path / "shared_cache", out, **flags)
+         for out in (node0, node1)], timeout=150)
+    output = out0 + err0 + out1 + err1
+    errors = [line for line in output.splitlines() if "train_accelerate.py: error: " in line]
+    assert code0 != 0 and code1 != 0
+    assert errors == [
+        "train_accelerate.py: error: --resume_from_checkpoint auto: the processes found "
+        f"different checkpoints ({node0 / 'checkpoints' / 'step_2'} on process 0; none on "
+        "process 1): --output_dir must be one folder that every machine sees (a shared file "
+        "system)"], output[-5000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-5000:]
