@@ -156,7 +156,7 @@ def write_outputs(accelerator, settings: TrainSettings, model, tokenizer, tracke
                   trained, *, distribution: dict, cache_sharing, splits: dict,
                   eval_on_training_data: bool) -> None:
     """The model (finite weights only), metrics, predictions, config, and the JSON summary."""
-    from qa_core.checkpoints import save_model_checked
+    from qa_core.checkpoints import save_model_checked, write_on_every_process
     from qa_core.outputs import demo_answers, run_summary, write_run_files
 
     output_dir = Path(settings.run.output_dir)
@@ -168,13 +168,18 @@ def write_outputs(accelerator, settings: TrainSettings, model, tokenizer, tracke
                           eval_on_training_data=eval_on_training_data,
                           cache={**cache_sharing.as_dict(),
                                  "builds": {name: split.builds for name, split in splits.items()}})
-    if accelerator.is_main_process:
+
+    def run_files() -> None:  # the main process's; a write refused there stops every rank
+        if not accelerator.is_main_process:
+            return
         if settings.run.demo:  # before the run files, so metrics.json holds the answers too
             demo_answers(accelerator.unwrap_model(model), tokenizer,
                          tracker.evaluator.decode_config, summary)
         write_run_files(output_dir, summary, tracker.predictions, settings.as_flat_dict(),
                         tokenizer)
         print(json.dumps(summary, ensure_ascii=False))
+
+    write_on_every_process(accelerator, output_dir, run_files)
 
 
 if __name__ == "__main__":

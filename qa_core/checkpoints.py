@@ -61,6 +61,7 @@ parameter is finite and the evaluation just run on those weights gave finite log
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import math
@@ -70,6 +71,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -619,29 +621,74 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
 
 
+def _torch_save(data, path: Path) -> None:
+    """``torch.save``, whose failed write (a full device) is a RuntimeError: an OSError here."""
+    try:
+        torch.save(data, path)
+    except RuntimeError as err:
+        raise OSError(None, first_line(err), str(path)) from err
+
+
+def write_on_every_process(accelerator, folder: Path, write: Callable[[], None],
+                           unfinished: str = "") -> None:
+    """``write()`` on every process, in place of a barrier after it (collective): a failed write
+    on any of them (an OSError or a SafetensorError: a full device, a folder its machine does
+    not see) stops all of them with one CheckpointError naming the process and the file
+    (``unfinished`` added: what is left). A process that failed alone left the others in the
+    next barrier: a ``Connection closed by peer`` traceback there on gloo, a wait on NCCL."""
+    from safetensors import SafetensorError
+
+    def guarded() -> None:
+        try:
+            write()
+        except SafetensorError as err:  # safetensors' own word for a failed write
+            raise CheckpointError(f"{folder}: not written: process {accelerator.process_index} "
+                                  f"could not write there ({first_line(err)}){unfinished}"
+                                  ) from None
+        except OSError as err:
+            code = errno.errorcode.get(err.errno or 0, type(err).__name__)
+            shared = (": --output_dir must be one folder that every machine sees (a shared "
+                      "file system)" if err.errno == errno.ENOENT
+                      and not accelerator.is_main_process else "")
+            raise CheckpointError(f"{folder}: not written: process {accelerator.process_index} "
+                                  f"could not write {err.filename or folder} ({code}: "
+                                  f"{err.strerror or err}){shared}{unfinished}") from None
+
+    on_every_process(accelerator, guarded, CheckpointError)
+
+
 def save_checkpoint(accelerator, model, optimizer, scheduler, state: RunState,
                     folder: Path, average=None) -> None:
     """Write a checkpoint to ``folder`` (replacing one there); collective: every rank calls it.
     ``average``: the run's :class:`~qa_core.averaging.WeightAverage`, saved once it holds steps.
 
     The manifest is written last, after every rank wrote its files: until then the folder is
-    an unfinished checkpoint that ``auto`` skips."""
+    an unfinished checkpoint that ``auto`` skips. A write that fails on any rank stops every
+    rank (:func:`write_on_every_process`)."""
     from safetensors.torch import save_file
 
     require_checkpoint_support(accelerator)
     folder = Path(folder)
-    if accelerator.is_main_process:
-        if folder.exists():
-            remove_checkpoint(folder)
-        folder.mkdir(parents=True)
-    accelerator.wait_for_everyone()
+    main = accelerator.is_main_process
+    unfinished = f"; the checkpoint is unfinished (no {MANIFEST_FILE}): auto skips it"
+
+    def fresh_folder() -> None:
+        if main:
+            if folder.exists():
+                remove_checkpoint(folder)
+            folder.mkdir(parents=True)
+
+    write_on_every_process(accelerator, folder, fresh_folder, unfinished)
     model_state, optimizer_state = full_state_dicts(model, optimizer)
-    _write_json(folder / RNG_FILE_PATTERN.format(rank=accelerator.process_index),
-                rng_state(accelerator.step))
-    if accelerator.is_main_process:
+
+    def files() -> None:
+        _write_json(folder / RNG_FILE_PATTERN.format(rank=accelerator.process_index),
+                    rng_state(accelerator.step))
+        if not main:
+            return
         save_file(_safetensors_ready(model_state), str(folder / MODEL_FILE),
                   metadata={"format": "pt"})
-        torch.save(optimizer_state, folder / OPTIMIZER_FILE)
+        _torch_save(optimizer_state, folder / OPTIMIZER_FILE)
         _write_json(folder / SCHEDULER_FILE, scheduler.state_dict())
         if accelerator.scaler is not None:
             _write_json(folder / SCALER_FILE, accelerator.scaler.state_dict())
@@ -649,10 +696,10 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, state: RunState,
             save_file(_safetensors_ready(average.state_dict()), str(folder / AVERAGE_FILE),
                       metadata={"format": "pt"})
         state.save(folder)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_manifest(folder)
-    accelerator.wait_for_everyone()
+
+    write_on_every_process(accelerator, folder, files, unfinished)
+    write_on_every_process(accelerator, folder, lambda: write_manifest(folder) if main else None,
+                           unfinished)
 
 
 def read_model_state(path: Path) -> dict[str, torch.Tensor]:
@@ -1100,6 +1147,7 @@ def save_model_checked(accelerator, model, folder: Path, metrics: dict | None = 
     problems = model_problems(accelerator, model, metrics)
     if problems:
         raise NonFiniteModelError(f"{folder}: not written: " + "; ".join(problems))
-    accelerator.unwrap_model(model).save_pretrained(
-        folder, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-        state_dict=accelerator.get_state_dict(model))
+    state_dict = accelerator.get_state_dict(model)  # collective under FSDP: outside the write
+    write_on_every_process(accelerator, folder, lambda: accelerator.unwrap_model(
+        model).save_pretrained(folder, is_main_process=accelerator.is_main_process,
+                               save_function=accelerator.save, state_dict=state_dict))

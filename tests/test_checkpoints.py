@@ -182,6 +182,54 @@ def test_save_replaces_an_existing_folder(saved, fresh, tmp_path):
     assert RunState.load(folder).global_step == 1
 
 
+
+def _full_device(monkeypatch, name: str, folder: Path) -> str:
+    """Make the write of ``name`` fail as each writer says a full device; what it then says."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    from qa_core import checkpoints
+
+    if name == "model.safetensors":
+        def refuse(*args, **kwargs):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                                  "(os error 28)")
+        monkeypatch.setattr("safetensors.torch.save_file", refuse)
+        return "there (Error while serializing: I/O error: No space left on device (os error 28))"
+    if name == "optimizer.pt":
+        def refuse(*args, **kwargs):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 "
+                               "vs 534")
+        monkeypatch.setattr(torch, "save", refuse)
+        return (f"{folder / name} (OSError: [enforce fail at inline_container.cc:672] . "
+                "unexpected pos 576 vs 534)")
+    write_json = checkpoints._write_json
+
+    def refuse_one(path: Path, data) -> None:
+        if path.name == name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write_json(path, data)
+    monkeypatch.setattr(checkpoints, "_write_json", refuse_one)
+    return f"{folder / name} (ENOSPC: No space left on device)"
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "scheduler.json"])
+def test_a_full_device_while_saving_is_one_line_and_leaves_an_unfinished_folder(
+        fresh, tmp_path, monkeypatch, name):
+    """Was the writer's own traceback (SafetensorError, torch's RuntimeError, OSError) on the
+    main process, with the other ranks left in the barrier after the writes; now a
+    CheckpointError that every rank raises (``write_on_every_process``)."""
+    folder = tmp_path / "checkpoints" / "step_1"
+    said = _full_device(monkeypatch, name, folder)
+    with pytest.raises(CheckpointError) as refused:
+        save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler,
+                        RunState(global_step=1), folder)
+    assert str(refused.value) == (f"{folder}: not written: process 0 could not write {said}; "
+                                  "the checkpoint is unfinished (no manifest.json): auto "
+                                  "skips it")
+    assert not (folder / "manifest.json").exists() and checkpoint_folders(tmp_path) == []
+
 # ---------------------------------------------------------------------------------------------
 # Damage: every file truncated or swapped in from another checkpoint is refused by name
 # ---------------------------------------------------------------------------------------------

@@ -237,3 +237,27 @@ def test_machines_that_find_other_checkpoints_stop_alike(two_node_training, tiny
         "process 1): --output_dir must be one folder that every machine sees (a shared file "
         "system)"], output[-5000:]
     assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-5000:]
+
+
+def test_a_checkpoint_one_machine_cannot_write_stops_every_machine(two_node_training,
+                                                                   tiny_model):
+    """An output folder on each machine's own disk: at the first checkpoint node 1 cannot
+    write its RNG state (the step folder exists on node 0 only). Node 1 ended in a
+    FileNotFoundError traceback and node 0, in the barrier after its writes, in a ``Connection
+    closed by peer`` one (on NCCL it waited). Now every rank stops with node 1's line."""
+    tmp_path, _ = two_node_training
+    outs = [tmp_path / "local0_out", tmp_path / "local1_out"]
+    (code0, out0, err0), (code1, out1, err1) = run_two_nodes(
+        [train_args(tiny_model, tmp_path / "shared_cache", out, **SHARED_FLAGS) for out in outs],
+        timeout=150)
+    output = out0 + err0 + out1 + err1
+    errors = [line for line in output.splitlines() if "train_accelerate.py: error: " in line]
+    folder = outs[1] / "checkpoints" / "step_2"
+    assert code0 != 0 and code1 != 0
+    assert errors == [
+        f"train_accelerate.py: error: {folder}: not written: process 1 could not write "
+        f"{folder / 'rng_state_1.json'} (ENOENT: No such file or directory): --output_dir must "
+        "be one folder that every machine sees (a shared file system); the checkpoint is "
+        "unfinished (no manifest.json): auto skips it"], output[-5000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-5000:]
+    assert not (outs[0] / "checkpoints" / "step_2" / "manifest.json").exists()
