@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(settings: TrainSettings, started_at: float) -> int:
     from qa_core.checkpoints import RunState
+    from qa_core.distributed import on_every_process
     from qa_core.loop import EvalTracker, TrainedSpan, fit
-    from qa_core.modeling import check_model_folder, freeze_parameters, load_qa_model
+    from qa_core.modeling import ModelFolderError, freeze_parameters, load_qa_model
     from qa_core.optim import build_optimizer
-    from qa_core.pipeline import load_tokenizer
-    from qa_core.run_setup import build_evaluator, start_training
+    from qa_core.run_setup import build_evaluator, checked_tokenizer, start_training
 
     data, optim, run_args = settings.data, settings.optim, settings.run
     do_train = optim.max_train_steps != 0
@@ -63,14 +63,17 @@ def train(settings: TrainSettings, started_at: float) -> int:
     output_dir = Path(run_args.output_dir)
 
     # --- data: the preprocessing cache, shared with preprocess.py ---------------------------------
-    check_model_folder(data.model)  # a damaged model folder is refused before any preprocessing
-    tokenizer = load_tokenizer(data.model)
+    # a damaged model folder is refused before any preprocessing, by every process alike (each
+    # machine reads its own copy, or its own hub cache: one that refused alone left the others)
+    tokenizer = on_every_process(accelerator, lambda: checked_tokenizer(data.model),
+                                 ModelFolderError)
     sharing, splits = load_splits(accelerator, settings, tokenizer, do_train)
     evaluator = build_evaluator(accelerator, settings, splits["eval"], tokenizer.pad_token_id)
     same_data = eval_on_training_data(accelerator, splits)
 
     # --- model and optimizer ----------------------------------------------------------------------
-    model = load_qa_model(data.model, optim.attention_dropout, optim.hidden_dropout)
+    model = on_every_process(accelerator, lambda: load_qa_model(
+        data.model, optim.attention_dropout, optim.hidden_dropout), ModelFolderError)
     freeze_parameters(model, optim.freeze_encoder, optim.freeze_word_embeddings)
     tracker = EvalTracker(evaluator, output_dir, save_best=do_train)
 

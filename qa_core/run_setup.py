@@ -30,8 +30,9 @@ from qa_core.distributed import CacheSharing, build_on_every_process, count_proc
 from qa_core.errors import SettingsError
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
+from qa_core.modeling import check_model_folder
 from qa_core.optim import build_optimizer, build_scheduler
-from qa_core.pipeline import PreprocessConfig, counts_text, prepare
+from qa_core.pipeline import PreprocessConfig, counts_text, load_tokenizer, prepare
 from qa_core.settings import TrainSettings
 
 # Share of answer-less windows drawn per epoch when --negative_window_fraction is not given:
@@ -64,6 +65,13 @@ class CachedSplit:
         return {"source": self.summary["source"], "examples": self.summary["examples"],
                 "examples_used": self.selection.examples.num_rows,
                 "skipped": self.summary["skipped"], "notes": self.summary["notes"]}
+
+
+def checked_tokenizer(model: str):
+    """``model``'s tokenizer, once :func:`~qa_core.modeling.check_model_folder` found the folder
+    whole (a damaged one is refused before any preprocessing)."""
+    check_model_folder(model)
+    return load_tokenizer(model)
 
 
 def load_cached_split(accelerator, settings: TrainSettings, sharing: CacheSharing, data: str,

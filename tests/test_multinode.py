@@ -100,6 +100,15 @@ def launch_two_nodes(node_args: list[list[str]], timeout: float = 300) -> list[s
     return outputs
 
 
+def stopped_with(results: list[tuple[int, str, str]]) -> tuple[list[str], str]:
+    """Every node failed and no rank printed a traceback: the error lines of all nodes' outputs,
+    and those outputs (for a failure message)."""
+    output = "".join(stdout + stderr for _, stdout, stderr in results)
+    assert all(code != 0 for code, _, _ in results), output[-5000:]
+    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-5000:]
+    return [line for line in output.splitlines() if "train_accelerate.py: error: " in line], output
+
+
 def cache_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
@@ -202,15 +211,11 @@ def test_data_only_one_node_refuses_stops_every_node_with_its_line(tiny_model, t
                    eval_data=str(data), cache_sharing="local", **EVAL_FLAGS)
         for rank, data in enumerate([damaged, good])
     ]
-    (code0, out0, err0), (code1, out1, err1) = run_two_nodes(nodes, timeout=240)
-    output = out0 + err0 + out1 + err1
-    errors = [line for line in output.splitlines() if "train_accelerate.py: error: " in line]
-    assert code0 != 0 and code1 != 0
+    errors, output = stopped_with(run_two_nodes(nodes, timeout=240))
     assert errors == [
         f"train_accelerate.py: error: {damaged}: truncated gzip file: the compressed data ends "
         "within line 1 (an interrupted download or copy?); fetch or compress it again"
     ], output[-5000:]
-    assert "[rank1]: Traceback" not in output and "Connection closed" not in output, err1[-5000:]
 
 
 def test_machines_that_find_other_checkpoints_stop_alike(two_node_training, tiny_model):
@@ -225,18 +230,14 @@ def test_machines_that_find_other_checkpoints_stop_alike(two_node_training, tiny
     shutil.copy(node0 / "checkpoints" / "step_2" / "rng_state_1.json",
                 node1 / "checkpoints" / "step_2")
     flags = dict(SHARED_FLAGS, max_train_steps=4, resume_from_checkpoint="auto")
-    (code0, out0, err0), (code1, out1, err1) = run_two_nodes(
+    errors, output = stopped_with(run_two_nodes(
         [train_args(tiny_model, tmp_path / "shared_cache", out, **flags)
-         for out in (node0, node1)], timeout=150)
-    output = out0 + err0 + out1 + err1
-    errors = [line for line in output.splitlines() if "train_accelerate.py: error: " in line]
-    assert code0 != 0 and code1 != 0
+         for out in (node0, node1)], timeout=150))
     assert errors == [
         "train_accelerate.py: error: --resume_from_checkpoint auto: the processes found "
         f"different checkpoints ({node0 / 'checkpoints' / 'step_2'} on process 0; none on "
         "process 1): --output_dir must be one folder that every machine sees (a shared file "
         "system)"], output[-5000:]
-    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-5000:]
 
 
 def test_a_checkpoint_one_machine_cannot_write_stops_every_machine(two_node_training,
@@ -247,17 +248,30 @@ def test_a_checkpoint_one_machine_cannot_write_stops_every_machine(two_node_trai
     closed by peer`` one (on NCCL it waited). Now every rank stops with node 1's line."""
     tmp_path, _ = two_node_training
     outs = [tmp_path / "local0_out", tmp_path / "local1_out"]
-    (code0, out0, err0), (code1, out1, err1) = run_two_nodes(
+    errors, output = stopped_with(run_two_nodes(
         [train_args(tiny_model, tmp_path / "shared_cache", out, **SHARED_FLAGS) for out in outs],
-        timeout=150)
-    output = out0 + err0 + out1 + err1
-    errors = [line for line in output.splitlines() if "train_accelerate.py: error: " in line]
+        timeout=150))
     folder = outs[1] / "checkpoints" / "step_2"
-    assert code0 != 0 and code1 != 0
     assert errors == [
         f"train_accelerate.py: error: {folder}: not written: process 1 could not write "
         f"{folder / 'rng_state_1.json'} (ENOENT: No such file or directory): --output_dir must "
         "be one folder that every machine sees (a shared file system); the checkpoint is "
         "unfinished (no manifest.json): auto skips it"], output[-5000:]
-    assert "[rank0]: Traceback" not in output and "[rank1]: Traceback" not in output, output[-5000:]
     assert not (outs[0] / "checkpoints" / "step_2" / "manifest.json").exists()
+
+
+def test_a_model_folder_only_one_machine_refuses_stops_every_machine(tiny_model, tmp_path):
+    """Each machine reads its own copy of --model (a node-local disk or hub cache); node 0's
+    model.safetensors is truncated. Node 0 refused it and node 1 went on alone into the cache's
+    collectives: a ``Connection closed by peer`` traceback (gloo; on NCCL it waited)."""
+    copies = [tmp_path / "model0", tmp_path / "model1"]
+    for copy in copies:
+        shutil.copytree(tiny_model, copy)
+    weights = copies[0] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    errors, output = stopped_with(run_two_nodes(
+        [train_args(str(copy), tmp_path / "cache", tmp_path / "out", **EVAL_FLAGS)
+         for copy in copies], timeout=150))
+    assert errors == [
+        f"train_accelerate.py: error: {weights}: not a readable safetensors file (Error while "
+        "deserializing header: incomplete metadata, file not fully covered)"], output[-5000:]
