@@ -26,13 +26,19 @@ from qa_core.batching import (
 )
 from qa_core.budget import StepCosts, TimeBudget, calibration_steps, earliest_plan_step
 from qa_core.checkpoints import RunState
-from qa_core.distributed import CacheSharing, build_on_every_process, count_processes
+from qa_core.distributed import (
+    CacheSharing,
+    build_on_every_process,
+    count_processes,
+    disagreement,
+)
 from qa_core.errors import SettingsError
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
 from qa_core.modeling import check_model_folder
 from qa_core.optim import build_optimizer, build_scheduler
 from qa_core.pipeline import PreprocessConfig, counts_text, load_tokenizer, prepare
+from qa_core.readers import DataSourceError
 from qa_core.settings import TrainSettings
 
 # Share of answer-less windows drawn per epoch when --negative_window_fraction is not given:
@@ -86,6 +92,13 @@ def load_cached_split(accelerator, settings: TrainSettings, sharing: CacheSharin
     # the builder's refusal stops every process alike, also one whose machine reads its own
     # copy of the data or cache and got on (it went on alone into count_processes)
     result = build_on_every_process(accelerator, sharing, lambda: prepare(config, tokenizer))
+    # the entry's key is its content's (data, tokenizer, settings): machines reading copies that
+    # differ planned other epochs and steps, and waited in each other's collectives for ever
+    differs = disagreement(accelerator, result.summary["key"])
+    if differs:
+        raise DataSourceError(f"{data}: the processes did not read the same data (cache entry "
+                              f"{differs}): every machine's copy of it, and of --model's "
+                              "tokenizer, must be the same")
     builds = count_processes(accelerator, not result.summary["cache_hit"])
     if result.summary["skipped"]:  # counted, and said: a skip is never silent
         accelerator.print(f"{result.summary['source']}: "

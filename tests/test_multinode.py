@@ -25,6 +25,7 @@ import pytest
 from tiny_models import (
     EVAL_DATA,
     REPO,
+    TRAIN_DATA,
     free_port,
     last_json_line,
     offline_env,
@@ -275,3 +276,22 @@ def test_a_model_folder_only_one_machine_refuses_stops_every_machine(tiny_model,
     assert errors == [
         f"train_accelerate.py: error: {weights}: not a readable safetensors file (Error while "
         "deserializing header: incomplete metadata, file not fully covered)"], output[-5000:]
+
+
+def test_machines_reading_different_copies_of_the_data_stop_before_training(tiny_model,
+                                                                            tmp_path):
+    """Each machine reads its own copy of --train_data (node-local disks); the copies differ.
+    Node 0 planned 6 optimizer steps from its 43 windows, node 1 7 from its 55, and both waited
+    in each other's collectives for ever. Now the cache keys are compared before training."""
+    data = [Path(TRAIN_DATA), Path(EVAL_DATA)]  # two different SQuAD files, as two "copies"
+    flags = dict(SHARED_FLAGS, max_train_steps=None, num_train_epochs=1, checkpointing_steps=None,
+                 cache_sharing="local")
+    errors, output = stopped_with(run_two_nodes(
+        [train_args(tiny_model, tmp_path / f"cache{rank}", tmp_path / "out",
+                    train_data=str(copy), **flags) for rank, copy in enumerate(data)],
+        timeout=150))
+    assert len(errors) == 1 and errors[0].startswith(
+        f"train_accelerate.py: error: {data[0]}: the processes did not read the same data (cache "
+        "entry "), output[-5000:]
+    assert errors[0].endswith(" on process 1): every machine's copy of it, and of --model's "
+                              "tokenizer, must be the same"), errors
