@@ -19,17 +19,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from qa_core.budget import process_started_at
 from qa_core.errors import (
     QAError,
+    SettingsError,
     die_with_the_launcher,
     exit_interrupted,
     exit_with_error,
-    launch_rank,
 )
-from qa_core.outputs import output_dir_lock
 from qa_core.settings import TrainSettings, parse_train_settings
 
 
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     die_with_the_launcher()
     try:
         settings = parse_train_settings(argv)  # bad flags end here, before any work
-        with output_dir_lock(Path(settings.run.output_dir), holder=launch_rank() == 0):
-            return train(settings, started_at)
+        with ExitStack() as held:  # the output folder's lock, for the run (open_run takes it)
+            return train(settings, started_at, held)
     except QAError as err:
         return exit_with_error("train_accelerate.py", err)
     except KeyboardInterrupt:  # checkpoints are finished or unfinished, never half-written
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "with --resume_from_checkpoint auto")
 
 
-def train(settings: TrainSettings, started_at: float) -> int:
+def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     from qa_core.checkpoints import RunState
     from qa_core.distributed import on_every_process
     from qa_core.loop import EvalTracker, TrainedSpan, fit
@@ -59,7 +59,7 @@ def train(settings: TrainSettings, started_at: float) -> int:
 
     data, optim, run_args = settings.data, settings.optim, settings.run
     do_train = optim.max_train_steps != 0
-    accelerator, log, distribution = open_run(settings)
+    accelerator, log, distribution = open_run(settings, held)
     output_dir = Path(run_args.output_dir)
 
     # --- data: the preprocessing cache, shared with preprocess.py ---------------------------------
@@ -103,13 +103,16 @@ def train(settings: TrainSettings, started_at: float) -> int:
     return 0
 
 
-def open_run(settings: TrainSettings):
-    """The accelerator, the output folder checked and its log opened, the seed set."""
+def open_run(settings: TrainSettings, held: ExitStack):
+    """The accelerator, the output folder locked (``held`` keeps the lock for the run), checked
+    and its log opened, the seed set."""
     from accelerate.utils import set_seed
 
     from qa_core.checkpoints import agreed_resume, check_new_run_output
+    from qa_core.distributed import on_every_process
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
     from qa_core.loop import start_log
+    from qa_core.outputs import output_dir_lock
 
     optim, run_args = settings.optim, settings.run
     accelerator = make_accelerator(resolve_mixed_precision(optim.mixed_precision),
@@ -117,6 +120,10 @@ def open_run(settings: TrainSettings):
                                    None if run_args.report_to == "none" else run_args.report_to,
                                    run_args.output_dir)
     output_dir = Path(run_args.output_dir)
+    # one run at a time in the folder: rank 0 holds the lock, and its refusal stops every rank
+    # (taken before the process group, it left the others in the group's rendezvous)
+    on_every_process(accelerator, lambda: held.enter_context(output_dir_lock(
+        output_dir, holder=accelerator.is_main_process)), SettingsError)
     # also an evaluation-only run, which would replace the model beside the other run's
     # checkpoints and best_model/
     check_new_run_output(accelerator, output_dir, run_args.resume_from_checkpoint,

@@ -295,3 +295,29 @@ def test_machines_reading_different_copies_of_the_data_stop_before_training(tiny
         "entry "), output[-5000:]
     assert errors[0].endswith(" on process 1): every machine's copy of it, and of --model's "
                               "tokenizer, must be the same"), errors
+
+
+def test_an_output_folder_in_use_stops_every_machine_with_one_line(tiny_model, tmp_path):
+    """Another run holds the folder's lock. Rank 0 took the lock before the process group
+    existed and refused alone: node 1 waited in the group's rendezvous until node 0's launcher
+    was gone, then ended with a ``DistNetworkError`` traceback. Now the lock is taken once the
+    group exists and rank 0's refusal is gathered: every rank stops with its line."""
+    import socket
+
+    from qa_core.outputs import LOCK_FILE
+
+    out = tmp_path / "out"
+    out.mkdir()
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        (out / LOCK_FILE).write_text(f"{sleeper.pid} {socket.gethostname()}")
+        results = run_two_nodes([train_args(tiny_model, tmp_path / "cache", out, **EVAL_FLAGS)]
+                                * 2, timeout=150)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    errors, output = stopped_with(results)
+    assert errors == [f"train_accelerate.py: error: --output_dir {out}: another run (pid "
+                      f"{sleeper.pid}) is writing into it; wait for it or give another "
+                      "--output_dir"], output[-5000:]
+    assert "DistNetworkError" not in output, output[-5000:]  # node 1's, in the rendezvous
