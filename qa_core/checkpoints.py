@@ -330,38 +330,38 @@ def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: 
     """A new run (no ``--resume_from_checkpoint``) into an ``output_dir`` holding an earlier
     run's checkpoints is refused, unless ``overwrite`` (then they are deleted first): otherwise
     both runs' checkpoints would sit side by side, pruned together, and ``auto`` would later
-    resume whichever step is newest."""
+    resume whichever step is newest. Collective: a refusal on any process (each machine looks
+    for itself) is raised on all of them; one that saw no checkpoints went on alone."""
     if resume_from_checkpoint:
         return
-    earlier = step_folders(output_dir)  # unfinished ones too: a killed run's last save
-    if accelerator.is_main_process:
+
+    def refuse_or_clear() -> None:
+        earlier = step_folders(output_dir)  # unfinished ones too: a killed run's last save
+        if earlier and not overwrite:
+            raise CheckpointError(
+                f"--output_dir {output_dir}: holds an earlier run's checkpoints "
+                f"({', '.join(p.name for p in earlier)}): resume it with --resume_from_checkpoint "
+                "auto, start afresh with --overwrite_output_dir (deletes them), or give another "
+                "--output_dir")
+        if not accelerator.is_main_process:
+            return
         # the earlier run's results go too: a new run that then failed (or was killed) left
         # them beside its own log, as if they were its own. Its best_model/ goes in any case:
         # this run chooses its own, and one that chose none (evaluation only, or stopped
         # before its first evaluation) left the earlier run's beside a summary with no best
-        stale = EARLIER_RESULTS if overwrite else ("best_model",)
         if not overwrite and (Path(output_dir) / "best_model").exists():
             accelerator.print(f"warning: --output_dir {output_dir}: removing an earlier run's "
                               "best_model/ (this run chooses its own)")
-        for name in stale:
+        for name in EARLIER_RESULTS if overwrite else ("best_model",):
             target = Path(output_dir) / name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target, ignore_errors=True)
             elif target.exists() or target.is_symlink():
                 target.unlink()
-    if not earlier:
-        accelerator.wait_for_everyone()
-        return
-    if not overwrite:
-        raise CheckpointError(
-            f"--output_dir {output_dir}: holds an earlier run's checkpoints "
-            f"({', '.join(p.name for p in earlier)}): resume it with --resume_from_checkpoint "
-            "auto, start afresh with --overwrite_output_dir (deletes them), or give another "
-            "--output_dir")
-    if accelerator.is_main_process:
-        for folder in earlier:
+        for folder in earlier:  # none unless overwrite
             remove_checkpoint(folder)
-    accelerator.wait_for_everyone()
+
+    on_every_process(accelerator, refuse_or_clear, CheckpointError)  # the barrier after it too
 
 
 def resolve_resume(output_dir: Path, resume_from_checkpoint: str | None) -> Path | None:

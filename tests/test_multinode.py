@@ -321,3 +321,20 @@ def test_an_output_folder_in_use_stops_every_machine_with_one_line(tiny_model, t
                       f"{sleeper.pid}) is writing into it; wait for it or give another "
                       "--output_dir"], output[-5000:]
     assert "DistNetworkError" not in output, output[-5000:]  # node 1's, in the rendezvous
+
+
+def test_a_new_run_into_checkpoints_only_one_machine_sees_stops_every_machine(tiny_model,
+                                                                            tmp_path):
+    """A new run into an output folder on each machine's own disk, node 0's holding an earlier
+    run's checkpoint. Node 0 refused it and node 1, seeing none, waited in the barrier after
+    the check: a ``Connection closed by peer`` traceback (gloo; on NCCL it waited)."""
+    outs = [tmp_path / "out0", tmp_path / "out1"]
+    (outs[0] / "checkpoints" / "step_2").mkdir(parents=True)
+    outs[1].mkdir()
+    errors, output = stopped_with(run_two_nodes(
+        [train_args(tiny_model, tmp_path / "cache", out, **EVAL_FLAGS) for out in outs],
+        timeout=150))
+    assert errors == [
+        f"train_accelerate.py: error: --output_dir {outs[0]}: holds an earlier run's checkpoints "
+        "(step_2): resume it with --resume_from_checkpoint auto, start afresh with "
+        "--overwrite_output_dir (deletes them), or give another --output_dir"], output[-5000:]
