@@ -77,7 +77,7 @@ def cache_folder_is_shared(accelerator, cache_dir: str | Path) -> bool:
             pass  # None tells every process, which then all stop alike (no one left waiting)
     torch.distributed.broadcast_object_list(names, src=0)
     if names[0] is None:
-        raise ValueError(f"--cache_dir {folder}: the main process cannot write there")
+        raise SettingsError(f"--cache_dir {folder}: the main process cannot write there")
     seen = not accelerator.is_local_main_process or (folder / names[0]).is_file()
     missing = count_processes(accelerator, not seen)
     if accelerator.is_main_process:

@@ -24,6 +24,7 @@ from qa_core.distributed import (
     count_processes,
     resolve_cache_sharing,
 )
+from qa_core.errors import SettingsError
 from tiny_models import free_port
 
 WORLD, PER_MACHINE = 4, 2
@@ -95,7 +96,7 @@ def _scenario(accelerator: FakeAccelerator, root: Path, scenario: str) -> dict:
         folder = root / scenario / "a_file" / "cache"
         try:
             resolve_cache_sharing(accelerator, requested, folder)
-        except ValueError as err:
+        except SettingsError as err:  # a QAError: one line, exit 2 (was a ValueError traceback)
             return {"error": str(err)}
         return {"error": None}
     if requested == "global_main_first":  # what train_accelerate.py did before
