@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,18 @@ from qa_core.offsets import extend_ends_over_marks
 
 # Which annotator's span labels the training windows (see label_answer_index).
 LABEL_ANSWERS = ("first", "consensus")
+
+# Contexts longer than this many characters are tokenized in pieces of about this size
+# (:func:`encode_context`): one encode call on a 30 MB context peaked at ~0.7 KB per token
+# inside the tokenizer, plus ~120 B per token for its Python lists of ids and offsets.
+CONTEXT_PIECE_CHARS = 1 << 18
+# Tokenizer parts under which a space always separates two tokens and is part of neither, and
+# nothing is normalized differently for what follows it: a context cut just before a space
+# gives the tokens of the whole context (``tests/test_features.py`` checks this). Other
+# tokenizers (byte-level BPE, SentencePiece, rules in a Sequence) get one encode call.
+PIECEWISE_NORMALIZERS = frozenset({"NoneType", "BertNormalizer", "Lowercase", "NFC", "NFD",
+                                   "NFKC", "NFKD", "StripAccents"})
+PIECEWISE_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,57 @@ def span_is_exact(token_starts: np.ndarray, token_ends: np.ndarray, span: tuple[
     return int(token_starts[span[0]]) == first and int(token_ends[span[1]]) == end
 
 
+def splits_at_spaces(backend) -> bool:
+    """Whether a tokenizers ``backend`` may encode a text in pieces cut before spaces (see
+    ``PIECEWISE_PRE_TOKENIZERS``)."""
+    return (type(backend.normalizer).__name__ in PIECEWISE_NORMALIZERS
+            and type(backend.pre_tokenizer).__name__ in PIECEWISE_PRE_TOKENIZERS)
+
+
+def context_pieces(text: str, size: int = CONTEXT_PIECE_CHARS) -> Iterator[tuple[int, int]]:
+    """(start, end) character ranges covering ``text`` in order, each ending just before a space
+    (the next one starts with it) and about ``size`` characters long; one longer range where
+    ``text`` has no space to cut at."""
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind(" ", start + 1, start + size)
+        if cut < 0:
+            cut = text.find(" ", start + size)
+            if cut < 0:
+                break
+        yield start, cut
+        start = cut
+    yield start, len(text)
+
+
+def encode_pieces(backend, text: str,
+                  piece_chars: int | None = None) -> Iterator[tuple[int, object]]:
+    """(first character, encoding) of each piece of ``text`` (no special tokens): the whole
+    text in one piece, or, when it is longer than ``piece_chars`` (default
+    ``CONTEXT_PIECE_CHARS``) and the tokenizer allows it (:func:`splits_at_spaces`), the pieces
+    of :func:`context_pieces`, encoded one at a time. Their tokens, offsets shifted by the
+    piece's first character, are those of the whole text."""
+    size = piece_chars or CONTEXT_PIECE_CHARS
+    pieces = ([(0, len(text))] if len(text) <= size or not splits_at_spaces(backend)
+              else context_pieces(text, size))
+    for start, end in pieces:
+        yield start, backend.encode_batch([text[start:end]], add_special_tokens=False)[0]
+
+
+def encode_context(backend, text: str,
+                   piece_chars: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """int32 token ids ``[N]`` and character offsets ``[N, 2]`` of ``text`` (no special tokens),
+    what ``backend.encode(text)`` gives, built piece by piece (:func:`encode_pieces`): memory
+    holds one piece's encoding and Python lists at a time, not the whole text's."""
+    ids, offsets = [], []
+    for start, encoding in encode_pieces(backend, text, piece_chars):
+        ids.append(np.array(encoding.ids, dtype=np.int32))
+        offsets.append(np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2) + start)
+    if len(ids) == 1:
+        return ids[0], offsets[0]
+    return np.concatenate(ids), np.concatenate(offsets)
+
+
 def window_starts(num_context_tokens: int, capacity: int, doc_stride: int) -> list[int]:
     """First context token of each window: windows advance by ``capacity - doc_stride`` until
     the end is in one."""
@@ -195,15 +258,20 @@ class FeatureBuilder:
 
     def _encode_contexts(self, contexts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         missing = list(dict.fromkeys(c for c in contexts if c not in self._contexts))
-        if missing:
-            encoded = self.tokenizer.backend_tokenizer.encode_batch(missing,
-                                                                    add_special_tokens=False)
-            for context, encoding in zip(missing, encoded):
+        backend = self.tokenizer.backend_tokenizer
+        short = [c for c in missing if len(c) <= CONTEXT_PIECE_CHARS]
+        if short:  # one call for the batch (the tokenizer may spread it over threads)
+            for context, encoding in zip(short, backend.encode_batch(short,
+                                                                     add_special_tokens=False)):
                 self._contexts[context] = (
                     np.array(encoding.ids, dtype=np.int32),
                     extend_ends_over_marks(
                         context, np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2)),
                 )
+        for context in missing:
+            if context not in self._contexts:  # a long one: piece by piece
+                ids, offsets = encode_context(backend, context)
+                self._contexts[context] = ids, extend_ends_over_marks(context, offsets)
         result = []
         for context in contexts:
             self._contexts.move_to_end(context)

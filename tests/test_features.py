@@ -1,18 +1,24 @@
 """Sliding windows and labels (qa_core.features) against the tokenizer's own overflow windows."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import corpus, long_text
 
+import qa_core.features as features_module
 from qa_core.features import (
     FeatureBuilder,
     FeatureConfig,
     FeatureStats,
     check_tokenizer,
+    context_pieces,
+    encode_context,
     label_answer_index,
     offsets_to_numpy,
+    splits_at_spaces,
     window_starts,
 )
 
@@ -399,3 +405,67 @@ def test_an_answer_no_window_holds_is_counted(load_tok, minilm_path, answer, con
     assert stats.answerable == 1 and stats.answers_covered == 0
     assert stats.notes == {note: 1}
     assert set(batch.column("start_positions").to_pylist()) == {0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Long contexts are tokenized in pieces (memory), with the tokens of the whole text
+# ---------------------------------------------------------------------------------------------
+
+EDGE_TEXT = ("Cafe\u0301  \u0301x \t\n \u03a3 \u03a3\u03a3 a\u00a0b \u4e2d\u6587\u5b57 \x00\ufffd "
+             + "x" * 150 + " Unbelievable, naïve  résumé.  end ")
+
+
+class RecordingBackend:
+    """A tokenizers backend that records the length of every text it is asked to encode."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.lengths = backend, []
+
+    def encode_batch(self, texts, **kwargs):
+        self.lengths += [len(text) for text in texts]
+        return self.backend.encode_batch(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def test_context_pieces_cover_the_text_and_cut_before_spaces():
+    text = "ab cd  efgh ijklmnopqrstuvwxyz x"
+    pieces = list(context_pieces(text, 5))
+    assert "".join(text[a:b] for a, b in pieces) == text
+    assert [b for _, b in pieces[:-1]] == [a for a, _ in pieces[1:]]
+    assert all(text[a] == " " for a, _ in pieces[1:])
+    assert list(context_pieces("x" * 20, 5)) == [(0, 20)]  # nowhere to cut: one piece
+
+
+def test_long_contexts_are_encoded_in_pieces_with_the_whole_texts_tokens(tok, monkeypatch):
+    FeatureBuilder(tok, FeatureConfig())  # as every caller: the backend no longer truncates
+    backend = tok.backend_tokenizer
+    monkeypatch.setattr(features_module, "CONTEXT_PIECE_CHARS", 40)
+    for text in (long_text(30, seed=5), EDGE_TEXT, " " + long_text(8, seed=6) + "  "):
+        whole = backend.encode(text, add_special_tokens=False)
+        recording = RecordingBackend(backend)
+        ids, offsets = encode_context(recording, text)
+        assert ids.tolist() == whole.ids
+        assert offsets.tolist() == [list(pair) for pair in whole.offsets]
+        if splits_at_spaces(backend):  # WordPiece: pieces of ~40 characters (one long word more)
+            assert len(recording.lengths) > 1 and max(recording.lengths) <= 160
+        else:  # byte-level BPE: spaces belong to tokens, so one call on the whole text
+            assert recording.lengths == [len(text)]
+    assert splits_at_spaces(backend) == (tok.name_or_path.find("roberta") < 0)
+
+
+def test_windows_are_the_same_whether_contexts_are_encoded_in_pieces(tok, monkeypatch):
+    examples = make_examples() + [{"id": "edge", "question": "What is it?", "context": EDGE_TEXT,
+                                   "answers": {"text": ["naïve"],
+                                               "answer_start": [EDGE_TEXT.index("naïve")]}}]
+    whole, whole_stats = FeatureBuilder(tok, FeatureConfig(48, 16)).build(examples)
+    monkeypatch.setattr(features_module, "CONTEXT_PIECE_CHARS", 30)
+    builder = FeatureBuilder(tok, FeatureConfig(48, 16))
+    recording = RecordingBackend(tok.backend_tokenizer)
+    builder.tokenizer = SimpleNamespace(backend_tokenizer=recording)
+    pieces, piece_stats = builder.build(examples)
+    assert pieces.equals(whole)
+    assert piece_stats == whole_stats
+    if splits_at_spaces(tok.backend_tokenizer):  # no context went to the tokenizer whole
+        assert max(recording.lengths) <= 160 < min(len(e["context"]) for e in examples)

@@ -121,6 +121,42 @@ def test_long_context_uses_several_windows(model_and_tokenizer):
     assert [a.score for a in answers] == pytest.approx([a.score for a in one_by_one], abs=1e-4)
 
 
+def test_a_long_context_is_tokenized_in_pieces_with_the_same_answers(model_and_tokenizer,
+                                                                     monkeypatch):
+    """Memory: no call hands the whole long context to the tokenizer (one encode call on a
+    30 MB context peaked at ~5 GB); the answers, scores included, are those of one call."""
+    import qa_core.features as features_module
+
+    model, tokenizer = model_and_tokenizer
+    passage = demo_passage()
+    context = " ".join([passage["context"]] * 8)
+    questions = passage["questions"]
+    config = FeatureConfig(max_length=128, doc_stride=32)
+    whole = answer_questions(model, tokenizer, questions, context, feature_config=config,
+                             top_k=3)
+    monkeypatch.setattr(features_module, "CONTEXT_PIECE_CHARS", 500)
+    lengths = []
+    backend = tokenizer.backend_tokenizer
+
+    class Recording:
+        def encode(self, text, *args, **kwargs):
+            lengths.append(len(text))
+            return backend.encode(text, *args, **kwargs)
+
+        def encode_batch(self, texts, *args, **kwargs):
+            lengths.extend(len(text) for text in texts)
+            return backend.encode_batch(texts, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(backend, name)
+
+    monkeypatch.setattr(tokenizer, "_tokenizer", Recording())
+    pieces = answer_questions(model, tokenizer, questions, context, feature_config=config,
+                              top_k=3)
+    assert pieces == whole
+    assert len(context) > 7000 and 0 < max(lengths) <= 500
+
+
 def test_demo_verdicts_by_key_words():
     passage = demo_passage()
     assert len(passage["key_words"]) == len(passage["questions"]) == 4
