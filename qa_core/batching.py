@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from qa_core.features import offsets_to_numpy
+from qa_core.features import FeatureBuilder, offsets_to_numpy
 
 # Length grouping sorts the shuffled order inside groups of this many global batches: little
 # padding, yet batches still differ from epoch to epoch.
@@ -199,6 +199,72 @@ class FeatureRows(torch.utils.data.Dataset):
             taken = column.chunk(int(c)).take(pa.array(local[here]))
             out[here] = offsets_to_numpy(taken, pad_to=width)
         return out
+
+
+class ExampleWindows:
+    """The windows of ``examples``, built one example at a time as the batches are drawn (what
+    ``qa-answer`` evaluates): memory holds one example's windows, not every example's.
+
+    Iterating yields the batches that ``FeatureRows`` over one table of every window, read in
+    order ``batch_size`` rows at a time, would give: the same rows in each batch, so the same
+    padding and logits; ``feature_index`` numbers windows in that table's order. Rows of an
+    example that do not fill a last batch wait for the next example's. :meth:`offsets` serves
+    the batch just yielded; ``example_index``, ``start_positions`` and ``end_positions`` cover
+    every window once iteration is done.
+    """
+
+    def __init__(self, builder: FeatureBuilder, examples: Sequence[dict], pad_token_id: int,
+                 batch_size: int) -> None:
+        self.builder, self.examples = builder, examples
+        self.pad_token_id, self.batch_size = pad_token_id, batch_size
+        self._columns: dict[str, list[np.ndarray]] = {
+            "example_index": [], "start_positions": [], "end_positions": []}
+        self._rows: FeatureRows | None = None  # the rows batches are being drawn from
+        self._first = 0                         # the feature index of their first row
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        waiting = None  # rows of earlier examples not yet in a batch (fewer than batch_size)
+        for number, example in enumerate(self.examples):
+            built = pa.Table.from_batches([self.builder.build([example])[0]])
+            self._columns["example_index"].append(np.full(built.num_rows, number, np.int32))
+            for name in ("start_positions", "end_positions"):
+                self._columns[name].append(_flat_numpy(built.column(name), np.int32))
+            table = built if waiting is None else pa.concat_tables([waiting, built])
+            last = number == len(self.examples) - 1
+            served = table.num_rows if last else table.num_rows // self.batch_size * self.batch_size
+            self._rows = FeatureRows(table, self.pad_token_id)
+            for begin in range(0, served, self.batch_size):
+                batch = self._rows.__getitems__(list(range(begin, min(begin + self.batch_size,
+                                                                      served))))
+                batch["feature_index"] += self._first
+                yield batch
+            # a copy, so that the rest of this example's table is freed before the next is built
+            waiting = table.take(pa.array(np.arange(served, table.num_rows)))
+            self._rows, self._first = None, self._first + served
+
+    def offsets(self, indices: np.ndarray) -> np.ndarray:
+        """:meth:`FeatureRows.offsets` of features of the batch just yielded."""
+        local = np.asarray(indices, dtype=np.int64) - self._first
+        if self._rows is None or (len(local) and not 0 <= local.min() <= local.max()
+                                  < len(self._rows)):
+            raise RuntimeError("ExampleWindows serves the offsets of the batch just yielded only")
+        return self._rows.offsets(local)
+
+    def _column(self, name: str) -> np.ndarray:
+        parts = self._columns[name]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+    @property
+    def example_index(self) -> np.ndarray:
+        return self._column("example_index")
+
+    @property
+    def start_positions(self) -> np.ndarray:
+        return self._column("start_positions")
+
+    @property
+    def end_positions(self) -> np.ndarray:
+        return self._column("end_positions")
 
 
 def identity_collate(batch):

@@ -12,14 +12,13 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-import pyarrow as pa
-import torch
+import numpy as np
 
-from qa_core.batching import FeatureRows, identity_collate, select_first_examples
+from qa_core.batching import ExampleWindows
 from qa_core.decode import DecodeConfig
 from qa_core.errors import QAError, exit_interrupted, exit_with_error, first_line
 from qa_core.evaluation import EvalAccumulator, EvalReferences, accumulate_logits
@@ -101,19 +100,23 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
     ``top_k`` > 1 each answer also lists its question's ``top_k`` best distinct spans. A
     question that no window can hold is an :class:`InputError` (:func:`check_windows`)."""
     check_windows(tokenizer, questions, context, feature_config)
-    examples = pa.Table.from_pylist([
-        {"id": str(i), "question": q, "context": context,
-         "answers": {"text": [], "answer_start": []}} for i, q in enumerate(questions)])
-    batch, _ = FeatureBuilder(tokenizer, feature_config).build(examples.to_pylist())
-    table = pa.Table.from_batches([batch])
-    # Number features by question, not by appearance (check_windows: each question has one).
-    features = FeatureRows(table, tokenizer.pad_token_id,
-                           selection=select_first_examples(table, examples, None))
-    loader = torch.utils.data.DataLoader(features, batch_size=batch_size,
-                                         collate_fn=identity_collate)
-    accumulator = EvalAccumulator(EvalReferences.build(examples, features), decode_config,
-                                  spans_per_feature=top_k)
-    accumulate_logits(model, loader, accumulator)
+    # the questions' windows are built one question at a time as the model reads them (one
+    # table of every question's windows grew with questions x context length)
+    examples = [{"id": str(i), "question": q, "context": context,
+                 "answers": {"text": [], "answer_start": []}} for i, q in enumerate(questions)]
+    windows = ExampleWindows(FeatureBuilder(tokenizer, feature_config), examples,
+                             tokenizer.pad_token_id, batch_size)
+    references = EvalReferences(
+        example_ids=[e["id"] for e in examples], contexts=[context] * len(examples),
+        gold_answers=[[] for _ in examples], feature_example_index=np.zeros(0, np.int32),
+        start_positions=np.zeros(0, np.int32), end_positions=np.zeros(0, np.int32),
+        offsets=windows.offsets)
+    accumulator = EvalAccumulator(references, decode_config, spans_per_feature=top_k)
+    accumulate_logits(model, windows, accumulator)
+    # which question each window answers is known once every window is built
+    accumulator.references = replace(references, feature_example_index=windows.example_index,
+                                     start_positions=windows.start_positions,
+                                     end_positions=windows.end_positions)
     predictions = accumulator.predictions()
     ranked = accumulator.top_predictions(top_k) if top_k > 1 else {}
     answers = []

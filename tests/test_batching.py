@@ -14,6 +14,7 @@ import torch
 
 from qa_core.batching import (
     EpochSampler,
+    ExampleWindows,
     FeatureRows,
     epoch_order,
     epoch_step_costs,
@@ -23,7 +24,7 @@ from qa_core.batching import (
 )
 from qa_core.decode import DecodeConfig
 from qa_core.evaluation import EvalAccumulator, EvalReferences
-from qa_core.features import offsets_to_numpy
+from qa_core.features import FeatureBuilder, FeatureConfig, offsets_to_numpy
 from tiny_models import EVAL_DATA
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +211,55 @@ def test_evaluation_with_per_batch_offsets_equals_the_dense_path(tables):
 
 HAS_ANSWER = np.array([True] * 30 + [False] * 70)
 np.random.default_rng(0).shuffle(HAS_ANSWER)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 64])
+def test_example_windows_are_built_one_example_at_a_time_in_the_batches_of_one_table(
+        load_tok, minilm_path, batch_size):
+    """qa-answer's windows (:class:`ExampleWindows`): each example's windows are built only
+    when the batches reach them (memory: one table of every question's windows over a 10 MB
+    context grew by ~160 MB per question), yet the batches, feature numbers, offsets and
+    per-window columns are those of FeatureRows over one table of all the windows."""
+    from conftest import long_text
+
+    tokenizer = load_tok(minilm_path)
+    config = FeatureConfig(max_length=64, doc_stride=16)
+    examples = [{"id": str(i), "question": question, "context": context,
+                 "answers": {"text": [], "answer_start": []}}
+                for i, (question, context) in enumerate([
+                    ("Who?", long_text(20, seed=1)), ("Where was it built?", long_text(3, seed=2)),
+                    ("When?", "A short one."), ("Which river flows there?", long_text(9, seed=3))])]
+    whole = pa.Table.from_batches([FeatureBuilder(tokenizer, config).build(examples)[0]])
+    rows = FeatureRows(whole, tokenizer.pad_token_id)
+    expected = [rows.__getitems__(list(range(i, min(i + batch_size, len(rows)))))
+                for i in range(0, len(rows), batch_size)]
+
+    builder = FeatureBuilder(tokenizer, config)
+    built = []
+    build = builder.build
+    builder.build = lambda batch: built.append(batch[0]["id"]) or build(batch)
+    windows = ExampleWindows(builder, examples, tokenizer.pad_token_id, batch_size)
+    per_example = np.bincount(rows.example_index)
+    got = []
+    for batch in windows:
+        got.append(batch)
+        last = int(batch["feature_index"][-1])
+        # built: the examples up to the one holding this batch's last window, no further
+        assert len(built) == int(rows.example_index[last]) + 1
+        assert np.array_equal(windows.offsets(batch["feature_index"].numpy()),
+                              rows.offsets(batch["feature_index"].numpy()))
+        assert len(windows._rows) < batch_size + per_example.max()
+    assert built == [e["id"] for e in examples]
+    assert len(got) == len(expected)
+    for mine, theirs in zip(got, expected):
+        assert mine.keys() == theirs.keys()
+        for name in mine:
+            assert torch.equal(mine[name], theirs[name]), name
+    assert np.array_equal(windows.example_index, rows.example_index)
+    assert np.array_equal(windows.start_positions, rows.start_positions)
+    assert np.array_equal(windows.end_positions, rows.end_positions)
+    with pytest.raises(RuntimeError):
+        windows.offsets(np.array([0]))
 
 
 def test_epoch_order_deterministic_per_seed_and_epoch():

@@ -157,6 +157,43 @@ def test_a_long_context_is_tokenized_in_pieces_with_the_same_answers(model_and_t
     assert len(context) > 7000 and 0 < max(lengths) <= 500
 
 
+def test_answers_equal_those_of_one_table_of_every_questions_windows(model_and_tokenizer):
+    """qa-answer builds each question's windows as the model reaches them (memory); answers,
+    scores and runners-up are those of the former path: one table of every window, read by a
+    DataLoader."""
+    import pyarrow as pa
+
+    from qa_core.batching import FeatureRows, identity_collate, select_first_examples
+    from qa_core.evaluation import EvalAccumulator, EvalReferences, accumulate_logits
+
+    model, tokenizer = model_and_tokenizer
+    passage = demo_passage()
+    context = " ".join([passage["context"]] * 3)
+    questions = passage["questions"] + ["Who?"]
+    config, decode = FeatureConfig(max_length=96, doc_stride=32), DecodeConfig()
+    examples = pa.Table.from_pylist([
+        {"id": str(i), "question": q, "context": context,
+         "answers": {"text": [], "answer_start": []}} for i, q in enumerate(questions)])
+    table = pa.Table.from_batches([FeatureBuilder(tokenizer, config).build(
+        examples.to_pylist())[0]])
+    features = FeatureRows(table, tokenizer.pad_token_id,
+                           selection=select_first_examples(table, examples, None))
+    assert len(features) % 5 and len(features) > 5 * len(questions)  # batches straddle questions
+    accumulator = EvalAccumulator(EvalReferences.build(examples, features), decode,
+                                  spans_per_feature=3)
+    accumulate_logits(model, torch.utils.data.DataLoader(
+        features, batch_size=5, collate_fn=identity_collate), accumulator)
+    best, ranked = accumulator.predictions(), accumulator.top_predictions(3)
+
+    answers = answer_questions(model, tokenizer, questions, context, decode, config,
+                               batch_size=5, top_k=3)
+    for i, answer in enumerate(answers):
+        assert (answer.answer, answer.score, answer.start_char, answer.end_char,
+                answer.null_score) == tuple(best[str(i)])
+        assert answer.top_k == [{"answer": p.text, "score": p.score, "start_char": p.start_char,
+                                 "end_char": p.end_char} for p in ranked[str(i)]]
+
+
 def test_demo_verdicts_by_key_words():
     passage = demo_passage()
     assert len(passage["key_words"]) == len(passage["questions"]) == 4
