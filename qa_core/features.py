@@ -284,6 +284,11 @@ class FeatureBuilder:
         """Context tokens a window holds beside a question of ``question_tokens`` tokens."""
         return self.config.max_length - question_tokens - self.template.num_special
 
+    def context_token_count(self, context: str) -> int:
+        """Tokens of ``context`` (no special tokens), from the encoding :meth:`build` then reuses
+        (the builder's context cache), so counting does not tokenize it a second time."""
+        return len(self._encode_contexts([context])[0][0])
+
     def no_window_reason(self, question_tokens: int, context_tokens: int) -> str | None:
         """Why an example gets no window (its counted skip), or None: a context without tokens,
         or a question leaving no more than ``doc_stride`` context tokens per window."""

@@ -22,7 +22,7 @@ from qa_core.batching import ExampleWindows
 from qa_core.decode import DecodeConfig
 from qa_core.errors import QAError, exit_interrupted, exit_with_error, first_line
 from qa_core.evaluation import EvalAccumulator, EvalReferences, accumulate_logits
-from qa_core.features import FeatureBuilder, FeatureConfig, encode_pieces
+from qa_core.features import FeatureBuilder, FeatureConfig
 from qa_core.modeling import (
     ModelFolderError,
     check_model_folder,
@@ -99,13 +99,13 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
     logits become answers through evaluation's path (:func:`accumulate_logits`). With
     ``top_k`` > 1 each answer also lists its question's ``top_k`` best distinct spans. A
     question that no window can hold is an :class:`InputError` (:func:`check_windows`)."""
-    check_windows(tokenizer, questions, context, feature_config)
+    builder = FeatureBuilder(tokenizer, feature_config)
+    check_windows(tokenizer, questions, context, feature_config, builder)  # encodes the context
     # the questions' windows are built one question at a time as the model reads them (one
     # table of every question's windows grew with questions x context length)
     examples = [{"id": str(i), "question": q, "context": context,
                  "answers": {"text": [], "answer_start": []}} for i, q in enumerate(questions)]
-    windows = ExampleWindows(FeatureBuilder(tokenizer, feature_config), examples,
-                             tokenizer.pad_token_id, batch_size)
+    windows = ExampleWindows(builder, examples, tokenizer.pad_token_id, batch_size)
     references = EvalReferences(
         example_ids=[e["id"] for e in examples], contexts=[context] * len(examples),
         gold_answers=[[] for _ in examples], feature_example_index=np.zeros(0, np.int32),
@@ -174,17 +174,16 @@ def check_inputs(context: str | None, questions: list[str], top_k: int = 1) -> N
 
 
 def check_windows(tokenizer, questions: list[str], context: str,
-                  feature_config: FeatureConfig) -> None:
+                  feature_config: FeatureConfig, builder: FeatureBuilder | None = None) -> None:
     """Every question gets at least one window, by the rule :meth:`FeatureBuilder.build` skips
     examples with (:meth:`FeatureBuilder.no_window_reason`), which would leave it an empty
     answer. Refusals name the flag or the question (``--max_length`` above the tokenizer's
-    limit: :func:`~qa_core.features.check_tokenizer`)."""
-    builder = FeatureBuilder(tokenizer, feature_config)
+    limit: :func:`~qa_core.features.check_tokenizer`). ``builder``: the one that will build the
+    windows, so the context is tokenized once for both."""
+    builder = builder or FeatureBuilder(tokenizer, feature_config)
     max_length, doc_stride = feature_config.max_length, feature_config.doc_stride
     encode = tokenizer.backend_tokenizer.encode  # as FeatureBuilder.build tokenizes
-    # counted piece by piece: one encode call on a long context held ~0.7 KB per token
-    context_tokens = sum(len(piece) for _, piece in encode_pieces(tokenizer.backend_tokenizer,
-                                                                   context))
+    context_tokens = builder.context_token_count(context)
     for number, question in enumerate(questions, 1):
         tokens = len(encode(question.lstrip(), add_special_tokens=False).ids)
         reason = builder.no_window_reason(tokens, context_tokens)
