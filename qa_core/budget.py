@@ -134,13 +134,6 @@ class BudgetPlan:
     evaluations: int
 
 
-def process_started_at() -> float:
-    """When this process started (seconds since the epoch), so that a budget covers start-up."""
-    import psutil
-
-    return psutil.Process().create_time()
-
-
 def evaluation_seconds(eval_windows: int, batch_windows: int, mean_step: float) -> float:
     """One evaluation's predicted seconds: its windows as training steps' worth of windows, at
     ``FORWARD_SHARE`` of a (forward + backward + update) step each."""
@@ -158,6 +151,7 @@ class TimeBudget:
         if accelerator.num_processes > 1:
             broadcast_object_list(start)  # one clock for every process: rank 0's
         self.accelerator = accelerator
+        self.started_at = start[0]  # seconds since the epoch: rank 0's program start
         self.deadline = start[0] + minutes * 60.0
         self.budget_seconds = minutes * 60.0
         self.costs = costs

@@ -418,7 +418,8 @@ def plan_budgeted_run(run: TrainingRun, tracker: EvalTracker, optim: OptimArgs,
                "no step is left to average"))  # it printed "steps 13-12 are averaged"
     log.write({"event": "time_budget_plan", "step": state.global_step,
                "total_steps": plan.total_steps, "seconds_per_step": plan.seconds_per_step,
-               "reserved_seconds": plan.reserved_seconds})
+               "reserved_seconds": plan.reserved_seconds,
+               "budget_started_at": run.budget.started_at})
     accelerator.print(f"time budget: {plan.total_steps} optimizer steps planned "
                       f"({plan.seconds_per_step:.2f} s/step, {plan.reserved_seconds:.0f} s "
                       f"kept for {plan.evaluations} evaluation(s) and checkpoints)")

@@ -283,7 +283,8 @@ def test_a_budget_spent_before_the_first_step_is_refused(tiny_model, cache_dir, 
 def test_budget_shortens_a_run_but_never_lengthens_it_past_its_epochs(tiny_model, cache_dir,
                                                                       tmp_path):
     out = tmp_path / "capped"
-    flags = dict(BUDGET_FLAGS, num_train_epochs=8)
+    # a few steps an epoch: 8 epochs end far inside 5 minutes even on a busy machine
+    flags = dict(BUDGET_FLAGS, num_train_epochs=8, max_train_examples=40)
     code, summary, _ = run_main_in_process(train_args(
         tiny_model, cache_dir, out, max_train_minutes=5, **flags))
     assert code == 0
@@ -324,3 +325,28 @@ def test_a_run_that_never_plans_still_keeps_time_for_its_final_evaluation(
     assert code == 0 and summary["global_step"] == 6
     assert len(reserves) == 6 and reserves[0] == 0.0  # one step seen: nothing to price with
     assert all(r >= qa_core.budget.CHECKPOINT_SECONDS for r in reserves[1:])
+
+
+def test_the_budget_counts_from_the_program_start_not_from_bash_c(tiny_model, cache_dir,
+                                                                  tmp_path):
+    """``bash -c "a && python train_accelerate.py ..."``: bash execs the last command, which so
+    inherits the shell's process start, before ``a`` ran (a pip install once took 134 s of the
+    demo's 4.8 minutes). The budget starts with the program instead."""
+    import shlex
+    import subprocess
+    import sys
+
+    from tiny_models import REPO, offline_env
+
+    out = tmp_path / "late_start"
+    args = train_args(tiny_model, cache_dir, out, max_train_minutes=5,
+                      **dict(BUDGET_FLAGS, num_train_epochs=2))
+    command = " ".join(shlex.quote(part) for part in
+                       [sys.executable, str(REPO / "train_accelerate.py"), *args])
+    shell_started = time.time()
+    result = subprocess.run(["bash", "-c", f"sleep 3 && {command}"], cwd=REPO, text=True,
+                            env=offline_env(), capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = [r for r in read_log(out) if r["event"] == "time_budget_plan"]
+    assert len(plan) == 1
+    assert plan[0]["budget_started_at"] >= shell_started + 3.0
