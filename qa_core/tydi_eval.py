@@ -472,9 +472,11 @@ def _yes_no(value: Any, what: str, where: str) -> str:
     return answer
 
 
-def _span(start: Any, end: Any, what: str, where: str) -> tuple[int, int]:
-    """(start, end) byte span, (-1, -1) when null; the official ``Span`` checks."""
-    start, end = _int(start, f"{what} start", where), _int(end, f"{what} end", where)
+def _span(start: Any, end: Any, names: tuple[str, str], what: str,
+          where: str) -> tuple[int, int]:
+    """(start, end) byte span, (-1, -1) when null; the official ``Span`` checks. ``names``
+    are the two offsets' field names, ``what`` the span's."""
+    start, end = _int(start, names[0], where), _int(end, names[1], where)
     if (start < 0) != (end < 0):
         raise TydiInputError(f"{where}: field '{what}' is half null (start {start}, end {end}): "
                              "both offsets are -1 or neither is")
@@ -511,7 +513,9 @@ def _raw_annotations(annotations: list, where: str) -> tuple[TydiAnnotation, ...
                      where)
         start, end = _span(minimal.get("plaintext_start_byte"),
                            minimal.get("plaintext_end_byte"),
-                           f"{name}.minimal_answer.plaintext", where)
+                           (f"{name}.minimal_answer.plaintext_start_byte",
+                            f"{name}.minimal_answer.plaintext_end_byte"),
+                           f"{name}.minimal_answer", where)
         result.append(TydiAnnotation(max(index, -1), start, end,
                                      _yes_no(entry.get("yes_no_answer"),
                                              f"{name}.yes_no_answer", where)))
@@ -544,7 +548,9 @@ def _hf_annotations(annotations: dict, where: str) -> tuple[TydiAnnotation, ...]
         index = _int(passages[i], f"annotations.passage_answer_candidate_index[{i}]", where)
         start, end = _span(lists["minimal_answers_start_byte"][i],
                            lists["minimal_answers_end_byte"][i],
-                           f"annotations.minimal_answers[{i}]", where)
+                           (f"annotations.minimal_answers_start_byte[{i}]",
+                            f"annotations.minimal_answers_end_byte[{i}]"),
+                           f"annotations.minimal_answers_*_byte[{i}]", where)
         result.append(TydiAnnotation(max(index, -1), start, end,
                                      _yes_no(yes_no[i], f"annotations.yes_no_answer[{i}]",
                                              where)))
@@ -599,7 +605,8 @@ def read_predictions(path: str | os.PathLike) -> dict[str, TydiPrediction]:
         minimal = _object(_require(record, "minimal_answer", where), "minimal_answer", where)
         start, end = _span(_require(minimal, "start_byte_offset", where),
                            _require(minimal, "end_byte_offset", where),
-                           "minimal_answer.byte_offset", where)
+                           ("minimal_answer.start_byte_offset",
+                            "minimal_answer.end_byte_offset"), "minimal_answer", where)
         yes_no = _yes_no(record.get("yes_no_answer"), "yes_no_answer", where)
         if yes_no != "NONE" and start >= 0:
             raise TydiInputError(f"{where}: field 'yes_no_answer' is {yes_no} but "
