@@ -593,7 +593,8 @@ def read_predictions(path: str | os.PathLike) -> dict[str, TydiPrediction]:
     As the official reader: ``passage_answer_index`` defaults to -1 and ``yes_no_answer`` to
     NONE (any case); a YES/NO answer beside a non-null span is an error. Stricter: the scores
     must be finite JSON numbers, ``minimal_answer`` is required (the official reader then
-    reuses the previous line's span) and an id may appear once.
+    reuses the previous line's span) and an id may appear once. More lenient: an id may be
+    the string of the gold's integer (the official dict lookup needs the same JSON type).
     """
     predictions: dict[str, TydiPrediction] = {}
     lines: dict[str, int] = {}

@@ -371,6 +371,19 @@ def test_tiny_dev_has_eleven_languages_and_exact_ids():
     assert english.annotations[1] == TydiAnnotation(5, -1, -1, "YES")
 
 
+@pytest.mark.skipif(not (SHARED / "tiny_dev.primary_task_hf_schema.jsonl").exists(),
+                    reason="no ../shared/data checkout (test_hf_and_raw_layouts_read_the_same "
+                           "covers the HF layout)")
+def test_shared_hf_schema_tiny_dev_reads_as_the_raw_one():
+    raw = read_gold(DATA / "tydiqa_tiny_dev.jsonl.gz")
+    hf = read_gold(SHARED / "tiny_dev.primary_task_hf_schema.jsonl")
+    # same 11 examples in the same order; the HF rows have no example_id: <file name>:<line>
+    assert list(hf)[:2] == ["tiny_dev.primary_task_hf_schema.jsonl:1",
+                            "tiny_dev.primary_task_hf_schema.jsonl:2"]
+    assert [(g.language, g.annotations) for g in hf.values()] == [
+        (g.language, g.annotations) for g in raw.values()]
+
+
 def test_hf_layout_gets_the_project_readers_ids(qa_files):
     from qa_core.readers import ReadStats, SourceSpec, open_source
 
@@ -469,6 +482,10 @@ def test_bad_gold_names_file_line_and_field(tmp_path):
     with pytest.raises(TydiInputError, match=rf"^{hf}:1: field 'annotations' has 2 minimal_"
                                              r"answers_start_byte but 1 minimal_answers_end"):
         read_gold(hf)
+    not_gzip = tmp_path / "plain.jsonl.gz"
+    not_gzip.write_text(json.dumps(good) + "\n")
+    with pytest.raises(TydiInputError, match=rf"^{not_gzip}:1: damaged or not gzip data"):
+        read_gold(not_gzip)
     hf.write_text(json.dumps({"annotations": []}) + "\n")
     with pytest.raises(TydiInputError, match=rf"^{hf}:1: missing required field 'language'"):
         read_gold(hf)
