@@ -34,14 +34,22 @@ from qa_core.errors import (  # noqa: E402
     die_with_the_launcher,
     exit_interrupted,
     exit_with_error,
+    leave_launched_process,
 )
 from qa_core.settings import TrainSettings, parse_train_settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line's run (``argv`` None: a launched rank also ends the process here, see
+    :func:`leave_launched_process`), or an in-process one."""
     # The budget covers start-up (importing torch and transformers takes seconds) when run from
     # the command line; in-process callers count from this call.
     started_at = PROGRAM_STARTED_AT if argv is None else time.time()
+    code = run(argv, started_at)
+    return leave_launched_process(code) if argv is None else code
+
+
+def run(argv: list[str] | None, started_at: float) -> int:
     die_with_the_launcher()
     try:
         settings = parse_train_settings(argv)  # bad flags end here, before any work
@@ -57,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     from qa_core.checkpoints import RunState
     from qa_core.distributed import on_every_process
+    from qa_core.hardware import end_distributed
     from qa_core.loop import EvalTracker, TrainedSpan, fit
     from qa_core.modeling import ModelFolderError, freeze_parameters, load_qa_model
     from qa_core.optim import build_optimizer
@@ -101,10 +110,7 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     write_outputs(accelerator, settings, model, tokenizer, tracker, state, trained,
                   distribution=distribution, cache_sharing=sharing, splits=splits,
                   eval_on_training_data=same_data)
-    # every rank done (rank 0's writes too) before the process group goes: a rank tearing
-    # it down alone is one suspect of a rare abort at exit seen once in CI (FSDP2 on CPU)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # also tears down the process group: nothing collective after
+    end_distributed(accelerator)
     return 0
 
 

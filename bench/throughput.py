@@ -709,4 +709,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from qa_core.errors import leave_launched_process
+
+    sys.exit(leave_launched_process(main()))

@@ -68,3 +68,21 @@ def die_with_the_launcher() -> None:
         return
     if os.getppid() == 1:  # the launcher was already gone before the call
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def leave_launched_process(code: int) -> int:
+    """End a rank that a launcher started, now that its work is done: output flushed, then
+    ``os._exit``. Elsewhere, return ``code``.
+
+    A DDP wrapper keeps its gloo process group alive after ``destroy_process_group`` (torch
+    holds it past the wrapper's own end), so gloo's worker and transport threads
+    (``pt_gloo_runloop``, ``gloo_tcp_loop``) would still run while the interpreter finalizes and
+    C++ static destructors run: the window of a rare ``terminate called without an active
+    exception`` at exit. Every collective is finished and every rank is past the last barrier
+    when this runs, so those threads have nothing left to do; they end with the process, before
+    any finalization (``bench/stress_exit.py`` counts aborts over hundreds of launches)."""
+    if "LOCAL_RANK" not in os.environ:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -238,6 +238,13 @@ def make_accelerator(
     return accelerator
 
 
+def end_distributed(accelerator) -> None:
+    """The end of a launched run: every rank done, then the process group torn down (nothing
+    collective after)."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def _set_fsdp_on_cpu(accelerator, plugin) -> None:
     """Make a ``MULTI_CPU`` accelerator an FSDP2 one: what ``AcceleratorState.__init__`` does for
     the GPU-family types (distributed type, plugin, its mixed precision), in both shared states."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -37,8 +38,8 @@ pytestmark = pytest.mark.slow
 CONFIG = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 
 
-def launch_two(args: list[str]) -> dict:
-    result = run_script(args, launcher=accelerate_launcher(CONFIG), timeout=300)
+def launch_two(args: list[str], **env: str) -> dict:
+    result = run_script(args, launcher=accelerate_launcher(CONFIG), timeout=300, **env)
     assert result.returncode == 0, (
         f"launch failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return last_json_line(result.stdout)
@@ -62,11 +63,38 @@ TRAIN_FLAGS = dict(max_train_examples=20, max_eval_examples=5, num_train_epochs=
                    hidden_dropout=0.0, attention_dropout=0.0, pad_to="max_length")
 
 
+# Imported by every Python process of a launch (it is on PYTHONPATH): at interpreter exit, a
+# rank writes the names of its threads still alive, as the kernel names them.
+EXIT_THREADS_HOOK = """
+import atexit, os
+
+def _threads_at_exit():
+    if "RANK" not in os.environ:
+        return
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as handle:
+                names.append(handle.read().strip())
+        except OSError:
+            pass
+    path = os.path.join(os.environ["EXIT_THREADS_DIR"], "rank" + os.environ["RANK"])
+    with open(path, "w") as out:
+        out.write("\\n".join(sorted(names)))
+
+atexit.register(_threads_at_exit)
+"""
+
+
 @pytest.fixture(scope="module")
 def two_process_training(tiny_model, cache_dir, tmp_path_factory) -> tuple[dict, Path]:
-    out = tmp_path_factory.mktemp("dist") / "train_2x4"
+    root = tmp_path_factory.mktemp("dist")
+    out, hook = root / "train_2x4", root / "exit_hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(EXIT_THREADS_HOOK)
     return launch_two(train_args(tiny_model, cache_dir, out, per_device_train_batch_size=4,
-                                 **TRAIN_FLAGS)), out
+                                 **TRAIN_FLAGS),
+                      PYTHONPATH=f"{hook}{os.pathsep}{REPO}", EXIT_THREADS_DIR=str(hook)), out
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +102,17 @@ def one_process_training(tiny_model, cache_dir, tmp_path_factory) -> tuple[dict,
     out = tmp_path_factory.mktemp("dist") / "train_1x8"
     return run_one(train_args(tiny_model, cache_dir, out, per_device_train_batch_size=8,
                               **TRAIN_FLAGS)), out
+
+
+def test_no_rank_finalizes_with_gloo_threads_alive(two_process_training):
+    """A DDP run's gloo threads (``pt_gloo_runloop``, ``gloo_tcp_loop``) outlive
+    ``destroy_process_group``; a rank that then finalized the interpreter ran C++ static
+    destructors beside them (a rare ``terminate called without an active exception`` at exit).
+    The ranks end before finalization, or with no such thread left."""
+    _, out = two_process_training
+    hook = out.parent / "exit_hook"
+    for rank_file in sorted(hook.glob("rank*")):
+        assert "gloo" not in rank_file.read_text(), (rank_file.name, rank_file.read_text())
 
 
 def test_launch_runs_two_ranks(two_process_training):
