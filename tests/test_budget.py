@@ -340,7 +340,7 @@ def test_the_budget_counts_from_the_program_start_not_from_bash_c(tiny_model, ca
 
     out = tmp_path / "late_start"
     args = train_args(tiny_model, cache_dir, out, max_train_minutes=5,
-                      **dict(BUDGET_FLAGS, num_train_epochs=2))
+                      **dict(BUDGET_FLAGS, num_train_epochs=3, max_train_examples=40))
     command = " ".join(shlex.quote(part) for part in
                        [sys.executable, str(REPO / "train_accelerate.py"), *args])
     shell_started = time.time()
