@@ -158,9 +158,9 @@ class OptimArgs:
              "optimizer steps (0: off, the last weights; e.g. 0.2)")
     max_train_minutes: Optional[float] = _arg(
         None, "wall-clock budget for the whole run (preprocessing, training, evaluation, "
-              "saving): the number of optimizer steps is planned to fit it after a few timed "
-              "steps, at most num_train_epochs (or max_train_steps): a budget shortens a run, "
-              "never lengthens it")
+              "saving), counted from the program's start: the number of optimizer steps is "
+              "planned to fit it after a few timed steps, at most num_train_epochs (or "
+              "max_train_steps): a budget shortens a run, never lengthens it")
 
 
 @dataclass
