@@ -67,8 +67,9 @@ from qa_core.readers import (
 # are skipped.
 # v5: token ends past combining marks, notes for answers in no window; v6: also past the rest
 # of a run of marks begun inside a token; v7: notes count only the examples kept (not a
-# duplicate id, not one no window holds)
-CODE_VERSION = "features-v7"
+# duplicate id, not one no window holds); v8: examples keep TyDi's gold as the metric reads it
+# (every annotator's passage, minimal byte span and yes/no; the passage candidates' byte ranges)
+CODE_VERSION = "features-v8"
 
 EXAMPLE_SCHEMA = pa.schema([
     ("id", pa.string()), ("question", pa.string()), ("context", pa.string()),
@@ -76,6 +77,12 @@ EXAMPLE_SCHEMA = pa.schema([
                            ("answer_start", pa.list_(pa.int32()))])),
     ("title", pa.string()), ("language", pa.string()), ("yes_no_answer", pa.string()),
     ("passage_answer_start", pa.int32()), ("passage_answer_end", pa.int32()),
+    # TyDi only (null otherwise): offsets in UTF-8 bytes of the context, as the data gives them
+    ("tydi_annotations", pa.list_(pa.struct([
+        ("passage_index", pa.int64()), ("minimal_start_byte", pa.int64()),
+        ("minimal_end_byte", pa.int64()), ("yes_no_answer", pa.string())]))),
+    ("passage_candidates", pa.list_(pa.struct([("start_byte", pa.int64()),
+                                               ("end_byte", pa.int64())]))),
 ])
 
 

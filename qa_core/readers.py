@@ -8,6 +8,16 @@ Example schema (one dict per question; also the ``examples`` split of the cache)
     title: str, language: str
     yes_no_answer: str           "YES"/"NO" when an annotator said so (TyDi), else "NONE"
     passage_answer_start / passage_answer_end: int   char span of the gold TyDi passage, or -1
+    tydi_annotations: [{passage_index, minimal_start_byte, minimal_end_byte, yes_no_answer}]
+                                 TyDi (official raw or HF primary_task layout) only, else None:
+                                 every annotator in file order, nulls included (-1), the
+                                 offsets as given, UTF-8 *bytes* into ``context``, end exclusive
+    passage_candidates: [{start_byte, end_byte}]   TyDi's passage candidates, UTF-8 *bytes* into
+                                 ``context`` (end exclusive); [] for other layouts
+
+TyDi's ``example_id`` (a signed 64-bit integer) becomes ``id`` as its exact decimal text (JSON
+integers are read as Python ints, never through a float; a float id is refused). HF
+``primary_task`` rows have no id: theirs is the row's position (``file.jsonl:LINE``).
 
 Sources: TyDi primary task (hub, ``save_to_disk`` folder, raw or HF-schema jsonl with byte
 offsets; PrimeQA "base" jsonl with character offsets) and SQuAD (v1.1/v2.0 JSON, flat jsonl).
@@ -37,7 +47,8 @@ from qa_core.offsets import ByteCharMap, OffsetError, is_blank, unencodable_at
 TYDI_HUB_CONFIG = "primary_task"
 EXAMPLE_COLUMNS = (
     "id", "question", "context", "answers", "title", "language",
-    "yes_no_answer", "passage_answer_start", "passage_answer_end",
+    "yes_no_answer", "passage_answer_start", "passage_answer_end", "tydi_annotations",
+    "passage_candidates",
 )
 
 
@@ -192,7 +203,14 @@ def _identified(record: dict, fallback_id: str, where: str) -> tuple[str, str]:
     ``fallback_id`` (the row's position, not checked: it is built from the file name)."""
     for key in ("id", "example_id"):
         if record.get(key) is not None:
-            example_id = str(record[key])
+            value = record[key]
+            if isinstance(value, (float, bool)):
+                # a 64-bit id does not survive a float (2**53 + 1 reads as 2**53): refused, not
+                # rounded into another example's id
+                raise DataSourceError(f"{where}: field '{key}' must be an integer or a string, "
+                                      f"got {_shown(value)} (a float cannot hold a 64-bit id "
+                                      "exactly)")
+            example_id = str(value)
             where = _naming_id(where, example_id)
             _check_unicode(example_id, key, where)
             return example_id, where
@@ -211,6 +229,8 @@ def _base_example(example_id: str, question: str, context: str, title: str = "",
         "yes_no_answer": "NONE",
         "passage_answer_start": -1,
         "passage_answer_end": -1,
+        "tydi_annotations": None,
+        "passage_candidates": [],
     }
 
 
@@ -379,6 +399,35 @@ def _tydi_candidates(record: dict, where: str) -> tuple[list, list]:
     return starts, ends
 
 
+def _offset_or_null(value: Any, what: str, where: str) -> int:
+    """A TyDi gold number as the official scorer reads it: null is -1, else the integer."""
+    return -1 if value is None else as_int(value, what, where)
+
+
+def tydi_gold_fields(lists: tuple[list, list, list, list], candidates: tuple[list, list],
+                     where: str) -> tuple[list[dict], list[dict]]:
+    """(every annotator's answer, the passage candidates) as the metric needs them.
+
+    Annotators keep their file order, nulls included (-1, "NONE"); offsets are kept as given
+    (UTF-8 bytes into the document, end exclusive): the scorer, not the reader, judges them.
+    """
+    starts, ends, passages, yes_no = lists
+    annotations = [{
+        "passage_index": _offset_or_null(
+            passage, f"annotations.passage_answer_candidate_index[{i}]", where),
+        "minimal_start_byte": _offset_or_null(
+            start, f"annotations.minimal_answers_start_byte[{i}]", where),
+        "minimal_end_byte": _offset_or_null(
+            end, f"annotations.minimal_answers_end_byte[{i}]", where),
+        "yes_no_answer": (answer or "NONE").upper(),
+    } for i, (start, end, passage, answer) in enumerate(zip(starts, ends, passages, yes_no))]
+    spans = [{
+        "start_byte": as_int(start, f"passage_answer_candidates.plaintext_start_byte[{i}]", where),
+        "end_byte": as_int(end, f"passage_answer_candidates.plaintext_end_byte[{i}]", where),
+    } for i, (start, end) in enumerate(zip(*candidates))]
+    return annotations, spans
+
+
 def _tydi_passage_span(candidates: tuple[list, list], gold: int, byte_map: ByteCharMap,
                        where: str, stats: ReadStats) -> tuple[int, int]:
     """Char span of the gold passage candidate, or (-1, -1) noted as unusable."""
@@ -409,6 +458,8 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
     byte_map = ByteCharMap.for_text(context)
     had_span = _add_byte_spans(example, byte_map, starts, ends, where, stats)
     example["yes_no_answer"] = _yes_no(yes_no, "annotations.yes_no_answer", where)
+    example["tydi_annotations"], example["passage_candidates"] = tydi_gold_fields(
+        (starts, ends, passages, yes_no), candidates, where)
     gold_passage = _gold_passage(passages, "annotations.passage_answer_candidate_index", where)
     if gold_passage >= 0:
         example["passage_answer_start"], example["passage_answer_end"] = _tydi_passage_span(
