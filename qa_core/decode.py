@@ -587,24 +587,31 @@ def _build_predictions(
     return dict(zip(example_ids, map(Prediction._make, rows)))
 
 
-def best_answers(
+class ExampleSpans(NamedTuple):
+    """Each example's best span over all its windows, as arrays over the examples.
+
+    The span is never the null answer (no-answer is not a candidate span); whether null wins
+    is :func:`best_answers`' rule. Character offsets into the example's context, end exclusive.
+    """
+
+    score: np.ndarray         # float64, -inf where no window offered a span
+    start_char: np.ndarray    # int, -1 where no span
+    end_char: np.ndarray      # int, -1 where no span
+    null_score: np.ndarray    # float64, the minimum CLS score over the example's windows
+    has_features: np.ndarray  # bool, False for an example without windows
+
+
+def best_spans(
     feature_spans: FeatureSpans,
     feature_example_index: np.ndarray,
-    contexts: Sequence[str],
-    example_ids: Sequence[str],
-    config: DecodeConfig = DecodeConfig(),
-) -> dict[str, Prediction]:
-    """Best answer per example from the compact spans of all its features.
+    num_examples: int,
+) -> ExampleSpans:
+    """Best non-null span per example from the compact spans of all its features.
 
     Ties between features go to the lower feature index (within a feature the
-    spans are already ordered by score, start token, end token).  An example
-    without features gets ``Prediction("", -inf, -1, -1, -inf)``.
+    spans are already ordered by score, start token, end token).
     """
-    if len(contexts) != len(example_ids):
-        raise ValueError("contexts and example_ids must have the same length")
-    num_examples = len(example_ids)
     index = _validated_example_index(feature_example_index, len(feature_spans), num_examples)
-
     # Slot 0 is each feature's best span; only features compete from here on.
     winner = _best_feature_per_example(feature_spans.scores[:, 0], index, num_examples)
     has_features = winner >= 0
@@ -615,16 +622,44 @@ def best_answers(
             return np.full(num_examples, fill)
         return np.where(has_features, values[safe_winner, 0], fill)
 
-    return _build_predictions(
-        best_score=pick(feature_spans.scores, -np.inf),
-        best_start_char=pick(feature_spans.start_char, INVALID_INDEX),
-        best_end_char=pick(feature_spans.end_char, INVALID_INDEX),
+    return ExampleSpans(
+        score=pick(feature_spans.scores, -np.inf),
+        start_char=pick(feature_spans.start_char, INVALID_INDEX),
+        end_char=pick(feature_spans.end_char, INVALID_INDEX),
         null_score=_min_null_per_example(feature_spans.null_score, index, num_examples),
         has_features=has_features,
-        contexts=contexts,
-        example_ids=example_ids,
-        config=config,
     )
+
+
+def answers_from_spans(
+    spans: ExampleSpans,
+    contexts: Sequence[str],
+    example_ids: Sequence[str],
+    config: DecodeConfig = DecodeConfig(),
+) -> dict[str, Prediction]:
+    """Each example's answer from its best span and null score (:func:`best_spans`)."""
+    if len(contexts) != len(example_ids):
+        raise ValueError("contexts and example_ids must have the same length")
+    return _build_predictions(spans.score, spans.start_char, spans.end_char, spans.null_score,
+                              spans.has_features, contexts, example_ids, config)
+
+
+def best_answers(
+    feature_spans: FeatureSpans,
+    feature_example_index: np.ndarray,
+    contexts: Sequence[str],
+    example_ids: Sequence[str],
+    config: DecodeConfig = DecodeConfig(),
+) -> dict[str, Prediction]:
+    """Best answer per example from the compact spans of all its features
+    (:func:`best_spans`, then :func:`answers_from_spans`).
+
+    An example without features gets ``Prediction("", -inf, -1, -1, -inf)``.
+    """
+    if len(contexts) != len(example_ids):
+        raise ValueError("contexts and example_ids must have the same length")
+    spans = best_spans(feature_spans, feature_example_index, len(example_ids))
+    return answers_from_spans(spans, contexts, example_ids, config)
 
 
 def top_answers(

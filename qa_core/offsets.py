@@ -147,3 +147,14 @@ def char_to_byte(text: str, char_offset: int) -> int:
             f"char offset {char_offset} is outside the text (0..{len(text)})",
         )
     return len(text[:char_offset].encode("utf-8"))
+
+
+def char_span_to_byte_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Half-open character span of ``text`` -> half-open UTF-8 *byte* span (the inverse of
+    :meth:`ByteCharMap.span_to_chars`); both ends land on character boundaries by construction.
+    Encodes only the text up to ``end``."""
+    if not 0 <= start <= end <= len(text):
+        raise OffsetError("char_offset_out_of_range",
+                          f"char span [{start}, {end}) is outside the text (0..{len(text)})")
+    start_byte = len(text[:start].encode("utf-8"))
+    return start_byte, start_byte + len(text[start:end].encode("utf-8"))
