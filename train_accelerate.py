@@ -10,7 +10,8 @@ Every flag is a field of the dataclasses in ``qa_core/settings.py`` (``--help`` 
 
 The script only orchestrates: settings -> data -> model and optimizer -> ``fit`` -> outputs.
 Output folder: the model + tokenizer (``save_pretrained``), ``metrics.json``,
-``predictions.json``, ``train_config.json``, ``log.jsonl``, ``checkpoints/step_N/`` and
+``predictions.json`` (and ``tydi_predictions.jsonl`` on TyDi data), ``train_config.json``,
+``log.jsonl``, ``checkpoints/step_N/`` and
 ``best_model/``. The last line printed is a JSON summary. Bad settings, data or checkpoints end
 the run with one ``error:`` line and exit code 2.
 """
@@ -89,7 +90,8 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     model = on_every_process(accelerator, lambda: load_qa_model(
         data.model, optim.attention_dropout, optim.hidden_dropout), ModelFolderError)
     freeze_parameters(model, optim.freeze_encoder, optim.freeze_word_embeddings)
-    tracker = EvalTracker(evaluator, output_dir, save_best=do_train)
+    tracker = EvalTracker(evaluator, output_dir, save_best=do_train,
+                          metric_for_best_model=run_args.metric_for_best_model)
 
     # --- training ---------------------------------------------------------------------------------
     trained, state = TrainedSpan(), RunState()
@@ -197,7 +199,7 @@ def write_outputs(accelerator, settings: TrainSettings, model, tokenizer, tracke
             demo_answers(accelerator.unwrap_model(model), tokenizer,
                          tracker.evaluator.decode_config, summary)
         write_run_files(output_dir, summary, tracker.predictions, settings.as_flat_dict(),
-                        tokenizer)
+                        tokenizer, tracker.tydi_predictions)
         print(json.dumps(summary, ensure_ascii=False))
 
     write_on_every_process(accelerator, output_dir, run_files)

@@ -123,7 +123,7 @@ class RunState:
     batches_in_epoch: int = 0       # per-process batches of ``epoch`` already consumed
     samples_seen: int = 0
     nonfinite_steps: int = 0
-    best_f1: float | None = None
+    best_f1: float | None = None    # the best --metric_for_best_model so far (SQuAD F1 by default)
     best_step: int | None = None
     planned_total_steps: int | None = None   # --max_train_minutes: the plan made after calibration
     averaged_steps: int = 0         # --average_last: steps in the running mean of the weights
@@ -157,6 +157,8 @@ class RunState:
     # A run without a time budget: the optimizer steps that --num_train_epochs / --max_train_steps
     # give, which the learning-rate schedule decays over (a budgeted run's is planned_total_steps).
     scheduled_steps: int | None = None
+    # What best_f1 holds (--metric_for_best_model): best_model/ compares only that metric.
+    metric_for_best_model: str | None = None
 
     # The data order (which windows, in which batches) and what the checkpoint holds.
     MUST_MATCH = ("world_size", "seed", "per_device_train_batch_size",
@@ -164,7 +166,8 @@ class RunState:
                   "max_train_examples", "group_by_length", "negative_window_fraction")
     SAID_IF_CHANGED = ("learning_rate", "weight_decay", "warmup_steps", "lr_scheduler",
                        "max_grad_norm", "attention_dropout", "hidden_dropout", "mixed_precision",
-                       "pad_to", "distributed_type", "scheduled_steps", "eval_data_key")
+                       "pad_to", "distributed_type", "scheduled_steps", "eval_data_key",
+                       "metric_for_best_model")
     # the restored optimizer state carries these (per parameter group), whatever the flags say
     KEPT_FROM_CHECKPOINT = ("learning_rate", "weight_decay")
 
@@ -231,6 +234,11 @@ class RunState:
                                  "--max_eval_examples) differs from the checkpoint's run: its "
                                  f"best F1 ({self.best_f1}) is not compared with the new scores; "
                                  "best_model/ is chosen afresh")
+            elif name == "metric_for_best_model":
+                if before is not None and now is not None:
+                    lines.append(f"--metric_for_best_model is {now!r}, the checkpoint's run "
+                                 f"chose by {before!r}: its best ({self.best_f1}) is not "
+                                 "compared with the new metric; best_model/ is chosen afresh")
             elif name in self.KEPT_FROM_CHECKPOINT:
                 lines.append(f"--{name} {now!r} is not used: the checkpoint's optimizer state "
                              f"keeps {before!r}")
@@ -246,6 +254,9 @@ class RunState:
                                    if name not in self.KEPT_FROM_CHECKPOINT})
         if self.eval_data_key is not None and self.eval_data_key != current.eval_data_key:
             resumed = replace(resumed, best_f1=None, best_step=None)  # scores on other questions
+        if (self.metric_for_best_model is not None
+                and self.metric_for_best_model != current.metric_for_best_model):
+            resumed = replace(resumed, best_f1=None, best_step=None)  # another metric's value
         return resumed
 
 

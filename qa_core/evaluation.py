@@ -9,7 +9,7 @@ array is held for the split either.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,12 +20,16 @@ from qa_core.decode import (
     DecodeConfig,
     FeatureSpans,
     Prediction,
+    answers_from_spans,
     best_answers,
+    best_spans,
     concat_feature_spans,
     feature_topk_spans,
     top_answers,
 )
 from qa_core.metrics import squad_scores, start_end_scores
+from qa_core.tydi_eval import TydiPrediction
+from qa_core.tydi_predict import TydiReferences, tydi_metrics
 
 # What the model reads from a batch (labels are left out at evaluation).
 EVAL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -73,6 +77,7 @@ class EvalReferences:
     start_positions: np.ndarray           # [F] gold labels (CLS index for no answer)
     end_positions: np.ndarray
     offsets: Callable[[np.ndarray], np.ndarray]   # feature indices -> [B, L, 2], -1 outside
+    tydi: TydiReferences | None = None    # TyDi examples' gold: predictions in TyDi's format
 
     @classmethod
     def build(cls, examples: pa.Table, features: EvalFeatures) -> "EvalReferences":
@@ -86,7 +91,17 @@ class EvalReferences:
             start_positions=features.start_positions,
             end_positions=features.end_positions,
             offsets=features.offsets,
+            tydi=TydiReferences.from_examples(examples),
         )
+
+
+class EvalResult(NamedTuple):
+    """One evaluation: metrics, each example's answer, and (TyDi data) TyDi-format predictions
+    of the TyDi examples, in example order (None for other data)."""
+
+    metrics: dict
+    predictions: dict[str, Prediction]
+    tydi_predictions: list[TydiPrediction] | None
 
 
 class EvalAccumulator:
@@ -151,10 +166,13 @@ class EvalAccumulator:
         return top_answers(spans, example_index, self.references.contexts,
                            self.references.example_ids, k)
 
-    def finish(self) -> tuple[dict, dict[str, Prediction]]:
-        """Predictions and metrics (SQuAD EM/F1, the tutorial's start/end token F1)."""
+    def finish(self) -> EvalResult:
+        """Predictions and metrics (SQuAD EM/F1, the tutorial's start/end token F1; on TyDi
+        data also TyDi's passage and minimal answer F1, :mod:`qa_core.tydi_predict`)."""
         refs = self.references
-        predictions = self.predictions()
+        example_index, spans = self._ordered_spans()
+        best = best_spans(spans, example_index, len(refs.example_ids))
+        predictions = answers_from_spans(best, refs.contexts, refs.example_ids, self.config)
         feature_index, order = self._ordered_features()
         metrics = squad_scores({k: p.text for k, p in predictions.items()},
                                dict(zip(refs.example_ids, refs.gold_answers)))
@@ -165,7 +183,11 @@ class EvalAccumulator:
         metrics["features"] = int(len(feature_index))
         metrics["features_expected"] = int(len(refs.feature_example_index))
         metrics["nonfinite_features"] = self.nonfinite_features
-        return metrics, predictions
+        tydi_predictions = None
+        if refs.tydi is not None:  # the best non-null span, whatever the null rule chose
+            tydi_predictions = refs.tydi.predictions(best, refs.contexts)
+            metrics.update(tydi_metrics(refs.tydi, tydi_predictions))
+        return EvalResult(metrics, predictions, tydi_predictions)
 
 
 def accumulate_logits(model, batches, accumulator: EvalAccumulator, accelerator=None) -> None:
@@ -202,7 +224,7 @@ class Evaluator:
     decode_config: DecodeConfig
     data_key: str = ""    # which questions it scores (cache key and --max_eval_examples)
 
-    def evaluate(self, model) -> tuple[dict, dict[str, Prediction]]:
+    def evaluate(self, model) -> EvalResult:
         """Metrics and predictions. The training's random state is left as it was: iterating a
         DataLoader draws its base seed from torch's global generator, so an evaluation used to
         change the later dropout masks and ``--eval_strategy`` changed the trained weights."""

@@ -325,32 +325,48 @@ class TrainingRun:
                    "first_step": last - count + 1 if count else None})  # as averaged
 
 
+def eval_line(step: int, metrics: dict) -> str:
+    """The line an evaluation prints: SQuAD EM/F1, start/end F1 and, on TyDi data, TyDi's
+    passage and minimal answer F1 (of ``tydi_headline``'s row)."""
+    m = metrics
+    line = (f"step {step}: EM {m['exact_match']:.2f} F1 {m['f1']:.2f} "
+            f"start_f1 {m['start_f1']:.3f} end_f1 {m['end_f1']:.3f}")
+    if m.get("tydi_headline"):
+        line += (f" | TyDi {m['tydi_headline']}: passage F1 {m['tydi_passage_f1']:.2f} "
+                 f"minimal F1 {m['tydi_minimal_f1']:.2f}")
+    return line
+
+
 @dataclass
 class EvalTracker:
-    """The latest evaluation, and the best model so far (saved to ``best_model/``)."""
+    """The latest evaluation, and the best model so far (saved to ``best_model/``) by
+    ``metric_for_best_model`` (a key of the metrics: ``f1``, ``exact_match``,
+    ``tydi_minimal_f1``, ``tydi_passage_f1``; higher is better)."""
 
     evaluator: Evaluator
     output_dir: Path
     save_best: bool
+    metric_for_best_model: str = "f1"
     metrics: dict | None = None
     predictions: dict | None = None
+    tydi_predictions: list | None = None    # TyDi data: the latest TyDi-format predictions
     step: int | None = None
 
     def run(self, run: TrainingRun | None, model, reason: str, log: RunLog) -> None:
         state = run.state if run is not None else RunState()
-        self.metrics, self.predictions = self.evaluator.evaluate(model)
+        self.metrics, self.predictions, self.tydi_predictions = self.evaluator.evaluate(model)
         self.step = state.global_step
         log.write({"event": "eval", "reason": reason, "step": state.global_step,
                    "epoch": state.epoch, **self.metrics})
         m = self.metrics
-        self.evaluator.accelerator.print(
-            f"step {state.global_step}: EM {m['exact_match']:.2f} F1 {m['f1']:.2f} "
-            f"start_f1 {m['start_f1']:.3f} end_f1 {m['end_f1']:.3f}")
-        if self.save_best and (state.best_f1 is None or m["f1"] > state.best_f1):
+        self.evaluator.accelerator.print(eval_line(state.global_step, m))
+        value = m.get(self.metric_for_best_model)
+        if self.save_best and value is not None and (state.best_f1 is None
+                                                     or value > state.best_f1):
             try:  # only finite weights with finite logits become best_model/
                 checkpoints.save_model_checked(self.evaluator.accelerator, model,
                                                self.output_dir / "best_model", m)
-                state.best_f1, state.best_step = m["f1"], state.global_step
+                state.best_f1, state.best_step = value, state.global_step
             except checkpoints.NonFiniteModelError as err:
                 log.write({"event": "model_not_saved", "step": state.global_step,
                            "reason": str(err)})

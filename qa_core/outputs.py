@@ -1,5 +1,6 @@
 """What a finished run leaves in ``output_dir`` and prints: model + tokenizer, metrics.json,
-predictions.json, train_config.json, and the JSON summary (the last line printed)."""
+predictions.json, tydi_predictions.jsonl (TyDi evaluation data), train_config.json, and the
+JSON summary (the last line printed)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,9 @@ from qa_core.errors import SettingsError
 LOCK_FILE = ".run.lock"  # "<pid> <host>" of the run writing into the folder
 
 SUMMARY_METRICS = ("exact_match", "f1", "start_f1", "end_f1")
+# headline metrics shown when the evaluation data is TyDi (qa_core.tydi_predict.tydi_metrics)
+TYDI_SUMMARY_METRICS = ("tydi_passage_f1", "tydi_minimal_f1", "tydi_headline")
+TYDI_PREDICTIONS_FILE = "tydi_predictions.jsonl"
 
 
 def run_summary(metrics: dict, state, trained, accelerator, output_dir: Path,
@@ -22,8 +26,11 @@ def run_summary(metrics: dict, state, trained, accelerator, output_dir: Path,
     more, e.g. the distribution in effect and how the cache was built)."""
     return {
         **{k: metrics[k] for k in SUMMARY_METRICS},
+        **{k: metrics[k] for k in TYDI_SUMMARY_METRICS if k in metrics},
         "metrics": metrics, "global_step": state.global_step, "samples_seen": state.samples_seen,
-        "nonfinite_steps": state.nonfinite_steps, "best_f1": state.best_f1,
+        "nonfinite_steps": state.nonfinite_steps,
+        # best_f1: the best value of metric_for_best_model (SQuAD F1 unless chosen otherwise)
+        "metric_for_best_model": state.metric_for_best_model, "best_f1": state.best_f1,
         "best_step": state.best_step, "averaged_steps": state.averaged_steps,
         "train_seconds": round(trained.seconds, 2),  # trained: this process's TrainedSpan
         "train_samples_per_s": trained.samples_per_s,
@@ -33,9 +40,13 @@ def run_summary(metrics: dict, state, trained, accelerator, output_dir: Path,
 
 
 def write_run_files(output_dir: Path, summary: dict, predictions: dict, config: dict,
-                    tokenizer) -> None:
+                    tokenizer, tydi_predictions: list | None = None) -> None:
     """Main process only: tokenizer (also in ``best_model/``, so that folder loads on its own,
-    e.g. with ``qa-answer``), metrics.json, train_config.json, predictions.json."""
+    e.g. with ``qa-answer``), metrics.json, train_config.json, predictions.json, and on TyDi
+    evaluation data ``tydi_predictions.jsonl`` (TyDi's official prediction format; an earlier
+    run's is removed otherwise)."""
+    from qa_core.tydi_eval import write_predictions
+
     tokenizer.save_pretrained(output_dir)
     if (output_dir / "best_model").is_dir():
         tokenizer.save_pretrained(output_dir / "best_model")
@@ -44,6 +55,10 @@ def write_run_files(output_dir: Path, summary: dict, predictions: dict, config: 
     (output_dir / "train_config.json").write_text(json.dumps(config, indent=2))
     (output_dir / "predictions.json").write_text(
         json.dumps({k: p.text for k, p in predictions.items()}, ensure_ascii=False, indent=1))
+    if tydi_predictions is None:
+        (output_dir / TYDI_PREDICTIONS_FILE).unlink(missing_ok=True)
+    else:
+        write_predictions(output_dir / TYDI_PREDICTIONS_FILE, tydi_predictions)
 
 
 def demo_answers(model, tokenizer, decode_config, summary: dict) -> None:

@@ -114,12 +114,22 @@ def build_evaluator(accelerator, settings: TrainSettings, split: CachedSplit,
     """The eval windows, their references for decoding and scoring, and an (unprepared) loader."""
     eval_set = rows_of(accelerator, settings, split, pad_token_id)
     references = EvalReferences.build(split.selection.examples, eval_set)
+    check_metric_for_best_model(settings.run.metric_for_best_model, references,
+                                split.summary["source"])
     has_unanswerable = any(not answers for answers in references.gold_answers)
     loader = torch.utils.data.DataLoader(eval_set, collate_fn=identity_collate,
                                          batch_size=settings.optim.per_device_eval_batch_size)
     return Evaluator(accelerator, loader, references,
                      settings.decode.decode_config(has_unanswerable),
                      data_key=f"{split.summary['key']}/{settings.data.max_eval_examples}")
+
+
+def check_metric_for_best_model(metric: str, references: EvalReferences, source: str) -> None:
+    """A TyDi metric needs TyDi evaluation data (official raw or HF primary_task layout)."""
+    if metric.startswith("tydi_") and references.tydi is None:
+        raise SettingsError(f"--metric_for_best_model {metric}: the evaluation data ({source}) "
+                            "is not TyDi QA (official raw or HF primary_task layout), so it has "
+                            "no TyDi scores; choose f1 or exact_match")
 
 
 def rows_of(accelerator, settings: TrainSettings, split: CachedSplit,
@@ -195,6 +205,7 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
                      mixed_precision=accelerator.mixed_precision, pad_to=optim.pad_to,
                      distributed_type=str(accelerator.distributed_type.value),
                      eval_data_key=evaluator.data_key,
+                     metric_for_best_model=settings.run.metric_for_best_model,
                      scheduled_steps=None if budget else plan.total_steps)
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
                       output_dir, budget, average=weight_average(accelerator, model,

@@ -33,6 +33,9 @@ MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
 EVAL_STRATEGIES = ("epoch", "steps", "end")
 PAD_TO = ("longest", "max_length")
 REPORT_TO = ("none", "tensorboard", "all")
+# metrics.json keys best_model/ can be chosen by (higher is better); the TyDi ones read English's
+# row, else the non-English mean (qa_core.tydi_predict.headline), and need TyDi evaluation data
+METRICS_FOR_BEST_MODEL = ("f1", "exact_match", "tydi_minimal_f1", "tydi_passage_f1")
 
 
 def _arg(default: Any, help: str, **extra: Any) -> Any:
@@ -177,6 +180,10 @@ class RunArgs:
     overwrite_output_dir: bool = _arg(False, "start a new run in an output_dir that holds an "
                                              "earlier run's checkpoints, deleting them (without "
                                              "it, such a run is refused)")
+    metric_for_best_model: str = _arg(
+        "f1", "the metric that picks best_model/: SQuAD f1 or exact_match, or TyDi QA's minimal "
+              "or passage answer F1 (English's, else the mean over the non-English languages; "
+              "TyDi evaluation data only)", choices=METRICS_FOR_BEST_MODEL)
     logging_steps: int = _arg(10, "log every N optimizer steps")
     report_to: str = _arg("none", "experiment tracker", choices=REPORT_TO)
     cache_sharing: str = _arg(

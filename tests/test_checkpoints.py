@@ -740,8 +740,7 @@ def test_eval_accumulator_counts_features_with_nonfinite_logits():
     start[1, 2] = np.nan
     end[2, 5] = np.inf
     accumulator.add(np.arange(3), start, end)
-    metrics, _ = accumulator.finish()
-    assert metrics["nonfinite_features"] == 2
+    assert accumulator.finish().metrics["nonfinite_features"] == 2
 
 
 # ---------------------------------------------------------------------------------------------
