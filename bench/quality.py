@@ -7,7 +7,9 @@
 
 Everything after ``--`` goes to train_accelerate.py unchanged. The run happens in a child
 process (so its timing is its own); the record holds EM/F1 (HasAns/NoAns where the data has
-unanswerable questions), start/end F1, wall time, samples/s and the time-to-F1 curve (F1 after
+unanswerable questions), start/end F1, on TyDi evaluation data TyDi's passage and minimal answer
+F1 (``tydi_passage_f1``, ``tydi_minimal_f1``: English's, else the non-English mean; the run's
+``metrics.json["tydi"]`` per language), wall time, samples/s and the time-to-F1 curve (F1 after
 each evaluation, from the run's log.jsonl). Last line: JSON summary; record appended to
 bench/results/quality.jsonl.
 
@@ -111,7 +113,8 @@ def run(args, model: str, output_dir: Path, extra: list[str]) -> int:
     for event in events:
         if event.get("event") == "eval":
             curve.append({"step": event["step"], "time_s": event.get("time_s"), "f1": event["f1"],
-                          "exact_match": event["exact_match"]})
+                          "exact_match": event["exact_match"],
+                          **{k: event[k] for k in TYDI_KEYS if k in event}})
     train_config = json.loads((output_dir / "train_config.json").read_text())
     if args.curve_from_checkpoints:
         curve = sorted(curve + checkpoint_curve(output_dir, events, train_config),
@@ -127,6 +130,7 @@ def run(args, model: str, output_dir: Path, extra: list[str]) -> int:
         "exact_match": metrics["exact_match"], "f1": metrics["f1"],
         "start_f1": metrics["start_f1"], "end_f1": metrics["end_f1"],
         **{k: v for k, v in metrics.items() if k.startswith(("HasAns_", "NoAns_"))},
+        **{k: metrics[k] for k in TYDI_KEYS if k in metrics},
         "eval_questions": metrics["total"], "eval_features": metrics["features"],
         "global_step": summary["global_step"], "train_seconds": summary["train_seconds"],
         "train_samples_per_s": summary["train_samples_per_s"], "wall_seconds": round(wall, 1),
@@ -141,6 +145,9 @@ def run(args, model: str, output_dir: Path, extra: list[str]) -> int:
     print_summary(record)
     return 0
 
+
+# TyDi evaluation data: the headline figures (qa_core.tydi_predict.tydi_metrics) and their row
+TYDI_KEYS = ("tydi_passage_f1", "tydi_minimal_f1", "tydi_headline")
 
 # Settings that change what an evaluation computes; everything else is about training.
 EVAL_SETTINGS = ("eval_data", "max_eval_examples", "max_length", "doc_stride", "cache_dir",
@@ -178,7 +185,9 @@ def checkpoint_curve(output_dir: Path, events: list[dict], train_config: dict) -
             metrics = json.loads(completed.stdout.strip().splitlines()[-1])["metrics"]
         time_s = float(np.interp(step, *zip(*logged))) if logged else None
         points.append({"step": step, "time_s": time_s, "f1": metrics["f1"],
-                       "exact_match": metrics["exact_match"], "from": "checkpoint"})
+                       "exact_match": metrics["exact_match"],
+                       **{k: metrics[k] for k in TYDI_KEYS if k in metrics},
+                       "from": "checkpoint"})
     return points
 
 
