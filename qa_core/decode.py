@@ -11,7 +11,9 @@ evaluation loop can stream:
    ``features x max_length`` logits never need to exist at once.
 2. :func:`best_answers` reduces the summaries to one :class:`Prediction` per
    example (an example's long context may have been split into several
-   overlapping windows/features).
+   overlapping windows/features): :func:`best_spans` finds each example's best
+   non-null span and null score (arrays; TyDi's predictions read them too),
+   :func:`answers_from_spans` applies the null rule and slices the texts.
 
 A span (start token ``s``, end token ``e``) of a feature is a *candidate* when
 ``s`` is among the ``n_best_size`` highest start logits of the feature, ``e`` is

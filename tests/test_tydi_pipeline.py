@@ -100,6 +100,19 @@ def test_readers_keep_every_annotator_candidates_and_exact_ids_in_both_layouts(t
     assert all(e["tydi_annotations"] is None and e["passage_candidates"] == [] for e in squad)
 
 
+def test_int64_example_ids_stay_exact_through_a_datasets_folder(tmp_path):
+    """datasets stores the ids as int64 and hands them back as Python ints: no float anywhere."""
+    import datasets
+
+    rows = [{**raw_to_hf(r), "example_id": r["example_id"]} for r in records()]
+    dataset = datasets.Dataset.from_list(rows)
+    assert str(dataset.features["example_id"].dtype) == "int64"
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    examples = read_all(tmp_path / "saved")
+    assert [e["id"] for e in examples] == [str(i) for i in IDS]
+    assert [e["tydi_annotations"] for e in examples] == EXPECTED_ANNOTATIONS
+
+
 def test_a_float_example_id_is_refused_not_rounded(tmp_path):
     record = records()[0]
     record["example_id"] = float(2**53 + 1)
