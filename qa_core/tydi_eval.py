@@ -96,7 +96,7 @@ class TydiGold:
 
     example_id: str             # exact decimal text of an integer example_id (never via float);
     # rows without one (HF primary_task layout): the project reader's row id
-    language: str               # as in the data: "english", "arabic", ...
+    language: str               # lower-cased, as TyDi writes it: "english", "arabic", ...
     annotations: tuple[TydiAnnotation, ...]
 
 
@@ -570,7 +570,7 @@ def read_gold(path: str | os.PathLike) -> dict[str, TydiGold]:
         if example_id in gold:
             raise TydiInputError(f"{where}: field 'example_id': {example_id} repeats line "
                                  f"{lines[example_id]}")
-        language = _text(_require(record, "language", where), "language", where)
+        language = _text(_require(record, "language", where), "language", where).lower()
         annotations = _require(record, "annotations", where)
         if isinstance(annotations, list):
             parsed = _raw_annotations(annotations, where)
@@ -615,7 +615,7 @@ def read_predictions(path: str | os.PathLike) -> dict[str, TydiPrediction]:
         index = record.get("passage_answer_index")
         predictions[example_id] = TydiPrediction(
             example_id=example_id,
-            language=_text(_require(record, "language", where), "language", where),
+            language=_text(_require(record, "language", where), "language", where).lower(),
             passage_answer_index=-1 if index is None else max(
                 _int(index, "passage_answer_index", where), -1),
             passage_answer_score=_score(_require(record, "passage_answer_score", where),

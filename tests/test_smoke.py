@@ -110,3 +110,23 @@ def test_qa_answer_answers_from_the_trained_model(trained, tmp_path, capsys):
     assert main(["--model", str(trained), "--context", context, "--question", "When?"]) == 0
     answer = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert answer["question"] == "When?" and answer["answer"] in context
+
+
+def test_tydi_evaluation_and_qa_tydi_eval_agree(trained, cache_dir, tmp_path, capsys):
+    """Evaluation on TyDi data (the official 11-language sample) writes tydi_predictions.jsonl,
+    and ``qa-tydi-eval`` scores it as metrics.json does."""
+    from qa_core.tydi_eval import main as tydi_eval_main
+
+    gold = str(REPO / "qa_core" / "data" / "tydiqa_tiny_dev.jsonl.gz")
+    out = tmp_path / "tydi"
+    code, _, _ = run_main_in_process(train_args(
+        str(trained), cache_dir, out, max_train_steps=0, eval_data=gold, language="all",
+        max_eval_examples=None))
+    assert code == 0
+    lines = (out / "tydi_predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 11
+    capsys.readouterr()
+    assert tydi_eval_main(["--gold", gold, "--predictions",
+                           str(out / "tydi_predictions.jsonl")]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scored == json.loads((out / "metrics.json").read_text())["tydi"]

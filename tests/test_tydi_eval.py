@@ -538,3 +538,19 @@ def test_cli_bad_file_is_one_error_line_exit_2(tmp_path, capsys):
                            "--predictions", str(predictions)]) == 2
     assert capsys.readouterr().err.startswith(f"qa-tydi-eval: error: {tmp_path}/none.jsonl: "
                                               "cannot open")
+
+
+def test_language_names_are_read_lower_cased(tmp_path):
+    """A gold file that writes "Thai" and predictions that write "THAI" score as one language,
+    named as TyDi (and the training run's metrics.json) name it: "thai"."""
+    gold_path = tmp_path / "gold.jsonl.gz"
+    with gzip.open(DATA / "tydiqa_small_gold_annotation.jsonl.gz", "rt", encoding="utf-8") as src:
+        records = [json.loads(line) for line in src]
+    with gzip.open(gold_path, "wt", encoding="utf-8") as out:
+        for record in records:
+            record["language"] = record["language"].capitalize()
+            out.write(json.dumps(record) + "\n")
+    predictions = [dict(p, language=p["language"].upper()) for p in SMALL_GOLD_PREDICTIONS]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    _check_small_gold(score_tydi(read_gold(gold_path), read_predictions(path)))
