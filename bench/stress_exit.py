@@ -2,7 +2,7 @@
 """Stress loop for aborts at process exit (``terminate called without an active exception``,
 SIGABRT) in launched runs. Not part of CI: it takes tens of minutes.
 
-    python bench/stress_exit.py --minimal 200 --full 30 [--out bench/results/stress_exit.jsonl]
+    python bench/stress_exit.py --minimal 200 --full 30 [--label TEXT] [--no_record]
 
 * minimal: ``accelerate launch`` of 2 CPU processes running ``bench/_exit_probe.py`` (start,
   one all-reduce, the project's teardown, exit);
@@ -12,7 +12,8 @@ SIGABRT) in launched runs. Not part of CI: it takes tens of minutes.
 
 A launch counts as an abort when any process exits on SIGABRT or prints ``terminate called``;
 any other failure is counted apart. The last line printed is a JSON summary with the counts and
-the first failures' stderr tails; ``--out`` appends it as a record.
+the first failures' output tails; it is appended to ``bench/results/stress_exit.jsonl`` with the
+hardware fingerprint and commit.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from bench.common import append_record  # noqa: E402
 from tiny_models import (  # noqa: E402
     TRAIN_DATA,
     accelerate_launcher,
@@ -94,7 +96,8 @@ def main() -> int:
     parser.add_argument("--full", type=int, default=30, help="training launches (DDP, FSDP2 and "
                         "two machines in turn)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per launch")
-    parser.add_argument("--out", help="append the summary to this JSONL file")
+    parser.add_argument("--label", default="", help="a note stored with the record")
+    parser.add_argument("--no_record", action="store_true", help="do not append to bench/results")
     args = parser.parse_args()
     counts = {"minimal": {"launches": 0, "aborts": 0, "other_failures": 0},
               **{kind: {"launches": 0, "aborts": 0, "other_failures": 0} for kind in FULL_KINDS}}
@@ -122,12 +125,10 @@ def main() -> int:
             if done % 10 == 0:
                 print(f"[stress] {done}/{len(plan)} launches, {time.time() - started:.0f} s",
                       flush=True)
-    summary = {"counts": counts, "seconds": round(time.time() - started, 1),
-               "failures": failures[:5], "python": sys.version.split()[0]}
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({**summary, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                         + "\n")
+    summary = {"label": args.label, "counts": counts,
+               "seconds": round(time.time() - started, 1), "failures": failures[:5]}
+    if not args.no_record:
+        append_record("stress_exit", summary)
     print(json.dumps(summary))
     return 0
 
