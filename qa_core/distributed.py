@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-import torch
-
 from qa_core.errors import QAError, SettingsError
 
 T = TypeVar("T")
@@ -58,6 +56,8 @@ def count_processes(accelerator, flag: bool) -> int:
     """How many processes of the run have ``flag`` set (an all-reduce; 1 process: 0 or 1)."""
     if accelerator.num_processes == 1:
         return int(flag)
+    import torch  # here, not at the top: flag parsing imports this module's CACHE_SHARING
+
     value = torch.tensor([int(flag)], dtype=torch.int64, device=accelerator.device)
     return int(accelerator.reduce(value, "sum").item())
 
@@ -75,6 +75,8 @@ def cache_folder_is_shared(accelerator, cache_dir: str | Path) -> bool:
             names = [probe.name]
         except OSError:
             pass  # None tells every process, which then all stop alike (no one left waiting)
+    import torch.distributed
+
     torch.distributed.broadcast_object_list(names, src=0)
     if names[0] is None:
         raise SettingsError(f"--cache_dir {folder}: the main process cannot write there")

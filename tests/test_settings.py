@@ -140,12 +140,17 @@ def test_preset_replaces_defaults_but_not_what_was_typed():
 def test_script_refuses_a_bad_choice_within_seconds_before_any_work(tmp_path):
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, str(REPO / "train_accelerate.py"), "--eval_strategy", "stepz",
+        [sys.executable, "-X", "importtime", str(REPO / "train_accelerate.py"),
+         "--eval_strategy", "stepz",
          "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")],
         cwd=REPO, env=offline_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and time.perf_counter() - started < 30
     assert "--eval_strategy" in result.stderr and "'epoch', 'steps', 'end'" in result.stderr
     assert "Traceback" not in result.stderr
+    # refused before torch is loaded (importing it took ~1 s of the 2-3 s a bad flag took)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "torch" not in imported and "qa_core.settings" in imported
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
