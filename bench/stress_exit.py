@@ -60,7 +60,8 @@ def launched(commands: list[list[str]], timeout: float) -> tuple[list[int], str]
     return codes, output
 
 
-def minimal_launch(_: int, __: Path, ___: str, ____: Path) -> list[list[str]]:
+def minimal_launch(index: int, work: Path, model: str, cache: Path) -> list[list[str]]:
+    """The same arguments as :func:`full_launch`; a minimal launch needs none of them."""
     return [accelerate_launcher(CONFIGS / "cpu_2proc.yaml") + [str(REPO / "bench" /
                                                                   "_exit_probe.py")]]
 

@@ -658,8 +658,6 @@ def best_answers(
 
     An example without features gets ``Prediction("", -inf, -1, -1, -inf)``.
     """
-    if len(contexts) != len(example_ids):
-        raise ValueError("contexts and example_ids must have the same length")
     spans = best_spans(feature_spans, feature_example_index, len(example_ids))
     return answers_from_spans(spans, contexts, example_ids, config)
 

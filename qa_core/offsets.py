@@ -156,5 +156,5 @@ def char_span_to_byte_span(text: str, start: int, end: int) -> tuple[int, int]:
     if not 0 <= start <= end <= len(text):
         raise OffsetError("char_offset_out_of_range",
                           f"char span [{start}, {end}) is outside the text (0..{len(text)})")
-    start_byte = len(text[:start].encode("utf-8"))
+    start_byte = char_to_byte(text, start)
     return start_byte, start_byte + len(text[start:end].encode("utf-8"))

@@ -83,20 +83,9 @@ class TydiReferences:
 
     def predictions(self, spans: ExampleSpans, contexts: Sequence[str]) -> list[TydiPrediction]:
         """One prediction per TyDi example, in example order (``spans`` and ``contexts`` over
-        all the evaluated examples). The contexts are walked once, in order."""
-        wanted = iter(self.rows.tolist())
-        golds = iter(self.gold.values())
-        next_row = next(wanted, None)
-        predictions = []
-        for example, context in enumerate(contexts):
-            if example != next_row:
-                continue
-            gold = next(golds)
-            predictions.append(self._prediction(example, context, gold, spans))
-            next_row = next(wanted, None)
-            if next_row is None:
-                break
-        return predictions
+        all the evaluated examples; only the TyDi examples' contexts are read)."""
+        return [self._prediction(row, contexts[row], gold, spans)
+                for row, gold in zip(self.rows.tolist(), self.gold.values())]
 
     def _prediction(self, example: int, context: str, gold: TydiGold,
                     spans: ExampleSpans) -> TydiPrediction:
