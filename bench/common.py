@@ -233,6 +233,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _cpu_bf16_path() -> str:
+    """How this CPU multiplies bf16: AMX tiles, AVX512-BF16 dot products, or neither (then
+    oneDNN converts to fp32)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    if "amx_bf16" in flags:
+        return "AMX"
+    return "AVX512-BF16" if "avx512_bf16" in flags else "none (converted to fp32)"
+
+
 def _total_ram_gb() -> Optional[float]:
     try:
         import psutil
@@ -280,6 +294,7 @@ def git_state() -> dict:
 def _static_fingerprint() -> dict:
     fp: dict[str, Any] = {
         "cpu_model": _cpu_model(),
+        "cpu_bf16": _cpu_bf16_path(),
         "cpu_logical_cores": os.cpu_count(),
         "ram_total_gb": _total_ram_gb(),
         "platform": platform.platform(),
@@ -318,13 +333,27 @@ def hardware_fingerprint() -> dict:
     return fp
 
 
-def hardware_label(fp: dict) -> str:
-    """Short human name of the hardware a record ran on (used by bench/report.py)."""
-    if fp.get("gpu_name") and fp.get("device", "cuda") != "cpu":
-        n = fp.get("gpu_count") or 1
-        return f"{n}x {fp['gpu_name']}"
+def cpu_bf16_label(fp: dict) -> str:
+    """The fingerprint's bf16 path; records written before it was recorded ran on this project's
+    two CPU kinds (an Intel Xeon with AMX, an AMD EPYC with AVX512-BF16), said as inferred."""
+    if fp.get("cpu_bf16"):
+        return fp["cpu_bf16"]
+    model = str(fp.get("cpu_model") or "")
+    if "EPYC" in model:
+        return "AVX512-BF16 (inferred)"
+    return "AMX (inferred)" if "Xeon" in model else "unknown"
+
+
+def hardware_label(fp: dict, device: str | None = None) -> str:
+    """Short human name of the hardware a record ran on: GPU name (x count) when ``device`` (the
+    record's, else the fingerprint's) is not the CPU, else CPU model, cores and bf16 path."""
+    device = str(device or fp.get("device") or "").lower()
+    if fp.get("gpu_name") and not device.startswith("cpu"):
+        return f"{fp.get('gpu_count') or 1}x {fp['gpu_name']}"
     cores = fp.get("cpu_usable_cores") or fp.get("cpu_logical_cores")
-    return f"{fp.get('cpu_model', 'CPU')} ({cores} cores)"
+    model = fp.get("cpu_model") or "unknown CPU"
+    return (f"{model} ({cores} cores)" if cores else str(model)) + \
+        f", bf16 via {cpu_bf16_label(fp)}"
 
 
 # --------------------------------------------------------------------------------------
@@ -438,7 +467,7 @@ def nominal_peak_flops(device_name: str, dtype: str) -> tuple[Optional[float], O
     """Datasheet peak FLOP/s for a GPU name and a dtype, with the named source.
 
     Returns ``(None, None)`` when no source can be named (all CPUs, unknown GPUs); use
-    :func:`measure_matmul_peak` as the reference there instead.
+    :func:`measure_peak` as the reference there instead.
     """
     key = _DTYPE_ALIASES.get(str(dtype).lower())
     name = (device_name or "").lower()
@@ -461,75 +490,74 @@ def _torch_dtype(dtype: Any):
             "tf32": torch.float32}[key]
 
 
-def measure_matmul_peak(
-    device: Any = "cpu",
-    dtype: Any = "fp32",
-    n: Optional[int] = None,
-    repeats: int = 5,
-    time_budget_s: float = 8.0,
-) -> float:
-    """Best achieved FLOP/s of ``n x n @ n x n`` matmuls on ``device`` after warm-up.
+def layer_matmul_shapes(tokens: int, hidden: int, intermediate: int) -> list[tuple[int, int, int]]:
+    """``(m, k, n)`` of one encoder layer's matmuls at ``tokens`` rows (batch x padded width):
+    the four attention projections and the feed-forward pair, each as its forward product
+    ``x @ W`` and its two backward ones (input gradient ``dy @ W.T``, weight gradient
+    ``x.T @ dy``). Attention's own score matmuls are left out: they are small and memory-bound."""
+    forward = [(tokens, hidden, hidden)] * 4 + [(tokens, hidden, intermediate),
+                                                (tokens, intermediate, hidden)]
+    return [shape for m, k, n in forward for shape in ((m, k, n), (m, n, k), (k, m, n))]
 
-    Each timed trial runs enough matmuls to last ~0.1 s (0.02 s on CPU at least one); the
-    best of ``repeats`` trials is returned. The whole call stops after ``time_budget_s``.
-    Default ``n``: 1024 on CPU, 8192 on GPU.
-    """
+
+def measure_peak(shapes: list[tuple[int, int, int]], device: Any = "cpu", dtype: Any = "fp32",
+                 windows: int = 5, window_s: float = 1.0) -> dict:
+    """FLOP/s of running ``shapes`` (``(m, k, n)`` matmuls) back to back, in ``windows`` timed
+    windows of at least ``window_s`` seconds each, after one untimed pass, with the threads this
+    process uses. Returns each window's FLOP/s and their max, median and spread
+    (``(max - min) / median``): a peak is trusted only when its windows agree."""
+    import statistics
+
     import torch
 
-    dev = torch.device(device)
-    tdt = _torch_dtype(dtype)
-    is_cuda = dev.type == "cuda"
-    if n is None:
-        n = 8192 if is_cuda else 1024
-    prev_tf32 = None
-    if is_cuda:
-        prev_tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = _DTYPE_ALIASES.get(str(dtype).lower()) == "tf32"
+    dev, tdt = torch.device(device), _torch_dtype(dtype)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    operands = [(torch.randn(m, k, device=dev, dtype=tdt), torch.randn(k, n, device=dev, dtype=tdt))
+                for m, k, n in shapes]
+    flop_per_pass = sum(2.0 * m * k * n for m, k, n in shapes)
 
-    def sync():
-        if is_cuda:
-            torch.cuda.synchronize(dev)
+    def one_pass() -> None:
+        for a, b in operands:
+            a @ b
 
-    try:
-        a = torch.randn(n, n, device=dev, dtype=tdt)
-        b = torch.randn(n, n, device=dev, dtype=tdt)
-        flop = 2.0 * n**3
-        deadline = time.perf_counter() + time_budget_s
-        # warm-up (and a first estimate of one matmul's duration)
-        a @ b
-        sync()
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        one = max(time.perf_counter() - t0, 1e-6)
-        iters = max(1, min(1000, int(0.1 / one)))
-        best = flop / one
-        for _ in range(repeats):
-            if time.perf_counter() + one * iters > deadline:
+    one_pass()
+    sync()
+    rates = []
+    for _ in range(windows):
+        passes, started = 0, time.perf_counter()
+        while True:
+            one_pass()
+            passes += 1
+            sync()
+            elapsed = time.perf_counter() - started
+            if elapsed >= window_s:
                 break
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                a @ b
-            sync()
-            best = max(best, flop * iters / (time.perf_counter() - t0))
-        return best
-    finally:
-        if prev_tf32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+        rates.append(flop_per_pass * passes / elapsed)
+    median = statistics.median(rates)
+    return {"windows_flops_per_s": rates, "max": max(rates), "median": median,
+            "spread": (max(rates) - min(rates)) / median}
 
 
-def peak_flops_reference(device_name: str, dtype: str, device: Any = "cpu") -> dict:
-    """Nominal peak if a source is known, else the measured matmul peak (for MFU)."""
-    value, source = nominal_peak_flops(device_name, dtype)
-    if value is not None:
-        return {"peak_flops": value, "peak_source": source, "peak_kind": "nominal"}
-    measured = measure_matmul_peak(device, dtype)
-    return {
-        "peak_flops": measured,
-        "peak_source": f"measured: best square matmul on {device} ({dtype})",
-        "peak_kind": "measured",
-    }
+PEAK_TOLERANCE = 0.10  # windows, or the peaks before and after, further apart: noise, no MFU
+
+
+def measured_mfu(achieved: float, before: dict, after: dict,
+                 tolerance: float = PEAK_TOLERANCE) -> tuple[float | None, str | None]:
+    """MFU against the larger of two :func:`measure_peak` results taken before and after the
+    timed steps, or ``(None, reason)`` when the peak cannot be trusted: its windows spread more
+    than ``tolerance``, the two medians differ by more, or the steps achieved more than it."""
+    reasons = [f"peak windows {when} the steps spread {peak['spread']:.0%}"
+               for when, peak in (("before", before), ("after", after))
+               if peak["spread"] > tolerance]
+    drift = abs(before["median"] - after["median"]) / max(before["median"], after["median"])
+    if drift > tolerance:
+        reasons.append(f"peak medians before/after the steps differ {drift:.0%}")
+    peak = max(before["max"], after["max"])
+    if achieved > peak:
+        reasons.append(f"achieved {achieved / 1e9:.1f} GFLOP/s exceed the peak {peak / 1e9:.1f}")
+    if reasons:
+        return None, "; ".join(reasons) + f" (tolerance {tolerance:.0%})"
+    return achieved / peak, None
 
 
 __all__ = [
@@ -537,9 +565,10 @@ __all__ = [
     "append_record",
     "hardware_fingerprint",
     "hardware_label",
-    "measure_matmul_peak",
+    "layer_matmul_shapes",
+    "measure_peak",
+    "measured_mfu",
     "nominal_peak_flops",
-    "peak_flops_reference",
     "peak_rss_mb",
     "print_summary",
 ]

@@ -3,8 +3,9 @@
     python bench/report.py [--results bench/results] [--readme bench/README.md]
                            [--plots bench/plots] [--out bench/results/REPORT.md]
 
-* one Markdown table per bench name (= jsonl file stem); columns are picked from the
-  records' own scalar fields, and every row names the hardware it ran on;
+* one Markdown table per bench name (= jsonl file stem) and hardware fingerprint (CPU model,
+  cores and bf16 path, or GPU): figures from different machines never share a table; columns
+  are picked from the records' own scalar fields, and every row names its hardware;
 * plots (matplotlib, Agg) into bench/plots/:
   - ``<bench>_throughput.png``: samples/s vs batch size, one line per precision (x hardware),
     for records that have a batch size and a samples/s field;
@@ -30,6 +31,11 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+from bench.common import hardware_label as fingerprint_label  # noqa: E402
+
 START, END = "<!-- report:start -->", "<!-- report:end -->"
 
 # fields tried, in order, for the roles the plots need
@@ -136,17 +142,22 @@ def _num(x: Any) -> Optional[float]:
 
 
 def hardware_label(rec: dict) -> str:
-    """GPU name (x count) when the record ran on a GPU, else CPU model + cores."""
+    """The record's hardware (:func:`bench.common.hardware_label`), its device taken into
+    account."""
     hw = rec.get("hardware") or {}
     if not isinstance(hw, dict):
         return str(hw)
-    device = str(rec.get("device") or hw.get("device") or "").lower()
-    if hw.get("gpu_name") and not device.startswith("cpu"):
-        n = rec.get("num_gpus") or hw.get("gpu_count") or 1
-        return f"{n}x {hw['gpu_name']}"
-    cores = hw.get("cpu_usable_cores") or hw.get("cpu_logical_cores")
-    model = hw.get("cpu_model") or "unknown CPU"
-    return f"{model} ({cores} cores)" if cores else str(model)
+    return fingerprint_label({**hw, "gpu_count": rec.get("num_gpus") or hw.get("gpu_count")},
+                             rec.get("device"))
+
+
+def hardware_groups(records: list[dict]) -> dict[str, list[dict]]:
+    """Records by the hardware they ran on, in order of first appearance: figures from different
+    machines never share a table."""
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(hardware_label(record), []).append(record)
+    return groups
 
 
 def _fmt(v: Any) -> str:
@@ -347,7 +358,9 @@ def build_report(
     for name, records in data.items():
         parts.append(f"### {name}\n")
         parts.append(f"{len(records)} record(s) from `{name}.jsonl`.\n")
-        parts.append(markdown_table(records, name) + "\n")
+        for label, group in hardware_groups(records).items():
+            parts.append(f"#### {name} on {label}\n")
+            parts.append(markdown_table(group, name) + "\n")
         for fn in (plot_throughput, plot_curves):
             try:
                 p = fn(name, records, plots_dir)

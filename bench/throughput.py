@@ -7,9 +7,10 @@
         [--threads N] [--no_record]
     accelerate launch --num_processes K bench/throughput.py ...   # per-process and total
 
-Each configuration runs real optimizer steps -- forward, backward, gradient clipping, AdamW
-step, ``zero_grad`` -- through an ``Accelerator(mixed_precision=...)`` (autocast for bf16/fp16,
-a gradient scaler for fp16), on batches of real preprocessed features: ``qa_core.pipeline.prepare``
+Each configuration runs real optimizer steps through training's own step,
+``qa_core.loop.OptimizerStepper`` (forward, backward, gradient clipping, the optimizer step,
+``zero_grad``), in an ``Accelerator(mixed_precision=...)`` (autocast for bf16/fp16, a gradient
+scaler for fp16), on batches of real preprocessed features: ``qa_core.pipeline.prepare``
 on ``--data``, ``FeatureRows`` and ``EpochSampler`` in a prepared ``DataLoader``, as
 ``train_accelerate.py`` builds them. Padding modes:
 
@@ -33,8 +34,13 @@ with P the non-embedding parameters (embedding lookups do no matmul), T the toke
 layers, H hidden size and S each sample's sequence length -- the padded width for "achieved"
 FLOP/s (what the hardware computed), the real lengths for "useful" FLOP/s. MFU is given against
 the datasheet peak (``bench.common.nominal_peak_flops``; null on CPUs, with the reason) and
-against the best square matmul measured by ``bench.common.measure_matmul_peak`` in this run, on
-this device and dtype.
+against a peak measured in the configuration's own process, with its threads, on the model's own
+matmul shapes (``bench.common.measure_peak``: one layer's projections and feed-forward, forward
+and backward, at batch size x the warm-up batches' mean width), in ``--peak_windows`` windows of
+``--peak_window_s`` seconds just before and just after the timed steps. The record keeps both
+peaks' windows, max, median and spread; ``mfu_measured`` is null, with ``mfu_null_reason``, when
+either spread or the before/after difference exceeds 10 % or the steps achieved more than the
+peak (``bench.common.measured_mfu``).
 
 One JSON line per configuration goes to ``bench/results/throughput.jsonl`` (unless
 ``--no_record``); the last stdout line is a JSON summary. Progress goes to stderr.
@@ -60,7 +66,9 @@ from bench.common import (  # noqa: E402
     check_at_least,
     check_rules,
     csv_flag,
-    measure_matmul_peak,
+    layer_matmul_shapes,
+    measure_peak,
+    measured_mfu,
     nominal_peak_flops,
     one_line_errors,
     packaged_model,
@@ -205,6 +213,7 @@ class ConfigSetup:
     counts: dict  # param_counts of the unwrapped model
     layers: int
     hidden: int
+    intermediate: int  # the feed-forward width
     vocab: int
     pad_multiple: int | None
     clip_ids: bool  # the data's token ids reach past the model's vocabulary (random-init models)
@@ -214,13 +223,17 @@ class ConfigSetup:
 
 @dataclass
 class TimedSteps:
-    """The timed steps (warm-up left out): step and batch-fetch times, and each batch's
-    (samples, non-pad tokens, padded width, real lengths)."""
+    """The timed steps (warm-up left out): step and batch-fetch times, each batch's (samples,
+    non-pad tokens, padded width, real lengths), and the matmul peak measured just before and
+    just after them (:func:`bench.common.measure_peak`)."""
 
     step_times: list[float]
     fetch_times: list[float]
     stats: list[tuple[int, int, int, Any]]
     rss_before: float | None  # MiB, just before the first step
+    peak_before: dict
+    peak_after: dict
+    peak_tokens: int  # the rows of the peak's matmuls: batch size x the warm-up's mean width
 
 
 @dataclass
@@ -279,9 +292,10 @@ def setup_config(cfg: dict) -> ConfigSetup:
     model.train()
     counts = param_counts(accelerator.unwrap_model(model))
     config = accelerator.unwrap_model(model).config
+    intermediate = getattr(config, "intermediate_size", None) or config.hidden_dim  # DistilBERT
     return ConfigSetup(accelerator, model, optimizer, loader, sampler, model_desc, counts,
-                       config.num_hidden_layers, config.hidden_size, vocab, multiple, clip_ids,
-                       device_type, device_name)
+                       config.num_hidden_layers, config.hidden_size, intermediate, vocab, multiple,
+                       clip_ids, device_type, device_name)
 
 
 def endless_batches(loader: Any, sampler: Any) -> Iterator[dict]:
@@ -294,48 +308,55 @@ def endless_batches(loader: Any, sampler: Any) -> Iterator[dict]:
 
 
 def timed_steps(cfg: dict, setup: ConfigSetup) -> TimedSteps:
-    """The warm-up and timed optimizer steps; each timed from fetching its batch to
-    ``zero_grad`` (CUDA synchronized), its sizes counted after the clock stops."""
+    """Warm-up steps, the peak, the timed steps, the peak again. Every step is one call of
+    training's own ``qa_core.loop.OptimizerStepper`` (forward, backward, clipping, optimizer
+    step, ``zero_grad``), timed from fetching its batch (CUDA synchronized); its sizes are
+    counted after the clock stops."""
     import numpy as np
     import torch
 
-    from qa_core.batching import model_inputs
+    from qa_core.loop import OptimizerStepper
 
-    accelerator, model, optimizer = setup.accelerator, setup.model, setup.optimizer
+    accelerator = setup.accelerator
+    stepper = OptimizerStepper(accelerator, setup.model, setup.optimizer, max_grad_norm=1.0)
     source = endless_batches(setup.loader, setup.sampler)
     sync = torch.cuda.synchronize if setup.device_type == "cuda" else (lambda: None)
-    if setup.device_type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = current_rss_mb()
-    step_times, fetch_times, stats = [], [], []
-    total_steps = cfg["warmup_steps"] + cfg["steps"]
-    for step in range(total_steps):
+
+    def step(label: str) -> tuple[float, float, dict]:
         sync()
         t0 = time.perf_counter()
         batch = next(source)
         if setup.clip_ids:
             batch["input_ids"] = batch["input_ids"].clamp_(max=setup.vocab - 1)
         t1 = time.perf_counter()
-        loss = model(**model_inputs(batch)).loss
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
+        outcome = stepper(batch)
         sync()
         t2 = time.perf_counter()
-        # --- untimed from here ---
-        if step >= cfg["warmup_steps"]:
-            step_times.append(t2 - t0)
-            fetch_times.append(t1 - t0)
-            lengths = batch["attention_mask"].sum(dim=1).cpu().numpy().astype(np.int64)
-            stats.append((len(lengths), int(lengths.sum()), batch["attention_mask"].shape[1],
-                          lengths))
         if cfg.get("progress", True) and accelerator.is_local_main_process:
             log(f"  {cfg['precision']} b{cfg['batch_size']} s{cfg['seq_len']} {cfg['padding']}: "
-                f"step {step + 1}/{total_steps} "
-                f"{'(warm-up) ' if step < cfg['warmup_steps'] else ''}{t2 - t0:.3f}s "
-                f"loss {loss.item():.3f}")
-    return TimedSteps(step_times, fetch_times, stats, rss_before)
+                f"{label} {t2 - t0:.3f}s grad norm {outcome.grad_norm or float('nan'):.3f}")
+        return t2 - t0, t1 - t0, batch
+
+    widths = [step(f"warm-up {n + 1}/{cfg['warmup_steps']}")[2]["attention_mask"].shape[1]
+              for n in range(cfg["warmup_steps"])]
+    peak_tokens = cfg["batch_size"] * int(np.mean(widths) if widths else cfg["seq_len"])
+    shapes = layer_matmul_shapes(peak_tokens, setup.hidden, setup.intermediate)
+    peak_dtype = cfg["precision"]
+    windows, window_s = cfg.get("peak_windows", 5), cfg.get("peak_window_s", 1.0)
+    peak_before = measure_peak(shapes, accelerator.device, peak_dtype, windows, window_s)
+    if setup.device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = current_rss_mb()
+    step_times, fetch_times, stats = [], [], []
+    for n in range(cfg["steps"]):
+        seconds, fetch, batch = step(f"step {n + 1}/{cfg['steps']}")
+        step_times.append(seconds)
+        fetch_times.append(fetch)
+        lengths = batch["attention_mask"].sum(dim=1).cpu().numpy().astype(np.int64)
+        stats.append((len(lengths), int(lengths.sum()), batch["attention_mask"].shape[1], lengths))
+    peak_after = measure_peak(shapes, accelerator.device, peak_dtype, windows, window_s)
+    return TimedSteps(step_times, fetch_times, stats, rss_before, peak_before, peak_after,
+                      peak_tokens)
 
 
 def step_totals(setup: ConfigSetup, steps: TimedSteps) -> StepTotals:
@@ -382,11 +403,13 @@ def peak_memory(cfg: dict, device_type: str, rss_before: float | None) -> dict:
             "rss_before_steps_mb": rss_before}
 
 
-def flops_fields(cfg: dict, setup: ConfigSetup, totals: StepTotals) -> dict:
-    """Achieved and useful FLOP/s, and the MFU against the datasheet and the measured peak."""
+def flops_fields(cfg: dict, setup: ConfigSetup, steps: TimedSteps, totals: StepTotals) -> dict:
+    """Achieved and useful FLOP/s, and the MFU against the datasheet and the measured peak (null,
+    with the reason, when that peak is not trustworthy: :func:`bench.common.measured_mfu`)."""
     achieved = totals.achieved_flop / totals.elapsed
     nominal, nominal_source = nominal_peak_flops(setup.device_name, cfg["precision"])
-    measured_peak = cfg.get("measured_peak_flops")
+    mfu, mfu_null_reason = measured_mfu(achieved, steps.peak_before, steps.peak_after)
+    peak = max(steps.peak_before["max"], steps.peak_after["max"])
     return {
         "flops_formula": FLOPS_FORMULA,
         "achieved_flops_per_s": achieved,
@@ -397,9 +420,16 @@ def flops_fields(cfg: dict, setup: ConfigSetup, totals: StepTotals) -> dict:
             "no datasheet peak is known for CPUs" if setup.device_type == "cpu"
             else f"no datasheet entry for {setup.device_name!r}"),
         "mfu_nominal": achieved / nominal if nominal else None,
-        "measured_matmul_peak_flops": measured_peak,
-        "measured_peak_source": cfg.get("measured_peak_source"),
-        "mfu_measured": achieved / measured_peak if measured_peak else None,
+        "measured_matmul_peak_flops": peak,
+        "measured_peak_source": (
+            f"bench.common.measure_peak: one encoder layer's projection and feed-forward matmuls "
+            f"(forward and backward) at {steps.peak_tokens} tokens, {cfg['precision']}, "
+            f"{len(steps.peak_before['windows_flops_per_s'])} windows of >= "
+            f"{cfg.get('peak_window_s', 1.0)} s before and after the timed steps, this process"),
+        "peak_before": steps.peak_before,
+        "peak_after": steps.peak_after,
+        "mfu_measured": mfu,
+        "mfu_null_reason": mfu_null_reason,
     }
 
 
@@ -436,7 +466,7 @@ def config_record(cfg: dict, setup: ConfigSetup, steps: TimedSteps, totals: Step
         "fetch_time_p50_s": round(percentile(steps.fetch_times, 50), 5),
         "fetch_share": round(sum(steps.fetch_times) / elapsed, 4),
         **memory,
-        **flops_fields(cfg, setup, totals),
+        **flops_fields(cfg, setup, steps, totals),
         "per_process": {"samples_per_s": round(samples / elapsed, 3),
                         "nonpad_tokens_per_s": round(nonpad / elapsed, 1)},
         "total": {"samples_per_s": round(float(totals.all_samples) / totals.slowest, 3),
@@ -462,21 +492,6 @@ def run_config(cfg: dict) -> dict:
 # Driver
 # ---------------------------------------------------------------------------------------------
 
-def measure_peaks(precisions: list[str], budget: float) -> dict[str, dict]:
-    device_type, _ = device_info()
-    device = "cuda" if device_type == "cuda" else "cpu"
-    peaks = {}
-    for precision in precisions:
-        log(f"measuring the {precision} matmul peak on {device} ({budget:.0f}s budget)")
-        value = measure_matmul_peak(device, precision, time_budget_s=budget)
-        peaks[precision] = {"measured_peak_flops": value,
-                            "measured_peak_source":
-                                f"bench.common.measure_matmul_peak({device!r}, {precision!r}): "
-                                "best square matmul, this run"}
-        log(f"  {precision}: {value / 1e9:.1f} GFLOP/s")
-    return peaks
-
-
 def run_child(cfg: dict) -> dict:
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)]
     return run_json_child(argv, f"config {cfg['precision']} b{cfg['batch_size']} s{cfg['seq_len']} "
@@ -490,8 +505,9 @@ def checked_flags(parser, args, on_cuda: bool) -> dict:
 
     check_at_least(parser, 1, steps=args.steps, threads=args.threads)
     check_at_least(parser, 0, warmup_steps=args.warmup_steps)
-    if not args.peak_budget_s > 0:
-        parser.error(f"argument --peak_budget_s: must be above 0 seconds, got {args.peak_budget_s}")
+    check_at_least(parser, 1, peak_windows=args.peak_windows)
+    if not args.peak_window_s > 0:
+        parser.error(f"argument --peak_window_s: must be above 0 seconds, got {args.peak_window_s}")
     check_rules(parser, attention_dropout=args.attention_dropout)
     precisions = csv_flag(parser, "precisions", args.precisions, choices=("fp32", "bf16", "fp16"))
     if "fp16" in precisions and not on_cuda:
@@ -570,8 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--world_size", type=int, default=None,
                         help="expected number of processes (information; the launcher decides)")
-    parser.add_argument("--peak_budget_s", type=float, default=8.0,
-                        help="seconds per dtype for the matmul peak")
+    parser.add_argument("--peak_windows", type=int, default=5,
+                        help="timed windows of the matmul peak, before and after each config's "
+                             "timed steps")
+    parser.add_argument("--peak_window_s", type=float, default=1.0,
+                        help="seconds per peak window (at least)")
     parser.add_argument("--in_process", action="store_true",
                         help="all configs in this process (CPU RSS cumulative)")
     parser.add_argument("--no_record", action="store_true",
@@ -610,8 +629,8 @@ def launch_of(args: argparse.Namespace) -> Launch:
                   in_process=args.in_process or world > 1)
 
 
-def config_inputs(args: argparse.Namespace, flags: dict, data_label: str, launch: Launch,
-                  peaks: dict[str, dict]) -> list[dict]:
+def config_inputs(args: argparse.Namespace, flags: dict, data_label: str,
+                  launch: Launch) -> list[dict]:
     """``run_config``'s input for each combination of the flags' values, in the order they run."""
     combinations = itertools.product(flags["precisions"], flags["seq_lens"], flags["batch_sizes"],
                                      flags["paddings"], flags["optims"], flags["compiles"])
@@ -624,7 +643,8 @@ def config_inputs(args: argparse.Namespace, flags: dict, data_label: str, launch
              "steps": flags["steps"], "warmup_steps": flags["warmup"], "threads": args.threads,
              "attention_dropout": args.attention_dropout, "optim": optim,
              "torch_compile": compiled,
-             "fresh_process": not launch.in_process, **peaks[precision]}
+             "fresh_process": not launch.in_process, "peak_windows": args.peak_windows,
+             "peak_window_s": args.peak_window_s}
             for precision, seq_len, batch_size, padding, optim, compiled in combinations]
 
 
@@ -643,18 +663,21 @@ def run_configs(configs: list[dict], launch: Launch, no_record: bool) -> list[di
             log(f"  -> {record['samples_per_s']} samples/s, "
                 f"{record['nonpad_tokens_per_s']} non-pad tok/s, "
                 f"p50 {record['step_time_p50_s']}s, peak mem {record['peak_memory_mb']} MB, "
-                f"MFU(measured) {record['mfu_measured'] or float('nan'):.3f}")
+                + (f"MFU(measured) {record['mfu_measured']:.3f}"
+                   if record["mfu_measured"] is not None
+                   else f"MFU(measured) null: {record['mfu_null_reason']}"))
             if not no_record:
                 append_record("throughput", record)
     return records
 
 
 def throughput_summary(args: argparse.Namespace, flags: dict, data_label: str, launch: Launch,
-                       peaks: dict[str, dict], records: list[dict], started: float) -> dict:
+                       records: list[dict], started: float) -> dict:
     """The summary line: the run's settings, each config's headline figures, the best one."""
     keys = ("precision", "batch_size", "seq_len", "padding", "optim", "torch_compile",
             "samples_per_s", "nonpad_tokens_per_s", "padded_tokens_per_s", "step_time_p50_s",
-            "step_time_p90_s", "peak_memory_mb", "mfu_measured", "mfu_nominal")
+            "step_time_p90_s", "peak_memory_mb", "measured_matmul_peak_flops", "mfu_measured",
+            "mfu_null_reason", "mfu_nominal")
     best = max(records, key=lambda r: r["nonpad_tokens_per_s"])
     return {
         "model": records[0]["model"], "params": records[0]["params"], "data": data_label,
@@ -662,7 +685,6 @@ def throughput_summary(args: argparse.Namespace, flags: dict, data_label: str, l
         "world_size": launch.world, "torch_num_threads": records[0]["torch_num_threads"],
         "steps": flags["steps"], "warmup_steps": flags["warmup"],
         "fresh_process_per_config": not launch.in_process,
-        "measured_matmul_peak_flops": {p: v["measured_peak_flops"] for p, v in peaks.items()},
         "flops_formula": FLOPS_FORMULA,
         "configs": [{**{k: r[k] for k in keys},
                      **({"total_samples_per_s": r["total"]["samples_per_s"],
@@ -695,8 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     launch = launch_of(args)
     preprocess_all(parser, args, flags["seq_lens"], launch.world > 1, on_cuda, launch.rank0)
 
-    peaks = measure_peaks(flags["precisions"], args.peak_budget_s)
-    configs = config_inputs(args, flags, data_label, launch, peaks)
+    configs = config_inputs(args, flags, data_label, launch)
     if launch.rank0:
         log(f"{len(configs)} configs x ({flags['warmup']} warm-up + {flags['steps']} timed "
             f"steps), {'in this process' if launch.in_process else 'each in a fresh process'}")
@@ -704,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     records = run_configs(configs, launch, args.no_record)
     if not launch.rank0:
         return 0
-    print_summary(throughput_summary(args, flags, data_label, launch, peaks, records, started))
+    print_summary(throughput_summary(args, flags, data_label, launch, records, started))
     return 0
 
 

@@ -184,14 +184,12 @@ def tutorial_label_check(args: argparse.Namespace, data: TutorialData) -> dict:
     }
 
 
-def train_tutorial(args: argparse.Namespace, train_set: Any, out_dir: Path) -> tuple[Any, dict]:
-    """The stock ``Trainer`` with the tutorial's settings; returns it and its training figures."""
-    import torch
-    from transformers import AutoModelForQuestionAnswering, Trainer, TrainingArguments, set_seed
+def counting_trainer():
+    """The stock ``Trainer`` class, counting the non-pad tokens of the batches it trains on (no
+    sync)."""
+    from transformers import Trainer
 
     class CountingTrainer(Trainer):
-        """The stock Trainer; counts the non-pad tokens of the batches it trains on (no sync)."""
-
         nonpad = None
         padded = 0
         samples = 0
@@ -204,6 +202,32 @@ def train_tutorial(args: argparse.Namespace, train_set: Any, out_dir: Path) -> t
                 self.samples += mask.shape[0]
             return super().compute_loss(model, inputs, *a, **kw)
 
+    return CountingTrainer
+
+
+def trainer_figures(trainer, train_metrics: dict) -> dict:
+    """A :func:`counting_trainer`'s training figures: samples and tokens per second of its
+    ``train_runtime`` (warm-up, and compilation when on, included)."""
+    train_seconds = float(train_metrics["train_runtime"])
+    nonpad = int(trainer.nonpad) if trainer.nonpad is not None else 0
+    samples = trainer.samples
+    return {
+        "global_step": int(trainer.state.global_step), "train_samples": samples,
+        "train_seconds": round(train_seconds, 3),
+        "train_samples_per_s": round(samples / train_seconds, 3),
+        "trainer_train_samples_per_second": train_metrics.get("train_samples_per_second"),
+        "train_nonpad_tokens": nonpad, "train_padded_tokens": trainer.padded,
+        "train_nonpad_tokens_per_s": round(nonpad / train_seconds, 1),
+        "train_padded_tokens_per_s": round(trainer.padded / train_seconds, 1),
+        "train_loss": train_metrics.get("train_loss"),
+    }
+
+
+def train_tutorial(args: argparse.Namespace, train_set: Any, out_dir: Path) -> tuple[Any, dict]:
+    """The stock ``Trainer`` with the tutorial's settings; returns it and its training figures."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering, TrainingArguments, set_seed
+
     set_seed(SEED)
     model = AutoModelForQuestionAnswering.from_pretrained(args.model)
     kwargs = dict(
@@ -214,22 +238,9 @@ def train_tutorial(args: argparse.Namespace, train_set: Any, out_dir: Path) -> t
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), seed=SEED,
     )
     training_args = TrainingArguments(**kwargs)
-    trainer = CountingTrainer(model=model, args=training_args, train_dataset=train_set)
+    trainer = counting_trainer()(model=model, args=training_args, train_dataset=train_set)
     log(f"tutorial: Trainer, {args.max_train_steps} steps of batch {BATCH_SIZE}")
-    train_metrics = trainer.train().metrics
-    train_seconds = float(train_metrics["train_runtime"])
-    nonpad = int(trainer.nonpad) if trainer.nonpad is not None else 0
-    samples = trainer.samples
-    return trainer, {
-        "global_step": int(trainer.state.global_step), "train_samples": samples,
-        "train_seconds": round(train_seconds, 3),
-        "train_samples_per_s": round(samples / train_seconds, 3),
-        "trainer_train_samples_per_second": train_metrics.get("train_samples_per_second"),
-        "train_nonpad_tokens": nonpad, "train_padded_tokens": trainer.padded,
-        "train_nonpad_tokens_per_s": round(nonpad / train_seconds, 1),
-        "train_padded_tokens_per_s": round(trainer.padded / train_seconds, 1),
-        "train_loss": train_metrics.get("train_loss"),
-    }
+    return trainer, trainer_figures(trainer, trainer.train().metrics)
 
 
 def evaluate_tutorial(args: argparse.Namespace, trainer: Any, data: TutorialData) -> dict:
@@ -373,7 +384,10 @@ def speed_flags(args) -> list[str]:
     return flags
 
 
-def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dict:
+def run_ours_training(args, work: Path, prep: dict, mixed_precision: str,
+                      replay: bool = True) -> dict:
+    """train_accelerate.py in a child process: its figures and, with ``replay``, the non-pad
+    tokens of the batches it trained on (replayed from the cache) and their rates."""
     out_dir = work / f"ours_{mixed_precision}"
     argv = ["--model", args.model, "--train_data", args.train_data, "--eval_data", args.eval_data,
             "--language", args.language, "--output_dir", str(out_dir),
@@ -400,24 +414,27 @@ def run_ours_training(args, work: Path, prep: dict, mixed_precision: str) -> dic
     if proc.returncode != 0:
         raise SystemExit(f"train_accelerate.py failed with exit code {proc.returncode}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    tokens = replay_tokens(args, prep, mixed_precision)
-    if tokens["samples"] != summary["samples_seen"]:
-        raise SystemExit(f"token replay saw {tokens['samples']} samples, "
-                         f"train_accelerate {summary['samples_seen']}")
     seconds = summary["train_seconds"]
     shutil.rmtree(out_dir, ignore_errors=True)
-    return {
+    figures = {
         "mixed_precision": summary["mixed_precision"], "global_step": summary["global_step"],
         "train_samples": summary["samples_seen"], "train_seconds": seconds,
         "train_samples_per_s": summary["train_samples_per_s"],
-        "train_nonpad_tokens": tokens["nonpad"], "train_padded_tokens": tokens["padded"],
-        "train_nonpad_tokens_per_s": round(tokens["nonpad"] / seconds, 1),
-        "train_padded_tokens_per_s": round(tokens["padded"] / seconds, 1),
         "start_f1": summary["start_f1"], "end_f1": summary["end_f1"],
         "exact_match": summary["exact_match"], "f1": summary["f1"],
         "eval_features": summary["metrics"].get("features"),
         "nonfinite_steps": summary["nonfinite_steps"],
     }
+    if not replay:
+        return figures
+    tokens = replay_tokens(args, prep, mixed_precision)
+    if tokens["samples"] != summary["samples_seen"]:
+        raise SystemExit(f"token replay saw {tokens['samples']} samples, "
+                         f"train_accelerate {summary['samples_seen']}")
+    return {**figures, "train_nonpad_tokens": tokens["nonpad"],
+            "train_padded_tokens": tokens["padded"],
+            "train_nonpad_tokens_per_s": round(tokens["nonpad"] / seconds, 1),
+            "train_padded_tokens_per_s": round(tokens["padded"] / seconds, 1)}
 
 
 def replay_tokens(args, prep: dict, mixed_precision: str) -> dict:

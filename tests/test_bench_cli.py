@@ -15,11 +15,11 @@ from bench.common import model_label, packaged_model, resolve_model
 from tiny_models import EVAL_DATA, REPO, offline_env
 
 
-def run_bench(script: str, *args: str, no_record: str = "--no_record",
+def run_bench(script: str, *args: str, no_record: str = "--no_record", timeout: int = 120,
               **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "bench" / script), no_record, *args],
                           cwd=REPO, env=offline_env(**env), capture_output=True, text=True,
-                          timeout=120)
+                          timeout=timeout)
 
 
 def refusal(proc: subprocess.CompletedProcess) -> str:
@@ -100,8 +100,8 @@ def test_throughput_refuses_a_damaged_model_folder_before_timing(tmp_path):
                           "adamw_torch_foreach, sgd, adafactor)"),
     (["--precisions", ","], "--precisions ',': give one or more comma-separated values"),
     (["--steps", "0"], "argument --steps: must be at least 1, got 0"),
-    # 0 s measured no peak past the first estimate: MFU over an understated peak
-    (["--peak_budget_s", "0"], "argument --peak_budget_s: must be above 0 seconds, got 0.0"),
+    # 0 s windows time nothing: MFU over an understated peak
+    (["--peak_window_s", "0"], "argument --peak_window_s: must be above 0 seconds, got 0.0"),
     (["--attention_dropout", "3"],
      "argument --attention_dropout: must be a probability in [0, 1], got 3.0"),
     (["--seq_lens", "8"], "--seq_lens 8 (used as --max_length): {data}: no usable examples: "
@@ -264,3 +264,48 @@ def test_vs_tutorial_preprocesses_cold_in_each_run_of_a_reused_work_dir(tiny_mod
         assert summary["ours"]["train_cache_hit"] is False
         assert summary["ours"]["eval_cache_hit"] is False
     assert not list(tmp_path.glob("cache*"))  # each run's cache is removed after it
+
+
+def test_run_qa_style_windows_label_the_answer_or_the_cls_token(minilm_path):
+    """The peer's preprocessing (bench/vs_trainer.py, run_qa.py's prepare_train_features):
+    a window holding the answer labels its first and last token, the others the CLS token."""
+    from bench.vs_trainer import run_qa_train_features
+    from qa_core.pipeline import load_tokenizer
+
+    tokenizer = load_tokenizer(minilm_path)
+    context = " ".join(f"word{i}" for i in range(300)) + " the answer is Rome. " + \
+        " ".join(f"tail{i}" for i in range(300))
+    start = context.index("Rome")
+    examples = {"id": ["a", "b"], "question_text": ["Where?", "Who?"],
+                "document_plaintext": [context, "no answer here"]}
+    features = run_qa_train_features(examples, tokenizer, 128, 32,
+                                     {"a": (start, start + 4), "b": None})
+    enc = tokenizer(examples["question_text"], examples["document_plaintext"],
+                    truncation="only_second", max_length=128, stride=32,
+                    return_overflowing_tokens=True, return_offsets_mapping=True)
+    holding = 0
+    for i, (s, e) in enumerate(zip(features["start_positions"], features["end_positions"])):
+        cls = features["input_ids"][i].index(tokenizer.cls_token_id)
+        offsets = enc["offset_mapping"][i]
+        if (s, e) == (cls, cls):
+            continue
+        holding += 1
+        assert offsets[s][0] == start and offsets[e][1] == start + 4
+    assert holding >= 1 and features["start_positions"][-1] == 0  # "b": CLS
+
+
+def test_vs_trainer_trains_both_sides_on_the_same_work(tiny_model, tmp_path):
+    proc = run_bench("vs_trainer.py", "--model", tiny_model, "--work_dir", str(tmp_path),
+                     "--max_train_steps", "2", "--max_train_examples", "8",
+                     "--max_eval_examples", "8", "--peer_compile", "off", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for precision in ("fp32", "bf16"):
+        pair = summary["speed"][precision]
+        assert pair["ours"]["global_step"] == pair["theirs"]["global_step"] == 2
+        assert pair["ours"]["train_samples"] == pair["theirs"]["train_samples"] == 16
+        assert pair["ratio_nonpad_tokens_per_s"] > 0
+    end_to_end = summary["end_to_end"]
+    assert end_to_end["theirs"]["eval_features"] >= 8 and 0 <= end_to_end["theirs"]["f1"] <= 100
+    assert end_to_end["ours"]["wall_seconds"] > 0 and summary["ratios"]["end_to_end_wall_seconds"]
+    assert not list(tmp_path.glob("cache*"))
