@@ -54,7 +54,6 @@ from bench.common import (  # noqa: E402
     append_record,
     csv_flag,
     model_label,
-    packaged_model,
     print_summary,
     resolve_data_files,
     resolve_model,
@@ -67,6 +66,7 @@ from bench.vs_tutorial import (  # noqa: E402
     SEED,
     WARMUP_STEPS,
     WEIGHT_DECAY,
+    add_common_flags,
     check_flags,
     counting_trainer,
     negative_fraction,
@@ -79,8 +79,6 @@ from bench.vs_tutorial import (  # noqa: E402
     trainer_figures,
 )
 
-DEFAULT_TRAIN = "qa_core/data/squadshifts_new_wiki_train.json.gz"
-DEFAULT_EVAL = "qa_core/data/squadshifts_new_wiki_eval.json.gz"
 PRECISIONS = ("fp32", "bf16")
 MIXED = {"fp32": "no", "bf16": "bf16"}
 
@@ -301,13 +299,7 @@ def choose_compile(args) -> tuple[bool, dict | None]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_data", default=DEFAULT_TRAIN,
-                        help="SQuAD .json(.gz) or TyDi .jsonl(.gz)")
-    parser.add_argument("--eval_data", default=DEFAULT_EVAL)
-    parser.add_argument("--language", default="english", help="TyDi language filter")
-    parser.add_argument("--model", default=packaged_model(),
-                        help="model folder (default: packaged MiniLM)")
-    parser.add_argument("--max_train_steps", type=int, default=150)
+    add_common_flags(parser, max_train_steps=150)
     parser.add_argument("--max_train_examples", type=int, default=None)
     parser.add_argument("--max_eval_examples", type=int, default=None)
     parser.add_argument("--max_length", type=int, default=384, help="window length, both sides")

@@ -507,16 +507,21 @@ def check_flags(parser, args) -> None:
         check_preprocess_settings(args.max_length, args.doc_stride, language=args.language)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_flags(parser: argparse.ArgumentParser, max_train_steps: int) -> None:
+    """The data, model and step flags this bench shares with ``bench/vs_trainer.py``."""
     parser.add_argument("--train_data", default=DEFAULT_TRAIN,
                         help="SQuAD .json(.gz) or TyDi .jsonl(.gz)")
     parser.add_argument("--eval_data", default=DEFAULT_EVAL)
     parser.add_argument("--language", default="english", help="TyDi language filter")
     parser.add_argument("--model", default=packaged_model(),
                         help="model folder (default: packaged MiniLM)")
-    parser.add_argument("--max_train_steps", type=int, default=60)
+    parser.add_argument("--max_train_steps", type=int, default=max_train_steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(parser, max_train_steps=60)
     parser.add_argument("--max_train_examples", type=int, default=None,
                         help="first N train examples, both sides")
     parser.add_argument("--max_eval_examples", type=int, default=None,
