@@ -4,7 +4,7 @@ Layout of one entry (``<cache_root>/<key>/``), a folder ``datasets.load_from_dis
     dataset_dict.json           {"splits": ["features", "examples"]}
     features/data-0000i-of-0000n.arrow, state.json, dataset_info.json
     examples/...                (same)
-    manifest.json               size of every file above (and sha256 of the small ones)
+    manifest.json               bytes of every file above (and sha256 of the small ones)
     summary.json                what preprocessing counted, with the manifest's sha256 and
                                 its own; written last, so present only in finished entries
 
@@ -31,6 +31,8 @@ from typing import Any
 import pyarrow as pa
 
 from qa_core.errors import QAError, first_line
+from qa_core.files import entry_problem as file_problem
+from qa_core.files import manifest_entry, pid_alive, sha256_file
 
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
@@ -69,14 +71,6 @@ TOKENIZER_FILES = (
 )
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tokenizer_files_fingerprint(model: str) -> str | None:
     """Hash of a local model folder's tokenizer files; None when ``model`` is not such a folder.
 
@@ -85,7 +79,7 @@ def tokenizer_files_fingerprint(model: str) -> str | None:
     folder = Path(model)
     if not folder.is_dir():
         return None
-    digests = {name: file_sha256(folder / name) for name in TOKENIZER_FILES
+    digests = {name: sha256_file(folder / name) for name in TOKENIZER_FILES
                if (folder / name).is_file()}
     return fingerprint({"files": digests}) if digests else None
 
@@ -155,10 +149,7 @@ def build_manifest(folder: Path) -> dict:
         name = path.relative_to(folder).as_posix()
         if name in (SUMMARY_FILE, MANIFEST_FILE):
             continue
-        size = path.stat().st_size
-        files[name] = {"size": size}
-        if size <= HASHED_FILE_LIMIT:
-            files[name]["sha256"] = file_sha256(path)
+        files[name] = manifest_entry(path, HASHED_FILE_LIMIT)
     return {"version": 1, "files": files}
 
 
@@ -287,18 +278,13 @@ def entry_problem(entry: Path) -> str | None:
         files = None
     if not isinstance(files, dict):
         return f"{MANIFEST_FILE}: no \"files\" object"
-    for name, recorded in files.items():
-        if not (isinstance(recorded, dict) and _is_count(recorded.get("size"))):
+    for name, recorded in files.items():  # "size": what entries written before "bytes" say
+        if not (isinstance(recorded, dict)
+                and _is_count(recorded.get("bytes", recorded.get("size")))):
             return f"{MANIFEST_FILE}: {_shown(name)} has no size"
-        path = entry / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{name}: missing"
-        if size != recorded["size"]:
-            return f"{name}: {size} bytes, {recorded['size']} when written (truncated or replaced)"
-        if "sha256" in recorded and file_sha256(path) != recorded["sha256"]:
-            return f"{name}: content differs from when it was written (sha256 mismatch)"
+        problem = file_problem(entry / name, recorded, MANIFEST_FILE)
+        if problem:
+            return f"{name}: {problem}"
     rows = split_rows_problem(entry, files, summary)
     if rows is None and summary.get("summary_sha256") != summary_sha256(summary):
         # the counts a hit reports, edited or bit-flipped in ways the checks above miss
@@ -321,15 +307,7 @@ def _writer_alive(name: str) -> bool:
     if len(parts) != 4 or not parts[2].isdigit():
         return True
     tag = parts[3]
-    if len(tag) == 16 and tag[:8] != HOST_TAG:
-        return True
-    try:
-        os.kill(int(parts[2]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
+    return (len(tag) == 16 and tag[:8] != HOST_TAG) or pid_alive(int(parts[2]))
 
 
 def _remove(path: Path) -> bool:

@@ -274,7 +274,7 @@ def write_manifest(folder: Path) -> dict:
     folder = Path(folder)
     files = {}
     for path in sorted(folder.iterdir()):
-        if path.name in (MANIFEST_FILE, MANIFEST_FILE + ".tmp"):
+        if path.name == MANIFEST_FILE:
             continue
         if not path.is_file():
             raise CheckpointError(f"{path}: not a file; a checkpoint folder holds only files")

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 from qa_core.errors import QAError
 
@@ -28,16 +28,23 @@ def fsync_path(path: Path) -> None:
         os.close(descriptor)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """``path`` holds the old content or ``text``, never a part: a temporary file beside it,
-    flushed to the device, renamed over it, and the rename flushed too."""
+def write_atomic(path: Path, content: str | Callable[[BinaryIO], None]) -> None:
+    """``path`` holds its old content or the new one, never a part: ``content`` (text, or a
+    function writing to a binary handle) goes to a hidden temporary file beside it, flushed to
+    the device and renamed over it, and the rename is flushed too."""
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     fsync_path(path.parent)
 
 
@@ -73,7 +80,7 @@ def entry_problem(path: Path, recorded: dict, manifest: str = "manifest.json") -
     if size != expected:
         return f"{size} bytes, {manifest} records {expected}: truncated or replaced"
     if "sha256" in recorded and sha256_file(path) != recorded["sha256"]:
-        return f"contents differ from {manifest} (sha256): altered or replaced"
+        return f"content differs from {manifest} (sha256): altered or replaced"
     return None
 
 
@@ -83,6 +90,6 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):  # another user's; no pid this machine can have
         return True
     return True

@@ -409,7 +409,7 @@ def truncated_summary(entry: Path) -> str:
 def edited_manifest(entry: Path) -> str:
     manifest = json.loads((entry / "manifest.json").read_text())
     for record in manifest["files"].values():
-        record["size"] += 1
+        record["bytes"] += 1
     (entry / "manifest.json").write_text(json.dumps(manifest))
     return "manifest.json: does not match"
 
@@ -483,8 +483,23 @@ def test_large_shards_are_sized_not_hashed(config, monkeypatch):
     entry = prepare(config).entry
     files = json.loads((entry / "manifest.json").read_text())["files"]
     shard = next(name for name in files if name.startswith("features/data-"))
-    assert "sha256" not in files[shard] and files[shard]["size"] > 1000
+    assert "sha256" not in files[shard] and files[shard]["bytes"] > 1000
     assert "sha256" in files["features/state.json"]
+
+
+def test_an_entry_whose_manifest_says_size_is_still_a_hit(config):
+    """Entries written before the manifest named a file's size ``bytes`` stay valid."""
+    entry = prepare(config).entry
+    manifest = json.loads((entry / "manifest.json").read_text())
+    for record in manifest["files"].values():
+        record["size"] = record.pop("bytes")
+    blob = json.dumps(manifest, indent=1).encode()
+    (entry / "manifest.json").write_bytes(blob)
+    summary = json.loads((entry / "summary.json").read_text())
+    summary["manifest_sha256"] = hashlib.sha256(blob).hexdigest()
+    summary["summary_sha256"] = cache_mod.summary_sha256(summary)
+    (entry / "summary.json").write_text(json.dumps(summary))
+    assert prepare(config).summary["cache_hit"] is True
 
 
 def test_rebuild_keeps_an_entry_another_run_already_repaired(config):
