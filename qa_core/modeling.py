@@ -3,7 +3,6 @@ file) and the changes a run asks for (dropout, a frozen encoder)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import warnings
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 from qa_core.errors import QAError, first_line
+from qa_core.files import read_json
 
 ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout")
 # dropout on the hidden states (embeddings, attention output, feed-forward output)
@@ -102,10 +102,7 @@ def check_model_folder(name_or_path: str) -> None:
         count = sum(1 for _ in folder.iterdir())
         raise ModelFolderError(f"--model {folder}: not a model folder (config.json missing; "
                                f"{'empty' if not count else f'{count} other entries'})")
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFolderError(f"{config}: not valid JSON (truncated or damaged)") from None
+    data = read_json(config, ModelFolderError)
     if not isinstance(data, dict):
         raise ModelFolderError(f"{config}: not a model config (a JSON {type(data).__name__})")
     load_model_config(str(folder), shown=str(config))
