@@ -95,7 +95,7 @@ def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: 
     run's checkpoints is refused, unless ``overwrite`` (then they are deleted first): otherwise
     both runs' checkpoints would sit side by side, pruned together, and ``auto`` would later
     resume whichever step is newest. Collective: a refusal on any process (each machine looks
-    for itself) is raised on all of them; one that saw no checkpoints went on alone."""
+    for itself) is raised on all of them."""
     from qa_core.checkpoints import CheckpointError, remove_checkpoint, step_folders
     from qa_core.distributed import on_every_process
 
@@ -112,10 +112,8 @@ def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: 
                 "--output_dir")
         if not accelerator.is_main_process:
             return
-        # the earlier run's results go too: a new run that then failed (or was killed) left
-        # them beside its own log, as if they were its own. Its best_model/ goes in any case:
-        # this run chooses its own, and one that chose none (evaluation only, or stopped
-        # before its first evaluation) left the earlier run's beside a summary with no best
+        # the earlier run's results go too, so a new run that fails leaves none beside its own
+        # log; its best_model/ goes in any case: this run chooses its own (or none)
         if not overwrite and (Path(output_dir) / "best_model").exists():
             accelerator.print(f"warning: --output_dir {output_dir}: removing an earlier run's "
                               "best_model/ (this run chooses its own)")
