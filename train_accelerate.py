@@ -121,11 +121,11 @@ def open_run(settings: TrainSettings, held: ExitStack):
     and its log opened, the seed set."""
     from accelerate.utils import set_seed
 
-    from qa_core.checkpoints import agreed_resume, check_new_run_output
+    from qa_core.checkpoints import agreed_resume
     from qa_core.distributed import on_every_process
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
     from qa_core.loop import start_log
-    from qa_core.outputs import output_dir_lock
+    from qa_core.outputs import check_new_run_output, output_dir_lock
 
     optim, run_args = settings.optim, settings.run
     accelerator = make_accelerator(resolve_mixed_precision(optim.mixed_precision),
@@ -179,7 +179,8 @@ def write_outputs(accelerator, settings: TrainSettings, model, tokenizer, tracke
                   trained, *, distribution: dict, cache_sharing, splits: dict,
                   eval_on_training_data: bool) -> None:
     """The model (finite weights only), metrics, predictions, config, and the JSON summary."""
-    from qa_core.checkpoints import save_model_checked, write_on_every_process
+    from qa_core.checkpoints import write_on_every_process
+    from qa_core.modeling import save_model_checked
     from qa_core.outputs import demo_answers, run_summary, write_run_files
 
     output_dir = Path(settings.run.output_dir)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import os
 import subprocess
@@ -47,6 +46,7 @@ from bench.common import (  # noqa: E402
     resolve_model,
 )
 from qa_core.errors import first_line  # noqa: E402
+from qa_core.files import sha256_file  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tydi_format" / "new_wiki_primary.jsonl.gz"
 EVAL_DATA = "qa_core/data/squadshifts_new_wiki_eval.json.gz"
@@ -57,11 +57,8 @@ def replicated_path(work_dir: Path, source: Path, copies: int) -> Path:
     """Where the ``copies``-fold copy of ``source`` goes: named by the file's name and a prefix
     of the sha256 of its bytes, so that another file of the same name is never served an old
     copy."""
-    digest = hashlib.sha256()
-    with source.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return work_dir / f"{source.name.split('.')[0]}-{digest.hexdigest()[:12]}_x{copies}.jsonl.gz"
+    digest = sha256_file(source)
+    return work_dir / f"{source.name.split('.')[0]}-{digest[:12]}_x{copies}.jsonl.gz"
 
 
 def replicate(source: Path, copies: int, target: Path) -> int:

@@ -4,7 +4,7 @@ Layout of one entry (``<cache_root>/<key>/``), a folder ``datasets.load_from_dis
     dataset_dict.json           {"splits": ["features", "examples"]}
     features/data-0000i-of-0000n.arrow, state.json, dataset_info.json
     examples/...                (same)
-    manifest.json               size of every file above (and sha256 of the small ones)
+    manifest.json               bytes of every file above (and sha256 of the small ones)
     summary.json                what preprocessing counted, with the manifest's sha256 and
                                 its own; written last, so present only in finished entries
 
@@ -12,9 +12,9 @@ Entries are built in ``<cache_root>/.tmp-<key>-<pid>-<host><rand>`` and renamed 
 a run killed half-way leaves only a hidden temporary folder that is never read; a replaced
 entry is renamed to ``.trash-<key>-<rand>`` before it is deleted. :func:`remove_leftovers`
 deletes temporaries whose writer is gone and every ``.trash-*`` folder. A finished entry is
-reused only when :func:`entry_problem` finds every file of its manifest whole, its summary of
-the shape a build writes and its shards holding the rows the summary counts. A device that
-fills up while an entry is written is a :class:`CacheDirError` (:func:`no_space_error`).
+reused only when :func:`entry_problem` finds its summary and manifest as their recorded
+sha256 say and every file of the manifest whole. A device that fills up while an entry is
+written is a :class:`CacheDirError` (:func:`no_space_error`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from qa_core.errors import QAError, first_line
+from qa_core.errors import QAError
+from qa_core.files import entry_problem as file_problem
+from qa_core.files import manifest_entry, pid_alive, sha256_file
 
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
@@ -69,14 +71,6 @@ TOKENIZER_FILES = (
 )
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tokenizer_files_fingerprint(model: str) -> str | None:
     """Hash of a local model folder's tokenizer files; None when ``model`` is not such a folder.
 
@@ -85,7 +79,7 @@ def tokenizer_files_fingerprint(model: str) -> str | None:
     folder = Path(model)
     if not folder.is_dir():
         return None
-    digests = {name: file_sha256(folder / name) for name in TOKENIZER_FILES
+    digests = {name: sha256_file(folder / name) for name in TOKENIZER_FILES
                if (folder / name).is_file()}
     return fingerprint({"files": digests}) if digests else None
 
@@ -155,10 +149,7 @@ def build_manifest(folder: Path) -> dict:
         name = path.relative_to(folder).as_posix()
         if name in (SUMMARY_FILE, MANIFEST_FILE):
             continue
-        size = path.stat().st_size
-        files[name] = {"size": size}
-        if size <= HASHED_FILE_LIMIT:
-            files[name]["sha256"] = file_sha256(path)
+        files[name] = manifest_entry(path, HASHED_FILE_LIMIT)
     return {"version": 1, "files": files}
 
 
@@ -174,77 +165,6 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
         return None, "not valid JSON (truncated?)"
 
 
-# What a cache hit reads from summary.json (and prints), with the shape a build writes
-SUMMARY_COUNTS = ("examples", "answerable", "features", "features_with_answer",
-                  "answers_covered")
-SUMMARY_COUNTS_BY_REASON = ("skipped", "notes", "formats")
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _is_counts_by_reason(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(reason, str) and _is_count(count)
-                                           for reason, count in value.items())
-
-
-def summary_shape_problem(summary: dict, key: str) -> str | None:
-    """Why ``summary.json`` is not what a build writes for entry ``key``; None when it is."""
-    checks = [("key", lambda value: value == key, f"the entry's folder name {key}"),
-              ("source", lambda value: isinstance(value, str), "text")]
-    checks += [(name, _is_count, "a count") for name in SUMMARY_COUNTS]
-    checks += [(name, _is_counts_by_reason, "counts by reason")
-               for name in SUMMARY_COUNTS_BY_REASON]
-    checks += [("seconds", _is_number, "a number of seconds"),
-               ("examples_per_s", lambda value: value is None or _is_number(value),
-                "a number or null")]
-    for name, fits, what in checks:
-        if name not in summary:
-            return f"no {name}"
-        if not fits(summary[name]):
-            return f"{name} is {_shown(summary[name])}, not {what}"
-    return None
-
-
-def arrow_rows(path: Path) -> int:
-    """Rows of an Arrow stream file, from its batches' headers (memory-mapped: no data read)."""
-    with pa.memory_map(str(path)) as source:
-        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
-
-
-def split_rows_problem(entry: Path, files: dict, summary: dict) -> str | None:
-    """Whether each split's shards (those its ``state.json`` names, all in the manifest) hold
-    as many rows as ``summary.json`` counts."""
-    for split in SPLITS:  # the summary counts each split's rows under the split's name
-        state, why = _read_json(entry / split / "state.json")
-        try:
-            shards = [f"{split}/{record['filename']}" for record in state["_data_files"]]
-        except (KeyError, TypeError):
-            return f"{split}/state.json: {why or 'no list of _data_files'}"
-        for name in [f"{split}/state.json", *shards]:
-            if name not in files:
-                return f"{MANIFEST_FILE}: does not list {name}"
-        rows = 0
-        for name in shards:
-            try:
-                rows += arrow_rows(entry / name)
-            except (OSError, pa.ArrowException) as err:
-                return f"{name}: not readable as an Arrow stream ({first_line(err)})"
-        if rows != summary[split]:
-            return f"{SUMMARY_FILE}: {split} is {summary[split]}, the shards hold {rows} rows"
-    return None
-
-
 def summary_sha256(summary: dict) -> str:
     """The sha256 of a summary's content (its keys sorted, ``summary_sha256`` itself left out),
     recorded in it: the manifest covers the shards, this covers the counts a hit reports."""
@@ -255,13 +175,11 @@ def summary_sha256(summary: dict) -> str:
 def entry_problem(entry: Path) -> str | None:
     """None when a cache entry is whole; else ``"<file>: <why>"`` for the first damage found.
 
-    Checks that ``summary.json`` parses, has the shape a build writes (the fields a hit reads,
-    its key the folder's name) and names the manifest's sha256, that ``manifest.json`` has that
-    hash and lists files, that every file it lists has its recorded size (and hash, where
-    recorded), and that the shards hold the rows the summary counts (read from the Arrow
-    batches' headers, so a hit stays in milliseconds), and last that the summary's content has
-    the sha256 it records. An entry without a manifest (written before manifests existed) is
-    not trusted either.
+    ``summary.json`` must parse, name this entry's key and the manifest's sha256, and hold the
+    sha256 of its own content (the counts a hit reports); ``manifest.json`` must have the
+    recorded hash, and every file it lists its recorded size (and sha256, where recorded); then
+    the summary's fields are trusted as the build wrote them. An entry without a manifest
+    (written before manifests existed) is not trusted either.
     """
     summary, why = _read_json(entry / SUMMARY_FILE)
     if why or not isinstance(summary, dict):
@@ -270,40 +188,21 @@ def entry_problem(entry: Path) -> str | None:
     if not expected:
         return (f"{SUMMARY_FILE}: no manifest_sha256 "
                 "(written by a version that recorded no file sizes)")
-    shape = summary_shape_problem(summary, entry.name)
-    if shape:
-        return f"{SUMMARY_FILE}: {shape}"
+    if summary.get("key") != entry.name:
+        return f"{SUMMARY_FILE}: key is {summary.get('key')!r}, not the entry's folder name"
+    if summary.get("summary_sha256") != summary_sha256(summary):
+        return f"{SUMMARY_FILE}: its content does not match its summary_sha256"
     try:
         blob = (entry / MANIFEST_FILE).read_bytes()
     except OSError:
         return f"{MANIFEST_FILE}: missing or unreadable"
     if hashlib.sha256(blob).hexdigest() != expected:
         return f"{MANIFEST_FILE}: does not match the sha256 recorded in {SUMMARY_FILE}"
-    try:
-        files = json.loads(blob)["files"]
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return f"{MANIFEST_FILE}: not valid JSON"
-    except (KeyError, TypeError):
-        files = None
-    if not isinstance(files, dict):
-        return f"{MANIFEST_FILE}: no \"files\" object"
-    for name, recorded in files.items():
-        if not (isinstance(recorded, dict) and _is_count(recorded.get("size"))):
-            return f"{MANIFEST_FILE}: {_shown(name)} has no size"
-        path = entry / name
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return f"{name}: missing"
-        if size != recorded["size"]:
-            return f"{name}: {size} bytes, {recorded['size']} when written (truncated or replaced)"
-        if "sha256" in recorded and file_sha256(path) != recorded["sha256"]:
-            return f"{name}: content differs from when it was written (sha256 mismatch)"
-    rows = split_rows_problem(entry, files, summary)
-    if rows is None and summary.get("summary_sha256") != summary_sha256(summary):
-        # the counts a hit reports, edited or bit-flipped in ways the checks above miss
-        return f"{SUMMARY_FILE}: its content does not match its summary_sha256"
-    return rows
+    for name, recorded in json.loads(blob)["files"].items():  # "size": entries before "bytes"
+        problem = file_problem(entry / name, recorded, MANIFEST_FILE)
+        if problem:
+            return f"{name}: {problem}"
+    return None
 
 
 def temporary_name(key: str) -> str:
@@ -321,15 +220,7 @@ def _writer_alive(name: str) -> bool:
     if len(parts) != 4 or not parts[2].isdigit():
         return True
     tag = parts[3]
-    if len(tag) == 16 and tag[:8] != HOST_TAG:
-        return True
-    try:
-        os.kill(int(parts[2]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
+    return (len(tag) == 16 and tag[:8] != HOST_TAG) or pid_alive(int(parts[2]))
 
 
 def _remove(path: Path) -> bool:

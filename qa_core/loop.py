@@ -24,6 +24,7 @@ from qa_core.batching import model_inputs
 from qa_core.budget import TimeBudget
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import Evaluator
+from qa_core.modeling import NonFiniteModelError, save_model_checked
 from qa_core.optim import NonFiniteGuard, lr_lambda
 from qa_core.settings import OptimArgs, RunArgs
 
@@ -258,8 +259,7 @@ class TrainingRun:
             return None
         saved = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
                                             self.scheduler, folder, expected=self.state,
-                                            average=self.average,
-                                            batches_per_epoch=len(self.loader))
+                                            average=self.average)
         for change in saved.changed_settings(self.state):
             self.accelerator.print(f"warning: resuming from {folder}: {change}")
         self.state = saved.resumed_with(self.state)
@@ -364,10 +364,10 @@ class EvalTracker:
         if self.save_best and value is not None and (state.best_f1 is None
                                                      or value > state.best_f1):
             try:  # only finite weights with finite logits become best_model/
-                checkpoints.save_model_checked(self.evaluator.accelerator, model,
+                save_model_checked(self.evaluator.accelerator, model,
                                                self.output_dir / "best_model", m)
                 state.best_f1, state.best_step = value, state.global_step
-            except checkpoints.NonFiniteModelError as err:
+            except NonFiniteModelError as err:
                 log.write({"event": "model_not_saved", "step": state.global_step,
                            "reason": str(err)})
 

@@ -3,7 +3,6 @@ file) and the changes a run asks for (dropout, a frozen encoder)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import warnings
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 from qa_core.errors import QAError, first_line
+from qa_core.files import read_json
 
 ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout")
 # dropout on the hidden states (embeddings, attention output, feed-forward output)
@@ -102,10 +102,7 @@ def check_model_folder(name_or_path: str) -> None:
         count = sum(1 for _ in folder.iterdir())
         raise ModelFolderError(f"--model {folder}: not a model folder (config.json missing; "
                                f"{'empty' if not count else f'{count} other entries'})")
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFolderError(f"{config}: not valid JSON (truncated or damaged)") from None
+    data = read_json(config, ModelFolderError)
     if not isinstance(data, dict):
         raise ModelFolderError(f"{config}: not a model config (a JSON {type(data).__name__})")
     load_model_config(str(folder), shown=str(config))
@@ -220,3 +217,49 @@ def load_qa_model(name_or_path: str, attention_dropout: float | None = None,
         raise ModelFolderError(f"--model {name_or_path}: has no trained question-answering head "
                                f"({listed}): fine-tune it first with train_accelerate.py")
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Saved models: finite weights only
+# ---------------------------------------------------------------------------------------------
+
+class NonFiniteModelError(QAError):
+    """Weights that are NaN/inf, or that give NaN/inf logits: not written as a usable model."""
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters holding a NaN or an infinity."""
+    return [name for name, param in model.named_parameters()
+            if not bool(torch.isfinite(param.detach()).all())]
+
+
+def model_problems(accelerator, model, metrics: dict | None = None) -> list[str]:
+    """Why these weights are not a usable model ([] when they are): non-finite parameters on any
+    process (a diverged run), or non-finite logits in the evaluation ``metrics`` just computed
+    with them. Collective (one small all-reduce): every rank calls it and gets the same answer."""
+    local = nonfinite_parameters(accelerator.unwrap_model(model))
+    count = torch.tensor(len(local), device=accelerator.device)
+    total = int(accelerator.reduce(count, reduction="sum").item())
+    problems = []
+    if total:
+        examples = f" (e.g. {', '.join(local[:3])})" if local else ""
+        problems.append(f"{len(local) or total} parameter tensors hold NaN or inf{examples}")
+    bad_features = (metrics or {}).get("nonfinite_features", 0)
+    if bad_features:
+        problems.append(f"the evaluation's logits were NaN or inf for {bad_features} of "
+                        f"{metrics.get('features', '?')} features")
+    return problems
+
+
+def save_model_checked(accelerator, model, folder: Path, metrics: dict | None = None) -> None:
+    """``save_pretrained`` the model to ``folder`` unless :func:`model_problems` finds a reason
+    not to: then :class:`NonFiniteModelError`, on every rank, and nothing is written."""
+    from qa_core.checkpoints import write_on_every_process
+
+    problems = model_problems(accelerator, model, metrics)
+    if problems:
+        raise NonFiniteModelError(f"{folder}: not written: " + "; ".join(problems))
+    state_dict = accelerator.get_state_dict(model)  # collective under FSDP: outside the write
+    write_on_every_process(accelerator, folder, lambda: accelerator.unwrap_model(
+        model).save_pretrained(folder, is_main_process=accelerator.is_main_process,
+                               save_function=accelerator.save, state_dict=state_dict))

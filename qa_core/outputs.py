@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from qa_core.errors import SettingsError
+from qa_core.files import pid_alive
 
 LOCK_FILE = ".run.lock"  # "<pid> <host>" of the run writing into the folder
 
@@ -30,8 +32,9 @@ def run_summary(metrics: dict, state, trained, accelerator, output_dir: Path,
         "metrics": metrics, "global_step": state.global_step, "samples_seen": state.samples_seen,
         "nonfinite_steps": state.nonfinite_steps,
         # best_f1: the best value of metric_for_best_model (SQuAD F1 unless chosen otherwise)
-        "metric_for_best_model": state.metric_for_best_model, "best_f1": state.best_f1,
-        "best_step": state.best_step, "averaged_steps": state.averaged_steps,
+        "metric_for_best_model": state.settings.get("metric_for_best_model"),
+        "best_f1": state.best_f1, "best_step": state.best_step,
+        "averaged_steps": state.averaged_steps,
         "train_seconds": round(trained.seconds, 2),  # trained: this process's TrainedSpan
         "train_samples_per_s": trained.samples_per_s,
         "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
@@ -80,6 +83,52 @@ def demo_answers(model, tokenizer, decode_config, summary: dict) -> None:
     summary["demo_answers_right"] = verdicts.count("right")
 
 
+# What a finished run writes beside its checkpoints (model, metrics, best model), removed by a
+# new run with --overwrite_output_dir.
+EARLIER_RESULTS = ("model.safetensors", "config.json", "metrics.json", "predictions.json",
+                   "train_config.json", "best_model")
+
+
+def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: str | None,
+                         overwrite: bool) -> None:
+    """A new run (no ``--resume_from_checkpoint``) into an ``output_dir`` holding an earlier
+    run's checkpoints is refused, unless ``overwrite`` (then they are deleted first): otherwise
+    both runs' checkpoints would sit side by side, pruned together, and ``auto`` would later
+    resume whichever step is newest. Collective: a refusal on any process (each machine looks
+    for itself) is raised on all of them."""
+    from qa_core.checkpoints import CheckpointError, remove_checkpoint, step_folders
+    from qa_core.distributed import on_every_process
+
+    if resume_from_checkpoint:
+        return
+
+    def refuse_or_clear() -> None:
+        earlier = step_folders(output_dir)  # unfinished ones too: a killed run's last save
+        if earlier and not overwrite:
+            raise CheckpointError(
+                f"--output_dir {output_dir}: holds an earlier run's checkpoints "
+                f"({', '.join(p.name for p in earlier)}): resume it with --resume_from_checkpoint "
+                "auto, start afresh with --overwrite_output_dir (deletes them), or give another "
+                "--output_dir")
+        if not accelerator.is_main_process:
+            return
+        # the earlier run's results go too, so a new run that fails leaves none beside its own
+        # log; its best_model/ goes in any case: this run chooses its own (or none)
+        if not overwrite and (Path(output_dir) / "best_model").exists():
+            accelerator.print(f"warning: --output_dir {output_dir}: removing an earlier run's "
+                              "best_model/ (this run chooses its own)")
+        for name in EARLIER_RESULTS if overwrite else ("best_model",):
+            target = Path(output_dir) / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        for folder in earlier:  # none unless overwrite
+            remove_checkpoint(folder)
+
+    on_every_process(accelerator, refuse_or_clear, CheckpointError)  # the barrier after it too
+
+
 @contextmanager
 def output_dir_lock(output_dir: Path, holder: bool) -> Iterator[None]:
     """One run at a time in ``output_dir``: ``holder`` (the launch's rank 0) takes
@@ -113,7 +162,7 @@ def _take_lock(path: Path, mine: str) -> None:
             if held and host != socket.gethostname():
                 raise SettingsError(f"--output_dir {path.parent}: a run on {host} (pid {pid}) "
                                     f"is writing into it; remove {path} if that run is gone")
-            if held and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            if held and pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
                 raise SettingsError(f"--output_dir {path.parent}: another run (pid {pid}) is "
                                     "writing into it; wait for it or give another --output_dir")
             path.unlink(missing_ok=True)  # its run is gone (or the file is empty): take it
@@ -129,13 +178,3 @@ def _read_lock(path: Path) -> str:
         return path.read_text().strip()
     except (OSError, UnicodeDecodeError):
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

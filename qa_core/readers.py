@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from qa_core.cache import file_sha256
 from qa_core.errors import QAError, first_line
+from qa_core.files import sha256_file
 from qa_core.offsets import ByteCharMap, OffsetError, is_blank, unencodable_at
 
 TYDI_HUB_CONFIG = "primary_task"
@@ -1065,11 +1065,11 @@ def _open_file(path: Path, spec: SourceSpec) -> ExampleSource:
                 f"{first[2]}: unknown format: expected TyDi (document_plaintext, annotations), "
                 "PrimeQA (question, context, target) or SQuAD-style (question, context, answers) "
                 f"fields, got {sorted(fields)}")
-        return ExampleSource("jsonl", str(path), file_sha256(path), lambda: _jsonl_rows(path), spec,
+        return ExampleSource("jsonl", str(path), sha256_file(path), lambda: _jsonl_rows(path), spec,
                              path=path)
     if name.endswith((".json", ".json.gz")):
         _load_squad_json(path)  # fail on an unknown layout now, not mid-run
-        return ExampleSource("squad_json", str(path), file_sha256(path),
+        return ExampleSource("squad_json", str(path), sha256_file(path),
                              lambda: _squad_rows(path), spec)
     raise DataSourceError(f"{path}: unknown format: expected .jsonl, .jsonl.gz, .json, .json.gz "
                           "or a load_from_disk folder")

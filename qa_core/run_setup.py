@@ -191,22 +191,13 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
         budget = TimeBudget(accelerator, optim.max_train_minutes, started_at, costs)
     scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps,
                                 plan.total_steps)
-    state = RunState(world_size=accelerator.num_processes, seed=optim.seed,
-                     per_device_train_batch_size=optim.per_device_train_batch_size,
-                     gradient_accumulation_steps=optim.gradient_accumulation_steps,
-                     train_data_key=split.summary["key"], average_last=optim.average_last,
-                     optimizer=optimizer_class,
-                     max_train_examples=settings.data.max_train_examples,
-                     group_by_length=optim.group_by_length, negative_window_fraction=negatives,
-                     learning_rate=optim.learning_rate, weight_decay=optim.weight_decay,
-                     warmup_steps=optim.warmup_steps, lr_scheduler=optim.lr_scheduler,
-                     max_grad_norm=optim.max_grad_norm, attention_dropout=optim.attention_dropout,
-                     hidden_dropout=optim.hidden_dropout,
-                     mixed_precision=accelerator.mixed_precision, pad_to=optim.pad_to,
-                     distributed_type=str(accelerator.distributed_type.value),
-                     eval_data_key=evaluator.data_key,
-                     metric_for_best_model=settings.run.metric_for_best_model,
-                     scheduled_steps=None if budget else plan.total_steps)
+    # the flags and the facts resolved here, which a resume compares (qa_core.settings RESUME_*)
+    state = RunState(settings={
+        **settings.as_flat_dict(), "world_size": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "train_data_key": split.summary["key"], "eval_data_key": evaluator.data_key,
+        "mixed_precision": accelerator.mixed_precision, "negative_window_fraction": negatives,
+        "optimizer": optimizer_class, "scheduled_steps": None if budget else plan.total_steps})
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
                       output_dir, budget, average=weight_average(accelerator, model,
                                                                  optim.average_last))

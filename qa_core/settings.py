@@ -217,6 +217,34 @@ class TrainSettings:
         return flat
 
 
+# Resume (qa_core.checkpoints): a checkpoint records as_flat_dict() with the facts the run
+# resolved (world_size, distributed_type, train_data_key, eval_data_key, mixed_precision and
+# negative_window_fraction as in effect, optimizer: its class, scheduled_steps); a resume compares
+# them by name. A new flag needs no entry: changed on resume, it is said in a warning line.
+# What the checkpoint holds and the data order (which windows, in which batches): refused.
+RESUME_MUST_MATCH = ("model", "freeze_encoder", "freeze_word_embeddings", "world_size", "seed",
+                     "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "train_data_key", "average_last", "optimizer", "max_train_examples",
+                     "group_by_length", "negative_window_fraction")
+# What a refusal adds: the preprocessing cache key covers the data and the window settings.
+RESUME_HINTS = {"train_data_key": " (the training windows differ: another --train_data or "
+                "--train_split, or another --max_length, --doc_stride, --label_answer, "
+                "--language or tokenizer)"}
+# Carried by the checkpoint's optimizer state (per parameter group), whatever the flags say.
+RESUME_KEPT = ("learning_rate", "weight_decay")
+# Not compared: where the run writes, how it evaluates, logs and stops, and the flags a resolved
+# fact stands for (optim: optimizer; the data and window flags: the data keys; the length:
+# scheduled_steps; mixed_precision and negative_window_fraction: the values in effect).
+RESUME_NOT_COMPARED = (
+    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "keep_last",
+    "checkpointing_steps", "logging_steps", "report_to", "eval_strategy", "eval_steps",
+    "per_device_eval_batch_size", "cache_dir", "cache_sharing", "num_proc", "preset", "demo",
+    "optim", "train_data", "train_split", "eval_data", "eval_split", "max_eval_examples",
+    "max_length", "doc_stride", "label_answer", "language", "num_train_epochs", "max_train_steps",
+    "max_train_minutes", "max_consecutive_nonfinite", "torch_compile", "n_best_size",
+    "max_answer_length", "null_score_diff_threshold", "allow_no_answer")
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks: each names its flag
 # ---------------------------------------------------------------------------------------------

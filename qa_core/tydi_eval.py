@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from qa_core.errors import QAError, exit_interrupted, exit_with_error
+from qa_core.files import write_atomic
 
 # The official scorer's language order; its table lists languages in this order.
 TYDI_LANGUAGES = ("english", "arabic", "bengali", "finnish", "indonesian", "japanese",
@@ -649,23 +650,17 @@ def prediction_record(p: TydiPrediction) -> dict:
 def write_predictions(path: str | os.PathLike, predictions: Iterable[TydiPrediction]) -> None:
     """Write the official prediction JSONL (gzipped when the name ends in .gz) atomically: a
     temporary file beside it, then a rename, so a reader never sees half a file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as raw:
-            handle = (gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
-                      if path.name.lower().endswith(".gz") else raw)
-            for p in predictions:
-                _check_prediction(p)
-                line = json.dumps(prediction_record(p), ensure_ascii=False, allow_nan=False)
-                handle.write(line.encode("utf-8") + b"\n")
-            if handle is not raw:
-                handle.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    def write(raw) -> None:
+        handle = (gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
+                  if str(path).lower().endswith(".gz") else raw)
+        for p in predictions:
+            _check_prediction(p)
+            line = json.dumps(prediction_record(p), ensure_ascii=False, allow_nan=False)
+            handle.write(line.encode("utf-8") + b"\n")
+        if handle is not raw:
+            handle.close()
+
+    write_atomic(path, write)
 
 
 # ---------------------------------------------------------------------------------------------

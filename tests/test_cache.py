@@ -409,9 +409,12 @@ def truncated_summary(entry: Path) -> str:
 def edited_manifest(entry: Path) -> str:
     manifest = json.loads((entry / "manifest.json").read_text())
     for record in manifest["files"].values():
-        record["size"] += 1
+        record["bytes"] += 1
     (entry / "manifest.json").write_text(json.dumps(manifest))
     return "manifest.json: does not match"
+
+
+SUMMARY_EDITED = "its content does not match its summary_sha256"
 
 
 def edited_summary(name: str, edit, why: str):
@@ -424,14 +427,14 @@ def edited_summary(name: str, edit, why: str):
     return pytest.param(damage, id=name)
 
 
-def replaced_manifest(name: str, blob: bytes, why: str):
+def replaced_manifest(name: str, blob: bytes):
     """Another manifest.json, with summary.json's manifest_sha256 updated to match it."""
     def damage(entry: Path) -> str:
         (entry / "manifest.json").write_bytes(blob)
         summary = json.loads((entry / "summary.json").read_text())
         summary["manifest_sha256"] = hashlib.sha256(blob).hexdigest()
         (entry / "summary.json").write_text(json.dumps(summary))
-        return f"manifest.json: {why}"
+        return f"summary.json: {SUMMARY_EDITED}"
     return pytest.param(damage, id=name)
 
 
@@ -439,29 +442,19 @@ def replaced_manifest(name: str, blob: bytes, why: str):
     truncate_shard, flip_byte, drop_file("features/state.json", "missing"),
     drop_file("manifest.json", "missing"), drop_file("summary.json", "missing"), old_version_entry,
     truncated_summary, edited_manifest,
-    edited_summary("no_examples", lambda s: s.pop("examples"), "no examples"),
-    edited_summary("no_seconds", lambda s: s.pop("seconds"), "no seconds"),
-    edited_summary("examples_text", lambda s: s.update(examples="x"),
-                   "examples is 'x', not a count"),
-    edited_summary("skipped_text_count", lambda s: s.update(skipped={"question_too_long": "1"}),
-                   "skipped is {'question_too_long': '1'}, not counts by reason"),
-    edited_summary("skipped_list", lambda s: s.update(skipped=["a"]),
-                   "skipped is ['a'], not counts by reason"),
+    # what a build writes, with the summary's own sha256 no longer matching its content
+    edited_summary("no_examples", lambda s: s.pop("examples"), SUMMARY_EDITED),
+    edited_summary("examples_text", lambda s: s.update(examples="x"), SUMMARY_EDITED),
+    edited_summary("features_not_in_shards", lambda s: s.update(features=999999),
+                   SUMMARY_EDITED),
+    edited_summary("answerable_count", lambda s: s.update(answerable=s["answerable"] + 80),
+                   SUMMARY_EDITED),
+    edited_summary("notes_count", lambda s: s.update(notes={"no_answer": 0}), SUMMARY_EDITED),
     edited_summary("other_key", lambda s: s.update(key="deadbeef"),
                    "key is 'deadbeef', not the entry's folder name"),
-    edited_summary("features_not_in_shards", lambda s: s.update(features=999999),
-                   "features is 999999, the shards hold"),
-    edited_summary("examples_not_in_shards", lambda s: s.update(examples=1),
-                   "examples is 1, the shards hold 6 rows"),
-    # counts no other check can see: they were served as a hit
-    edited_summary("answerable_count", lambda s: s.update(answerable=s["answerable"] + 80),
-                   "its content does not match its summary_sha256"),
-    edited_summary("notes_count", lambda s: s.update(notes={"no_answer": 0}),
-                   "its content does not match its summary_sha256"),
-    replaced_manifest("manifest_files_list", b'{"files": []}', 'no "files" object'),
-    replaced_manifest("manifest_not_json", b"not json", "not valid JSON"),
-    replaced_manifest("manifest_lists_nothing", b'{"files": {}}',
-                      "does not list features/state.json"),
+    # summary.json's manifest_sha256 updated to the new manifest: its own sha256 then differs
+    replaced_manifest("manifest_not_json", b"not json"),
+    replaced_manifest("manifest_lists_nothing", b'{"files": {}}'),
 ])
 def test_damaged_entry_is_rebuilt_not_hit(config, damage):
     first = prepare(config)
@@ -483,8 +476,23 @@ def test_large_shards_are_sized_not_hashed(config, monkeypatch):
     entry = prepare(config).entry
     files = json.loads((entry / "manifest.json").read_text())["files"]
     shard = next(name for name in files if name.startswith("features/data-"))
-    assert "sha256" not in files[shard] and files[shard]["size"] > 1000
+    assert "sha256" not in files[shard] and files[shard]["bytes"] > 1000
     assert "sha256" in files["features/state.json"]
+
+
+def test_an_entry_whose_manifest_says_size_is_still_a_hit(config):
+    """Entries written before the manifest named a file's size ``bytes`` stay valid."""
+    entry = prepare(config).entry
+    manifest = json.loads((entry / "manifest.json").read_text())
+    for record in manifest["files"].values():
+        record["size"] = record.pop("bytes")
+    blob = json.dumps(manifest, indent=1).encode()
+    (entry / "manifest.json").write_bytes(blob)
+    summary = json.loads((entry / "summary.json").read_text())
+    summary["manifest_sha256"] = hashlib.sha256(blob).hexdigest()
+    summary["summary_sha256"] = cache_mod.summary_sha256(summary)
+    (entry / "summary.json").write_text(json.dumps(summary))
+    assert prepare(config).summary["cache_hit"] is True
 
 
 def test_rebuild_keeps_an_entry_another_run_already_repaired(config):

@@ -193,7 +193,7 @@ def test_shared_cache_builds_once_and_training_checkpoints(two_node_training):
     assert (checkpoint / "rng_state_0.json").is_file() and (
         checkpoint / "rng_state_1.json"
     ).is_file()  # one RNG state per process, written by each rank
-    assert json.loads((checkpoint / "run_state.json").read_text())["world_size"] == 2
+    assert json.loads((checkpoint / "run_state.json").read_text())["settings"]["world_size"] == 2
 
 
 def test_data_only_one_node_refuses_stops_every_node_with_its_line(tiny_model, tmp_path):

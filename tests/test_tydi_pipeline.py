@@ -302,14 +302,14 @@ def test_metric_for_best_model_choices(capsys):
 
 
 def test_a_resume_with_another_metric_for_best_model_chooses_afresh():
-    saved = RunState(best_f1=40.0, best_step=6, metric_for_best_model="f1")
-    now = RunState(metric_for_best_model="tydi_minimal_f1")
+    saved = RunState(best_f1=40.0, best_step=6, settings={"metric_for_best_model": "f1"})
+    now = RunState(settings={"metric_for_best_model": "tydi_minimal_f1"})
     assert saved.changed_settings(now) == [
         "--metric_for_best_model is 'tydi_minimal_f1', the checkpoint's run chose by 'f1': its "
         "best (40.0) is not compared with the new metric; best_model/ is chosen afresh"]
     resumed = saved.resumed_with(now)
     assert (resumed.best_f1, resumed.best_step) == (None, None)
-    assert saved.resumed_with(RunState(metric_for_best_model="f1")).best_f1 == 40.0
+    assert saved.resumed_with(RunState(settings={"metric_for_best_model": "f1"})).best_f1 == 40.0
 
 
 def test_make_tydi_eval_builds_an_official_file_and_the_training_complement(tmp_path, capsys):
