@@ -20,14 +20,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 from qa_core.errors import QAError, SettingsError
 from qa_core.metrics import f1_score
 from qa_core.offsets import extend_ends_over_marks
+
+if TYPE_CHECKING:  # pyarrow is imported where used: flag parsing imports FeatureConfig
+    import pyarrow as pa
 
 # Which annotator's span labels the training windows (see label_answer_index).
 LABEL_ANSWERS = ("first", "consensus")
@@ -368,6 +370,8 @@ class FeatureBuilder:
 
     def _to_record_batch(self, ids_parts, type_parts, offset_parts, context_mask_parts, lengths,
                          starts, ends, window_index, example_ids) -> pa.RecordBatch:
+        import pyarrow as pa
+
         lengths = np.asarray(lengths, dtype=np.int32)
         total = int(lengths.sum())
 
@@ -400,6 +404,8 @@ class FeatureBuilder:
 
 
 def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.Array:
+    import pyarrow as pa
+
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), values)
@@ -408,6 +414,8 @@ def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.Array:
 def offsets_to_numpy(offset_mapping: pa.Array | pa.ChunkedArray,
                      pad_to: int | None = None) -> np.ndarray:
     """``offset_mapping`` column -> int32 ``[F, L, 2]``, -1 for non-context tokens and padding."""
+    import pyarrow as pa
+
     if isinstance(offset_mapping, pa.ChunkedArray):
         offset_mapping = offset_mapping.combine_chunks()
     lengths = offset_mapping.value_lengths().to_numpy(zero_copy_only=False)
