@@ -83,16 +83,12 @@ class EvalReferences:
     def build(cls, examples: pa.Table, features: EvalFeatures) -> "EvalReferences":
         """``examples``: the evaluated examples; ``features``: their windows, whose
         ``example_index`` points into ``examples``."""
-        return cls(
-            example_ids=examples.column("id").to_pylist(),
-            contexts=ColumnStrings(examples.column("context")),
-            gold_answers=[a["text"] for a in examples.column("answers").to_pylist()],
-            feature_example_index=features.example_index,
-            start_positions=features.start_positions,
-            end_positions=features.end_positions,
-            offsets=features.offsets,
-            tydi=TydiReferences.from_examples(examples),
-        )
+        return cls(example_ids=examples.column("id").to_pylist(),
+                   contexts=ColumnStrings(examples.column("context")),
+                   gold_answers=[a["text"] for a in examples.column("answers").to_pylist()],
+                   feature_example_index=features.example_index,
+                   start_positions=features.start_positions, end_positions=features.end_positions,
+                   offsets=features.offsets, tydi=TydiReferences.from_examples(examples))
 
 
 class EvalResult(NamedTuple):

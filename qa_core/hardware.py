@@ -130,13 +130,9 @@ def requested_plan(env=None) -> RequestedPlan:
                 or env.get("FSDP_RESHARD_AFTER_FORWARD")
                 or "FULL_SHARD"
             ).upper()
-        return RequestedPlan(
-            "fsdp",
-            fsdp_version=version,
-            fsdp_strategy=strategy,
-            fsdp_sync_module_states=_env_true(env, "FSDP_SYNC_MODULE_STATES"),
-            launched=launched,
-        )
+        return RequestedPlan("fsdp", fsdp_version=version, fsdp_strategy=strategy,
+                             fsdp_sync_module_states=_env_true(env, "FSDP_SYNC_MODULE_STATES"),
+                             launched=launched)
     return RequestedPlan(launched=launched)
 
 
@@ -190,12 +186,8 @@ def refuse_on_cpu(plan: RequestedPlan, accelerate_minor: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_accelerator(
-    mixed_precision: str | None,
-    gradient_accumulation_steps: int = 1,
-    log_with: str | None = None,
-    project_dir: str | None = None,
-):
+def make_accelerator(mixed_precision: str | None, gradient_accumulation_steps: int = 1,
+                     log_with: str | None = None, project_dir: str | None = None):
     """The ``Accelerator`` a training run uses, or :class:`DistributionPlanError`.
 
     CPU-only machines get ``cpu=True`` (every launched worker joins a gloo group); the LR
@@ -218,15 +210,10 @@ def make_accelerator(
         from accelerate.utils import FullyShardedDataParallelPlugin
 
         plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables, as accelerate does
-    accelerator = Accelerator(
-        cpu=not has_device,
-        mixed_precision=mixed_precision,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        log_with=log_with,
-        project_dir=project_dir,
-        step_scheduler_with_optimizer=False,
-        fsdp_plugin=plugin,
-    )
+    accelerator = Accelerator(cpu=not has_device, mixed_precision=mixed_precision,
+                              gradient_accumulation_steps=gradient_accumulation_steps,
+                              log_with=log_with, project_dir=project_dir,
+                              step_scheduler_with_optimizer=False, fsdp_plugin=plugin)
     if fsdp_on_cpu:
         _set_fsdp_on_cpu(accelerator, plugin)
     problem = (outcome_mismatch(plan, str(accelerator.distributed_type.value))

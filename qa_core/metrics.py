@@ -114,14 +114,9 @@ def squad_scores(
         "missing_predictions": missing,
     }
     if exact[False]:
-        scores.update(
-            HasAns_exact=_percent(exact[True]),
-            HasAns_f1=_percent(f1[True]),
-            HasAns_total=len(exact[True]),
-            NoAns_exact=_percent(exact[False]),
-            NoAns_f1=_percent(f1[False]),
-            NoAns_total=len(exact[False]),
-        )
+        scores.update(HasAns_exact=_percent(exact[True]), HasAns_f1=_percent(f1[True]),
+                      HasAns_total=len(exact[True]), NoAns_exact=_percent(exact[False]),
+                      NoAns_f1=_percent(f1[False]), NoAns_total=len(exact[False]))
     return scores
 
 
@@ -175,10 +170,8 @@ def squad_scores_from_hf_format(
     predictions: ``[{"id", "prediction_text"}]``;
     references: ``[{"id", "answers": {"text": [...], "answer_start": [...]}}]``.
     """
-    return squad_scores(
-        {p["id"]: p["prediction_text"] for p in predictions},
-        {r["id"]: list(r["answers"]["text"]) for r in references},
-    )
+    return squad_scores({p["id"]: p["prediction_text"] for p in predictions},
+                        {r["id"]: list(r["answers"]["text"]) for r in references})
 
 
 def load_evaluate_metric(**load_kwargs):

@@ -114,13 +114,11 @@ class TydiPrediction:
     yes_no_answer: str = "NONE"
 
 
-ROW_KEYS = (
-    "passage_f1", "passage_precision", "passage_recall", "passage_threshold",
-    "minimal_f1", "minimal_precision", "minimal_recall", "minimal_threshold",
-    "passage_recall_at_p50", "passage_recall_at_p75", "passage_recall_at_p90",
-    "minimal_recall_at_p50", "minimal_recall_at_p75", "minimal_recall_at_p90",
-    "examples", "predicted",
-)
+ROW_KEYS = ("passage_f1", "passage_precision", "passage_recall", "passage_threshold",
+            "minimal_f1", "minimal_precision", "minimal_recall", "minimal_threshold",
+            "passage_recall_at_p50", "passage_recall_at_p75", "passage_recall_at_p90",
+            "minimal_recall_at_p50", "minimal_recall_at_p75", "minimal_recall_at_p90",
+            "examples", "predicted")
 
 
 @dataclass
