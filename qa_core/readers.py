@@ -38,7 +38,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from qa_core.cache import file_sha256
 from qa_core.errors import QAError, first_line
@@ -703,12 +703,6 @@ def _decode_line(path: Path, line_number: int, raw: bytes) -> str:
         raise _not_utf8(f"{path}:{line_number}", raw, err.start) from None
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 file, gzipped or not; damage -> DataSourceError."""
-    for line_number, raw in _raw_lines(path):
-        yield line_number, _decode_line(path, line_number, raw)
-
-
 def _read_text(path: Path) -> str:
     """The whole UTF-8 text of a file, gzipped or not; damage -> DataSourceError with the line."""
     chunks, lines_read = [], 0
@@ -784,11 +778,7 @@ class LineChunk:
         return len(self.lines)
 
     def rows(self) -> Iterator[Row]:
-        path = Path(self.path)
-        for line_number, raw in self.lines:
-            row = _jsonl_row(path, line_number, _decode_line(path, line_number, raw))
-            if row is not None:
-                yield row
+        return _jsonl_rows(Path(self.path), self.lines)
 
 
 @dataclass(frozen=True)
@@ -845,14 +835,6 @@ def _line_key(line: tuple[int, bytes]) -> bytes | None:
         if spelled in raw:
             return spelled
     return None
-
-
-def _same_rows(key: str, row: Row) -> bool:
-    return _shared_text(row[0]) == key
-
-
-def _same_lines(key: bytes, line: tuple[int, bytes]) -> bool:
-    return key in line[1]
 
 
 def _chunked(items: Iterator[Any], size_of: Callable[[Any], int], make: Callable[[list], Chunk],
@@ -920,9 +902,10 @@ class ExampleSource:
             path = str(self.path)
             return _chunked(_raw_lines(self.path), lambda line: len(line[1]),
                             lambda lines: LineChunk(path, lines), target, _line_key,
-                            _same_lines)
+                            lambda key, line: key in line[1])
         return _chunked(self.rows(), lambda row: _row_bytes(row[0]), RowChunk, target,
-                        lambda row: _shared_text(row[0]), _same_rows)
+                        lambda row: _shared_text(row[0]),
+                        lambda key, row: _shared_text(row[0]) == key)
 
 
 # A JSON string (skipped whole, so brackets inside it do not count) or one bracket.
@@ -975,9 +958,10 @@ def _jsonl_row(path: Path, line_number: int, line: str) -> Row | None:
     return record, f"{path.name}:{line_number}", where
 
 
-def _jsonl_rows(path: Path) -> Iterator[Row]:
-    for line_number, line in _text_lines(path):
-        row = _jsonl_row(path, line_number, line)
+def _jsonl_rows(path: Path, lines: Iterable[tuple[int, bytes]] | None = None) -> Iterator[Row]:
+    """The rows of a .jsonl(.gz) file, or of some of its undecoded ``lines``."""
+    for line_number, raw in _raw_lines(path) if lines is None else lines:
+        row = _jsonl_row(path, line_number, _decode_line(path, line_number, raw))
         if row is not None:
             yield row
 
