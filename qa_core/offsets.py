@@ -132,11 +132,6 @@ class ByteCharMap:
         return self.to_char(start_byte), self.to_char(end_byte)
 
 
-def byte_span_to_char_span(text: str, start_byte: int, end_byte: int) -> tuple[int, int]:
-    """One-off conversion; build a :class:`ByteCharMap` when a text has several spans."""
-    return ByteCharMap.for_text(text).span_to_chars(start_byte, end_byte)
-
-
 def char_to_byte(text: str, char_offset: int) -> int:
     """Character offset -> UTF-8 byte offset (the inverse of :meth:`ByteCharMap.to_char`)."""
     if not 0 <= char_offset <= len(text):
