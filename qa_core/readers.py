@@ -888,16 +888,11 @@ class ExampleSource:
         return examples_from_rows(self.rows(), self.spec.language.lower(), stats, set())
 
     def chunks(self, target: Callable[[int], int]) -> Iterator[Chunk]:
-        """The source's rows in order, as chunks another process turns into examples
-        (``chunk.rows()`` then :func:`examples_from_rows`).
-
-        A chunk closes once it holds ``target(bytes in the chunks before it)`` bytes of text
-        and the next row is about another document (:func:`_chunked`). A .jsonl(.gz) file is
-        only split into lines here (the gzip stream is read in order; one line per chunk is
-        parsed, to find its document in the lines after it); decoding, JSON parsing and the
-        checks happen where the chunk is turned into rows. Other sources are parsed here.
-        Damage met while reading raises :class:`DataSourceError`.
-        """
+        """The source's rows in order, as chunks of about ``target(bytes before it)`` bytes
+        (:func:`_chunked`) that another process turns into examples (``chunk.rows()`` then
+        :func:`examples_from_rows`). A .jsonl(.gz) file is only split into lines here: decoding,
+        parsing and the checks happen in that process. Damage met while reading raises
+        :class:`DataSourceError`."""
         if self.path is not None:
             path = str(self.path)
             return _chunked(_raw_lines(self.path), lambda line: len(line[1]),
