@@ -45,11 +45,6 @@ from qa_core.errors import QAError, first_line
 from qa_core.offsets import ByteCharMap, OffsetError, is_blank, unencodable_at
 
 TYDI_HUB_CONFIG = "primary_task"
-EXAMPLE_COLUMNS = (
-    "id", "question", "context", "answers", "title", "language",
-    "yes_no_answer", "passage_answer_start", "passage_answer_end", "tydi_annotations",
-    "passage_candidates",
-)
 
 
 class DataSourceError(QAError):
