@@ -208,27 +208,19 @@ def context_pieces(text: str, size: int = CONTEXT_PIECE_CHARS) -> Iterator[tuple
     yield start, len(text)
 
 
-def encode_pieces(backend, text: str,
-                  piece_chars: int | None = None) -> Iterator[tuple[int, object]]:
-    """(first character, encoding) of each piece of ``text`` (no special tokens): the whole
-    text in one piece, or, when it is longer than ``piece_chars`` (default
-    ``CONTEXT_PIECE_CHARS``) and the tokenizer allows it (:func:`splits_at_spaces`), the pieces
-    of :func:`context_pieces`, encoded one at a time. Their tokens, offsets shifted by the
-    piece's first character, are those of the whole text."""
-    size = piece_chars or CONTEXT_PIECE_CHARS
-    pieces = ([(0, len(text))] if len(text) <= size or not splits_at_spaces(backend)
-              else context_pieces(text, size))
-    for start, end in pieces:
-        yield start, backend.encode_batch([text[start:end]], add_special_tokens=False)[0]
-
-
 def encode_context(backend, text: str,
                    piece_chars: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """int32 token ids ``[N]`` and character offsets ``[N, 2]`` of ``text`` (no special tokens),
-    what ``backend.encode(text)`` gives, built piece by piece (:func:`encode_pieces`): memory
-    holds one piece's encoding and Python lists at a time, not the whole text's."""
+    what ``backend.encode(text)`` gives. A text longer than ``piece_chars`` (default
+    ``CONTEXT_PIECE_CHARS``) is encoded in the pieces of :func:`context_pieces` where the
+    tokenizer allows it (:func:`splits_at_spaces`): memory holds one piece's encoding and Python
+    lists at a time, and the tokens, offsets shifted by the piece's start, are the whole text's."""
+    size = piece_chars or CONTEXT_PIECE_CHARS
+    pieces = ([(0, len(text))] if len(text) <= size or not splits_at_spaces(backend)
+              else context_pieces(text, size))
     ids, offsets = [], []
-    for start, encoding in encode_pieces(backend, text, piece_chars):
+    for start, end in pieces:
+        encoding = backend.encode_batch([text[start:end]], add_special_tokens=False)[0]
         ids.append(np.array(encoding.ids, dtype=np.int32))
         offsets.append(np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2) + start)
     if len(ids) == 1:
