@@ -341,22 +341,24 @@ def _tydi_annotation_lists(annotations: Any, where: str) -> tuple[list, list, li
     return lists["minimal_answers_start_byte"], lists["minimal_answers_end_byte"], passages, yes_no
 
 
-def _add_byte_spans(example: dict, byte_map: ByteCharMap, starts: list, ends: list, where: str,
-                    stats: ReadStats) -> bool:
-    """Append every usable annotator span (bytes -> chars); True when any span was annotated."""
+def _add_spans(example: dict, starts: list, ends: list, names: tuple[str, str],
+               to_chars: Callable[[int, int], tuple[int, int]], where: str,
+               stats: ReadStats) -> bool:
+    """Append every usable annotator span (``to_chars``: the offsets as given -> character
+    offsets, or an OffsetError whose reason counts the skip); True when any span was
+    annotated. ``names``: the two offset lists' field names, for messages."""
     had_span = False
     context = example["context"]
     for i, (start_value, end_value) in enumerate(zip(starts, ends)):
-        start_byte = _span_start(start_value, f"annotations.minimal_answers_start_byte[{i}]",
-                                 where, stats)
-        if start_byte is None:
+        start = _span_start(start_value, f"{names[0]}[{i}]", where, stats)
+        if start is None:
             continue
         had_span = True
-        end_byte = as_int(end_value, f"annotations.minimal_answers_end_byte[{i}]", where)
-        if start_byte < 0:
+        end = as_int(end_value, f"{names[1]}[{i}]", where)
+        if start < 0:
             continue
         try:
-            start, end = byte_map.span_to_chars(start_byte, end_byte)
+            start, end = to_chars(start, end)
         except OffsetError as err:
             stats.skipped[f"answer_{err.reason}"] += 1
             continue
@@ -451,7 +453,9 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
                             title=_optional_str(record, "document_title", where),
                             language=_optional_str(record, "language", where))
     byte_map = ByteCharMap.for_text(context)
-    had_span = _add_byte_spans(example, byte_map, starts, ends, where, stats)
+    had_span = _add_spans(example, starts, ends, ("annotations.minimal_answers_start_byte",
+                                                  "annotations.minimal_answers_end_byte"),
+                          byte_map.span_to_chars, where, stats)
     example["yes_no_answer"] = _yes_no(yes_no, "annotations.yes_no_answer", where)
     example["tydi_annotations"], example["passage_candidates"] = tydi_gold_fields(
         (starts, ends, passages, yes_no), candidates, where)
@@ -516,20 +520,14 @@ def primeqa_to_example(record: dict, fallback_id: str, where: str, stats: ReadSt
         return None
     example = _base_example(example_id, question, context,
                             language=_optional_str(record, "language", where))
-    had_span = False
-    for i, (start_value, end_value) in enumerate(zip(starts, ends)):
-        start = _span_start(start_value, f"target.start_positions[{i}]", where, stats)
-        if start is None:
-            continue
-        had_span = True
-        end = as_int(end_value, f"target.end_positions[{i}]", where)
-        if start < 0:
-            continue
+
+    def char_span(start: int, end: int) -> tuple[int, int]:
         if not start < end <= len(context):
-            stats.skipped["answer_char_offset_out_of_range"] += 1
-            continue
-        example["answers"]["text"].append(context[start:end])
-        example["answers"]["answer_start"].append(start)
+            raise OffsetError("char_offset_out_of_range", f"[{start}, {end}) outside the context")
+        return start, end
+
+    had_span = _add_spans(example, starts, ends, ("target.start_positions", "target.end_positions"),
+                          char_span, where, stats)
     example["yes_no_answer"] = _yes_no(yes_no, "target.yes_no_answer", where)
     # Passage candidates are not in the layout: the gold passage index is kept only as a count.
     had_passage = _gold_passage(passages, "target.passage_indices", where) >= 0
