@@ -76,8 +76,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from qa_core.distributed import disagreement, on_every_process
 from qa_core.errors import QAError, first_line
+from qa_core.processes import disagreement, on_every_process
 
 RUN_STATE_FILE = "run_state.json"
 MANIFEST_FILE = "manifest.json"

@@ -22,8 +22,8 @@ from transformers import HfArgumentParser
 
 # light modules only: flag parsing loads neither torch nor pyarrow (those that do are imported
 # inside the functions that need them)
+from qa_core.cache_sharing import CACHE_SHARING
 from qa_core.decode import DecodeConfig
-from qa_core.distributed import CACHE_SHARING
 from qa_core.errors import SettingsError
 from qa_core.features import LABEL_ANSWERS, FeatureConfig
 
