@@ -29,14 +29,8 @@ import sys  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from qa_core.errors import (  # noqa: E402
-    QAError,
-    SettingsError,
-    die_with_the_launcher,
-    exit_interrupted,
-    exit_with_error,
-    leave_launched_process,
-)
+from qa_core.errors import QAError, SettingsError, exit_interrupted, exit_with_error  # noqa: E402
+from qa_core.processes import die_with_the_launcher, leave_launched_process  # noqa: E402
 from qa_core.settings import TrainSettings, parse_train_settings  # noqa: E402
 
 
@@ -65,11 +59,11 @@ def run(argv: list[str] | None, started_at: float) -> int:
 
 def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     from qa_core.checkpoints import RunState
-    from qa_core.distributed import on_every_process
     from qa_core.hardware import end_distributed
     from qa_core.loop import EvalTracker, TrainedSpan, fit
     from qa_core.modeling import ModelFolderError, freeze_parameters, load_qa_model
     from qa_core.optim import build_optimizer
+    from qa_core.processes import on_every_process
     from qa_core.run_setup import build_evaluator, checked_tokenizer, start_training
 
     data, optim, run_args = settings.data, settings.optim, settings.run
@@ -122,10 +116,10 @@ def open_run(settings: TrainSettings, held: ExitStack):
     from accelerate.utils import set_seed
 
     from qa_core.checkpoints import agreed_resume
-    from qa_core.distributed import on_every_process
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
     from qa_core.loop import start_log
     from qa_core.outputs import check_new_run_output, output_dir_lock
+    from qa_core.processes import on_every_process
 
     optim, run_args = settings.optim, settings.run
     accelerator = make_accelerator(resolve_mixed_precision(optim.mixed_precision),
@@ -151,7 +145,7 @@ def open_run(settings: TrainSettings, held: ExitStack):
 def load_splits(accelerator, settings: TrainSettings, tokenizer, do_train: bool):
     """The cache sharing in effect and the cached splits by name: ``eval``, and ``train`` when
     training (built first, as before)."""
-    from qa_core.distributed import resolve_cache_sharing
+    from qa_core.cache_sharing import resolve_cache_sharing
     from qa_core.run_setup import load_cached_split
 
     data = settings.data

@@ -533,11 +533,11 @@ def checked_flags(parser, args, on_cuda: bool) -> dict:
 def preprocess_all(parser, args, seq_lens: list[int], distributed: bool, on_cuda: bool,
                    rank0: bool) -> None:
     """Preprocess once per window length, before anything is timed (under a launcher the cache's
-    builder first, then the others: ``qa_core.distributed.build_on_every_process``); data that
+    builder first, then the others: ``qa_core.cache_sharing.build_on_every_process``); data that
     gives no features at a length is ``parser.error``, naming it, on every process alike.
     accelerate's ``main_process_first`` left the others waiting when rank 0 refused: rank 1
     ended in a ``Connection closed by peer`` traceback (gloo), or waited on (NCCL)."""
-    from qa_core.distributed import build_on_every_process, resolve_cache_sharing
+    from qa_core.cache_sharing import build_on_every_process, resolve_cache_sharing
 
     accelerator = fresh_accelerator("no") if distributed else None
     sharing = resolve_cache_sharing(accelerator, "auto", args.cache_dir) if distributed else None
@@ -730,6 +730,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from qa_core.errors import leave_launched_process
+    from qa_core.processes import leave_launched_process
 
     sys.exit(leave_launched_process(main()))

@@ -1,17 +1,12 @@
 """Rows of a features table -> padded batches, without holding the split in RAM.
 
-A cache entry opened with ``datasets.load_from_disk`` is a set of memory-mapped Arrow files;
-its ``features`` table is a list of chunks whose buffers live in those files. :class:`FeatureRows`
-keeps per chunk only zero-copy numpy *views* of the token columns' offsets and values, plus a
-few small per-feature arrays (length, has-answer, gold start/end, example index). A batch
+A cache entry's ``features`` table is memory-mapped Arrow. :class:`FeatureRows` keeps per chunk
+only zero-copy numpy *views* of the token columns, plus a few small per-feature arrays; a batch
 copies just its own rows into padded int64 arrays, so the memory a training run allocates does
-not grow with the number of cached windows. Pages of the files are read when a batch needs
-them; they stay mapped (and are counted in the process's RSS as file-backed, shared pages)
-until the OS reclaims them, which it does under memory pressure without writing anything.
-
-The same class works on an in-memory table (``pa.Table.from_batches``), as inference builds.
-Also here: the selection of the first N examples as row indices (:func:`select_first_examples`),
-the epoch order and its sampler, and the training loader.
+not grow with the number of cached windows (the mapped pages count in RSS as file-backed,
+shared pages the OS reclaims under pressure without writing anything). The same class serves an
+in-memory table, as inference builds. Also here: the first N examples as row indices
+(:func:`select_first_examples`), the epoch order and its sampler, and the training loader.
 """
 from __future__ import annotations
 

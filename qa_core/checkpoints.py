@@ -71,10 +71,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from qa_core.distributed import disagreement, on_every_process
 from qa_core.errors import QAError, first_line
 from qa_core.files import entry_problem, manifest_entry, write_atomic
 from qa_core.files import read_json as _read_json
+from qa_core.processes import disagreement, on_every_process
 
 RUN_STATE_FILE = "run_state.json"
 MANIFEST_FILE = "manifest.json"

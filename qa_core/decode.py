@@ -28,16 +28,8 @@ Tie-breaking (deterministic, identical in :func:`reference_decode`):
 * choosing the best span: higher score first, then lower feature index, then
   lower start token, then lower end token.
 
-Implementation notes (vectorized path): the top-n tokens come from one SIMD
-``np.sort`` per row block (k-th largest value; NaN shows up as the row's last
-value) plus a ``>=`` mask, with the exact lowest-index rule applied only to
-rows tied at the cut; only the valid (start, end) cells are scored, listed row
-by row in cell order.  One span per feature (what answers need) is a segment
-max over that list; an n-best list packs the cells per row and orders them with
-one SIMD argsort (a stable re-sort only for rows holding equal scores).  Chunks
-write into one preallocated result.  Plain numpy, single-threaded by default
-(measured faster than ``torch.topk`` on CPU, and free of its unspecified tie
-order).
+The vectorized path is plain numpy, single-threaded by default (measured faster than
+``torch.topk`` on CPU, and free of its unspecified tie order); each helper says how.
 """
 
 from __future__ import annotations
@@ -95,17 +87,10 @@ class FeatureSpans:
     def spans_per_feature(self) -> int:
         return int(self.scores.shape[1])
 
-    @classmethod
-    def concat(cls, parts: Sequence["FeatureSpans"]) -> "FeatureSpans":
-        return concat_feature_spans(parts)
-
 
 class Prediction(NamedTuple):
-    """Decoded answer of one example; ``end_char`` is exclusive.
-
-    A NamedTuple (immutable, and ~2.5x cheaper to build than a frozen
-    dataclass: one is built per example).
-    """
+    """Decoded answer of one example; ``end_char`` is exclusive (a NamedTuple: one is built
+    per example, ~2.5x cheaper than a frozen dataclass)."""
 
     text: str
     score: float
@@ -123,14 +108,12 @@ def concat_feature_spans(parts: Sequence[FeatureSpans]) -> FeatureSpans:
         raise ValueError(
             f"cannot concatenate FeatureSpans with different spans_per_feature: {widths}"
         )
-    return FeatureSpans(
-        scores=np.concatenate([p.scores for p in parts]),
-        start_token=np.concatenate([p.start_token for p in parts]),
-        end_token=np.concatenate([p.end_token for p in parts]),
-        start_char=np.concatenate([p.start_char for p in parts]),
-        end_char=np.concatenate([p.end_char for p in parts]),
-        null_score=np.concatenate([p.null_score for p in parts]),
-    )
+    return FeatureSpans(scores=np.concatenate([p.scores for p in parts]),
+                        start_token=np.concatenate([p.start_token for p in parts]),
+                        end_token=np.concatenate([p.end_token for p in parts]),
+                        start_char=np.concatenate([p.start_char for p in parts]),
+                        end_char=np.concatenate([p.end_char for p in parts]),
+                        null_score=np.concatenate([p.null_score for p in parts]))
 
 
 # --------------------------------------------------------------------------- #
@@ -201,17 +184,10 @@ def _check_inputs(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.
 
 @functools.cache
 def _keep_freed_memory_for_reuse() -> None:
-    """Once per process: allocate and free one 16 MiB block.
-
-    Each chunk allocates and frees a few MB of temporaries.  glibc hands freed
-    heap memory back to the OS as soon as the free top of the heap exceeds a
-    threshold that grows with the largest block freed so far, so in a fresh
-    process every chunk page-faults its temporaries in anew (measured on
-    SQuAD-format windows: ~20k faults and 27 % of the decoding time).  Freeing
-    one 16 MiB block (below glibc's 32 MiB cap for that adjustment) raises the
-    threshold, as any training process does with its first big tensor.  Other
-    allocators are unaffected; the block's pages are never touched.
-    """
+    """Once per process: allocate and free one 16 MiB block, which raises glibc's trim
+    threshold (it grows with the largest block freed, below a 32 MiB cap), so the chunks'
+    few-MB temporaries are reused rather than page-faulted in anew each time (27 % of the
+    decoding time in a fresh process). The block's pages are never touched."""
     block = np.empty(16 << 20, dtype=np.uint8)
     del block
 
@@ -231,14 +207,10 @@ def _top_k_columns(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(values, columns)``: ``values`` is the input with NaN replaced by
     ``-inf`` (a copy only when a row holds NaN), so NaN can never be chosen.
 
-    The set is exactly that of a stable descending argsort cut at k (equal
-    values at the cut keep the lower indices).  The k-th largest value comes
-    from a full ``np.sort`` of each row (SIMD-sorted: measured faster than
-    ``np.partition`` on 384 float32, and it puts NaN last, so NaN rows show up
-    in the sorted last column for free); a ``>=`` mask then has k entries per
-    row unless the row has a tie at the cut, and only such rows (rare with
-    real logits) go through the exact rule.  Reading the mask row-major gives
-    the columns already in ascending order.
+    The set is that of a stable descending argsort cut at k (equal values at the cut keep
+    the lower indices). The k-th largest value comes from a SIMD ``np.sort`` of each row
+    (faster than ``np.partition`` on 384 float32; NaN sorts last, so it shows for free); a
+    ``>=`` mask then has k entries per row, and only rows tied at the cut take the exact rule.
     """
     num_rows, length = values.shape
     if k >= length:
@@ -271,12 +243,10 @@ def _best_first(packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     values keep their ascending column order.  ``packed`` has at least k
     columns, rows hold -inf filler after their real entries.
 
-    Wide rows first keep their k best columns with :func:`_top_k_columns` (a
-    row sort costs ~3x less per entry than an argsort); narrow rows skip that.
-    Then one ascending SIMD argsort read from the back orders them (measured
-    faster than an argsort of the negated values).  It orders equal values
-    arbitrarily, so the (rare) rows with equal finite values among the kept
-    ones or at the cut are sorted again, stably.
+    Wide rows first keep their k best columns with :func:`_top_k_columns` (a row sort costs
+    ~3x less per entry than an argsort). One ascending SIMD argsort read from the back orders
+    them; it orders equal values arbitrarily, so rows holding equal finite values are sorted
+    again, stably.
     """
     columns = None
     if packed.shape[1] > 3 * k:
@@ -297,10 +267,8 @@ def _best_cell(cell_score: np.ndarray, row: np.ndarray, first: np.ndarray,
                count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Score ``[F, 1]`` and position in the flat cell list ``[F, 1]`` of each row's best cell.
 
-    The cells are listed row by row in cell order, so segment reductions find
-    each row's maximum and its first cell reaching it (the tie rule), with no
-    packing: the evaluation path (one span per feature), measured 4-9 % faster
-    than packing plus argmax.
+    The cells are listed row by row in cell order, so segment reductions find each row's
+    maximum and its first cell reaching it (the tie rule) with no packing (4-9 % faster).
     """
     num_rows, num_cells = len(count), len(cell_score)
     scores = np.full((num_rows, 1), -np.inf)
@@ -320,11 +288,9 @@ def _best_cells(cell_score: np.ndarray, row: np.ndarray, first: np.ndarray, coun
                 keep: int) -> tuple[np.ndarray, np.ndarray]:
     """Scores ``[F, keep]`` and flat positions ``[F, keep]`` of each row's ``keep`` best cells.
 
-    Cell counts vary a lot (a few dozen per window of a long document,
-    hundreds for a short paragraph), so rows are packed to the chunk's
-    95th-percentile count first (a wider row's extra cells all land in its last
-    column) and only the wider rows are redone at their full width: the sorts
-    of :func:`_best_first` do not spend their time on -inf filler.
+    Cell counts vary a lot, so rows are packed to the chunk's 95th-percentile count (a wider
+    row's extra cells land in its last column) and only the wider rows are redone at full
+    width: the sorts of :func:`_best_first` do not spend their time on -inf filler.
     """
     position = np.arange(len(cell_score)) - first[row]
     narrow = _narrow_width(count, keep)
@@ -368,14 +334,8 @@ def _valid_cells(start_idx: np.ndarray, end_idx: np.ndarray, start_ok: np.ndarra
     return np.flatnonzero(span.view(unsigned) < min(max_answer_length, length))
 
 
-def _topk_spans_chunk(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    offsets: np.ndarray,
-    n_best_size: int,
-    max_answer_length: int,
-    out: FeatureSpans,
-) -> None:
+def _topk_spans_chunk(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
+                      n_best_size: int, max_answer_length: int, out: FeatureSpans) -> None:
     """Decode one chunk of features into ``out`` (row views of the full result)."""
     num_features, length = start_logits.shape
     n = min(n_best_size, length)
@@ -436,16 +396,10 @@ def _topk_spans_chunk(
     out.null_score[...] = _null_scores(start_logits, end_logits)
 
 
-def feature_topk_spans(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    offsets: np.ndarray,
-    n_best_size: int = 20,
-    max_answer_length: int = 30,
-    chunk_size: int = _DEFAULT_CHUNK_SIZE,
-    num_threads: int | None = 1,
-    spans_per_feature: int | None = None,
-) -> FeatureSpans:
+def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
+                       n_best_size: int = 20, max_answer_length: int = 30,
+                       chunk_size: int = _DEFAULT_CHUNK_SIZE, num_threads: int | None = 1,
+                       spans_per_feature: int | None = None) -> FeatureSpans:
     """Best candidate spans of each feature of one batch (``n_best_size`` of them by default).
 
     Args:
@@ -484,14 +438,12 @@ def feature_topk_spans(
 
     # Chunks write straight into their rows of the result (no concatenation).
     num_features = len(start_logits)
-    result = FeatureSpans(
-        scores=np.empty((num_features, keep)),
-        start_token=np.empty((num_features, keep), dtype=np.int32),
-        end_token=np.empty((num_features, keep), dtype=np.int32),
-        start_char=np.empty((num_features, keep), dtype=np.int32),
-        end_char=np.empty((num_features, keep), dtype=np.int32),
-        null_score=np.empty(num_features),
-    )
+    result = FeatureSpans(scores=np.empty((num_features, keep)),
+                          start_token=np.empty((num_features, keep), dtype=np.int32),
+                          end_token=np.empty((num_features, keep), dtype=np.int32),
+                          start_char=np.empty((num_features, keep), dtype=np.int32),
+                          end_char=np.empty((num_features, keep), dtype=np.int32),
+                          null_score=np.empty(num_features))
 
     def run(begin: int) -> None:
         rows = slice(begin, begin + chunk_size)
@@ -633,12 +585,8 @@ def best_spans(
     )
 
 
-def answers_from_spans(
-    spans: ExampleSpans,
-    contexts: Sequence[str],
-    example_ids: Sequence[str],
-    config: DecodeConfig = DecodeConfig(),
-) -> dict[str, Prediction]:
+def answers_from_spans(spans: ExampleSpans, contexts: Sequence[str], example_ids: Sequence[str],
+                       config: DecodeConfig = DecodeConfig()) -> dict[str, Prediction]:
     """Each example's answer from its best span and null score (:func:`best_spans`)."""
     if len(contexts) != len(example_ids):
         raise ValueError("contexts and example_ids must have the same length")
@@ -646,13 +594,9 @@ def answers_from_spans(
                               spans.has_features, contexts, example_ids, config)
 
 
-def best_answers(
-    feature_spans: FeatureSpans,
-    feature_example_index: np.ndarray,
-    contexts: Sequence[str],
-    example_ids: Sequence[str],
-    config: DecodeConfig = DecodeConfig(),
-) -> dict[str, Prediction]:
+def best_answers(feature_spans: FeatureSpans, feature_example_index: np.ndarray,
+                 contexts: Sequence[str], example_ids: Sequence[str],
+                 config: DecodeConfig = DecodeConfig()) -> dict[str, Prediction]:
     """Best answer per example from the compact spans of all its features
     (:func:`best_spans`, then :func:`answers_from_spans`).
 
@@ -701,15 +645,9 @@ def top_answers(
     return answers
 
 
-def decode(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    offsets: np.ndarray,
-    feature_example_index: np.ndarray,
-    contexts: Sequence[str],
-    example_ids: Sequence[str],
-    config: DecodeConfig = DecodeConfig(),
-) -> dict[str, Prediction]:
+def decode(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
+           feature_example_index: np.ndarray, contexts: Sequence[str], example_ids: Sequence[str],
+           config: DecodeConfig = DecodeConfig()) -> dict[str, Prediction]:
     """Non-streaming convenience: :func:`feature_topk_spans` then :func:`best_answers`."""
     spans = feature_topk_spans(
         start_logits, end_logits, offsets, config.n_best_size, config.max_answer_length,
@@ -723,145 +661,70 @@ def decode(
 # --------------------------------------------------------------------------- #
 
 
-def _reference_candidates(
-    feature_start_logits: np.ndarray,
-    feature_end_logits: np.ndarray,
-    offset_mapping: list[list[int]],
-    feature_index: int,
-    n_best_size: int,
-    max_answer_length: int,
-) -> list[dict]:
-    """One feature's valid (start, end) pairs among its n-best starts x n-best ends, the classic
-    double loop of :func:`reference_decode`; offsets are character offsets into the context."""
+def _reference_candidates(start_logits: np.ndarray, end_logits: np.ndarray,
+                          offsets: list[list[int]], n_best_size: int,
+                          max_answer_length: int) -> list[tuple[float, int, int, int, int]]:
+    """One feature's valid spans among its n-best starts x n-best ends, the classic double
+    loop: (score, start token, end token, start char, end char) each."""
     candidates = []
-    start_indexes = np.argsort(-feature_start_logits, kind="stable")[:n_best_size].tolist()
-    end_indexes = np.argsort(-feature_end_logits, kind="stable")[:n_best_size].tolist()
-    start_values = feature_start_logits.tolist()
-    end_values = feature_end_logits.tolist()
-    for start_index in start_indexes:
-        for end_index in end_indexes:
-            # Logits may be padded longer than the stored offsets.
-            if start_index >= len(offset_mapping) or end_index >= len(offset_mapping):
+    starts = np.argsort(-start_logits, kind="stable")[:n_best_size].tolist()
+    ends = np.argsort(-end_logits, kind="stable")[:n_best_size].tolist()
+    start_values, end_values = start_logits.tolist(), end_logits.tolist()
+    for s in starts:
+        for e in ends:
+            # logits may be padded longer than the stored offsets
+            if s >= len(offsets) or e >= len(offsets) or min(*offsets[s], *offsets[e]) < 0:
                 continue
-            start_offset = offset_mapping[start_index]
-            end_offset = offset_mapping[end_index]
-            if (
-                start_offset[0] < 0
-                or start_offset[1] < 0
-                or end_offset[0] < 0
-                or end_offset[1] < 0
-            ):
+            if e < s or e - s + 1 > max_answer_length:
                 continue
-            if end_index < start_index or end_index - start_index + 1 > max_answer_length:
-                continue
-            start_value = start_values[start_index]
-            end_value = end_values[end_index]
-            if not (math.isfinite(start_value) and math.isfinite(end_value)):
-                continue
-            candidates.append(
-                {
-                    "score": start_value + end_value,
-                    "offsets": (start_offset[0], end_offset[1]),
-                    "feature_index": feature_index,
-                    "start_index": start_index,
-                    "end_index": end_index,
-                }
-            )
+            if math.isfinite(start_values[s]) and math.isfinite(end_values[e]):
+                candidates.append((start_values[s] + end_values[e], s, e, offsets[s][0],
+                                   offsets[e][1]))
     return candidates
 
 
-def _reference_best_span(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    offsets: np.ndarray,
-    feature_indices: list[int],
-    n_best_size: int,
-    max_answer_length: int,
-) -> tuple[float, dict | None]:
-    """One example: (its null score, the minimum CLS score over its features; its best
-    candidate, or None). Ties: lower feature, then lower start token, then lower end token."""
-    null_scores, candidates = [], []
-    for feature_index in feature_indices:
-        null_scores.append(float(start_logits[feature_index][0])
-                           + float(end_logits[feature_index][0]))
-        candidates.extend(_reference_candidates(
-            start_logits[feature_index], end_logits[feature_index],
-            offsets[feature_index].tolist(),  # [[start_char, end_char], ...]
-            feature_index, n_best_size, max_answer_length))
-    candidates.sort(key=lambda c: (-c["score"], c["feature_index"], c["start_index"],
-                                   c["end_index"]))
-    return min(null_scores), (candidates[0] if candidates else None)
+def reference_decode(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
+                     feature_example_index: np.ndarray, contexts: Sequence[str],
+                     example_ids: Sequence[str],
+                     config: DecodeConfig = DecodeConfig()) -> dict[str, Prediction]:
+    """The classic n-best post-processing, one feature and one span at a time: the baseline
+    the vectorized path is checked and timed against (same contract and results as
+    :func:`decode`).
 
-
-def reference_decode(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    offsets: np.ndarray,
-    feature_example_index: np.ndarray,
-    contexts: Sequence[str],
-    example_ids: Sequence[str],
-    config: DecodeConfig = DecodeConfig(),
-) -> dict[str, Prediction]:
-    """The classic n-best post-processing, one feature and one span at a time.
-
-    Same contract and results as :func:`decode`, written the way
-    ``postprocess_qa_predictions`` of the Hugging Face QA examples does it (our
-    own code, not a copy), so it is the baseline the vectorized path is checked
-    and timed against.  For each example, for each of its features:
-
-    * the ``n_best_size`` best start and end tokens come from a full argsort of
-      the feature's logits (``np.argsort(-logits, kind="stable")[:n_best_size]``,
-      the classic ``np.argsort(logits)[-1:-n_best_size-1:-1]`` with the
-      documented tie rule: equal logits keep the lower token index);
-    * a double Python loop over those starts x ends checks each pair on the
-      feature's Python offset list (index out of range, offset ``-1`` = not
-      context, end before start, span longer than ``max_answer_length``; plus
-      a non-finite logit, which the classic code never meets) and appends a
-      candidate dict for every valid pair, scored ``start_logit + end_logit``
-      in Python floats (float64, as in the vectorized path).
-
-    The example's candidates are then sorted by score (ties: lower feature,
-    then lower start token, then lower end token) and the first one wins; the
-    example's null score is the minimum CLS score over its features.
+    Written the way ``postprocess_qa_predictions`` of the Hugging Face QA examples does it:
+    per feature, the ``n_best_size`` best starts and ends from a full stable argsort (equal
+    logits keep the lower token), a double Python loop over starts x ends checking each pair
+    on the offset list, scores in Python floats (float64). An example's candidates are sorted
+    by score, then feature, start token and end token; its null score is the minimum CLS
+    score over its features.
     """
-    start_logits = _as_logits(start_logits)
-    end_logits = _as_logits(end_logits)
+    start_logits, end_logits = _as_logits(start_logits), _as_logits(end_logits)
     offsets = np.asarray(offsets)
     if offsets.ndim != 3 or offsets.shape[2] != 2:
         raise ValueError(f"offsets must be [features, length, 2], got shape {offsets.shape}")
     _check_inputs(start_logits, end_logits, offsets)
     num_examples = len(example_ids)
     index = _validated_example_index(feature_example_index, len(start_logits), num_examples)
-    n_best_size, max_answer_length = config.n_best_size, config.max_answer_length
-
-    features_per_example: list[list[int]] = [[] for _ in range(num_examples)]
-    for feature_index, example in enumerate(index.tolist()):
-        features_per_example[example].append(feature_index)
-
-    neg_inf = float("-inf")
-    best_score = np.full(num_examples, neg_inf)
+    best_score = np.full(num_examples, -np.inf)
     best_start_char = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
     best_end_char = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
     null_score = np.full(num_examples, np.inf)
     has_features = np.zeros(num_examples, dtype=bool)
-
-    for example, feature_indices in enumerate(features_per_example):
-        if not feature_indices:
-            continue  # an example without features
+    nulls: list[list[float]] = [[] for _ in range(num_examples)]
+    candidates: list[list[tuple]] = [[] for _ in range(num_examples)]
+    for feature, example in enumerate(index.tolist()):
         has_features[example] = True
-        null_score[example], best = _reference_best_span(
-            start_logits, end_logits, offsets, feature_indices, n_best_size, max_answer_length)
-        if best is not None:
-            best_score[example] = best["score"]
-            best_start_char[example], best_end_char[example] = best["offsets"]
-
-    return _build_predictions(
-        best_score,
-        best_start_char,
-        best_end_char,
-        null_score,
-        has_features,
-        contexts,
-        example_ids,
-        config,
-    )
+        nulls[example].append(float(start_logits[feature][0]) + float(end_logits[feature][0]))
+        candidates[example] += [(-score, feature, s, e, start_char, end_char)
+                                for score, s, e, start_char, end_char in _reference_candidates(
+                                    start_logits[feature], end_logits[feature],
+                                    offsets[feature].tolist(), config.n_best_size,
+                                    config.max_answer_length)]
+    for example, listed in enumerate(candidates):
+        if nulls[example]:
+            null_score[example] = min(nulls[example])
+        if listed:
+            negated, _, _, _, best_start_char[example], best_end_char[example] = min(listed)
+            best_score[example] = -negated
+    return _build_predictions(best_score, best_start_char, best_end_char, null_score,
+                              has_features, contexts, example_ids, config)

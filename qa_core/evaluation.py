@@ -83,16 +83,12 @@ class EvalReferences:
     def build(cls, examples: pa.Table, features: EvalFeatures) -> "EvalReferences":
         """``examples``: the evaluated examples; ``features``: their windows, whose
         ``example_index`` points into ``examples``."""
-        return cls(
-            example_ids=examples.column("id").to_pylist(),
-            contexts=ColumnStrings(examples.column("context")),
-            gold_answers=[a["text"] for a in examples.column("answers").to_pylist()],
-            feature_example_index=features.example_index,
-            start_positions=features.start_positions,
-            end_positions=features.end_positions,
-            offsets=features.offsets,
-            tydi=TydiReferences.from_examples(examples),
-        )
+        return cls(example_ids=examples.column("id").to_pylist(),
+                   contexts=ColumnStrings(examples.column("context")),
+                   gold_answers=[a["text"] for a in examples.column("answers").to_pylist()],
+                   feature_example_index=features.example_index,
+                   start_positions=features.start_positions, end_positions=features.end_positions,
+                   offsets=features.offsets, tydi=TydiReferences.from_examples(examples))
 
 
 class EvalResult(NamedTuple):
@@ -178,8 +174,7 @@ class EvalAccumulator:
                                dict(zip(refs.example_ids, refs.gold_answers)))
         metrics.update(start_end_scores(
             np.concatenate(self._start_argmax)[order], np.concatenate(self._end_argmax)[order],
-            refs.start_positions[feature_index], refs.end_positions[feature_index],
-        ))
+            refs.start_positions[feature_index], refs.end_positions[feature_index]))
         metrics["features"] = int(len(feature_index))
         metrics["features_expected"] = int(len(refs.feature_example_index))
         metrics["nonfinite_features"] = self.nonfinite_features
@@ -226,8 +221,8 @@ class Evaluator:
 
     def evaluate(self, model) -> EvalResult:
         """Metrics and predictions. The training's random state is left as it was: iterating a
-        DataLoader draws its base seed from torch's global generator, so an evaluation used to
-        change the later dropout masks and ``--eval_strategy`` changed the trained weights."""
+        DataLoader draws its base seed from torch's global generator, which would otherwise
+        change the later dropout masks, so that ``--eval_strategy`` changed the trained weights."""
         accumulator = EvalAccumulator(self.references, self.decode_config)
         with torch.random.fork_rng(devices=[]):
             batches = tqdm(self.loader, desc="eval", leave=False,

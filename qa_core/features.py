@@ -20,14 +20,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 from qa_core.errors import QAError, SettingsError
 from qa_core.metrics import f1_score
 from qa_core.offsets import extend_ends_over_marks
+
+if TYPE_CHECKING:  # pyarrow is imported where used: flag parsing imports FeatureConfig
+    import pyarrow as pa
 
 # Which annotator's span labels the training windows (see label_answer_index).
 LABEL_ANSWERS = ("first", "consensus")
@@ -206,27 +208,19 @@ def context_pieces(text: str, size: int = CONTEXT_PIECE_CHARS) -> Iterator[tuple
     yield start, len(text)
 
 
-def encode_pieces(backend, text: str,
-                  piece_chars: int | None = None) -> Iterator[tuple[int, object]]:
-    """(first character, encoding) of each piece of ``text`` (no special tokens): the whole
-    text in one piece, or, when it is longer than ``piece_chars`` (default
-    ``CONTEXT_PIECE_CHARS``) and the tokenizer allows it (:func:`splits_at_spaces`), the pieces
-    of :func:`context_pieces`, encoded one at a time. Their tokens, offsets shifted by the
-    piece's first character, are those of the whole text."""
-    size = piece_chars or CONTEXT_PIECE_CHARS
-    pieces = ([(0, len(text))] if len(text) <= size or not splits_at_spaces(backend)
-              else context_pieces(text, size))
-    for start, end in pieces:
-        yield start, backend.encode_batch([text[start:end]], add_special_tokens=False)[0]
-
-
 def encode_context(backend, text: str,
                    piece_chars: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """int32 token ids ``[N]`` and character offsets ``[N, 2]`` of ``text`` (no special tokens),
-    what ``backend.encode(text)`` gives, built piece by piece (:func:`encode_pieces`): memory
-    holds one piece's encoding and Python lists at a time, not the whole text's."""
+    what ``backend.encode(text)`` gives. A text longer than ``piece_chars`` (default
+    ``CONTEXT_PIECE_CHARS``) is encoded in the pieces of :func:`context_pieces` where the
+    tokenizer allows it (:func:`splits_at_spaces`): memory holds one piece's encoding and Python
+    lists at a time, and the tokens, offsets shifted by the piece's start, are the whole text's."""
+    size = piece_chars or CONTEXT_PIECE_CHARS
+    pieces = ([(0, len(text))] if len(text) <= size or not splits_at_spaces(backend)
+              else context_pieces(text, size))
     ids, offsets = [], []
-    for start, encoding in encode_pieces(backend, text, piece_chars):
+    for start, end in pieces:
+        encoding = backend.encode_batch([text[start:end]], add_special_tokens=False)[0]
         ids.append(np.array(encoding.ids, dtype=np.int32))
         offsets.append(np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2) + start)
     if len(ids) == 1:
@@ -368,6 +362,8 @@ class FeatureBuilder:
 
     def _to_record_batch(self, ids_parts, type_parts, offset_parts, context_mask_parts, lengths,
                          starts, ends, window_index, example_ids) -> pa.RecordBatch:
+        import pyarrow as pa
+
         lengths = np.asarray(lengths, dtype=np.int32)
         total = int(lengths.sum())
 
@@ -400,6 +396,8 @@ class FeatureBuilder:
 
 
 def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.Array:
+    import pyarrow as pa
+
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), values)
@@ -408,6 +406,8 @@ def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.Array:
 def offsets_to_numpy(offset_mapping: pa.Array | pa.ChunkedArray,
                      pad_to: int | None = None) -> np.ndarray:
     """``offset_mapping`` column -> int32 ``[F, L, 2]``, -1 for non-context tokens and padding."""
+    import pyarrow as pa
+
     if isinstance(offset_mapping, pa.ChunkedArray):
         offset_mapping = offset_mapping.combine_chunks()
     lengths = offset_mapping.value_lengths().to_numpy(zero_copy_only=False)

@@ -7,18 +7,11 @@
 * :func:`describe_distribution`: distributed type, world size, machines, mixed precision and
   sharding actually in effect (for the summary, ``metrics.json`` and the log).
 
-FSDP on CPU. ``accelerate launch`` with an FSDP config starts its workers through torchrun and
-exports ``ACCELERATE_USE_FSDP=true`` and ``FSDP_*`` (``accelerate/utils/launch.py``), without
-checking for a GPU. In accelerate 1.15 the workers then either stop in
-``FullyShardedDataParallelPlugin.__post_init__`` ("There are currently no available devices
-found", whenever ``fsdp_sync_module_states`` is true, which FSDP1 forces with
-``cpu_ram_efficient_loading``), or, built with ``cpu=True``, become ``MULTI_CPU`` and are wrapped
-in DDP: ``AcceleratorState.__init__`` assigns ``DistributedType.FSDP`` only inside its branch
-for the GPU-family types (``MULTI_GPU``, ``MULTI_XPU``, ...), never for ``MULTI_CPU``.
-Its FSDP2 code itself (``fsdp2_prepare_model``: ``fully_shard`` on the process group's device,
-``get_state_dict``, ``save_state``/``load_state``) runs on CPU processes over gloo, so for FSDP2
-on the accelerate versions in :data:`FSDP2_ON_CPU_VERIFIED` the distributed type is set here
-after the ``Accelerator`` is built. FSDP1 and DeepSpeed on CPU are refused.
+FSDP on CPU: accelerate (1.15) assigns ``DistributedType.FSDP`` only for GPU-family devices, so
+CPU workers launched with an FSDP config become ``MULTI_CPU`` and are wrapped in DDP (or stop
+in the FSDP plugin when ``fsdp_sync_module_states`` is true). Its FSDP2 code itself runs on CPU
+processes over gloo, so for the versions in :data:`FSDP2_ON_CPU_VERIFIED` the distributed type
+is set here after the ``Accelerator`` is built. FSDP1 and DeepSpeed on CPU are refused.
 """
 
 from __future__ import annotations
@@ -43,9 +36,7 @@ class DistributionPlanError(QAError):
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask; a container or ``taskset`` can
     give it fewer than the machine has), or the machine's count where there is no mask."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,9 +93,9 @@ class RequestedPlan:
 
     @property
     def label(self) -> str:
+        if self.kind == "fsdp" and self.fsdp_version == 2:
+            return f"FSDP2 (reshard_after_forward={self.fsdp_strategy})"
         if self.kind == "fsdp":
-            if self.fsdp_version == 2:
-                return f"FSDP2 (reshard_after_forward={self.fsdp_strategy})"
             return f"FSDP1 ({self.fsdp_strategy})"
         if self.kind == "deepspeed":
             return f"DeepSpeed ZeRO-{self.zero_stage}"
@@ -117,26 +108,18 @@ def requested_plan(env=None) -> RequestedPlan:
     launched = env.get("LOCAL_RANK") is not None or int(env.get("WORLD_SIZE", "1") or 1) > 1
     if _env_true(env, "ACCELERATE_USE_DEEPSPEED"):
         stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
-        return RequestedPlan(
-            "deepspeed", zero_stage=int(stage) if stage.isdigit() else None, launched=launched
-        )
+        return RequestedPlan("deepspeed", zero_stage=int(stage) if stage.isdigit() else None,
+                             launched=launched)
     if _env_true(env, "ACCELERATE_USE_FSDP"):
         version = int(env.get("FSDP_VERSION", "1") or 1)
         if version == 2:
             strategy = str(env.get("FSDP_RESHARD_AFTER_FORWARD", "true")).lower()
         else:
-            strategy = str(
-                env.get("FSDP_SHARDING_STRATEGY")
-                or env.get("FSDP_RESHARD_AFTER_FORWARD")
-                or "FULL_SHARD"
-            ).upper()
-        return RequestedPlan(
-            "fsdp",
-            fsdp_version=version,
-            fsdp_strategy=strategy,
-            fsdp_sync_module_states=_env_true(env, "FSDP_SYNC_MODULE_STATES"),
-            launched=launched,
-        )
+            strategy = str(env.get("FSDP_SHARDING_STRATEGY")
+                           or env.get("FSDP_RESHARD_AFTER_FORWARD") or "FULL_SHARD").upper()
+        return RequestedPlan("fsdp", fsdp_version=version, fsdp_strategy=strategy,
+                             fsdp_sync_module_states=_env_true(env, "FSDP_SYNC_MODULE_STATES"),
+                             launched=launched)
     return RequestedPlan(launched=launched)
 
 
@@ -152,36 +135,26 @@ def refuse_on_cpu(plan: RequestedPlan, accelerate_minor: str) -> str | None:
     ddp = "DDP over gloo on CPU (MULTI_CPU)"
     asked = f"the launch asked for {plan.label}, but this run would get"
     if plan.kind == "deepspeed":
-        return (
-            f"{asked} {ddp}: this machine has no GPU and {version} uses DeepSpeed only on "
-            f"GPU-family devices; run on GPUs, or launch accelerate_configs/cpu_2proc.yaml "
-            f"for CPU processes"
-        )
+        return (f"{asked} {ddp}: this machine has no GPU and {version} uses DeepSpeed only on "
+                f"GPU-family devices; run on GPUs, or launch accelerate_configs/cpu_2proc.yaml "
+                f"for CPU processes")
     if plan.kind != "fsdp":
         return None
     if plan.fsdp_version != 2:
-        return (
-            f"{asked} {ddp}, or a stop in accelerate's FSDP plugin ('no available devices'): "
-            f"this machine has no GPU and {version} runs FSDP1 only on GPU-family devices; "
-            f"set fsdp_version: 2 ({CPU_FSDP_CONFIG} trains FSDP2 on CPU) or run on GPUs"
-        )
+        return (f"{asked} {ddp}, or a stop in accelerate's FSDP plugin ('no available devices'): "
+                f"this machine has no GPU and {version} runs FSDP1 only on GPU-family devices; "
+                f"set fsdp_version: 2 ({CPU_FSDP_CONFIG} trains FSDP2 on CPU) or run on GPUs")
     if accelerate_minor not in FSDP2_ON_CPU_VERIFIED:
-        return (
-            f"{asked} {ddp}: {version} assigns FSDP only on GPU-family devices and "
-            f"qa_core.hardware sets FSDP2 on CPU only for the accelerate versions it was "
-            f"verified with ({', '.join(FSDP2_ON_CPU_VERIFIED)}); run on GPUs"
-        )
+        return (f"{asked} {ddp}: {version} assigns FSDP only on GPU-family devices and "
+                f"qa_core.hardware sets FSDP2 on CPU only for the accelerate versions it was "
+                f"verified with ({', '.join(FSDP2_ON_CPU_VERIFIED)}); run on GPUs")
     if plan.fsdp_sync_module_states:
-        return (
-            f"{asked} a stop in accelerate's FSDP plugin ('no available devices'): "
-            f"fsdp_sync_module_states: true makes {version} look for a GPU, and FSDP2 does "
-            f"not use it; set fsdp_sync_module_states: false (as in {CPU_FSDP_CONFIG})"
-        )
+        return (f"{asked} a stop in accelerate's FSDP plugin ('no available devices'): "
+                f"fsdp_sync_module_states: true makes {version} look for a GPU, and FSDP2 does "
+                f"not use it; set fsdp_sync_module_states: false (as in {CPU_FSDP_CONFIG})")
     if not plan.launched:
-        return (
-            f"{asked} one process without sharding: there is no process group; start it "
-            f"with accelerate launch (e.g. --config_file {CPU_FSDP_CONFIG})"
-        )
+        return (f"{asked} one process without sharding: there is no process group; start it "
+                f"with accelerate launch (e.g. --config_file {CPU_FSDP_CONFIG})")
     return None
 
 
@@ -190,12 +163,8 @@ def refuse_on_cpu(plan: RequestedPlan, accelerate_minor: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_accelerator(
-    mixed_precision: str | None,
-    gradient_accumulation_steps: int = 1,
-    log_with: str | None = None,
-    project_dir: str | None = None,
-):
+def make_accelerator(mixed_precision: str | None, gradient_accumulation_steps: int = 1,
+                     log_with: str | None = None, project_dir: str | None = None):
     """The ``Accelerator`` a training run uses, or :class:`DistributionPlanError`.
 
     CPU-only machines get ``cpu=True`` (every launched worker joins a gloo group); the LR
@@ -218,15 +187,10 @@ def make_accelerator(
         from accelerate.utils import FullyShardedDataParallelPlugin
 
         plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables, as accelerate does
-    accelerator = Accelerator(
-        cpu=not has_device,
-        mixed_precision=mixed_precision,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        log_with=log_with,
-        project_dir=project_dir,
-        step_scheduler_with_optimizer=False,
-        fsdp_plugin=plugin,
-    )
+    accelerator = Accelerator(cpu=not has_device, mixed_precision=mixed_precision,
+                              gradient_accumulation_steps=gradient_accumulation_steps,
+                              log_with=log_with, project_dir=project_dir,
+                              step_scheduler_with_optimizer=False, fsdp_plugin=plugin)
     if fsdp_on_cpu:
         _set_fsdp_on_cpu(accelerator, plugin)
     problem = (outcome_mismatch(plan, str(accelerator.distributed_type.value))
@@ -266,11 +230,8 @@ def outcome_mismatch(plan: RequestedPlan, distributed_type: str) -> str | None:
     wanted = {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}.get(plan.kind)
     if wanted is None or distributed_type == wanted:
         return None
-    why = (
-        "there is no process group (start it with accelerate launch)"
-        if not plan.launched
-        else "accelerate chose it for this launch"
-    )
+    why = ("there is no process group (start it with accelerate launch)" if not plan.launched
+           else "accelerate chose it for this launch")
     return f"the launch asked for {plan.label}, but this run would get {distributed_type}: {why}"
 
 
@@ -334,8 +295,6 @@ def distribution_line(description: dict) -> str:
     """One human line of :func:`describe_distribution`'s dict."""
     d = description
     machines = f" on {d['num_machines']} machine(s)" if d.get("num_machines") else ""
-    return (
-        f"distribution: {d['distributed_type']}, {d['world_size']} process(es){machines}, "
-        f"{d['device']} ({d['backend'] or 'no process group'}), mixed precision "
-        f"{d['mixed_precision']}, sharding {d['sharding']}"
-    )
+    return (f"distribution: {d['distributed_type']}, {d['world_size']} process(es){machines}, "
+            f"{d['device']} ({d['backend'] or 'no process group'}), mixed precision "
+            f"{d['mixed_precision']}, sharding {d['sharding']}")

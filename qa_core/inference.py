@@ -101,8 +101,8 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
     question that no window can hold is an :class:`InputError` (:func:`check_windows`)."""
     builder = FeatureBuilder(tokenizer, feature_config)
     check_windows(tokenizer, questions, context, feature_config, builder)  # encodes the context
-    # the questions' windows are built one question at a time as the model reads them (one
-    # table of every question's windows grew with questions x context length)
+    # the windows are built one question at a time as the model reads them: memory holds one
+    # question's windows, not questions x context length
     examples = [{"id": str(i), "question": q, "context": context,
                  "answers": {"text": [], "answer_start": []}} for i, q in enumerate(questions)]
     windows = ExampleWindows(builder, examples, tokenizer.pad_token_id, batch_size)
@@ -217,8 +217,8 @@ def load_model_tokenizer(model: str):
 def check_answers(answers: list[Answer], model: str, n_best_size: int) -> None:
     """Each question must get an answer: a span, or "" where ``--allow_no_answer`` let the
     no-answer score win. With windows for every question (:func:`check_windows`), neither
-    means non-finite logits, or no valid span among the ``n_best_size`` best starts and ends
-    (both once read "its weights are unusable")."""
+    means non-finite logits (unusable weights), or no valid span among the ``n_best_size``
+    best starts and ends (a setting to raise)."""
     for number, answer in enumerate(answers, 1):
         if not math.isfinite(answer.null_score):
             raise ModelFolderError(f"--model {model}: its logits are NaN or inf for --question "
@@ -257,7 +257,7 @@ def parse_args(argv: list[str] | None):
     if repeated is not None:  # the summary's answers, keyed by question, would hold it once
         parser.error(f"--question {repeated!r} is given twice")
     if args.demo and (args.context is not None or args.context_file):
-        # the demo's passage was used and the given context dropped without a word
+        # the demo answers from its own passage: a given context would be dropped unsaid
         parser.error("--demo answers from the packaged passage: give --context/--context_file "
                      "or --demo, not both (--question may go with either)")
     return features, decode, args

@@ -76,21 +76,18 @@ def max_over_golds(metric, prediction: str, golds: Sequence[str]) -> float:
 
 
 def _percent(values: list[float]) -> float:
-    # An empty subset (e.g. no answerable questions) reports 0 rather than NaN
-    # so the result stays JSON/logging friendly; its *_total says it is empty.
+    # an empty subset reports 0, not NaN (strict JSON); its *_total says it is empty
     return 100.0 * sum(values) / len(values) if values else 0.0
 
 
-def squad_scores(
-    predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]
-) -> dict[str, float | int]:
+def squad_scores(predictions: Mapping[str, str],
+                 references: Mapping[str, Sequence[str]]) -> dict[str, float | int]:
     """SQuAD EM/F1 (percentages) over the questions in ``references``.
 
-    ``references`` maps question id -> gold answer texts (empty list for an
-    unanswerable question).  A question without prediction is scored as ""
-    and counted in ``missing_predictions``; predictions for unknown ids are
-    ignored.  The HasAns_/NoAns_ breakdown is added as soon as one question is
-    unanswerable.
+    ``references`` maps question id -> gold answer texts (empty for an unanswerable
+    question). A question without prediction is scored as "" and counted in
+    ``missing_predictions``; predictions for unknown ids are ignored. The HasAns_/NoAns_
+    breakdown is added as soon as one question is unanswerable.
     """
     exact: dict[bool, list[float]] = {True: [], False: []}
     f1: dict[bool, list[float]] = {True: [], False: []}
@@ -114,14 +111,9 @@ def squad_scores(
         "missing_predictions": missing,
     }
     if exact[False]:
-        scores.update(
-            HasAns_exact=_percent(exact[True]),
-            HasAns_f1=_percent(f1[True]),
-            HasAns_total=len(exact[True]),
-            NoAns_exact=_percent(exact[False]),
-            NoAns_f1=_percent(f1[False]),
-            NoAns_total=len(exact[False]),
-        )
+        scores.update(HasAns_exact=_percent(exact[True]), HasAns_f1=_percent(f1[True]),
+                      HasAns_total=len(exact[True]), NoAns_exact=_percent(exact[False]),
+                      NoAns_f1=_percent(f1[False]), NoAns_total=len(exact[False]))
     return scores
 
 
@@ -138,12 +130,9 @@ def macro_f1(gold: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(2 * true_positives / (gold_counts + predicted_counts)))
 
 
-def start_end_scores(
-    pred_start: Sequence[int] | np.ndarray,
-    pred_end: Sequence[int] | np.ndarray,
-    gold_start: Sequence[int] | np.ndarray,
-    gold_end: Sequence[int] | np.ndarray,
-) -> dict[str, float]:
+def start_end_scores(pred_start: Sequence[int] | np.ndarray, pred_end: Sequence[int] | np.ndarray,
+                     gold_start: Sequence[int] | np.ndarray,
+                     gold_end: Sequence[int] | np.ndarray) -> dict[str, float]:
     """Token-position metrics as fractions in [0, 1].
 
     ``start_f1``/``end_f1`` are macro F1 over token positions (each position is a class), as
@@ -167,26 +156,20 @@ def start_end_scores(
     }
 
 
-def squad_scores_from_hf_format(
-    predictions: Sequence[Mapping], references: Sequence[Mapping]
-) -> dict[str, float | int]:
+def squad_scores_from_hf_format(predictions: Sequence[Mapping],
+                                references: Sequence[Mapping]) -> dict[str, float | int]:
     """:func:`squad_scores` on HF squad-style inputs.
 
     predictions: ``[{"id", "prediction_text"}]``;
     references: ``[{"id", "answers": {"text": [...], "answer_start": [...]}}]``.
     """
-    return squad_scores(
-        {p["id"]: p["prediction_text"] for p in predictions},
-        {r["id"]: list(r["answers"]["text"]) for r in references},
-    )
+    return squad_scores({p["id"]: p["prediction_text"] for p in predictions},
+                        {r["id"]: list(r["answers"]["text"]) for r in references})
 
 
 def load_evaluate_metric(**load_kwargs):
-    """The SQuAD metric as an ``evaluate`` module, loaded from the package folder.
-
-    Works offline: ``evaluate.load`` on a local folder only copies the script
-    into the modules cache, it never contacts the hub.
-    """
+    """The SQuAD metric as an ``evaluate`` module, loaded from the package folder (offline:
+    ``evaluate.load`` on a local folder only copies the script into its modules cache)."""
     import evaluate  # optional heavy dependency, imported on demand
 
     return evaluate.load(str(SQUAD_METRIC_DIR), **load_kwargs)

@@ -127,25 +127,16 @@ class ByteCharMap:
     def span_to_chars(self, start_byte: int, end_byte: int) -> tuple[int, int]:
         """Half-open byte span [start, end) -> half-open char span; empty or reversed spans fail."""
         if end_byte <= start_byte:
-            raise OffsetError(
-                "empty_or_reversed_span",
-                f"byte span [{start_byte}, {end_byte}) is empty or reversed",
-            )
+            raise OffsetError("empty_or_reversed_span",
+                              f"byte span [{start_byte}, {end_byte}) is empty or reversed")
         return self.to_char(start_byte), self.to_char(end_byte)
-
-
-def byte_span_to_char_span(text: str, start_byte: int, end_byte: int) -> tuple[int, int]:
-    """One-off conversion; build a :class:`ByteCharMap` when a text has several spans."""
-    return ByteCharMap.for_text(text).span_to_chars(start_byte, end_byte)
 
 
 def char_to_byte(text: str, char_offset: int) -> int:
     """Character offset -> UTF-8 byte offset (the inverse of :meth:`ByteCharMap.to_char`)."""
     if not 0 <= char_offset <= len(text):
-        raise OffsetError(
-            "char_offset_out_of_range",
-            f"char offset {char_offset} is outside the text (0..{len(text)})",
-        )
+        raise OffsetError("char_offset_out_of_range",
+                          f"char offset {char_offset} is outside the text (0..{len(text)})")
     return len(text[:char_offset].encode("utf-8"))
 
 

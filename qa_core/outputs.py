@@ -97,7 +97,7 @@ def check_new_run_output(accelerator, output_dir: Path, resume_from_checkpoint: 
     resume whichever step is newest. Collective: a refusal on any process (each machine looks
     for itself) is raised on all of them."""
     from qa_core.checkpoints import CheckpointError, remove_checkpoint, step_folders
-    from qa_core.distributed import on_every_process
+    from qa_core.processes import on_every_process
 
     if resume_from_checkpoint:
         return

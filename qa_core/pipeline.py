@@ -18,6 +18,7 @@ Every stage is timed in CPU seconds (``summary["cpu_seconds"]``).
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import multiprocessing
 import os
@@ -62,13 +63,8 @@ from qa_core.readers import (
     open_source,
 )
 
-# v2: summaries record the source schema ("formats"). v3: entries carry a manifest checked on
-# every hit; the language filter runs before notes/skips are counted; negative answer starts
-# are skipped.
-# v5: token ends past combining marks, notes for answers in no window; v6: also past the rest
-# of a run of marks begun inside a token; v7: notes count only the examples kept (not a
-# duplicate id, not one no window holds); v8: examples keep TyDi's gold as the metric reads it
-# (every annotator's passage, minimal byte span and yes/no; the passage candidates' byte ranges)
+# Part of every cache key: raise it whenever the same inputs would give other rows or counts,
+# so entries built by older code are rebuilt rather than reused.
 CODE_VERSION = "features-v8"
 
 EXAMPLE_SCHEMA = pa.schema([
@@ -376,13 +372,7 @@ def _init_worker(model: str, feature_config: FeatureConfig, parent: int) -> None
 
 
 def _batches(examples: Iterator[dict], size: int) -> Iterator[list[dict]]:
-    batch: list[dict] = []
-    for example in examples:
-        batch.append(example)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    while batch := list(itertools.islice(examples, size)):
         yield batch
 
 
@@ -469,11 +459,6 @@ def _tasks(source: ExampleSource, config: PreprocessConfig, folder: Path, clock:
     for index, chunk in enumerate(clock.timed("read", source.chunks(task_bytes))):
         progress.read(len(chunk))
         yield Task(index, chunk, str(folder), language, config.batch_size, config.rows_per_shard)
-
-
-def _inline_results(tasks: Iterator[Task]) -> Iterator[tuple[Task, TaskResult]]:
-    for task in tasks:
-        yield task, run_task(task)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -617,10 +602,8 @@ def _build(writer: CacheEntryWriter, source: ExampleSource, config: PreprocessCo
     with clock.stage("setup"):  # forked workers inherit what this imports and builds
         _set_worker(builder)
     tasks = _tasks(source, config, writer.tmp, clock, progress)
-    if config.num_proc <= 1:
-        results = _inline_results(tasks)
-    else:
-        results = _parallel_results(tasks, config, builder)
+    results = (((task, run_task(task)) for task in tasks) if config.num_proc <= 1
+               else _parallel_results(tasks, config, builder))
     try:
         for task, result in results:
             _merge(task, result, totals, writer)
@@ -633,22 +616,14 @@ def _build(writer: CacheEntryWriter, source: ExampleSource, config: PreprocessCo
 
 def cpu_breakdown(main_cpu: float, stage_cpu: dict[str, float],
                   worker_cpu: dict[int, float]) -> dict:
-    """CPU seconds per stage (summed over processes), of the main process and of the workers.
-
-    Stages: ``setup`` (main: the worker state, imports that forked workers then share),
-    ``read`` (main: reading the source into chunks: a .jsonl.gz's decompression and line
-    splitting), ``parse`` (UTF-8, JSON, checks, conversion to examples), ``tokenize``
-    (the tokenizer's encode calls), ``window`` (windows and labels from the token arrays),
-    ``arrow`` (the examples' record batches), ``write`` (Arrow shards), ``metadata`` (the splits'
-    dataset_info.json, by the first task), ``commit`` (main: naming the shards in order).
-    ``other`` is what no stage holds: handing tasks and results between processes (pickling,
-    pipes), starting workers, merging results.
+    """CPU seconds per stage (:data:`STAGES`, summed over processes), of the main process and
+    of the workers. ``read`` and ``setup``/``commit`` run in the main process, the rest in the
+    tasks; ``other`` is what no stage holds (handing tasks and results between processes).
 
     ``workers_max``: the busiest worker's CPU seconds. ``main_share``: the main process's part
-    of all the CPU time (1.0 with ``num_proc`` 1: it does everything). ``serial_share``: the
-    same without the once-per-entry stages (``setup``, ``commit``), i.e. the part of the work
-    that grows with the data and that only the main process does; Amdahl's law bounds the
-    speed-up with N workers by 1 / (s + (1 - s) / N).
+    of all the CPU time. ``serial_share``: the same without the once-per-entry stages, i.e. the
+    data-sized work only the main process does; the speed-up with N workers is at most
+    1 / (s + (1 - s) / N).
     """
     stages = {name: round(stage_cpu.get(name, 0.0), 3) for name in STAGES}
     workers = sum(worker_cpu.values())

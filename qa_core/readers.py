@@ -38,18 +38,13 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from qa_core.errors import QAError, first_line
 from qa_core.files import sha256_file
 from qa_core.offsets import ByteCharMap, OffsetError, is_blank, unencodable_at
 
 TYDI_HUB_CONFIG = "primary_task"
-EXAMPLE_COLUMNS = (
-    "id", "question", "context", "answers", "title", "language",
-    "yes_no_answer", "passage_answer_start", "passage_answer_end", "tydi_annotations",
-    "passage_candidates",
-)
 
 
 class DataSourceError(QAError):
@@ -346,22 +341,24 @@ def _tydi_annotation_lists(annotations: Any, where: str) -> tuple[list, list, li
     return lists["minimal_answers_start_byte"], lists["minimal_answers_end_byte"], passages, yes_no
 
 
-def _add_byte_spans(example: dict, byte_map: ByteCharMap, starts: list, ends: list, where: str,
-                    stats: ReadStats) -> bool:
-    """Append every usable annotator span (bytes -> chars); True when any span was annotated."""
+def _add_spans(example: dict, starts: list, ends: list, names: tuple[str, str],
+               to_chars: Callable[[int, int], tuple[int, int]], where: str,
+               stats: ReadStats) -> bool:
+    """Append every usable annotator span (``to_chars``: the offsets as given -> character
+    offsets, or an OffsetError whose reason counts the skip); True when any span was
+    annotated. ``names``: the two offset lists' field names, for messages."""
     had_span = False
     context = example["context"]
     for i, (start_value, end_value) in enumerate(zip(starts, ends)):
-        start_byte = _span_start(start_value, f"annotations.minimal_answers_start_byte[{i}]",
-                                 where, stats)
-        if start_byte is None:
+        start = _span_start(start_value, f"{names[0]}[{i}]", where, stats)
+        if start is None:
             continue
         had_span = True
-        end_byte = as_int(end_value, f"annotations.minimal_answers_end_byte[{i}]", where)
-        if start_byte < 0:
+        end = as_int(end_value, f"{names[1]}[{i}]", where)
+        if start < 0:
             continue
         try:
-            start, end = byte_map.span_to_chars(start_byte, end_byte)
+            start, end = to_chars(start, end)
         except OffsetError as err:
             stats.skipped[f"answer_{err.reason}"] += 1
             continue
@@ -456,7 +453,9 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
                             title=_optional_str(record, "document_title", where),
                             language=_optional_str(record, "language", where))
     byte_map = ByteCharMap.for_text(context)
-    had_span = _add_byte_spans(example, byte_map, starts, ends, where, stats)
+    had_span = _add_spans(example, starts, ends, ("annotations.minimal_answers_start_byte",
+                                                  "annotations.minimal_answers_end_byte"),
+                          byte_map.span_to_chars, where, stats)
     example["yes_no_answer"] = _yes_no(yes_no, "annotations.yes_no_answer", where)
     example["tydi_annotations"], example["passage_candidates"] = tydi_gold_fields(
         (starts, ends, passages, yes_no), candidates, where)
@@ -521,20 +520,14 @@ def primeqa_to_example(record: dict, fallback_id: str, where: str, stats: ReadSt
         return None
     example = _base_example(example_id, question, context,
                             language=_optional_str(record, "language", where))
-    had_span = False
-    for i, (start_value, end_value) in enumerate(zip(starts, ends)):
-        start = _span_start(start_value, f"target.start_positions[{i}]", where, stats)
-        if start is None:
-            continue
-        had_span = True
-        end = as_int(end_value, f"target.end_positions[{i}]", where)
-        if start < 0:
-            continue
+
+    def char_span(start: int, end: int) -> tuple[int, int]:
         if not start < end <= len(context):
-            stats.skipped["answer_char_offset_out_of_range"] += 1
-            continue
-        example["answers"]["text"].append(context[start:end])
-        example["answers"]["answer_start"].append(start)
+            raise OffsetError("char_offset_out_of_range", f"[{start}, {end}) outside the context")
+        return start, end
+
+    had_span = _add_spans(example, starts, ends, ("target.start_positions", "target.end_positions"),
+                          char_span, where, stats)
     example["yes_no_answer"] = _yes_no(yes_no, "target.yes_no_answer", where)
     # Passage candidates are not in the layout: the gold passage index is kept only as a count.
     had_passage = _gold_passage(passages, "target.passage_indices", where) >= 0
@@ -703,12 +696,6 @@ def _decode_line(path: Path, line_number: int, raw: bytes) -> str:
         raise _not_utf8(f"{path}:{line_number}", raw, err.start) from None
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a UTF-8 file, gzipped or not; damage -> DataSourceError."""
-    for line_number, raw in _raw_lines(path):
-        yield line_number, _decode_line(path, line_number, raw)
-
-
 def _read_text(path: Path) -> str:
     """The whole UTF-8 text of a file, gzipped or not; damage -> DataSourceError with the line."""
     chunks, lines_read = [], 0
@@ -784,11 +771,7 @@ class LineChunk:
         return len(self.lines)
 
     def rows(self) -> Iterator[Row]:
-        path = Path(self.path)
-        for line_number, raw in self.lines:
-            row = _jsonl_row(path, line_number, _decode_line(path, line_number, raw))
-            if row is not None:
-                yield row
+        return _jsonl_rows(Path(self.path), self.lines)
 
 
 @dataclass(frozen=True)
@@ -847,14 +830,6 @@ def _line_key(line: tuple[int, bytes]) -> bytes | None:
     return None
 
 
-def _same_rows(key: str, row: Row) -> bool:
-    return _shared_text(row[0]) == key
-
-
-def _same_lines(key: bytes, line: tuple[int, bytes]) -> bool:
-    return key in line[1]
-
-
 def _chunked(items: Iterator[Any], size_of: Callable[[Any], int], make: Callable[[list], Chunk],
              target: Callable[[int], int], key_of: Callable[[Any], Any],
              same: Callable[[Any, Any], bool]) -> Iterator[Chunk]:
@@ -906,23 +881,19 @@ class ExampleSource:
         return examples_from_rows(self.rows(), self.spec.language.lower(), stats, set())
 
     def chunks(self, target: Callable[[int], int]) -> Iterator[Chunk]:
-        """The source's rows in order, as chunks another process turns into examples
-        (``chunk.rows()`` then :func:`examples_from_rows`).
-
-        A chunk closes once it holds ``target(bytes in the chunks before it)`` bytes of text
-        and the next row is about another document (:func:`_chunked`). A .jsonl(.gz) file is
-        only split into lines here (the gzip stream is read in order; one line per chunk is
-        parsed, to find its document in the lines after it); decoding, JSON parsing and the
-        checks happen where the chunk is turned into rows. Other sources are parsed here.
-        Damage met while reading raises :class:`DataSourceError`.
-        """
+        """The source's rows in order, as chunks of about ``target(bytes before it)`` bytes
+        (:func:`_chunked`) that another process turns into examples (``chunk.rows()`` then
+        :func:`examples_from_rows`). A .jsonl(.gz) file is only split into lines here: decoding,
+        parsing and the checks happen in that process. Damage met while reading raises
+        :class:`DataSourceError`."""
         if self.path is not None:
             path = str(self.path)
             return _chunked(_raw_lines(self.path), lambda line: len(line[1]),
                             lambda lines: LineChunk(path, lines), target, _line_key,
-                            _same_lines)
+                            lambda key, line: key in line[1])
         return _chunked(self.rows(), lambda row: _row_bytes(row[0]), RowChunk, target,
-                        lambda row: _shared_text(row[0]), _same_rows)
+                        lambda row: _shared_text(row[0]),
+                        lambda key, row: _shared_text(row[0]) == key)
 
 
 # A JSON string (skipped whole, so brackets inside it do not count) or one bracket.
@@ -975,9 +946,10 @@ def _jsonl_row(path: Path, line_number: int, line: str) -> Row | None:
     return record, f"{path.name}:{line_number}", where
 
 
-def _jsonl_rows(path: Path) -> Iterator[Row]:
-    for line_number, line in _text_lines(path):
-        row = _jsonl_row(path, line_number, line)
+def _jsonl_rows(path: Path, lines: Iterable[tuple[int, bytes]] | None = None) -> Iterator[Row]:
+    """The rows of a .jsonl(.gz) file, or of some of its undecoded ``lines``."""
+    for line_number, raw in _raw_lines(path) if lines is None else lines:
+        row = _jsonl_row(path, line_number, _decode_line(path, line_number, raw))
         if row is not None:
             yield row
 

@@ -25,19 +25,15 @@ from qa_core.batching import (
     training_loader,
 )
 from qa_core.budget import StepCosts, TimeBudget, calibration_steps, earliest_plan_step
+from qa_core.cache_sharing import CacheSharing, build_on_every_process, count_processes
 from qa_core.checkpoints import RunState
-from qa_core.distributed import (
-    CacheSharing,
-    build_on_every_process,
-    count_processes,
-    disagreement,
-)
 from qa_core.errors import SettingsError
 from qa_core.evaluation import EvalReferences, Evaluator
 from qa_core.loop import StepPlan, TrainingRun
 from qa_core.modeling import check_model_folder
 from qa_core.optim import build_optimizer, build_scheduler
 from qa_core.pipeline import PreprocessConfig, counts_text, load_tokenizer, prepare
+from qa_core.processes import disagreement
 from qa_core.readers import DataSourceError
 from qa_core.settings import TrainSettings
 

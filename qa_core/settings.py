@@ -20,12 +20,12 @@ from typing import Any, Callable, Optional
 
 from transformers import HfArgumentParser
 
-from qa_core.cache import check_writable_folder
+# light modules only: flag parsing loads neither torch nor pyarrow (those that do are imported
+# inside the functions that need them)
+from qa_core.cache_sharing import CACHE_SHARING
 from qa_core.decode import DecodeConfig
-from qa_core.distributed import CACHE_SHARING
 from qa_core.errors import SettingsError
 from qa_core.features import LABEL_ANSWERS, FeatureConfig
-from qa_core.pipeline import check_preprocess_settings
 
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_torch_foreach", "sgd", "adafactor")
 LR_SCHEDULES = ("linear", "cosine", "constant")
@@ -294,6 +294,9 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 
 def check_settings(*groups: Any) -> None:
     """Refuse any value that cannot work, naming the flag (raises :class:`SettingsError`)."""
+    from qa_core.cache import check_writable_folder
+    from qa_core.pipeline import check_preprocess_settings
+
     values: dict[str, Any] = {}
     for group in groups:
         values.update(asdict(group))

@@ -115,13 +115,11 @@ class TydiPrediction:
     yes_no_answer: str = "NONE"
 
 
-ROW_KEYS = (
-    "passage_f1", "passage_precision", "passage_recall", "passage_threshold",
-    "minimal_f1", "minimal_precision", "minimal_recall", "minimal_threshold",
-    "passage_recall_at_p50", "passage_recall_at_p75", "passage_recall_at_p90",
-    "minimal_recall_at_p50", "minimal_recall_at_p75", "minimal_recall_at_p90",
-    "examples", "predicted",
-)
+ROW_KEYS = ("passage_f1", "passage_precision", "passage_recall", "passage_threshold",
+            "minimal_f1", "minimal_precision", "minimal_recall", "minimal_threshold",
+            "passage_recall_at_p50", "passage_recall_at_p75", "passage_recall_at_p90",
+            "minimal_recall_at_p50", "minimal_recall_at_p75", "minimal_recall_at_p90",
+            "examples", "predicted")
 
 
 @dataclass
@@ -560,9 +558,8 @@ def _hf_annotations(annotations: dict, where: str) -> tuple[TydiAnnotation, ...]
 
 def read_gold(path: str | os.PathLike) -> dict[str, TydiGold]:
     """Gold ``.jsonl``/``.jsonl.gz`` in the official raw layout or the HF ``primary_task``
-    layout -> {example_id: gold}, in file order; bad input is a :class:`TydiInputError`
-    naming file:line and field. A repeated id is an error (the official reader keeps the last
-    silently)."""
+    layout -> {example_id: gold}, in file order; bad input, a repeated id included (the
+    official reader keeps the last), is a :class:`TydiInputError` naming file:line and field."""
     path = Path(path)
     gold: dict[str, TydiGold] = {}
     lines: dict[str, int] = {}
@@ -589,14 +586,10 @@ def read_gold(path: str | os.PathLike) -> dict[str, TydiGold]:
 
 def read_predictions(path: str | os.PathLike) -> dict[str, TydiPrediction]:
     """Official prediction JSONL (``.gz`` too) -> {example_id: prediction}; bad input is a
-    :class:`TydiInputError` naming file:line and field.
-
-    As the official reader: ``passage_answer_index`` defaults to -1 and ``yes_no_answer`` to
-    NONE (any case); a YES/NO answer beside a non-null span is an error. Stricter: the scores
-    must be finite JSON numbers, ``minimal_answer`` is required (the official reader then
-    reuses the previous line's span) and an id may appear once. More lenient: an id may be
-    the string of the gold's integer (the official dict lookup needs the same JSON type).
-    """
+    :class:`TydiInputError` naming file:line and field (see the module docstring for where
+    this is stricter than the official reader). As the official reader: ``passage_answer_index``
+    defaults to -1 and ``yes_no_answer`` to NONE (any case). More lenient: an id may be the
+    string of the gold's integer (the official dict lookup needs the same JSON type)."""
     predictions: dict[str, TydiPrediction] = {}
     lines: dict[str, int] = {}
     for record, where, line_number in _records(path):

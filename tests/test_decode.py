@@ -229,7 +229,7 @@ def test_feature_spans_layout_and_concat():
 
     both = concat_feature_spans([spans, spans])
     assert isinstance(both, FeatureSpans) and len(both) == 2
-    assert FeatureSpans.concat([spans, spans]).null_score.tolist() == [0.0, 0.0]
+    assert both.null_score.tolist() == [0.0, 0.0]
     with pytest.raises(ValueError):
         concat_feature_spans([spans, tiny])
 

@@ -8,7 +8,6 @@ import pytest
 from qa_core.offsets import (
     ByteCharMap,
     OffsetError,
-    byte_span_to_char_span,
     char_to_byte,
     unencodable_at,
 )
@@ -50,8 +49,8 @@ def test_known_values():
     # é = 2 bytes, 中 = 3 bytes, 🤗 = 4 bytes
     text = TEXTS["mixed"]
     assert [char_to_byte(text, c) for c in range(5)] == [0, 2, 5, 9, 10]
-    assert byte_span_to_char_span(text, 5, 9) == (2, 3)
-    assert byte_span_to_char_span(text, 0, 10) == (0, 4)
+    assert ByteCharMap.for_text(text).span_to_chars(5, 9) == (2, 3)
+    assert ByteCharMap.for_text(text).span_to_chars(0, 10) == (0, 4)
     assert ByteCharMap.for_text(text).to_char(10) == 4 == len(text)
     assert ByteCharMap.for_text(text).to_char(0) == 0
 

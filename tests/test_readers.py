@@ -20,7 +20,8 @@ from conftest import (
     write_jsonl,
 )
 
-from qa_core.readers import EXAMPLE_COLUMNS, DataSourceError, ReadStats, SourceSpec, open_source
+from qa_core.pipeline import EXAMPLE_SCHEMA
+from qa_core.readers import DataSourceError, ReadStats, SourceSpec, open_source
 
 
 def read(path, **spec) -> tuple[list[dict], ReadStats]:
@@ -59,7 +60,7 @@ def test_tydi_files(qa_files, kind):
     assert [e["language"] for e in examples] == ["english"] * 5
     assert stats.notes["other_language"] == 1
     assert stats.examples == 5 and stats.answerable == 2
-    assert all(set(e) == set(EXAMPLE_COLUMNS) for e in examples)
+    assert all(set(e) == set(EXAMPLE_SCHEMA.names) for e in examples)
     assert check_answers_match_bytes(examples, raw) == 3
     # multi-byte text precedes the answers: byte offsets != char offsets
     first = examples[0]

@@ -147,10 +147,11 @@ def test_script_refuses_a_bad_choice_within_seconds_before_any_work(tmp_path):
     assert result.returncode == 2 and time.perf_counter() - started < 30
     assert "--eval_strategy" in result.stderr and "'epoch', 'steps', 'end'" in result.stderr
     assert "Traceback" not in result.stderr
-    # refused before torch is loaded (importing it took ~1 s of the 2-3 s a bad flag took)
+    # refused before torch or pyarrow is loaded: flag parsing needs neither
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "torch" not in imported and "qa_core.settings" in imported
+    assert "qa_core.settings" in imported
+    assert "torch" not in imported and "pyarrow" not in imported
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 

@@ -1,4 +1,4 @@
-"""qa_core.distributed: who builds the preprocessing cache, on 4 gloo processes posing as 2
+"""qa_core.cache_sharing: who builds the preprocessing cache, on 4 gloo processes posing as 2
 machines x 2 processes (no model, no launcher), and the one-process cases.
 
 The end-to-end check with ``accelerate launch --num_machines 2`` is tests/test_multinode.py.
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from qa_core.distributed import (
+from qa_core.cache_sharing import (
     CacheSharing,
     cache_build_context,
     check_cache_sharing,
@@ -32,7 +32,7 @@ WORLD, PER_MACHINE = 4, 2
 
 @dataclass
 class FakeAccelerator:
-    """The part of ``Accelerator`` qa_core.distributed uses, over a plain gloo group."""
+    """The part of ``Accelerator`` qa_core.cache_sharing uses, over a plain gloo group."""
 
     rank: int
     num_processes: int = WORLD

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from qa_core.errors import QAError, SettingsError
+from qa_core.processes import on_every_process
 
 T = TypeVar("T")
 
@@ -133,49 +134,12 @@ def build_on_every_process(accelerator, sharing: CacheSharing, build: Callable[[
     """``build()`` on every process, the builder first (:func:`cache_build_context`), and a
     QAError any of them raises raised on all of them (:func:`on_every_process`). Collective.
 
-    A builder's refusal releases the others; without the gather they stopped alike only when
-    they met the same error themselves, and one that did not went on alone into the next
-    collective (a ``Connection closed by peer`` traceback there on gloo, a wait on NCCL)."""
+    A builder's refusal releases the others, and the gather makes them stop alike even when
+    they do not meet the error themselves: one that went on alone would end in the next
+    collective (a ``Connection closed by peer`` traceback on gloo, a wait on NCCL)."""
 
     def first_then_the_others() -> T:
         with cache_build_context(accelerator, sharing):
             return build()
 
     return on_every_process(accelerator, first_then_the_others, error)
-
-
-def disagreement(accelerator, value: str) -> str | None:
-    """None when every process holds the same ``value`` (collective: a gather); else which
-    processes hold which, in one line: ``a on process 0; b on processes 1, 2``."""
-    if accelerator.num_processes == 1:
-        return None
-    from accelerate.utils import gather_object
-
-    held: dict[str, list[int]] = {}
-    for rank, text in enumerate(gather_object([value])):
-        held.setdefault(text, []).append(rank)
-    if len(held) == 1:
-        return None
-    return "; ".join(f"{text} on process{'es' if len(ranks) > 1 else ''} "
-                     f"{', '.join(map(str, ranks))}" for text, ranks in held.items())
-
-
-def on_every_process(accelerator, read: Callable[[], T], error: type[QAError]) -> T:
-    """``read()`` on every process; a QAError any of them raises is raised on all of them (the
-    lowest rank's). Only rank 0 prints errors, so a file only rank 1 reads (its RNG state)
-    was refused with no line at all, and rank 0 then crashed in the next collective."""
-    if accelerator.num_processes == 1:
-        return read()
-    from accelerate.utils import gather_object
-
-    try:
-        result, problem = read(), None
-    except QAError as err:
-        result, problem = None, err
-    said = gather_object([None if problem is None else str(problem)])
-    first = next((text for text in said if text is not None), None)
-    if first is None:
-        return result
-    if problem is not None and str(problem) == first:
-        raise problem
-    raise error(first)

@@ -1,0 +1,91 @@
+"""Processes of a run: collective helpers every rank calls alike, and a launched rank's life.
+
+* :func:`on_every_process`, :func:`disagreement`: a refusal on any rank raised on all of them,
+  and whether the ranks hold one value; collective (every process calls them, in one order).
+  ``accelerator`` is an ``accelerate.Accelerator``.
+* :func:`die_with_the_launcher`, :func:`leave_launched_process`: a rank started by a launcher
+  ends with it, and leaves without running interpreter finalization.
+
+Light at import (no torch, no accelerate): ``train_accelerate.py`` calls
+:func:`die_with_the_launcher` before flag parsing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, TypeVar
+
+from qa_core.errors import QAError
+
+T = TypeVar("T")
+
+
+def disagreement(accelerator, value: str) -> str | None:
+    """None when every process holds the same ``value`` (collective: a gather); else which
+    processes hold which, in one line: ``a on process 0; b on processes 1, 2``."""
+    if accelerator.num_processes == 1:
+        return None
+    from accelerate.utils import gather_object
+
+    held: dict[str, list[int]] = {}
+    for rank, text in enumerate(gather_object([value])):
+        held.setdefault(text, []).append(rank)
+    if len(held) == 1:
+        return None
+    return "; ".join(f"{text} on process{'es' if len(ranks) > 1 else ''} "
+                     f"{', '.join(map(str, ranks))}" for text, ranks in held.items())
+
+
+def on_every_process(accelerator, read: Callable[[], T], error: type[QAError]) -> T:
+    """``read()`` on every process; a QAError any of them raises is raised on all of them (the
+    lowest rank's). Only rank 0 prints errors, so a refusal of a file only rank 1 reads (its RNG
+    state) would otherwise say nothing, and rank 0 would crash in the next collective."""
+    if accelerator.num_processes == 1:
+        return read()
+    from accelerate.utils import gather_object
+
+    try:
+        result, problem = read(), None
+    except QAError as err:
+        result, problem = None, err
+    said = gather_object([None if problem is None else str(problem)])
+    first = next((text for text in said if text is not None), None)
+    if first is None:
+        return result
+    if problem is not None and str(problem) == first:
+        raise problem
+    raise error(first)
+
+
+def die_with_the_launcher() -> None:
+    """A rank started by a launcher (torchrun, ``accelerate launch``) ends when the launcher
+    does: a launcher killed with SIGKILL would leave its ranks running in their own sessions,
+    writing into the output folder beside a resumed run (Linux only: ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+    import signal
+
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the parent exits
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher was already gone before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def leave_launched_process(code: int) -> int:
+    """End a rank that a launcher started, now that its work is done: output flushed, then
+    ``os._exit``. Elsewhere, return ``code``.
+
+    torch keeps a DDP wrapper's gloo process group, and its threads, alive past
+    ``destroy_process_group``; were they running while the interpreter finalizes, a rare
+    ``terminate called without an active exception`` could end the rank. Every collective is
+    finished when this runs, so the threads end with the process, before any finalization
+    (``bench/stress_exit.py`` counts aborts over hundreds of launches)."""
+    if "LOCAL_RANK" not in os.environ:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
