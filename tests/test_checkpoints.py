@@ -408,7 +408,8 @@ def test_an_averaged_model_of_another_dtype_is_refused_naming_the_tensor(fresh, 
     from qa_core.averaging import WeightAverage
 
     average = WeightAverage(fresh.accelerator.unwrap_model(fresh.model), 0.5)
-    average.update(fresh.accelerator.unwrap_model(fresh.model), step=1, total_steps=1)
+    average.fix_tail(1, 0, resumed=False)
+    average.update(fresh.accelerator.unwrap_model(fresh.model), step=1)
     folder = tmp_path / "ck"
     save_checkpoint(fresh.accelerator, fresh.model, fresh.optimizer, fresh.scheduler,
                     RunState(global_step=1, averaged_steps=1, average_last=0.5), folder, average)
