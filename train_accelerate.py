@@ -124,8 +124,7 @@ def open_run(settings: TrainSettings, held: ExitStack):
     from qa_core.checkpoints import agreed_resume, check_new_run_output
     from qa_core.distributed import on_every_process
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
-    from qa_core.loop import start_log
-    from qa_core.outputs import output_dir_lock
+    from qa_core.outputs import output_dir_lock, start_log
 
     optim, run_args = settings.optim, settings.run
     accelerator = make_accelerator(resolve_mixed_precision(optim.mixed_precision),

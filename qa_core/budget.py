@@ -61,7 +61,7 @@ def earliest_plan_step(warmup_steps: int, start_step: int = 0) -> int:
     """The first optimizer step after which a run (new, or resumed at ``start_step`` before its
     plan) can make its plan: the warm-up is over and ``MIN_TIMED_STEPS`` were timed after the
     process's first ``TIMED_FROM_STEP``. A run that ends by then never plans: its step limit is
-    its plan (``qa_core.run_setup.start_training``)."""
+    its plan (:meth:`BudgetGuard.start`)."""
     return max(calibration_steps(warmup_steps), start_step + TIMED_FROM_STEP + MIN_TIMED_STEPS)
 
 
@@ -197,8 +197,8 @@ class TimeBudget:
         """Called after each optimizer step until the plan is made: times the steps after this
         process's ``TIMED_FROM_STEP``-th (step 4 of a new run, 4 steps after a resume).
         ``paused_seconds``: the run's evaluation and checkpoint seconds so far, left out of the
-        step times (an evaluation inside the calibration once priced every step at 2.3 times
-        its cost, and the plan then reserved more than the whole budget)."""
+        step times (timed as a step, an evaluation inside the calibration prices every step at
+        a multiple of its cost, and the plan then reserves more than the whole budget)."""
         self._observed += 1
         now = time.time()
         seconds = now - self._last_seen - (paused_seconds - self._last_paused)
@@ -258,8 +258,8 @@ class TimeBudget:
         def fits(total: int) -> bool:
             return total == step or ends[total - step - 1] + reserve(total)[0] <= left
 
-        # the largest total that fits: steps and reserve both grow with it (a fixed-point
-        # iteration between the two once printed 1 evaluation for a plan implying 23)
+        # the largest total that fits, by bisection: steps and reserve both grow with it, and
+        # alternating between the two need not settle on a total whose reserve is its own
         low, high = step, step + len(ends)
         while low < high:
             middle = (low + high + 1) // 2

@@ -1,14 +1,11 @@
-"""The training loop as named parts: one optimizer step-or-skip, logging, evaluation, checkpoints.
-
-``fit`` reads top to bottom: for each epoch, for each micro-batch, one call to
-:class:`OptimizerStepper`; after each optimizer step, :func:`after_optimizer_step` logs,
-checkpoints and evaluates as the settings ask. Every process runs the same code; all that
-decides whether a step is applied is reduced across processes first, so they never diverge.
-Evaluation and checkpoint time is paused out of the training throughput.
+"""The training loop: :func:`fit` runs epochs, :func:`train_epoch` micro-batches, each through
+:class:`OptimizerStepper`; after each optimizer step, :meth:`Fit.after_step` schedules, logs,
+evaluates, checkpoints and asks the time budget whether to stop. Every process runs the same
+code; all that decides whether a step is applied is reduced across processes first, so they
+never diverge. Evaluation and checkpoint time is paused out of the training throughput.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import contextmanager
@@ -25,44 +22,8 @@ from qa_core.budget import BudgetGuard
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import Evaluator
 from qa_core.optim import NonFiniteGuard, lr_lambda
+from qa_core.outputs import RunLog
 from qa_core.settings import OptimArgs, RunArgs
-
-
-class RunLog:
-    """``log.jsonl`` (main process) and the experiment tracker, one record per event."""
-
-    def __init__(self, accelerator, path: Path, report_to: str) -> None:
-        self.accelerator = accelerator
-        self.path = path
-        self.report_to = report_to
-        self.started = time.perf_counter()
-
-    def write(self, record: dict) -> None:
-        record = {**record, "time_s": round(time.perf_counter() - self.started, 3)}
-        if self.accelerator.is_main_process:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        if self.report_to != "none":
-            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
-            self.accelerator.log(numbers, step=record.get("step"))
-
-
-def start_log(accelerator, output_dir: Path, report_to: str,
-              new_run: bool) -> tuple[RunLog, dict]:
-    """The run's log, opened with the distribution in effect (also printed): distributed type,
-    world size, machines, mixed precision and sharding. A new run starts ``log.jsonl`` afresh;
-    a resumed one goes on appending to its run's."""
-    from qa_core.hardware import describe_distribution, distribution_line
-
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if new_run:
-            (output_dir / "log.jsonl").unlink(missing_ok=True)
-    log = RunLog(accelerator, output_dir / "log.jsonl", report_to)
-    distribution = describe_distribution(accelerator)
-    log.write({"event": "distribution", **distribution})
-    accelerator.print(distribution_line(distribution))
-    return log, distribution
 
 
 class Stopwatch:
@@ -95,16 +56,11 @@ class StepPlan:
     @classmethod
     def build(cls, batches_per_epoch: int, accumulation: int, max_train_steps: int | None,
               num_train_epochs: float) -> "StepPlan":
+        """``--max_train_steps`` if given, else ``--num_train_epochs`` worth of steps."""
         # The last partial accumulation of an epoch still steps (accelerate syncs at the end).
         per_epoch = math.ceil(batches_per_epoch / accumulation)
-        total = cls.step_limit(per_epoch, max_train_steps, num_train_epochs)
+        total = max_train_steps or math.ceil(num_train_epochs * per_epoch)
         return cls(per_epoch, total, math.ceil(total / per_epoch))
-
-    @staticmethod
-    def step_limit(steps_per_epoch: int, max_train_steps: int | None,
-                   num_train_epochs: float) -> int:
-        """``--max_train_steps`` if given, else ``--num_train_epochs`` worth of steps."""
-        return max_train_steps or math.ceil(num_train_epochs * steps_per_epoch)
 
 
 @dataclass
@@ -180,8 +136,8 @@ class ThroughputWindow:
         self.batches += 1
 
     def record(self, window_loss: torch.Tensor, accelerator) -> dict[str, float]:
-        """The window's mean loss over every process (each ran as many micro-batches; rank 0's
-        own loss alone was logged) and this process's rate; the window starts again."""
+        """The window's mean loss over every process (each ran as many micro-batches), not rank
+        0's alone, and this process's rate; the window starts again."""
         elapsed = time.perf_counter() - self.started
         record = {"loss": accelerator.reduce(window_loss, "mean").item() / max(1, self.batches),
                   "samples_per_s": self.samples / elapsed if elapsed else 0.0}
@@ -213,9 +169,9 @@ class TrainingRun:
     output_dir: Path
     lr_scheduler: str = "linear"
     warmup_steps: int = 0
-    budget: BudgetGuard | None = None      # --max_train_minutes
     average: WeightAverage | None = None   # --average_last
-    planned: bool = False                  # the run's length is fixed (fix_plan)
+    budget: BudgetGuard | None = field(default=None, init=False)  # --max_train_minutes
+    planned: bool = field(default=False, init=False)  # the run's length is fixed (fix_plan)
 
     def fix_plan(self, total_steps: int, step: int, resumed: bool = False) -> None:
         """Fix the run's length once, at ``step``: as it starts (the step limit, or a resumed
@@ -367,13 +323,17 @@ class Fit:
     run: TrainingRun
     tracker: EvalTracker
     log: RunLog
+    optim: OptimArgs
     args: RunArgs
-    stepper: OptimizerStepper
-    guard: NonFiniteGuard
-    batch_size: int           # per device
-    progress: Any             # the tqdm bar
     clock: Stopwatch = field(default_factory=Stopwatch)
     window: ThroughputWindow = field(default_factory=ThroughputWindow)
+
+    def __post_init__(self) -> None:
+        run, optim = self.run, self.optim
+        self.stepper = OptimizerStepper(run.accelerator, run.model, run.optimizer,
+                                        optim.max_grad_norm)
+        self.guard = NonFiniteGuard(optim.max_consecutive_nonfinite)
+        self.progress = progress_bar(run)
 
     def after_step(self, outcome: StepOutcome) -> bool:
         """Schedule, counters, averaging, logging, evaluation, checkpoint and the time budget
@@ -419,10 +379,7 @@ def fit(run: TrainingRun, tracker: EvalTracker, log: RunLog, optim: OptimArgs,
         args: RunArgs) -> TrainedSpan:
     """Train to ``run.plan.total_steps`` (or until the time budget stops it)."""
     samples_before = run.state.samples_seen
-    loop = Fit(run, tracker, log, args,
-               OptimizerStepper(run.accelerator, run.model, run.optimizer, optim.max_grad_norm),
-               NonFiniteGuard(optim.max_consecutive_nonfinite),
-               optim.per_device_train_batch_size, progress_bar(run))
+    loop = Fit(run, tracker, log, optim, args)
     run.model.train()
     try:  # the bar is closed before any error line is printed
         for epoch in range(run.state.epoch, run.plan.num_epochs):
@@ -446,7 +403,7 @@ def train_epoch(fit: Fit, epoch: int) -> bool:
     for batch in run.epoch_batches(epoch):
         outcome = fit.stepper(batch)
         samples = real_samples(state, len(batch["input_ids"]), run.accelerator.num_processes,
-                               fit.batch_size, len(run.sampler))
+                               fit.optim.per_device_train_batch_size, len(run.sampler))
         state.batches_in_epoch += 1
         state.samples_seen += samples
         fit.window.add(samples)
