@@ -117,8 +117,7 @@ def open_run(settings: TrainSettings, held: ExitStack):
 
     from qa_core.checkpoints import agreed_resume
     from qa_core.hardware import make_accelerator, resolve_mixed_precision
-    from qa_core.loop import start_log
-    from qa_core.outputs import check_new_run_output, output_dir_lock
+    from qa_core.outputs import check_new_run_output, output_dir_lock, start_log
     from qa_core.processes import on_every_process
 
     optim, run_args = settings.optim, settings.run

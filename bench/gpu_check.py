@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     print_summary,
     repo_path,
 )
+from qa_core.budget import Deadline  # noqa: E402
 
 ASSETS = REPO / "bench" / "gpu_check_assets"
 TOKENIZER_DIR = ASSETS / "tokenizer"
@@ -193,17 +194,6 @@ def dry_plan() -> Plan:
         ),
         timeouts={"train": 240, "fsdp": 240},
     )
-
-
-class Budget:
-    """Seconds left of ``--budget_s``; stages ask before they start something."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.started = time.perf_counter()
-
-    def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.started)
 
 
 class Recorder:
@@ -374,7 +364,9 @@ def common_args(model_dir: str, cache_dir: Path, output_dir: Path) -> dict:
     )
 
 
-def stage_train(plan: Plan, budget: Budget, recorder: Recorder, model_dir: str, work: Path) -> dict:
+def stage_train(
+    plan: Plan, budget: Deadline, recorder: Recorder, model_dir: str, work: Path
+) -> dict:
     """Train on the shipped slice (one device, no launcher); the logged loss must fall."""
     out = work / "train"
     shutil.rmtree(out, ignore_errors=True)
@@ -426,7 +418,9 @@ def weights_difference(a: Path, b: Path) -> dict:
     return {"same_keys": True, "equal": diff == 0.0, "max_abs_diff": diff}
 
 
-def stage_fsdp(plan: Plan, budget: Budget, recorder: Recorder, model_dir: str, work: Path) -> dict:
+def stage_fsdp(
+    plan: Plan, budget: Deadline, recorder: Recorder, model_dir: str, work: Path
+) -> dict:
     """A few FSDP steps with a checkpoint half-way, then a run resumed from that checkpoint."""
     half = plan.fsdp_steps // 2
     settings = dict(
@@ -517,7 +511,7 @@ def estimate_seconds(done: dict, precision: str, batch: int, default: float) -> 
 
 
 def stage_throughput(
-    plan: Plan, budget: Budget, recorder: Recorder, tokenizer: str, model_dir: str, work: Path
+    plan: Plan, budget: Deadline, recorder: Recorder, tokenizer: str, model_dir: str, work: Path
 ) -> dict:
     import torch
 
@@ -672,7 +666,7 @@ def check_machine(parser, dry_run: bool) -> str:
 
 
 def run_stages(
-    plan: Plan, stages: list[str], budget: Budget, recorder: Recorder, tokenizer: str, work: Path
+    plan: Plan, stages: list[str], budget: Deadline, recorder: Recorder, tokenizer: str, work: Path
 ) -> dict:
     model_dir = make_model_folder(plan, tokenizer, work / f"model_{plan.model}")
     results = {}
@@ -696,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pack:
         print_summary({"tokenizer": pack_tokenizer()})
         return 0
-    budget = Budget(args.budget_s)
+    budget = Deadline(args.budget_s)  # stages ask it before they start something
     tokenizer = check_machine(parser, args.dry_run)
     import torch
 

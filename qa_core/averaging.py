@@ -20,7 +20,10 @@ import torch
 
 
 class WeightAverage:
-    """Running mean of a model's weights over the last ``last_fraction`` of the planned steps."""
+    """Running mean of a model's weights over the last ``last_fraction`` of the planned steps.
+
+    The tail is fixed once, when the run's plan is (:meth:`fix_tail`): from then on each step
+    only asks whether it is in it, whatever the plan's length."""
 
     def __init__(self, model: torch.nn.Module, last_fraction: float) -> None:
         from torch.optim.swa_utils import AveragedModel
@@ -29,6 +32,8 @@ class WeightAverage:
             raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")
         self.last_fraction = last_fraction
         self.averaged = AveragedModel(model)  # starts empty (n_averaged 0)
+        self.start: int | None = None   # the first step averaged from now on; None: no plan yet
+        self.total: int | None = None   # the plan's total steps
 
     def first_step(self, total_steps: int) -> int:
         """The first averaged step (1-based, as ``RunState.global_step`` after the step)."""
@@ -39,22 +44,60 @@ class WeightAverage:
         """How many steps' weights are in the mean."""
         return int(self.averaged.n_averaged)
 
-    def update(self, model: torch.nn.Module, step: int, total_steps: int) -> None:
-        """Add the weights after optimizer step ``step`` when it is in the averaged tail."""
-        if step >= self.first_step(total_steps):
+    def fix_tail(self, total_steps: int, step: int, resumed: bool) -> str | None:
+        """Fix the tail for a plan of ``total_steps`` made after optimizer step ``step``: at the
+        start of a run (a resumed one at its checkpoint's step) or when a time budget plans.
+        Returns a warning when the tail cannot be the planned one."""
+        first, count = self.first_step(total_steps), self.count
+        self.total, self.start = total_steps, max(first, step + 1)
+        tail = f"the averaged tail of the {total_steps}"
+        if resumed:
+            if count == max(0, step - first + 1):  # the checkpoint's mean is this plan's
+                return None
+            if first > step:  # a longer run: the checkpoint's mean is of steps before the tail
+                self.reset()
+                return (f"--average_last: resumed with another run length, {tail} steps begins "
+                        f"at step {first}, after the checkpoint: its mean of {count} steps' "
+                        "weights is dropped")
+            return (f"--average_last: resumed with another run length, {tail} steps begins at "
+                    f"step {first}, but the checkpoint's mean holds {count} steps up to step "
+                    f"{step}: the model will be the mean of those and steps {step + 1}-"
+                    f"{total_steps}")
+        if first > step:
+            return None
+        left = (f"steps {step + 1}-{total_steps} are averaged" if total_steps > step else
+                "no step is left to average")
+        return (f"--average_last {self.last_fraction:g}: {tail} planned steps would begin at "
+                f"step {first}, but the time budget made its plan at step {step}: {left}")
+
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        """Add the weights after optimizer step ``step`` when it is in the fixed tail."""
+        if self.start is not None and step >= self.start:
             self.averaged.update_parameters(model)
 
     def reset(self) -> None:
         """Empty the mean: the next update starts it afresh."""
         self.averaged.n_averaged.zero_()
 
-    def copy_into(self, model: torch.nn.Module) -> None:
-        """Replace ``model``'s weights by the mean (nothing happens while it is empty)."""
-        if not self.count:
-            return
-        with torch.no_grad():
-            for target, mean in zip(model.parameters(), self.averaged.module.parameters()):
-                target.copy_(mean)
+    def finish(self, model: torch.nn.Module, step: int) -> str | None:
+        """End of training at ``step``: ``model``'s weights become the mean (unchanged while it
+        is empty). Returns a warning when training stopped short of the planned tail."""
+        count = self.count
+        if count:
+            with torch.no_grad():
+                for target, mean in zip(model.parameters(), self.averaged.module.parameters()):
+                    target.copy_(mean)
+        if self.total is None:
+            return (f"--average_last: training stopped at step {step}, before the time budget "
+                    "planned the run: nothing is averaged")
+        first, total = self.first_step(self.total), self.total
+        if step >= total or count >= total - first + 1:
+            return None
+        return (f"--average_last: training stopped at step {step} of the {total} planned, "
+                + (f"so the model is the mean of {count} steps' weights, not of the "
+                   f"{total - first + 1} planned" if count else
+                   f"before the averaged tail (from step {first}): the model is the last step's "
+                   "weights, not an average"))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.averaged.state_dict()

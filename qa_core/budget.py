@@ -11,6 +11,11 @@ fair sample of the run's.
 The plan is fixed from then on: it is stored in the run state,
 so a resumed run continues the same schedule. Should the machine slow down, an all-reduced
 "time is up" check ends training early (the run still evaluates and saves).
+
+The loop asks one question once per optimizer step, :meth:`BudgetGuard.after_step` ("stop?");
+the guard times, plans (handing the plan to the run, which sets its schedule and averaged tail)
+and keeps the final evaluation's time. :class:`Deadline` is the bare clock, also the GPU
+check's (``bench/gpu_check.py``).
 """
 from __future__ import annotations
 
@@ -20,7 +25,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
 CALIBRATION_STEPS = 12     # the fewest optimizer steps before the plan is made
 MAX_CALIBRATION_STEPS = 100
@@ -29,6 +33,17 @@ MIN_TIMED_STEPS = 8        # a run resumed inside the warm-up times this many be
 FORWARD_SHARE = 0.4        # evaluation cost per window, as a share of a training step's
 CHECKPOINT_SECONDS = 3.0   # writing one checkpoint (22M-parameter model + AdamW state)
 SAFETY_SHARE = 0.04        # of the whole budget, kept back for what the estimate misses
+
+
+class Deadline:
+    """Seconds left of ``seconds`` counted from ``started_at`` (``time.time()``; now if None)."""
+
+    def __init__(self, seconds: float, started_at: float | None = None) -> None:
+        self.seconds = seconds
+        self.started_at = time.time() if started_at is None else started_at
+
+    def left(self) -> float:
+        return self.started_at + self.seconds - time.time()
 
 
 def calibration_steps(warmup_steps: int) -> int:
@@ -46,7 +61,7 @@ def earliest_plan_step(warmup_steps: int, start_step: int = 0) -> int:
     """The first optimizer step after which a run (new, or resumed at ``start_step`` before its
     plan) can make its plan: the warm-up is over and ``MIN_TIMED_STEPS`` were timed after the
     process's first ``TIMED_FROM_STEP``. A run that ends by then never plans: its step limit is
-    its plan (``qa_core.run_setup.start_training``)."""
+    its plan (:meth:`BudgetGuard.start`)."""
     return max(calibration_steps(warmup_steps), start_step + TIMED_FROM_STEP + MIN_TIMED_STEPS)
 
 
@@ -151,8 +166,9 @@ class TimeBudget:
         if accelerator.num_processes > 1:
             broadcast_object_list(start)  # one clock for every process: rank 0's
         self.accelerator = accelerator
-        self.started_at = start[0]  # seconds since the epoch: rank 0's program start
-        self.deadline = start[0] + minutes * 60.0
+        self.deadline = Deadline(minutes * 60.0, start[0])  # rank 0's program start
+        self.started_at = start[0]  # seconds since the epoch
+        self.minutes = minutes
         self.budget_seconds = minutes * 60.0
         self.costs = costs
         self._observed = 0
@@ -163,7 +179,7 @@ class TimeBudget:
         self._observed_seconds = 0.0  # of every observed step after the first, warm-up included
 
     def seconds_left(self) -> float:
-        return self.deadline - time.time()
+        return self.deadline.left()
 
     def seconds_spent_before_training(self) -> bool:
         """True on every process when the deadline has passed before any step (a budget
@@ -172,6 +188,8 @@ class TimeBudget:
 
     def _on_any_process(self, flag: bool) -> bool:
         """``flag`` OR-ed over the processes (each reads its own clock): all decide alike."""
+        import torch
+
         raised = torch.tensor(float(flag), device=self.accelerator.device)
         return bool(self.accelerator.reduce(raised, "max").item())
 
@@ -179,8 +197,8 @@ class TimeBudget:
         """Called after each optimizer step until the plan is made: times the steps after this
         process's ``TIMED_FROM_STEP``-th (step 4 of a new run, 4 steps after a resume).
         ``paused_seconds``: the run's evaluation and checkpoint seconds so far, left out of the
-        step times (an evaluation inside the calibration once priced every step at 2.3 times
-        its cost, and the plan then reserved more than the whole budget)."""
+        step times (timed as a step, an evaluation inside the calibration prices every step at
+        a multiple of its cost, and the plan then reserves more than the whole budget)."""
         self._observed += 1
         now = time.time()
         seconds = now - self._last_seen - (paused_seconds - self._last_paused)
@@ -240,8 +258,8 @@ class TimeBudget:
         def fits(total: int) -> bool:
             return total == step or ends[total - step - 1] + reserve(total)[0] <= left
 
-        # the largest total that fits: steps and reserve both grow with it (a fixed-point
-        # iteration between the two once printed 1 evaluation for a plan implying 23)
+        # the largest total that fits, by bisection: steps and reserve both grow with it, and
+        # alternating between the two need not settle on a total whose reserve is its own
         low, high = step, step + len(ends)
         while low < high:
             middle = (low + high + 1) // 2
@@ -259,6 +277,89 @@ class TimeBudget:
         the safety margin: the final evaluation's estimate can be short) left."""
         margin = SAFETY_SHARE * self.budget_seconds / 2
         return self._on_any_process(self.seconds_left() <= reserve_seconds + margin)
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a plan is priced and bounded from, fixed before training starts."""
+
+    eval_windows: int             # windows one evaluation reads
+    batch_windows: int            # windows one optimizer step reads (all processes)
+    eval_every: int | None        # --eval_steps under --eval_strategy steps
+    epoch_evals: bool             # --eval_strategy epoch
+    checkpoint_every: int | None  # --checkpointing_steps
+    step_limit: int               # --num_train_epochs / --max_train_steps: never lengthened
+    warmup_steps: int
+
+
+class BudgetGuard:
+    """``--max_train_minutes`` as the loop sees it: one question after each optimizer step.
+
+    ``on_plan(total_steps, step)`` is called once when the plan is made (the run fixes its
+    schedule and averaged tail to it)."""
+
+    def __init__(self, budget: TimeBudget, shape: RunShape,
+                 on_plan: Callable[[int, int], None]) -> None:
+        self.budget = budget
+        self.shape = shape
+        self.on_plan = on_plan
+        self.planned: int | None = None
+        # kept back for the final evaluation and save; None until this process makes the plan
+        self.final_reserve: float | None = None
+
+    def start(self, stored_plan: int | None, step: int) -> int | None:
+        """The plan in effect as training starts at ``step``: a resumed run's stored plan, or
+        the step limit when the run reaches it before it could plan; None: planned later."""
+        if stored_plan is None and self.shape.step_limit <= earliest_plan_step(
+                self.shape.warmup_steps, step):
+            stored_plan = self.shape.step_limit  # it is the plan (schedule, averaged tail)
+        self.planned = stored_plan
+        return stored_plan
+
+    def after_step(self, step: int, paused_seconds: float, log) -> bool:
+        """Called after every optimizer step (``paused_seconds``: evaluation and checkpoint time
+        so far). Times the calibration steps, then makes the plan once; True (on every process
+        alike) when the time left no longer covers the final evaluation and save (before the
+        plan, priced from the steps so far)."""
+        budget, shape = self.budget, self.shape
+        if self.final_reserve is None:  # this process has made no plan (yet)
+            budget.observe_step(step, paused_seconds)
+            if self.planned is None and budget.ready_to_plan(step, shape.warmup_steps):
+                self._plan(step, log)
+        reserve = self.final_reserve
+        if reserve is None:
+            # before the plan, and under a plan this process did not make (a resumed run's
+            # stored plan, a step limit reached before any plan could be made): the final
+            # evaluation is priced from the steps seen so far
+            reserve = budget.provisional_reserve(shape.eval_windows, shape.batch_windows)
+        if not budget.time_is_up(reserve):
+            return False
+        budget.accelerator.print(
+            f"time budget: training stops at step {step}"
+            + (f" of the {self.planned} planned" if self.planned is not None else
+               ", before the plan was made")
+            + f", keeping {reserve:.0f} s for the final evaluation and save inside "
+              f"--max_train_minutes {budget.minutes:g}")
+        log.write({"event": "time_budget_stop", "step": step})
+        return True
+
+    def _plan(self, step: int, log) -> None:
+        """Fix the total steps that fit the budget, hand them to the run and log the plan."""
+        shape = self.shape
+        plan = self.budget.plan(step, shape.eval_windows, shape.batch_windows, shape.eval_every,
+                                shape.epoch_evals, shape.checkpoint_every,
+                                max_total=shape.step_limit)
+        self.planned = plan.total_steps
+        self.final_reserve = plan.reserved_seconds / max(1, plan.evaluations)
+        self.on_plan(plan.total_steps, step)
+        log.write({"event": "time_budget_plan", "step": step, "total_steps": plan.total_steps,
+                   "seconds_per_step": plan.seconds_per_step,
+                   "reserved_seconds": plan.reserved_seconds,
+                   "budget_started_at": self.budget.started_at})
+        self.budget.accelerator.print(
+            f"time budget: {plan.total_steps} optimizer steps planned "
+            f"({plan.seconds_per_step:.2f} s/step, {plan.reserved_seconds:.0f} s kept for "
+            f"{plan.evaluations} evaluation(s) and checkpoints)")
 
 
 def _periodic_events(total_steps: int, steps_per_epoch: int, every: int | None,

@@ -53,15 +53,18 @@ def build_optimizer(name: str, model: torch.nn.Module, learning_rate: float,
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def lr_lambda(kind: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier per optimizer step: linear warm-up then linear/cosine/constant decay to 0."""
+def lr_lambda(kind: str, warmup_steps: int,
+              total_steps: int | None) -> Callable[[int], float]:
+    """LR multiplier per optimizer step: linear warm-up then linear/cosine/constant decay to 0.
+    ``total_steps`` None: the run's length is not planned yet (a time budget plans it after the
+    warm-up), so no step decays."""
     if kind not in ("linear", "cosine", "constant"):
         raise ValueError(f"unknown lr schedule {kind!r} (linear, cosine, constant)")
 
     def multiplier(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1) if warmup_steps else 1.0
-        if kind == "constant":
+        if kind == "constant" or total_steps is None:
             return 1.0
         progress = min((step - warmup_steps) / max(1, total_steps - warmup_steps), 1.0)
         if kind == "cosine":
@@ -71,7 +74,7 @@ def lr_lambda(kind: str, warmup_steps: int, total_steps: int) -> Callable[[int],
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+                    total_steps: int | None) -> torch.optim.lr_scheduler.LambdaLR:
     """``optimizer`` may be accelerate's wrapper: the schedule drives the torch optimizer."""
     inner = getattr(optimizer, "optimizer", optimizer)
     return torch.optim.lr_scheduler.LambdaLR(inner, lr_lambda(kind, warmup_steps, total_steps))

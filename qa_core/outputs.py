@@ -1,12 +1,13 @@
-"""What a finished run leaves in ``output_dir`` and prints: model + tokenizer, metrics.json,
-predictions.json, tydi_predictions.jsonl (TyDi evaluation data), train_config.json, and the
-JSON summary (the last line printed)."""
+"""What a run leaves in ``output_dir`` and prints: log.jsonl (:class:`RunLog`, written as it
+runs), model + tokenizer, metrics.json, predictions.json, tydi_predictions.jsonl (TyDi
+evaluation data), train_config.json, and the JSON summary (the last line printed)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -178,3 +179,40 @@ def _read_lock(path: Path) -> str:
         return path.read_text().strip()
     except (OSError, UnicodeDecodeError):
         return ""
+
+
+class RunLog:
+    """``log.jsonl`` (main process) and the experiment tracker, one record per event."""
+
+    def __init__(self, accelerator, path: Path, report_to: str) -> None:
+        self.accelerator = accelerator
+        self.path = path
+        self.report_to = report_to
+        self.started = time.perf_counter()
+
+    def write(self, record: dict) -> None:
+        record = {**record, "time_s": round(time.perf_counter() - self.started, 3)}
+        if self.accelerator.is_main_process:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self.report_to != "none":
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+            self.accelerator.log(numbers, step=record.get("step"))
+
+
+def start_log(accelerator, output_dir: Path, report_to: str,
+              new_run: bool) -> tuple[RunLog, dict]:
+    """The run's log, opened with the distribution in effect (also printed): distributed type,
+    world size, machines, mixed precision and sharding. A new run starts ``log.jsonl`` afresh;
+    a resumed one goes on appending to its run's."""
+    from qa_core.hardware import describe_distribution, distribution_line
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if new_run:
+            (output_dir / "log.jsonl").unlink(missing_ok=True)
+    log = RunLog(accelerator, output_dir / "log.jsonl", report_to)
+    distribution = describe_distribution(accelerator)
+    log.write({"event": "distribution", **distribution})
+    accelerator.print(distribution_line(distribution))
+    return log, distribution

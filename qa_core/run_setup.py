@@ -24,7 +24,7 @@ from qa_core.batching import (
     select_first_examples,
     training_loader,
 )
-from qa_core.budget import StepCosts, TimeBudget, calibration_steps, earliest_plan_step
+from qa_core.budget import BudgetGuard, RunShape, StepCosts, TimeBudget, calibration_steps
 from qa_core.cache_sharing import CacheSharing, build_on_every_process, count_processes
 from qa_core.checkpoints import RunState
 from qa_core.errors import SettingsError
@@ -41,8 +41,6 @@ from qa_core.settings import TrainSettings
 # TyDi-style long documents have mostly answer-less windows, so keep 10 % of them (the TyDi
 # baseline's choice); SQuAD-style paragraphs keep all.
 TYDI_NEGATIVE_WINDOW_FRACTION = 0.1
-# Before a time budget's plan is made, the schedule runs its warm-up toward this many steps.
-UNPLANNED_STEPS = 10**9
 
 
 def default_negative_fraction(formats: dict[str, int]) -> float:
@@ -155,6 +153,20 @@ def weight_average(accelerator, model, average_last: float) -> WeightAverage | N
     return WeightAverage(accelerator.unwrap_model(model), average_last)
 
 
+def run_shape(settings: TrainSettings, evaluator: Evaluator, accelerator,
+              plan: StepPlan) -> RunShape:
+    """What a time budget prices its plan from: one evaluation's windows against one step's,
+    the evaluations and checkpoints a length implies, and the step limit it must not pass."""
+    run_args = settings.run
+    return RunShape(
+        eval_windows=len(evaluator.references.feature_example_index),
+        batch_windows=settings.optim.per_device_train_batch_size * accelerator.num_processes,
+        eval_every=run_args.eval_steps if run_args.eval_strategy == "steps" else None,
+        epoch_evals=run_args.eval_strategy == "epoch",
+        checkpoint_every=run_args.checkpointing_steps, step_limit=plan.total_steps,
+        warmup_steps=settings.optim.warmup_steps)
+
+
 def start_training(accelerator, settings: TrainSettings, model, split: CachedSplit,
                    evaluator: Evaluator, pad_token_id: int, output_dir: Path,
                    started_at: float) -> TrainingRun:
@@ -176,17 +188,16 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     model, optimizer, loader, evaluator.loader = accelerator.prepare(
         model, optimizer, loader, evaluator.loader)
     plan = StepPlan.build(len(loader), optim.gradient_accumulation_steps,
-                          optim.max_train_steps or (UNPLANNED_STEPS if optim.max_train_minutes
-                                                    else None),
-                          optim.num_train_epochs)
+                          optim.max_train_steps, optim.num_train_epochs)
     budget = None
     if optim.max_train_minutes:
         costs = StepCosts(plan.steps_per_epoch, partial(
             epoch_step_costs, train_set, sampler, optim.per_device_train_batch_size,
             accelerator.num_processes, optim.gradient_accumulation_steps))
         budget = TimeBudget(accelerator, optim.max_train_minutes, started_at, costs)
+    # a budgeted run's schedule decays once the budget has planned it (BudgetGuard)
     scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps,
-                                plan.total_steps)
+                                None if budget else plan.total_steps)
     # the flags and the facts resolved here, which a resume compares (qa_core.settings RESUME_*)
     state = RunState(settings={
         **settings.as_flat_dict(), "world_size": accelerator.num_processes,
@@ -195,27 +206,26 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
         "mixed_precision": accelerator.mixed_precision, "negative_window_fraction": negatives,
         "optimizer": optimizer_class, "scheduled_steps": None if budget else plan.total_steps})
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
-                      output_dir, budget, average=weight_average(accelerator, model,
-                                                                 optim.average_last))
+                      output_dir, optim.lr_scheduler, optim.warmup_steps,
+                      average=weight_average(accelerator, model, optim.average_last))
+    if budget is not None:
+        run.budget = BudgetGuard(budget, run_shape(settings, evaluator, accelerator, plan),
+                                 on_plan=run.fix_plan)
     resumed = run.resume(settings.run.resume_from_checkpoint)
     if budget is not None and budget.seconds_spent_before_training():
         raise SettingsError(
             f"--max_train_minutes {optim.max_train_minutes:g}: spent before the first step "
             f"({time.time() - started_at:.1f} s for start-up, data and model): no run fits "
             "inside it; give more time")
-    if budget is not None and run.state.planned_total_steps is None:
-        limit = StepPlan.step_limit(plan.steps_per_epoch, optim.max_train_steps,
-                                    optim.num_train_epochs)
-        if limit <= earliest_plan_step(optim.warmup_steps, run.state.global_step):
-            # it ends before it could plan: the limit is the plan (schedule, averaged tail)
-            run.state.planned_total_steps = limit
-    if run.state.planned_total_steps is not None:  # a budgeted run's plan continues unchanged
-        run.set_total_steps(run.state.planned_total_steps, optim.warmup_steps, optim.lr_scheduler)
+    step = run.state.global_step
+    total = (plan.total_steps if run.budget is None else
+             run.budget.start(run.state.planned_total_steps, step))
     if resumed is not None:
-        accelerator.print(f"resumed from {resumed} at step {run.state.global_step} "
+        accelerator.print(f"resumed from {resumed} at step {step} "
                           f"(epoch {run.state.epoch}, batch {run.state.batches_in_epoch})")
-        run.reconcile_resumed_average()
-    steps = (f"{run.plan.total_steps} optimizer steps" if run.total_steps_known else
+    if total is not None:
+        run.fix_plan(total, step, resumed=resumed is not None)
+    steps = (f"{run.plan.total_steps} optimizer steps" if run.planned else
              f"optimizer steps planned after {calibration_steps(optim.warmup_steps)} to fit "
              f"--max_train_minutes {optim.max_train_minutes:g}")
     accelerator.print(f"{len(train_set)} train features ({len(sampler)} per epoch), {steps} on "

@@ -35,19 +35,20 @@ def test_first_step_covers_the_last_fraction_of_the_plan():
         WeightAverage(torch.nn.Linear(2, 2), 0.0)
 
 
-def test_update_averages_only_the_tail_and_copy_into_sets_the_mean():
+def test_update_averages_only_the_fixed_tail_and_finish_sets_the_mean():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     average = WeightAverage(model, 0.4)  # total 5 -> steps 4 and 5
+    assert average.fix_tail(5, 0, resumed=False) is None and average.start == 4
     seen = []
     for step in range(1, 6):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p))
         seen.append([p.detach().clone() for p in model.parameters()])
-        average.update(model, step, total_steps=5)
+        average.update(model, step)
     assert average.count == 2
-    average.copy_into(model)
+    assert average.finish(model, 5) is None
     for param, at4, at5 in zip(model.parameters(), seen[3], seen[4]):
         torch.testing.assert_close(param.detach(), (at4 + at5) / 2)
 
@@ -55,7 +56,7 @@ def test_update_averages_only_the_tail_and_copy_into_sets_the_mean():
 def test_an_empty_average_leaves_the_model_alone():
     model = torch.nn.Linear(3, 2)
     before = [p.detach().clone() for p in model.parameters()]
-    WeightAverage(model, 0.5).copy_into(model)
+    WeightAverage(model, 0.5).finish(model, 0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

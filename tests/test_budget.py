@@ -157,12 +157,12 @@ def test_plan_waits_for_the_end_of_a_warmup_whose_rates_do_not_depend_on_the_tot
     assert calibration_steps(50) == 50
     assert calibration_steps(10**4) == MAX_CALIBRATION_STEPS
     for warmup in (0, 5, 50, 10**4):
-        unplanned, planned = lr_lambda(schedule, warmup, 10**9), lr_lambda(schedule, warmup, 300)
+        unplanned, planned = lr_lambda(schedule, warmup, None), lr_lambda(schedule, warmup, 300)
         # every rate used up to the plan, and the first step after it, are the same either way
         steps = range(calibration_steps(warmup) + 1)
         if warmup >= CALIBRATION_STEPS:
             assert [unplanned(s) for s in steps] == [planned(s) for s in steps]
-    late = lr_lambda(schedule, 50, 10**9), lr_lambda(schedule, 50, 300)
+    late = lr_lambda(schedule, 50, None), lr_lambda(schedule, 50, 300)
     assert schedule == "constant" or late[0](200) != late[1](200)  # after the warm-up they differ
 
 

