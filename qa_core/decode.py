@@ -87,6 +87,10 @@ class FeatureSpans:
     def spans_per_feature(self) -> int:
         return int(self.scores.shape[1])
 
+    def take(self, rows) -> "FeatureSpans":
+        """The features ``rows`` (a slice gives views, an index array copies)."""
+        return FeatureSpans(*(getattr(self, f.name)[rows] for f in fields(self)))
+
 
 class Prediction(NamedTuple):
     """Decoded answer of one example; ``end_char`` is exclusive (a NamedTuple: one is built
@@ -100,20 +104,10 @@ class Prediction(NamedTuple):
 
 
 def concat_feature_spans(parts: Sequence[FeatureSpans]) -> FeatureSpans:
-    """Stack per-batch FeatureSpans along the feature axis (order preserved)."""
-    if not parts:
-        raise ValueError("concat_feature_spans needs at least one FeatureSpans")
-    widths = {part.spans_per_feature for part in parts}
-    if len(widths) != 1:
-        raise ValueError(
-            f"cannot concatenate FeatureSpans with different spans_per_feature: {widths}"
-        )
-    return FeatureSpans(scores=np.concatenate([p.scores for p in parts]),
-                        start_token=np.concatenate([p.start_token for p in parts]),
-                        end_token=np.concatenate([p.end_token for p in parts]),
-                        start_char=np.concatenate([p.start_char for p in parts]),
-                        end_char=np.concatenate([p.end_char for p in parts]),
-                        null_score=np.concatenate([p.null_score for p in parts]))
+    """Stack per-batch FeatureSpans along the feature axis (order preserved); numpy refuses
+    no parts, or parts of different widths, with a ValueError."""
+    return FeatureSpans(*(np.concatenate([getattr(part, f.name) for part in parts])
+                          for f in fields(FeatureSpans)))
 
 
 # --------------------------------------------------------------------------- #
@@ -139,11 +133,6 @@ def _nan_to_neg_inf(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _as_logits(logits: np.ndarray) -> np.ndarray:
-    """2-D float array with NaN turned into -inf."""
-    return _nan_to_neg_inf(_float_logits(logits))
-
-
 def _aligned_offsets(offsets: np.ndarray, length: int) -> np.ndarray:
     """Offsets cut or padded (with -1 = not context) to the logits' length.
 
@@ -159,12 +148,12 @@ def _aligned_offsets(offsets: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([offsets, pad], axis=1)
 
 
-def _null_scores(start_logits: np.ndarray, end_logits: np.ndarray) -> np.ndarray:
-    # CLS sits at index 0; the score of predicting "no answer".
-    return start_logits[:, 0].astype(np.float64) + end_logits[:, 0].astype(np.float64)
-
-
-def _check_inputs(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray) -> None:
+def _checked_inputs(start_logits: np.ndarray, end_logits: np.ndarray,
+                    offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2-D float logits (NaN still in place) and offsets aligned to their length; inputs of
+    mismatched shapes are a ValueError."""
+    start_logits, end_logits = _float_logits(start_logits), _float_logits(end_logits)
+    offsets = _aligned_offsets(offsets, start_logits.shape[1])
     if start_logits.shape != end_logits.shape:
         raise ValueError(
             f"start/end logits shapes differ: {start_logits.shape} vs {end_logits.shape}"
@@ -175,6 +164,7 @@ def _check_inputs(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.
         )
     if start_logits.shape[1] == 0:
         raise ValueError("logits have zero length")
+    return start_logits, end_logits, offsets
 
 
 # --------------------------------------------------------------------------- #
@@ -393,7 +383,8 @@ def _topk_spans_chunk(start_logits: np.ndarray, end_logits: np.ndarray, offsets:
     fill(out.end_token, end_idx, end_slot)
     fill(out.start_char, start_begin, start_slot)
     fill(out.end_char, end_stop, end_slot)
-    out.null_score[...] = _null_scores(start_logits, end_logits)
+    # CLS sits at index 0; the score of predicting "no answer".
+    out.null_score[...] = start_logits[:, 0].astype(np.float64) + end_logits[:, 0]
 
 
 def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
@@ -430,11 +421,8 @@ def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets
     # stay empty (qa-answer --top_k 10**12 tried to allocate 7 TiB for them).
     keep = min(keep, n_best_size * n_best_size)
     # NaN is handled per chunk, where the top-k row sort reveals it for free.
-    start_logits = _float_logits(start_logits)
-    end_logits = _float_logits(end_logits)
-    offsets = _aligned_offsets(offsets, start_logits.shape[1])
+    start_logits, end_logits, offsets = _checked_inputs(start_logits, end_logits, offsets)
     _keep_freed_memory_for_reuse()
-    _check_inputs(start_logits, end_logits, offsets)
 
     # Chunks write straight into their rows of the result (no concatenation).
     num_features = len(start_logits)
@@ -453,7 +441,7 @@ def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets
             offsets[rows],
             n_best_size,
             max_answer_length,
-            out=FeatureSpans(*(getattr(result, f.name)[rows] for f in fields(FeatureSpans))),
+            out=result.take(rows),
         )
 
     begins = range(0, max(len(start_logits), 1), chunk_size)
@@ -511,36 +499,6 @@ def _validated_example_index(
     return index
 
 
-def _build_predictions(
-    best_score: np.ndarray,
-    best_start_char: np.ndarray,
-    best_end_char: np.ndarray,
-    null_score: np.ndarray,
-    has_features: np.ndarray,
-    contexts: Sequence[str],
-    example_ids: Sequence[str],
-    config: DecodeConfig,
-) -> dict[str, Prediction]:
-    """The null rule in numpy, then the only per-example Python step: slicing strings."""
-    # Nothing scored for an example (no features): no span, no null score.
-    score = np.where(has_features, best_score, -np.inf)
-    null = np.where(has_features, null_score, -np.inf)
-    with np.errstate(invalid="ignore"):  # -inf - -inf is NaN, and NaN > x is False
-        margin = null - score
-    answers_null = (
-        has_features & config.allow_no_answer & (margin > config.null_score_diff_threshold)
-    )
-    score = np.where(answers_null, null, score)
-    no_span = answers_null | (score == -np.inf)
-    start = np.where(no_span, -1, best_start_char).tolist()
-    end = np.where(no_span, -1, best_end_char).tolist()
-    # context[-1:-1] == "": spanless examples need no branch.  Python lists
-    # and map: indexing numpy arrays element by element is ~10x slower.
-    texts = map(operator.getitem, contexts, map(slice, start, end))
-    rows = zip(texts, score.tolist(), start, end, null.tolist())
-    return dict(zip(example_ids, map(Prediction._make, rows)))
-
-
 class ExampleSpans(NamedTuple):
     """Each example's best span over all its windows, as arrays over the examples.
 
@@ -587,11 +545,28 @@ def best_spans(
 
 def answers_from_spans(spans: ExampleSpans, contexts: Sequence[str], example_ids: Sequence[str],
                        config: DecodeConfig = DecodeConfig()) -> dict[str, Prediction]:
-    """Each example's answer from its best span and null score (:func:`best_spans`)."""
+    """Each example's answer from its best span and null score (:func:`best_spans`): the null
+    rule in numpy, then the only per-example Python step, slicing strings."""
     if len(contexts) != len(example_ids):
         raise ValueError("contexts and example_ids must have the same length")
-    return _build_predictions(spans.score, spans.start_char, spans.end_char, spans.null_score,
-                              spans.has_features, contexts, example_ids, config)
+    has_features = spans.has_features
+    # Nothing scored for an example (no features): no span, no null score.
+    score = np.where(has_features, spans.score, -np.inf)
+    null = np.where(has_features, spans.null_score, -np.inf)
+    with np.errstate(invalid="ignore"):  # -inf - -inf is NaN, and NaN > x is False
+        margin = null - score
+    answers_null = (
+        has_features & config.allow_no_answer & (margin > config.null_score_diff_threshold)
+    )
+    score = np.where(answers_null, null, score)
+    no_span = answers_null | (score == -np.inf)
+    start = np.where(no_span, -1, spans.start_char).tolist()
+    end = np.where(no_span, -1, spans.end_char).tolist()
+    # context[-1:-1] == "": spanless examples need no branch.  Python lists
+    # and map: indexing numpy arrays element by element is ~10x slower.
+    texts = map(operator.getitem, contexts, map(slice, start, end))
+    rows = zip(texts, score.tolist(), start, end, null.tolist())
+    return dict(zip(example_ids, map(Prediction._make, rows)))
 
 
 def best_answers(feature_spans: FeatureSpans, feature_example_index: np.ndarray,
@@ -672,8 +647,7 @@ def _reference_candidates(start_logits: np.ndarray, end_logits: np.ndarray,
     start_values, end_values = start_logits.tolist(), end_logits.tolist()
     for s in starts:
         for e in ends:
-            # logits may be padded longer than the stored offsets
-            if s >= len(offsets) or e >= len(offsets) or min(*offsets[s], *offsets[e]) < 0:
+            if min(*offsets[s], *offsets[e]) < 0:
                 continue
             if e < s or e - s + 1 > max_answer_length:
                 continue
@@ -698,33 +672,23 @@ def reference_decode(start_logits: np.ndarray, end_logits: np.ndarray, offsets: 
     by score, then feature, start token and end token; its null score is the minimum CLS
     score over its features.
     """
-    start_logits, end_logits = _as_logits(start_logits), _as_logits(end_logits)
-    offsets = np.asarray(offsets)
-    if offsets.ndim != 3 or offsets.shape[2] != 2:
-        raise ValueError(f"offsets must be [features, length, 2], got shape {offsets.shape}")
-    _check_inputs(start_logits, end_logits, offsets)
+    start_logits, end_logits, offsets = _checked_inputs(start_logits, end_logits, offsets)
+    start_logits, end_logits = _nan_to_neg_inf(start_logits), _nan_to_neg_inf(end_logits)
     num_examples = len(example_ids)
     index = _validated_example_index(feature_example_index, len(start_logits), num_examples)
-    best_score = np.full(num_examples, -np.inf)
-    best_start_char = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
-    best_end_char = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
-    null_score = np.full(num_examples, np.inf)
-    has_features = np.zeros(num_examples, dtype=bool)
     nulls: list[list[float]] = [[] for _ in range(num_examples)]
     candidates: list[list[tuple]] = [[] for _ in range(num_examples)]
     for feature, example in enumerate(index.tolist()):
-        has_features[example] = True
         nulls[example].append(float(start_logits[feature][0]) + float(end_logits[feature][0]))
-        candidates[example] += [(-score, feature, s, e, start_char, end_char)
-                                for score, s, e, start_char, end_char in _reference_candidates(
-                                    start_logits[feature], end_logits[feature],
-                                    offsets[feature].tolist(), config.n_best_size,
-                                    config.max_answer_length)]
-    for example, listed in enumerate(candidates):
-        if nulls[example]:
-            null_score[example] = min(nulls[example])
-        if listed:
-            negated, _, _, _, best_start_char[example], best_end_char[example] = min(listed)
-            best_score[example] = -negated
-    return _build_predictions(best_score, best_start_char, best_end_char, null_score,
-                              has_features, contexts, example_ids, config)
+        candidates[example] += [(-score, feature, *span) for score, *span in _reference_candidates(
+            start_logits[feature], end_logits[feature], offsets[feature].tolist(),
+            config.n_best_size, config.max_answer_length)]
+    # (-score, feature, start token, end token, start char, end char): the smallest is best
+    no_span = (np.inf, -1, -1, -1, INVALID_INDEX, INVALID_INDEX)
+    best = np.array([min(listed, default=no_span) for listed in candidates],
+                    dtype=np.float64).reshape(num_examples, 6)
+    spans = ExampleSpans(score=-best[:, 0], start_char=best[:, 4].astype(np.int64),
+                         end_char=best[:, 5].astype(np.int64),
+                         null_score=np.array([min(listed, default=np.inf) for listed in nulls]),
+                         has_features=np.array([bool(listed) for listed in nulls], dtype=bool))
+    return answers_from_spans(spans, contexts, example_ids, config)

@@ -145,9 +145,7 @@ class EvalAccumulator:
     def _ordered_spans(self) -> tuple[np.ndarray, FeatureSpans]:
         """(each kept window's example index, the windows' spans), in feature order."""
         feature_index, order = self._ordered_features()
-        spans = concat_feature_spans(self._spans)
-        spans = FeatureSpans(**{name: getattr(spans, name)[order]
-                                for name in spans.__dataclass_fields__})
+        spans = concat_feature_spans(self._spans).take(order)
         return self.references.feature_example_index[feature_index], spans
 
     def predictions(self) -> dict[str, Prediction]:
