@@ -34,11 +34,6 @@ from qa_core.decode import ExampleSpans
 from qa_core.offsets import char_span_to_byte_span
 from qa_core.tydi_eval import TydiAnnotation, TydiGold, TydiPrediction, score_tydi
 
-# The two headline figures metrics.json, the summary, the log and --metric_for_best_model read:
-# English's row when English was evaluated, else the non-English mean (several languages), else
-# the one language's row.
-HEADLINE_KEYS = {"tydi_passage_f1": "passage_f1", "tydi_minimal_f1": "minimal_f1"}
-
 
 @dataclass
 class TydiReferences:
@@ -100,28 +95,21 @@ class TydiReferences:
                               margin)
 
 
-def headline(languages: dict[str, dict], non_english_mean: dict | None) -> tuple[str, dict] | None:
-    """(which row, the row) the headline figures come from: ``english``, else
-    ``non_english_mean``, else the only language's; None when no language was scored."""
-    if "english" in languages:
-        return "english", languages["english"]
-    if non_english_mean is not None:
-        return "non_english_mean", non_english_mean
-    if len(languages) == 1:
-        return next(iter(languages.items()))
-    return None
-
-
 def tydi_metrics(references: TydiReferences,
                  predictions: Iterable[TydiPrediction]) -> dict:
     """``metrics.json``'s TyDi keys: ``tydi`` (per language, F1/precision/recall in %),
     ``tydi_non_english_mean``, ``tydi_unexpected_predictions``, and the headline figures
-    ``tydi_passage_f1`` / ``tydi_minimal_f1`` with ``tydi_headline`` naming their row."""
+    ``tydi_passage_f1`` / ``tydi_minimal_f1`` (which metrics.json, the summary, the log and
+    --metric_for_best_model read) with ``tydi_headline`` naming their row: ``english`` when
+    English was evaluated, else ``non_english_mean`` (several languages), else the one
+    language's; None when no language was scored."""
     scores = score_tydi(references.gold, {p.example_id: p for p in predictions})
-    metrics = {"tydi": scores.languages, "tydi_non_english_mean": scores.non_english_mean,
-               "tydi_unexpected_predictions": scores.unexpected_predictions}
-    chosen = headline(scores.languages, scores.non_english_mean)
-    metrics["tydi_headline"] = chosen[0] if chosen else None
-    for key, field_name in HEADLINE_KEYS.items():
-        metrics[key] = chosen[1][field_name] if chosen else None
-    return metrics
+    languages, mean = scores.languages, scores.non_english_mean
+    chosen = ("english" if "english" in languages else "non_english_mean" if mean is not None
+              else next(iter(languages)) if len(languages) == 1 else None)
+    row = mean if chosen == "non_english_mean" else languages.get(chosen)
+    return {"tydi": languages, "tydi_non_english_mean": mean,
+            "tydi_unexpected_predictions": scores.unexpected_predictions,
+            "tydi_headline": chosen,
+            "tydi_passage_f1": row["passage_f1"] if row else None,
+            "tydi_minimal_f1": row["minimal_f1"] if row else None}
