@@ -202,47 +202,33 @@ def span_f1(gold_start: int, gold_end: int, pred_start: int, pred_end: int) -> f
     return 2 * precision * recall / (precision + recall)
 
 
-def gold_has_passage(gold: TydiGold, threshold: int) -> bool:
-    """At least ``threshold`` annotators chose a passage candidate."""
-    return bool(gold.annotations) and sum(
-        a.passage_index >= 0 for a in gold.annotations) >= threshold
+def _passage_answered(a: TydiAnnotation) -> bool:
+    return a.passage_index >= 0
 
 
-def gold_has_minimal(gold: TydiGold, threshold: int) -> bool:
-    """At least ``threshold`` annotators gave a minimal span or a YES/NO answer."""
-    return bool(gold.annotations) and sum(
-        not _null_span(a.minimal_start_byte, a.minimal_end_byte) or a.yes_no_answer != "NONE"
-        for a in gold.annotations) >= threshold
+def _minimal_answered(a: TydiAnnotation | TydiPrediction) -> bool:
+    """A minimal span or a YES/NO answer."""
+    return not _null_span(a.minimal_start_byte, a.minimal_end_byte) or a.yes_no_answer != "NONE"
 
 
-def _passage_row(gold: TydiGold, pred: TydiPrediction | None, threshold: int) -> _Row:
-    has_gold = gold_has_passage(gold, threshold)
-    if pred is None:  # official quirk: "predicted" when the gold is null, score 0
-        return _Row(has_gold, not has_gold, 0.0, 0.0)
+def _passage_row(gold: TydiGold, pred: TydiPrediction, has_gold: bool) -> _Row:
     has_pred = pred.passage_answer_index >= 0
     correct = has_gold and has_pred and any(
-        a.passage_index >= 0 and a.passage_index == pred.passage_answer_index
-        for a in gold.annotations)
-    return _Row(has_gold, has_pred, 1.0 if correct else 0.0, pred.passage_answer_score)
+        a.passage_index == pred.passage_answer_index for a in gold.annotations)
+    return _Row(has_gold, has_pred, float(correct), pred.passage_answer_score)
 
 
-def _minimal_row(gold: TydiGold, pred: TydiPrediction | None, threshold: int) -> _Row:
-    has_gold = gold_has_minimal(gold, threshold)
-    if pred is None:
-        return _Row(has_gold, not has_gold, 0.0, 0.0)
-    pred_null = _null_span(pred.minimal_start_byte, pred.minimal_end_byte)
-    has_pred = not pred_null or pred.yes_no_answer != "NONE"
+def _minimal_row(gold: TydiGold, pred: TydiPrediction, has_gold: bool) -> _Row:
+    has_pred = _minimal_answered(pred)
     credit = 0.0
-    if has_gold and has_pred:
-        if pred.yes_no_answer != "NONE":
-            # any annotator's same YES/NO, whatever that annotator's span or passage
-            if any(a.yes_no_answer == pred.yes_no_answer for a in gold.annotations):
-                credit = 1.0
-        else:
-            for a in gold.annotations:
-                if not _null_span(a.minimal_start_byte, a.minimal_end_byte):
-                    credit = max(credit, span_f1(a.minimal_start_byte, a.minimal_end_byte,
-                                                 pred.minimal_start_byte, pred.minimal_end_byte))
+    if has_gold and has_pred and pred.yes_no_answer != "NONE":
+        # any annotator's same YES/NO, whatever that annotator's span or passage
+        credit = float(any(a.yes_no_answer == pred.yes_no_answer for a in gold.annotations))
+    elif has_gold and has_pred:
+        credit = max((span_f1(a.minimal_start_byte, a.minimal_end_byte, pred.minimal_start_byte,
+                              pred.minimal_end_byte)
+                      for a in gold.annotations
+                      if not _null_span(a.minimal_start_byte, a.minimal_end_byte)), default=0.0)
     return _Row(has_gold, has_pred, credit, pred.minimal_answer_score)
 
 
@@ -291,9 +277,17 @@ def _language_row(gold: list[TydiGold], predictions: Mapping[str, TydiPrediction
                   passage_threshold: int, minimal_threshold: int) -> dict:
     preds = [predictions.get(g.example_id) for g in gold]
     row: dict[str, Any] = {}
-    for task, make in (("passage", _passage_row), ("minimal", _minimal_row)):
-        threshold = passage_threshold if task == "passage" else minimal_threshold
-        curve = best_threshold([make(g, p, threshold) for g, p in zip(gold, preds)])
+    for task, answered, make, threshold in (
+            ("passage", _passage_answered, _passage_row, passage_threshold),
+            ("minimal", _minimal_answered, _minimal_row, minimal_threshold)):
+        rows = []
+        for g, p in zip(gold, preds):
+            # gold has an answer when `threshold` annotators gave one (none without annotators)
+            has_gold = bool(g.annotations) and sum(map(answered, g.annotations)) >= threshold
+            # official quirk: a missing prediction is "predicted" when the gold is null, score 0
+            rows.append(_Row(has_gold, not has_gold, 0.0, 0.0) if p is None
+                        else make(g, p, has_gold))
+        curve = best_threshold(rows)
         row[f"{task}_f1"] = 100 * curve.f1
         row[f"{task}_precision"] = 100 * curve.precision
         row[f"{task}_recall"] = 100 * curve.recall
