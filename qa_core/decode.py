@@ -526,20 +526,16 @@ def best_spans(
     index = _validated_example_index(feature_example_index, len(feature_spans), num_examples)
     # Slot 0 is each feature's best span; only features compete from here on.
     winner = _best_feature_per_example(feature_spans.scores[:, 0], index, num_examples)
-    has_features = winner >= 0
-    safe_winner = np.where(has_features, winner, 0)
 
     def pick(values: np.ndarray, fill) -> np.ndarray:
-        if len(values) == 0:
-            return np.full(num_examples, fill)
-        return np.where(has_features, values[safe_winner, 0], fill)
+        return np.append(values[:, 0], fill)[winner]  # winner -1 (no feature) picks the fill
 
     return ExampleSpans(
         score=pick(feature_spans.scores, -np.inf),
         start_char=pick(feature_spans.start_char, INVALID_INDEX),
         end_char=pick(feature_spans.end_char, INVALID_INDEX),
         null_score=_min_null_per_example(feature_spans.null_score, index, num_examples),
-        has_features=has_features,
+        has_features=winner >= 0,
     )
 
 

@@ -40,10 +40,6 @@ def normalize_answer(text: str) -> str:
     return " ".join(without_articles.split())
 
 
-def _tokens(text: str) -> list[str]:
-    return normalize_answer(text).split()
-
-
 def exact_match_score(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
@@ -53,8 +49,8 @@ def f1_score(prediction: str, gold: str) -> float:
 
     Both empty -> 1 (correctly predicted no-answer); exactly one empty -> 0.
     """
-    prediction_tokens = _tokens(prediction)
-    gold_tokens = _tokens(gold)
+    prediction_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
     if not prediction_tokens or not gold_tokens:
         return float(prediction_tokens == gold_tokens)
     overlap = sum((Counter(prediction_tokens) & Counter(gold_tokens)).values())

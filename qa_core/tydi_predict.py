@@ -67,32 +67,26 @@ class TydiReferences:
                    candidate_starts=values.field("start_byte").to_numpy(zero_copy_only=False),
                    candidate_ends=values.field("end_byte").to_numpy(zero_copy_only=False))
 
-    def passage_holding(self, example: int, start_byte: int, end_byte: int) -> int:
-        """Index of the first passage candidate of evaluated example ``example`` whose byte
-        range holds ``[start_byte, end_byte)``, or -1."""
-        begin, stop = self.candidate_offsets[example], self.candidate_offsets[example + 1]
-        holds = ((self.candidate_starts[begin:stop] <= start_byte)
-                 & (end_byte <= self.candidate_ends[begin:stop]))
-        found = np.flatnonzero(holds)
-        return int(found[0]) if len(found) else -1
-
     def predictions(self, spans: ExampleSpans, contexts: Sequence[str]) -> list[TydiPrediction]:
         """One prediction per TyDi example, in example order (``spans`` and ``contexts`` over
         all the evaluated examples; only the TyDi examples' contexts are read)."""
-        return [self._prediction(row, contexts[row], gold, spans)
-                for row, gold in zip(self.rows.tolist(), self.gold.values())]
-
-    def _prediction(self, example: int, context: str, gold: TydiGold,
-                    spans: ExampleSpans) -> TydiPrediction:
-        score, null = float(spans.score[example]), float(spans.null_score[example])
-        if not (math.isfinite(score) and math.isfinite(null)):
-            return TydiPrediction(gold.example_id, gold.language, -1, 0.0, -1, -1, 0.0)
-        start, end = char_span_to_byte_span(context, int(spans.start_char[example]),
-                                            int(spans.end_char[example]))
-        margin = score - null
-        return TydiPrediction(gold.example_id, gold.language,
-                              self.passage_holding(example, start, end), margin, start, end,
-                              margin)
+        predictions = []
+        for example, gold in zip(self.rows.tolist(), self.gold.values()):
+            score, null = float(spans.score[example]), float(spans.null_score[example])
+            if not (math.isfinite(score) and math.isfinite(null)):
+                predictions.append(TydiPrediction(gold.example_id, gold.language, -1, 0.0, -1,
+                                                  -1, 0.0))
+                continue
+            start, end = char_span_to_byte_span(contexts[example], int(spans.start_char[example]),
+                                                int(spans.end_char[example]))
+            # the first passage candidate whose byte range holds the whole span, or -1
+            begin, stop = self.candidate_offsets[example], self.candidate_offsets[example + 1]
+            holds = np.flatnonzero((self.candidate_starts[begin:stop] <= start)
+                                   & (end <= self.candidate_ends[begin:stop]))
+            passage = int(holds[0]) if len(holds) else -1
+            predictions.append(TydiPrediction(gold.example_id, gold.language, passage,
+                                              score - null, start, end, score - null))
+        return predictions
 
 
 def tydi_metrics(references: TydiReferences,
