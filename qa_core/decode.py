@@ -69,13 +69,11 @@ class FeatureSpans:
     """Top-K candidate spans per feature, best first (K = ``spans_per_feature``,
     ``n_best_size`` unless asked otherwise).
 
-    Slots without a valid candidate have score ``-inf`` and ``-1`` in every
-    integer field.  ``end_char`` is exclusive.
+    Slots without a valid candidate have score ``-inf`` and ``-1`` as characters.
+    ``end_char`` is exclusive.
     """
 
     scores: np.ndarray  # float64 [F, K]
-    start_token: np.ndarray  # int32 [F, K]
-    end_token: np.ndarray  # int32 [F, K]
     start_char: np.ndarray  # int32 [F, K]
     end_char: np.ndarray  # int32 [F, K]
     null_score: np.ndarray  # float64 [F], start_logits[:, 0] + end_logits[:, 0]
@@ -375,14 +373,9 @@ def _topk_spans_chunk(start_logits: np.ndarray, end_logits: np.ndarray, offsets:
     invalid = scores == -np.inf
     start_slot, end_slot = np.divmod(np.append(flat, 0)[position] % (n * n), n)
 
-    def fill(target: np.ndarray, values: np.ndarray, slots: np.ndarray) -> None:
-        target[...] = _row_take(values, slots)
-        target[invalid] = INVALID_INDEX
-
-    fill(out.start_token, start_idx, start_slot)
-    fill(out.end_token, end_idx, end_slot)
-    fill(out.start_char, start_begin, start_slot)
-    fill(out.end_char, end_stop, end_slot)
+    out.start_char[...] = _row_take(start_begin, start_slot)
+    out.end_char[...] = _row_take(end_stop, end_slot)
+    out.start_char[invalid] = out.end_char[invalid] = INVALID_INDEX
     # CLS sits at index 0; the score of predicting "no answer".
     out.null_score[...] = start_logits[:, 0].astype(np.float64) + end_logits[:, 0]
 
@@ -427,8 +420,6 @@ def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets
     # Chunks write straight into their rows of the result (no concatenation).
     num_features = len(start_logits)
     result = FeatureSpans(scores=np.empty((num_features, keep)),
-                          start_token=np.empty((num_features, keep), dtype=np.int32),
-                          end_token=np.empty((num_features, keep), dtype=np.int32),
                           start_char=np.empty((num_features, keep), dtype=np.int32),
                           end_char=np.empty((num_features, keep), dtype=np.int32),
                           null_score=np.empty(num_features))
