@@ -113,16 +113,6 @@ def concat_feature_spans(parts: Sequence[FeatureSpans]) -> FeatureSpans:
 # --------------------------------------------------------------------------- #
 
 
-def _float_logits(logits: np.ndarray) -> np.ndarray:
-    """The logits as a 2-D float array (NaN still in place)."""
-    array = np.asarray(logits)
-    if array.ndim != 2:
-        raise ValueError(f"logits must be [features, length], got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float64)
-    return array
-
-
 def _nan_to_neg_inf(array: np.ndarray) -> np.ndarray:
     """NaN turned into -inf so NaN can never win a comparison."""
     # min() propagates NaN: one pass and no temporary for the common no-NaN case.
@@ -131,27 +121,22 @@ def _nan_to_neg_inf(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _aligned_offsets(offsets: np.ndarray, length: int) -> np.ndarray:
-    """Offsets cut or padded (with -1 = not context) to the logits' length.
-
-    Logits gathered batch by batch may be padded to a different length than the
-    stored offsets; positions beyond the offsets can only be padding.
-    """
+def _checked_inputs(start_logits: np.ndarray, end_logits: np.ndarray,
+                    offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2-D float logits (NaN still in place) and their offsets cut or padded (with -1 = not
+    context) to the logits' length: logits gathered batch by batch may be padded to another
+    length than the stored offsets, and positions beyond the offsets can only be padding.
+    Inputs of mismatched shapes are a ValueError."""
+    logits = []
+    for array in map(np.asarray, (start_logits, end_logits)):
+        if array.ndim != 2:
+            raise ValueError(f"logits must be [features, length], got shape {array.shape}")
+        logits.append(array if np.issubdtype(array.dtype, np.floating)
+                      else array.astype(np.float64))
+    start_logits, end_logits = logits
     offsets = np.asarray(offsets)
     if offsets.ndim != 3 or offsets.shape[2] != 2:
         raise ValueError(f"offsets must be [features, length, 2], got shape {offsets.shape}")
-    if offsets.shape[1] >= length:
-        return offsets[:, :length]
-    pad = np.full((offsets.shape[0], length - offsets.shape[1], 2), -1, dtype=offsets.dtype)
-    return np.concatenate([offsets, pad], axis=1)
-
-
-def _checked_inputs(start_logits: np.ndarray, end_logits: np.ndarray,
-                    offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """2-D float logits (NaN still in place) and offsets aligned to their length; inputs of
-    mismatched shapes are a ValueError."""
-    start_logits, end_logits = _float_logits(start_logits), _float_logits(end_logits)
-    offsets = _aligned_offsets(offsets, start_logits.shape[1])
     if start_logits.shape != end_logits.shape:
         raise ValueError(
             f"start/end logits shapes differ: {start_logits.shape} vs {end_logits.shape}"
@@ -160,9 +145,13 @@ def _checked_inputs(start_logits: np.ndarray, end_logits: np.ndarray,
         raise ValueError(
             f"offsets has {offsets.shape[0]} features but logits have {start_logits.shape[0]}"
         )
-    if start_logits.shape[1] == 0:
+    length = start_logits.shape[1]
+    if length == 0:
         raise ValueError("logits have zero length")
-    return start_logits, end_logits, offsets
+    if offsets.shape[1] < length:
+        pad = np.full((len(offsets), length - offsets.shape[1], 2), -1, dtype=offsets.dtype)
+        offsets = np.concatenate([offsets, pad], axis=1)
+    return start_logits, end_logits, offsets[:, :length]
 
 
 # --------------------------------------------------------------------------- #
