@@ -376,37 +376,33 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[dict, str, int]]:
     except OSError as err:
         raise TydiInputError(f"{path}: cannot open ({err.strerror or err})") from None
     line_number = 0
-    with handle:
-        while True:
-            try:
-                raw = handle.readline()
-            except _GZIP_ERRORS as err:
-                raise TydiInputError(f"{path}:{line_number + 1}: damaged or not gzip data "
-                                     f"({err})") from None
-            except OSError as err:
-                raise TydiInputError(f"{path}: cannot read ({err.strerror or err})") from None
-            if not raw:
-                return
-            line_number += 1
-            where = f"{path}:{line_number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise TydiInputError(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} "
-                                     f"at column {err.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:  # big ints stay exact Python ints here
-                raise TydiInputError(f"{where}: malformed JSON ({err.msg} at column "
-                                     f"{err.colno})") from None
-            except RecursionError:
-                raise TydiInputError(f"{where}: malformed JSON (nested too deeply)") from None
-            if not isinstance(record, dict):
-                raise TydiInputError(f"{where}: expected a JSON object, got "
-                                     f"{_json_type(record)}")
-            yield record, where, line_number
+    try:
+        with handle:
+            for line_number, raw in enumerate(handle, 1):
+                where = f"{path}:{line_number}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise TydiInputError(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} "
+                                         f"at column {err.start + 1})") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:  # big ints stay exact Python ints here
+                    raise TydiInputError(f"{where}: malformed JSON ({err.msg} at column "
+                                         f"{err.colno})") from None
+                except RecursionError:
+                    raise TydiInputError(f"{where}: malformed JSON (nested too deeply)") from None
+                if not isinstance(record, dict):
+                    raise TydiInputError(f"{where}: expected a JSON object, got "
+                                         f"{_json_type(record)}")
+                yield record, where, line_number
+    except _GZIP_ERRORS as err:  # the line that could not be read is the next one
+        raise TydiInputError(f"{path}:{line_number + 1}: damaged or not gzip data "
+                             f"({err})") from None
+    except OSError as err:
+        raise TydiInputError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def _require(record: dict, name: str, where: str) -> Any:
