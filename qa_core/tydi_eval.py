@@ -236,19 +236,10 @@ def _safe_divide(x: float, y: float) -> float:
     return x / y if y else 0.0
 
 
-class Curve(NamedTuple):
-    """The best-threshold point of one task and the best recall at each precision target."""
-
-    f1: float
-    precision: float
-    recall: float
-    threshold: float
-    recall_at: tuple[float, ...]   # per PRECISION_TARGETS; 0 when no threshold reaches it
-
-
-def best_threshold(rows: list[_Row]) -> Curve:
-    """Precision and recall after every distinct score (rows sorted high first, ties taken
-    together), then the best F1 and the best recall at each precision target.
+def _task_scores(task: str, rows: list[_Row]) -> dict[str, float]:
+    """``task``'s entries of a language's row: precision and recall after every distinct score
+    (rows sorted high first, ties taken together), then the best F1 with its precision, recall
+    and threshold, and the best recall at each precision target (0 when none reaches it).
 
     As the official ``compute_pr_curves``: the stable sort keeps tied rows together, the point
     for a score is the one after its last row, and strict ``>`` keeps the highest threshold
@@ -270,7 +261,11 @@ def best_threshold(rows: list[_Row]) -> Curve:
         f1 = _safe_divide(2 * precision * recall, precision + recall)
         if f1 > best[0]:
             best = (f1, precision, recall, float(score))
-    return Curve(*best, tuple(recall_at))
+    f1, precision, recall, threshold = best
+    return {f"{task}_f1": 100 * f1, f"{task}_precision": 100 * precision,
+            f"{task}_recall": 100 * recall, f"{task}_threshold": threshold,
+            **{f"{task}_recall_at_{key}": 100 * value
+               for key, value in zip(_TARGET_KEYS, recall_at)}}
 
 
 def _language_row(gold: list[TydiGold], predictions: Mapping[str, TydiPrediction],
@@ -287,13 +282,7 @@ def _language_row(gold: list[TydiGold], predictions: Mapping[str, TydiPrediction
             # official quirk: a missing prediction is "predicted" when the gold is null, score 0
             rows.append(_Row(has_gold, not has_gold, 0.0, 0.0) if p is None
                         else make(g, p, has_gold))
-        curve = best_threshold(rows)
-        row[f"{task}_f1"] = 100 * curve.f1
-        row[f"{task}_precision"] = 100 * curve.precision
-        row[f"{task}_recall"] = 100 * curve.recall
-        row[f"{task}_threshold"] = curve.threshold
-        for key, value in zip(_TARGET_KEYS, curve.recall_at):
-            row[f"{task}_recall_at_{key}"] = 100 * value
+        row.update(_task_scores(task, rows))
     row["examples"] = len(gold)
     row["predicted"] = sum(p is not None for p in preds)
     return {key: row[key] for key in ROW_KEYS}
