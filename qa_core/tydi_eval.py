@@ -622,17 +622,14 @@ def prediction_record(p: TydiPrediction) -> dict:
 def write_predictions(path: str | os.PathLike, predictions: Iterable[TydiPrediction]) -> None:
     """Write the official prediction JSONL (gzipped when the name ends in .gz) atomically: a
     temporary file beside it, then a rename, so a reader never sees half a file."""
-    def write(raw) -> None:
-        handle = (gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
-                  if str(path).lower().endswith(".gz") else raw)
-        for p in predictions:
-            _check_prediction(p)
-            line = json.dumps(prediction_record(p), ensure_ascii=False, allow_nan=False)
-            handle.write(line.encode("utf-8") + b"\n")
-        if handle is not raw:
-            handle.close()
-
-    write_atomic(path, write)
+    lines = []
+    for p in predictions:
+        _check_prediction(p)
+        lines.append(json.dumps(prediction_record(p), ensure_ascii=False, allow_nan=False) + "\n")
+    data = "".join(lines).encode("utf-8")
+    if str(path).lower().endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    write_atomic(path, lambda handle: handle.write(data))
 
 
 # ---------------------------------------------------------------------------------------------
