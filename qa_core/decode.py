@@ -438,25 +438,6 @@ def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets
     return result
 
 
-def _best_feature_per_example(
-    scores: np.ndarray, feature_example_index: np.ndarray, num_examples: int
-) -> np.ndarray:
-    """Index of the winning feature of each example (-1 when it has none).
-
-    One lexsort orders features by example, then score descending, then
-    feature index ascending; the first feature of each example group wins.
-    """
-    winner = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
-    if len(scores) == 0:
-        return winner
-    feature_ids = np.arange(len(scores))
-    order = np.lexsort((feature_ids, -scores, feature_example_index))
-    sorted_examples = feature_example_index[order]
-    is_group_start = np.r_[True, sorted_examples[1:] != sorted_examples[:-1]]
-    winner[sorted_examples[is_group_start]] = order[is_group_start]
-    return winner
-
-
 def _min_null_per_example(
     null_score: np.ndarray, feature_example_index: np.ndarray, num_examples: int
 ) -> np.ndarray:
@@ -504,8 +485,15 @@ def best_spans(
     spans are already ordered by score, start token, end token).
     """
     index = _validated_example_index(feature_example_index, len(feature_spans), num_examples)
-    # Slot 0 is each feature's best span; only features compete from here on.
-    winner = _best_feature_per_example(feature_spans.scores[:, 0], index, num_examples)
+    # Slot 0 is each feature's best span; only features compete from here on. One lexsort
+    # orders them by example, then score descending, then feature index; the first of each
+    # example wins (-1: an example without features).
+    scores = feature_spans.scores[:, 0]
+    order = np.lexsort((np.arange(len(scores)), -scores, index))
+    grouped = index[order]
+    first = np.diff(grouped, prepend=-1) != 0
+    winner = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
+    winner[grouped[first]] = order[first]
 
     def pick(values: np.ndarray, fill) -> np.ndarray:
         return np.append(values[:, 0], fill)[winner]  # winner -1 (no feature) picks the fill
