@@ -96,7 +96,7 @@ class EvalAccumulator:
     def __init__(self, references: EvalReferences, config: DecodeConfig,
                  spans_per_feature: int = 1) -> None:
         """``spans_per_feature``: spans kept per window; answers need only the best (1), a
-        list of runners-up (:meth:`top_predictions`) needs as many as it lists."""
+        list of runners-up (:meth:`answers`) needs as many as it lists."""
         self.references = references
         self.config = config
         self.spans_per_feature = spans_per_feature
@@ -132,19 +132,15 @@ class EvalAccumulator:
         order = np.argsort(feature_index, kind="stable")
         return feature_index[order], order, concat_feature_spans(self._spans).take(order)
 
-    def predictions(self) -> dict[str, Prediction]:
-        """Each example's answer, from the best span of each of its windows."""
+    def answers(self, k: int = 1) -> tuple[dict[str, Prediction], dict[str, list[Prediction]]]:
+        """Each example's answer, from the best span of each of its windows, and with ``k`` > 1
+        its ``k`` best distinct spans, best first (:func:`top_answers`; else {})."""
         feature_index, _, spans = self._ordered()
         refs = self.references
-        return best_answers(spans, refs.feature_example_index[feature_index], refs.contexts,
-                            refs.example_ids, self.config)
-
-    def top_predictions(self, k: int) -> dict[str, list[Prediction]]:
-        """Each example's ``k`` best distinct spans, best first (:func:`top_answers`)."""
-        feature_index, _, spans = self._ordered()
-        refs = self.references
-        return top_answers(spans, refs.feature_example_index[feature_index], refs.contexts,
-                           refs.example_ids, k)
+        example_index = refs.feature_example_index[feature_index]
+        best = best_answers(spans, example_index, refs.contexts, refs.example_ids, self.config)
+        return best, (top_answers(spans, example_index, refs.contexts, refs.example_ids, k)
+                      if k > 1 else {})
 
     def finish(self) -> EvalResult:
         """Predictions and metrics (SQuAD EM/F1, the tutorial's start/end token F1; on TyDi

@@ -116,8 +116,7 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
     # which question each window answers is known once every window is built (the answers
     # need nothing else: no gold labels are scored here)
     accumulator.references = replace(references, feature_example_index=windows.example_index)
-    predictions = accumulator.predictions()
-    ranked = accumulator.top_predictions(top_k) if top_k > 1 else {}
+    predictions, ranked = accumulator.answers(top_k)
     answers = []
     for i, question in enumerate(questions):
         best = predictions[str(i)]
