@@ -54,12 +54,10 @@ class TydiReferences:
         rows = np.flatnonzero(annotations.is_valid().to_numpy(zero_copy_only=False))
         if len(rows) == 0:
             return None
-        ids = examples.column("id").take(pa.array(rows)).to_pylist()
-        languages = examples.column("language").take(pa.array(rows)).to_pylist()
-        chosen = annotations.take(pa.array(rows)).to_pylist()
+        chosen = examples.select(["id", "language", "tydi_annotations"]).take(rows).to_pydict()
         gold = {example_id: TydiGold(example_id, (language or "").lower(),
                                      tuple(TydiAnnotation(**a) for a in listed))
-                for example_id, language, listed in zip(ids, languages, chosen)}
+                for example_id, language, listed in zip(*chosen.values())}
         candidates = examples.column("passage_candidates").combine_chunks()
         values = candidates.values
         return cls(rows=rows, gold=gold,
