@@ -69,13 +69,11 @@ class FeatureSpans:
     """Top-K candidate spans per feature, best first (K = ``spans_per_feature``,
     ``n_best_size`` unless asked otherwise).
 
-    Slots without a valid candidate have score ``-inf`` and ``-1`` in every
-    integer field.  ``end_char`` is exclusive.
+    Slots without a valid candidate have score ``-inf`` and ``-1`` as characters.
+    ``end_char`` is exclusive.
     """
 
     scores: np.ndarray  # float64 [F, K]
-    start_token: np.ndarray  # int32 [F, K]
-    end_token: np.ndarray  # int32 [F, K]
     start_char: np.ndarray  # int32 [F, K]
     end_char: np.ndarray  # int32 [F, K]
     null_score: np.ndarray  # float64 [F], start_logits[:, 0] + end_logits[:, 0]
@@ -86,6 +84,10 @@ class FeatureSpans:
     @property
     def spans_per_feature(self) -> int:
         return int(self.scores.shape[1])
+
+    def take(self, rows) -> "FeatureSpans":
+        """The features ``rows`` (a slice gives views, an index array copies)."""
+        return FeatureSpans(*(getattr(self, f.name)[rows] for f in fields(self)))
 
 
 class Prediction(NamedTuple):
@@ -100,35 +102,15 @@ class Prediction(NamedTuple):
 
 
 def concat_feature_spans(parts: Sequence[FeatureSpans]) -> FeatureSpans:
-    """Stack per-batch FeatureSpans along the feature axis (order preserved)."""
-    if not parts:
-        raise ValueError("concat_feature_spans needs at least one FeatureSpans")
-    widths = {part.spans_per_feature for part in parts}
-    if len(widths) != 1:
-        raise ValueError(
-            f"cannot concatenate FeatureSpans with different spans_per_feature: {widths}"
-        )
-    return FeatureSpans(scores=np.concatenate([p.scores for p in parts]),
-                        start_token=np.concatenate([p.start_token for p in parts]),
-                        end_token=np.concatenate([p.end_token for p in parts]),
-                        start_char=np.concatenate([p.start_char for p in parts]),
-                        end_char=np.concatenate([p.end_char for p in parts]),
-                        null_score=np.concatenate([p.null_score for p in parts]))
+    """Stack per-batch FeatureSpans along the feature axis (order preserved); numpy refuses
+    no parts, or parts of different widths, with a ValueError."""
+    return FeatureSpans(*(np.concatenate([getattr(part, f.name) for part in parts])
+                          for f in fields(FeatureSpans)))
 
 
 # --------------------------------------------------------------------------- #
 # Shared input handling (used by both the vectorized and the reference path)
 # --------------------------------------------------------------------------- #
-
-
-def _float_logits(logits: np.ndarray) -> np.ndarray:
-    """The logits as a 2-D float array (NaN still in place)."""
-    array = np.asarray(logits)
-    if array.ndim != 2:
-        raise ValueError(f"logits must be [features, length], got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float64)
-    return array
 
 
 def _nan_to_neg_inf(array: np.ndarray) -> np.ndarray:
@@ -139,32 +121,22 @@ def _nan_to_neg_inf(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _as_logits(logits: np.ndarray) -> np.ndarray:
-    """2-D float array with NaN turned into -inf."""
-    return _nan_to_neg_inf(_float_logits(logits))
-
-
-def _aligned_offsets(offsets: np.ndarray, length: int) -> np.ndarray:
-    """Offsets cut or padded (with -1 = not context) to the logits' length.
-
-    Logits gathered batch by batch may be padded to a different length than the
-    stored offsets; positions beyond the offsets can only be padding.
-    """
+def _checked_inputs(start_logits: np.ndarray, end_logits: np.ndarray,
+                    offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2-D float logits (NaN still in place) and their offsets cut or padded (with -1 = not
+    context) to the logits' length: logits gathered batch by batch may be padded to another
+    length than the stored offsets, and positions beyond the offsets can only be padding.
+    Inputs of mismatched shapes are a ValueError."""
+    logits = []
+    for array in map(np.asarray, (start_logits, end_logits)):
+        if array.ndim != 2:
+            raise ValueError(f"logits must be [features, length], got shape {array.shape}")
+        logits.append(array if np.issubdtype(array.dtype, np.floating)
+                      else array.astype(np.float64))
+    start_logits, end_logits = logits
     offsets = np.asarray(offsets)
     if offsets.ndim != 3 or offsets.shape[2] != 2:
         raise ValueError(f"offsets must be [features, length, 2], got shape {offsets.shape}")
-    if offsets.shape[1] >= length:
-        return offsets[:, :length]
-    pad = np.full((offsets.shape[0], length - offsets.shape[1], 2), -1, dtype=offsets.dtype)
-    return np.concatenate([offsets, pad], axis=1)
-
-
-def _null_scores(start_logits: np.ndarray, end_logits: np.ndarray) -> np.ndarray:
-    # CLS sits at index 0; the score of predicting "no answer".
-    return start_logits[:, 0].astype(np.float64) + end_logits[:, 0].astype(np.float64)
-
-
-def _check_inputs(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray) -> None:
     if start_logits.shape != end_logits.shape:
         raise ValueError(
             f"start/end logits shapes differ: {start_logits.shape} vs {end_logits.shape}"
@@ -173,8 +145,13 @@ def _check_inputs(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.
         raise ValueError(
             f"offsets has {offsets.shape[0]} features but logits have {start_logits.shape[0]}"
         )
-    if start_logits.shape[1] == 0:
+    length = start_logits.shape[1]
+    if length == 0:
         raise ValueError("logits have zero length")
+    if offsets.shape[1] < length:
+        pad = np.full((len(offsets), length - offsets.shape[1], 2), -1, dtype=offsets.dtype)
+        offsets = np.concatenate([offsets, pad], axis=1)
+    return start_logits, end_logits, offsets[:, :length]
 
 
 # --------------------------------------------------------------------------- #
@@ -385,15 +362,11 @@ def _topk_spans_chunk(start_logits: np.ndarray, end_logits: np.ndarray, offsets:
     invalid = scores == -np.inf
     start_slot, end_slot = np.divmod(np.append(flat, 0)[position] % (n * n), n)
 
-    def fill(target: np.ndarray, values: np.ndarray, slots: np.ndarray) -> None:
-        target[...] = _row_take(values, slots)
-        target[invalid] = INVALID_INDEX
-
-    fill(out.start_token, start_idx, start_slot)
-    fill(out.end_token, end_idx, end_slot)
-    fill(out.start_char, start_begin, start_slot)
-    fill(out.end_char, end_stop, end_slot)
-    out.null_score[...] = _null_scores(start_logits, end_logits)
+    out.start_char[...] = _row_take(start_begin, start_slot)
+    out.end_char[...] = _row_take(end_stop, end_slot)
+    out.start_char[invalid] = out.end_char[invalid] = INVALID_INDEX
+    # CLS sits at index 0; the score of predicting "no answer".
+    out.null_score[...] = start_logits[:, 0].astype(np.float64) + end_logits[:, 0]
 
 
 def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
@@ -430,17 +403,12 @@ def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets
     # stay empty (qa-answer --top_k 10**12 tried to allocate 7 TiB for them).
     keep = min(keep, n_best_size * n_best_size)
     # NaN is handled per chunk, where the top-k row sort reveals it for free.
-    start_logits = _float_logits(start_logits)
-    end_logits = _float_logits(end_logits)
-    offsets = _aligned_offsets(offsets, start_logits.shape[1])
+    start_logits, end_logits, offsets = _checked_inputs(start_logits, end_logits, offsets)
     _keep_freed_memory_for_reuse()
-    _check_inputs(start_logits, end_logits, offsets)
 
     # Chunks write straight into their rows of the result (no concatenation).
     num_features = len(start_logits)
     result = FeatureSpans(scores=np.empty((num_features, keep)),
-                          start_token=np.empty((num_features, keep), dtype=np.int32),
-                          end_token=np.empty((num_features, keep), dtype=np.int32),
                           start_char=np.empty((num_features, keep), dtype=np.int32),
                           end_char=np.empty((num_features, keep), dtype=np.int32),
                           null_score=np.empty(num_features))
@@ -453,7 +421,7 @@ def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets
             offsets[rows],
             n_best_size,
             max_answer_length,
-            out=FeatureSpans(*(getattr(result, f.name)[rows] for f in fields(FeatureSpans))),
+            out=result.take(rows),
         )
 
     begins = range(0, max(len(start_logits), 1), chunk_size)
@@ -468,25 +436,6 @@ def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets
         for begin in begins:
             run(begin)
     return result
-
-
-def _best_feature_per_example(
-    scores: np.ndarray, feature_example_index: np.ndarray, num_examples: int
-) -> np.ndarray:
-    """Index of the winning feature of each example (-1 when it has none).
-
-    One lexsort orders features by example, then score descending, then
-    feature index ascending; the first feature of each example group wins.
-    """
-    winner = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
-    if len(scores) == 0:
-        return winner
-    feature_ids = np.arange(len(scores))
-    order = np.lexsort((feature_ids, -scores, feature_example_index))
-    sorted_examples = feature_example_index[order]
-    is_group_start = np.r_[True, sorted_examples[1:] != sorted_examples[:-1]]
-    winner[sorted_examples[is_group_start]] = order[is_group_start]
-    return winner
 
 
 def _min_null_per_example(
@@ -509,36 +458,6 @@ def _validated_example_index(
     if len(index) and (index.min() < 0 or index.max() >= num_examples):
         raise ValueError("feature_example_index points outside the examples")
     return index
-
-
-def _build_predictions(
-    best_score: np.ndarray,
-    best_start_char: np.ndarray,
-    best_end_char: np.ndarray,
-    null_score: np.ndarray,
-    has_features: np.ndarray,
-    contexts: Sequence[str],
-    example_ids: Sequence[str],
-    config: DecodeConfig,
-) -> dict[str, Prediction]:
-    """The null rule in numpy, then the only per-example Python step: slicing strings."""
-    # Nothing scored for an example (no features): no span, no null score.
-    score = np.where(has_features, best_score, -np.inf)
-    null = np.where(has_features, null_score, -np.inf)
-    with np.errstate(invalid="ignore"):  # -inf - -inf is NaN, and NaN > x is False
-        margin = null - score
-    answers_null = (
-        has_features & config.allow_no_answer & (margin > config.null_score_diff_threshold)
-    )
-    score = np.where(answers_null, null, score)
-    no_span = answers_null | (score == -np.inf)
-    start = np.where(no_span, -1, best_start_char).tolist()
-    end = np.where(no_span, -1, best_end_char).tolist()
-    # context[-1:-1] == "": spanless examples need no branch.  Python lists
-    # and map: indexing numpy arrays element by element is ~10x slower.
-    texts = map(operator.getitem, contexts, map(slice, start, end))
-    rows = zip(texts, score.tolist(), start, end, null.tolist())
-    return dict(zip(example_ids, map(Prediction._make, rows)))
 
 
 class ExampleSpans(NamedTuple):
@@ -566,32 +485,52 @@ def best_spans(
     spans are already ordered by score, start token, end token).
     """
     index = _validated_example_index(feature_example_index, len(feature_spans), num_examples)
-    # Slot 0 is each feature's best span; only features compete from here on.
-    winner = _best_feature_per_example(feature_spans.scores[:, 0], index, num_examples)
-    has_features = winner >= 0
-    safe_winner = np.where(has_features, winner, 0)
+    # Slot 0 is each feature's best span; only features compete from here on. One lexsort
+    # orders them by example, then score descending, then feature index; the first of each
+    # example wins (-1: an example without features).
+    scores = feature_spans.scores[:, 0]
+    order = np.lexsort((np.arange(len(scores)), -scores, index))
+    grouped = index[order]
+    first = np.diff(grouped, prepend=-1) != 0
+    winner = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
+    winner[grouped[first]] = order[first]
 
     def pick(values: np.ndarray, fill) -> np.ndarray:
-        if len(values) == 0:
-            return np.full(num_examples, fill)
-        return np.where(has_features, values[safe_winner, 0], fill)
+        return np.append(values[:, 0], fill)[winner]  # winner -1 (no feature) picks the fill
 
     return ExampleSpans(
         score=pick(feature_spans.scores, -np.inf),
         start_char=pick(feature_spans.start_char, INVALID_INDEX),
         end_char=pick(feature_spans.end_char, INVALID_INDEX),
         null_score=_min_null_per_example(feature_spans.null_score, index, num_examples),
-        has_features=has_features,
+        has_features=winner >= 0,
     )
 
 
 def answers_from_spans(spans: ExampleSpans, contexts: Sequence[str], example_ids: Sequence[str],
                        config: DecodeConfig = DecodeConfig()) -> dict[str, Prediction]:
-    """Each example's answer from its best span and null score (:func:`best_spans`)."""
+    """Each example's answer from its best span and null score (:func:`best_spans`): the null
+    rule in numpy, then the only per-example Python step, slicing strings."""
     if len(contexts) != len(example_ids):
         raise ValueError("contexts and example_ids must have the same length")
-    return _build_predictions(spans.score, spans.start_char, spans.end_char, spans.null_score,
-                              spans.has_features, contexts, example_ids, config)
+    has_features = spans.has_features
+    # Nothing scored for an example (no features): no span, no null score.
+    score = np.where(has_features, spans.score, -np.inf)
+    null = np.where(has_features, spans.null_score, -np.inf)
+    with np.errstate(invalid="ignore"):  # -inf - -inf is NaN, and NaN > x is False
+        margin = null - score
+    answers_null = (
+        has_features & config.allow_no_answer & (margin > config.null_score_diff_threshold)
+    )
+    score = np.where(answers_null, null, score)
+    no_span = answers_null | (score == -np.inf)
+    start = np.where(no_span, -1, spans.start_char).tolist()
+    end = np.where(no_span, -1, spans.end_char).tolist()
+    # context[-1:-1] == "": spanless examples need no branch.  Python lists
+    # and map: indexing numpy arrays element by element is ~10x slower.
+    texts = map(operator.getitem, contexts, map(slice, start, end))
+    rows = zip(texts, score.tolist(), start, end, null.tolist())
+    return dict(zip(example_ids, map(Prediction._make, rows)))
 
 
 def best_answers(feature_spans: FeatureSpans, feature_example_index: np.ndarray,
@@ -672,8 +611,7 @@ def _reference_candidates(start_logits: np.ndarray, end_logits: np.ndarray,
     start_values, end_values = start_logits.tolist(), end_logits.tolist()
     for s in starts:
         for e in ends:
-            # logits may be padded longer than the stored offsets
-            if s >= len(offsets) or e >= len(offsets) or min(*offsets[s], *offsets[e]) < 0:
+            if min(*offsets[s], *offsets[e]) < 0:
                 continue
             if e < s or e - s + 1 > max_answer_length:
                 continue
@@ -698,33 +636,23 @@ def reference_decode(start_logits: np.ndarray, end_logits: np.ndarray, offsets: 
     by score, then feature, start token and end token; its null score is the minimum CLS
     score over its features.
     """
-    start_logits, end_logits = _as_logits(start_logits), _as_logits(end_logits)
-    offsets = np.asarray(offsets)
-    if offsets.ndim != 3 or offsets.shape[2] != 2:
-        raise ValueError(f"offsets must be [features, length, 2], got shape {offsets.shape}")
-    _check_inputs(start_logits, end_logits, offsets)
+    start_logits, end_logits, offsets = _checked_inputs(start_logits, end_logits, offsets)
+    start_logits, end_logits = _nan_to_neg_inf(start_logits), _nan_to_neg_inf(end_logits)
     num_examples = len(example_ids)
     index = _validated_example_index(feature_example_index, len(start_logits), num_examples)
-    best_score = np.full(num_examples, -np.inf)
-    best_start_char = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
-    best_end_char = np.full(num_examples, INVALID_INDEX, dtype=np.int64)
-    null_score = np.full(num_examples, np.inf)
-    has_features = np.zeros(num_examples, dtype=bool)
     nulls: list[list[float]] = [[] for _ in range(num_examples)]
     candidates: list[list[tuple]] = [[] for _ in range(num_examples)]
     for feature, example in enumerate(index.tolist()):
-        has_features[example] = True
         nulls[example].append(float(start_logits[feature][0]) + float(end_logits[feature][0]))
-        candidates[example] += [(-score, feature, s, e, start_char, end_char)
-                                for score, s, e, start_char, end_char in _reference_candidates(
-                                    start_logits[feature], end_logits[feature],
-                                    offsets[feature].tolist(), config.n_best_size,
-                                    config.max_answer_length)]
-    for example, listed in enumerate(candidates):
-        if nulls[example]:
-            null_score[example] = min(nulls[example])
-        if listed:
-            negated, _, _, _, best_start_char[example], best_end_char[example] = min(listed)
-            best_score[example] = -negated
-    return _build_predictions(best_score, best_start_char, best_end_char, null_score,
-                              has_features, contexts, example_ids, config)
+        candidates[example] += [(-score, feature, *span) for score, *span in _reference_candidates(
+            start_logits[feature], end_logits[feature], offsets[feature].tolist(),
+            config.n_best_size, config.max_answer_length)]
+    # (-score, feature, start token, end token, start char, end char): the smallest is best
+    no_span = (np.inf, -1, -1, -1, INVALID_INDEX, INVALID_INDEX)
+    best = np.array([min(listed, default=no_span) for listed in candidates],
+                    dtype=np.float64).reshape(num_examples, 6)
+    spans = ExampleSpans(score=-best[:, 0], start_char=best[:, 4].astype(np.int64),
+                         end_char=best[:, 5].astype(np.int64),
+                         null_score=np.array([min(listed, default=np.inf) for listed in nulls]),
+                         has_features=np.array([bool(listed) for listed in nulls], dtype=bool))
+    return answers_from_spans(spans, contexts, example_ids, config)

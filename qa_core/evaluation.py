@@ -9,7 +9,7 @@ array is held for the split either.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -31,19 +31,11 @@ from qa_core.metrics import squad_scores, start_end_scores
 from qa_core.tydi_eval import TydiPrediction
 from qa_core.tydi_predict import TydiReferences, tydi_metrics
 
+if TYPE_CHECKING:
+    from qa_core.batching import FeatureRows
+
 # What the model reads from a batch (labels are left out at evaluation).
 EVAL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class EvalFeatures(Protocol):
-    """What evaluation reads about the evaluated windows (``qa_core.batching.FeatureRows``)."""
-
-    example_index: np.ndarray     # [F] int, index into the evaluated examples
-    start_positions: np.ndarray   # [F] gold labels (CLS index for no answer)
-    end_positions: np.ndarray
-
-    def offsets(self, indices: np.ndarray) -> np.ndarray:
-        """[B, L, 2] int character offsets of the features ``indices``, -1 outside the context."""
 
 
 class ColumnStrings(Sequence[str]):
@@ -56,9 +48,7 @@ class ColumnStrings(Sequence[str]):
     def __len__(self) -> int:
         return len(self.column)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.column[index].to_pylist()
+    def __getitem__(self, index: int) -> str:
         return self.column[index].as_py()
 
     def __iter__(self) -> Iterator[str]:
@@ -80,7 +70,7 @@ class EvalReferences:
     tydi: TydiReferences | None = None    # TyDi examples' gold: predictions in TyDi's format
 
     @classmethod
-    def build(cls, examples: pa.Table, features: EvalFeatures) -> "EvalReferences":
+    def build(cls, examples: pa.Table, features: FeatureRows) -> "EvalReferences":
         """``examples``: the evaluated examples; ``features``: their windows, whose
         ``example_index`` points into ``examples``."""
         return cls(example_ids=examples.column("id").to_pylist(),
@@ -106,7 +96,7 @@ class EvalAccumulator:
     def __init__(self, references: EvalReferences, config: DecodeConfig,
                  spans_per_feature: int = 1) -> None:
         """``spans_per_feature``: spans kept per window; answers need only the best (1), a
-        list of runners-up (:meth:`top_predictions`) needs as many as it lists."""
+        list of runners-up (:meth:`answers`) needs as many as it lists."""
         self.references = references
         self.config = config
         self.spans_per_feature = spans_per_feature
@@ -131,45 +121,34 @@ class EvalAccumulator:
         self._start_argmax.append(start_logits.argmax(axis=1))
         self._end_argmax.append(end_logits.argmax(axis=1))
 
-    def _ordered_features(self) -> tuple[np.ndarray, np.ndarray]:
-        """(feature indices sorted, the order that sorts them): sorted by feature index, so ties
-        break the same way whatever the process count was."""
-        feature_index = (np.concatenate(self._feature_index) if self._feature_index
-                         else np.zeros(0, np.int64))
+    def _ordered(self) -> tuple[np.ndarray, np.ndarray, FeatureSpans]:
+        """(feature indices sorted, the order that sorts them, the windows' spans in that
+        order): sorted by feature index, so ties break the same way whatever the process
+        count was."""
+        feature_index = np.concatenate(self._feature_index)
         if len(np.unique(feature_index)) != len(feature_index):
             raise RuntimeError("a feature was evaluated twice: duplicates from uneven batches "
                                "were not dropped")
         order = np.argsort(feature_index, kind="stable")
-        return feature_index[order], order
+        return feature_index[order], order, concat_feature_spans(self._spans).take(order)
 
-    def _ordered_spans(self) -> tuple[np.ndarray, FeatureSpans]:
-        """(each kept window's example index, the windows' spans), in feature order."""
-        feature_index, order = self._ordered_features()
-        spans = concat_feature_spans(self._spans)
-        spans = FeatureSpans(**{name: getattr(spans, name)[order]
-                                for name in spans.__dataclass_fields__})
-        return self.references.feature_example_index[feature_index], spans
-
-    def predictions(self) -> dict[str, Prediction]:
-        """Each example's answer, from the best span of each of its windows."""
-        example_index, spans = self._ordered_spans()
-        return best_answers(spans, example_index, self.references.contexts,
-                            self.references.example_ids, self.config)
-
-    def top_predictions(self, k: int) -> dict[str, list[Prediction]]:
-        """Each example's ``k`` best distinct spans, best first (:func:`top_answers`)."""
-        example_index, spans = self._ordered_spans()
-        return top_answers(spans, example_index, self.references.contexts,
-                           self.references.example_ids, k)
+    def answers(self, k: int = 1) -> tuple[dict[str, Prediction], dict[str, list[Prediction]]]:
+        """Each example's answer, from the best span of each of its windows, and with ``k`` > 1
+        its ``k`` best distinct spans, best first (:func:`top_answers`; else {})."""
+        feature_index, _, spans = self._ordered()
+        refs = self.references
+        example_index = refs.feature_example_index[feature_index]
+        best = best_answers(spans, example_index, refs.contexts, refs.example_ids, self.config)
+        return best, (top_answers(spans, example_index, refs.contexts, refs.example_ids, k)
+                      if k > 1 else {})
 
     def finish(self) -> EvalResult:
         """Predictions and metrics (SQuAD EM/F1, the tutorial's start/end token F1; on TyDi
         data also TyDi's passage and minimal answer F1, :mod:`qa_core.tydi_predict`)."""
         refs = self.references
-        example_index, spans = self._ordered_spans()
-        best = best_spans(spans, example_index, len(refs.example_ids))
+        feature_index, order, spans = self._ordered()
+        best = best_spans(spans, refs.feature_example_index[feature_index], len(refs.example_ids))
         predictions = answers_from_spans(best, refs.contexts, refs.example_ids, self.config)
-        feature_index, order = self._ordered_features()
         metrics = squad_scores({k: p.text for k, p in predictions.items()},
                                dict(zip(refs.example_ids, refs.gold_answers)))
         metrics.update(start_end_scores(

@@ -113,12 +113,10 @@ def answer_questions(model, tokenizer, questions: list[str], context: str,
         offsets=windows.offsets)
     accumulator = EvalAccumulator(references, decode_config, spans_per_feature=top_k)
     accumulate_logits(model, windows, accumulator)
-    # which question each window answers is known once every window is built
-    accumulator.references = replace(references, feature_example_index=windows.example_index,
-                                     start_positions=windows.start_positions,
-                                     end_positions=windows.end_positions)
-    predictions = accumulator.predictions()
-    ranked = accumulator.top_predictions(top_k) if top_k > 1 else {}
+    # which question each window answers is known once every window is built (the answers
+    # need nothing else: no gold labels are scored here)
+    accumulator.references = replace(references, feature_example_index=windows.example_index)
+    predictions, ranked = accumulator.answers(top_k)
     answers = []
     for i, question in enumerate(questions):
         best = predictions[str(i)]

@@ -40,10 +40,6 @@ def normalize_answer(text: str) -> str:
     return " ".join(without_articles.split())
 
 
-def _tokens(text: str) -> list[str]:
-    return normalize_answer(text).split()
-
-
 def exact_match_score(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
@@ -53,8 +49,8 @@ def f1_score(prediction: str, gold: str) -> float:
 
     Both empty -> 1 (correctly predicted no-answer); exactly one empty -> 0.
     """
-    prediction_tokens = _tokens(prediction)
-    gold_tokens = _tokens(gold)
+    prediction_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
     if not prediction_tokens or not gold_tokens:
         return float(prediction_tokens == gold_tokens)
     overlap = sum((Counter(prediction_tokens) & Counter(gold_tokens)).values())
@@ -65,14 +61,11 @@ def f1_score(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def gold_answers_or_empty(golds: Sequence[str]) -> list[str]:
-    """Gold answers that survive normalisation; [""] when none (unanswerable)."""
-    kept = [gold for gold in golds if normalize_answer(gold)]
-    return kept or [""]
-
-
 def max_over_golds(metric, prediction: str, golds: Sequence[str]) -> float:
-    return max(metric(prediction, gold) for gold in gold_answers_or_empty(golds))
+    """The best score over the gold answers that survive normalisation ([""] when none do:
+    unanswerable)."""
+    kept = [gold for gold in golds if normalize_answer(gold)] or [""]
+    return max(metric(prediction, gold) for gold in kept)
 
 
 def _percent(values: list[float]) -> float:
@@ -154,17 +147,6 @@ def start_end_scores(pred_start: Sequence[int] | np.ndarray, pred_end: Sequence[
         "end_accuracy": float(end_right.mean()),
         "span_exact": float((start_right & end_right).mean()),
     }
-
-
-def squad_scores_from_hf_format(predictions: Sequence[Mapping],
-                                references: Sequence[Mapping]) -> dict[str, float | int]:
-    """:func:`squad_scores` on HF squad-style inputs.
-
-    predictions: ``[{"id", "prediction_text"}]``;
-    references: ``[{"id", "answers": {"text": [...], "answer_start": [...]}}]``.
-    """
-    return squad_scores({p["id"]: p["prediction_text"] for p in predictions},
-                        {r["id"]: list(r["answers"]["text"]) for r in references})
 
 
 def load_evaluate_metric(**load_kwargs):

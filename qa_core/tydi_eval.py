@@ -202,47 +202,33 @@ def span_f1(gold_start: int, gold_end: int, pred_start: int, pred_end: int) -> f
     return 2 * precision * recall / (precision + recall)
 
 
-def gold_has_passage(gold: TydiGold, threshold: int) -> bool:
-    """At least ``threshold`` annotators chose a passage candidate."""
-    return bool(gold.annotations) and sum(
-        a.passage_index >= 0 for a in gold.annotations) >= threshold
+def _passage_answered(a: TydiAnnotation) -> bool:
+    return a.passage_index >= 0
 
 
-def gold_has_minimal(gold: TydiGold, threshold: int) -> bool:
-    """At least ``threshold`` annotators gave a minimal span or a YES/NO answer."""
-    return bool(gold.annotations) and sum(
-        not _null_span(a.minimal_start_byte, a.minimal_end_byte) or a.yes_no_answer != "NONE"
-        for a in gold.annotations) >= threshold
+def _minimal_answered(a: TydiAnnotation | TydiPrediction) -> bool:
+    """A minimal span or a YES/NO answer."""
+    return not _null_span(a.minimal_start_byte, a.minimal_end_byte) or a.yes_no_answer != "NONE"
 
 
-def _passage_row(gold: TydiGold, pred: TydiPrediction | None, threshold: int) -> _Row:
-    has_gold = gold_has_passage(gold, threshold)
-    if pred is None:  # official quirk: "predicted" when the gold is null, score 0
-        return _Row(has_gold, not has_gold, 0.0, 0.0)
+def _passage_row(gold: TydiGold, pred: TydiPrediction, has_gold: bool) -> _Row:
     has_pred = pred.passage_answer_index >= 0
     correct = has_gold and has_pred and any(
-        a.passage_index >= 0 and a.passage_index == pred.passage_answer_index
-        for a in gold.annotations)
-    return _Row(has_gold, has_pred, 1.0 if correct else 0.0, pred.passage_answer_score)
+        a.passage_index == pred.passage_answer_index for a in gold.annotations)
+    return _Row(has_gold, has_pred, float(correct), pred.passage_answer_score)
 
 
-def _minimal_row(gold: TydiGold, pred: TydiPrediction | None, threshold: int) -> _Row:
-    has_gold = gold_has_minimal(gold, threshold)
-    if pred is None:
-        return _Row(has_gold, not has_gold, 0.0, 0.0)
-    pred_null = _null_span(pred.minimal_start_byte, pred.minimal_end_byte)
-    has_pred = not pred_null or pred.yes_no_answer != "NONE"
+def _minimal_row(gold: TydiGold, pred: TydiPrediction, has_gold: bool) -> _Row:
+    has_pred = _minimal_answered(pred)
     credit = 0.0
-    if has_gold and has_pred:
-        if pred.yes_no_answer != "NONE":
-            # any annotator's same YES/NO, whatever that annotator's span or passage
-            if any(a.yes_no_answer == pred.yes_no_answer for a in gold.annotations):
-                credit = 1.0
-        else:
-            for a in gold.annotations:
-                if not _null_span(a.minimal_start_byte, a.minimal_end_byte):
-                    credit = max(credit, span_f1(a.minimal_start_byte, a.minimal_end_byte,
-                                                 pred.minimal_start_byte, pred.minimal_end_byte))
+    if has_gold and has_pred and pred.yes_no_answer != "NONE":
+        # any annotator's same YES/NO, whatever that annotator's span or passage
+        credit = float(any(a.yes_no_answer == pred.yes_no_answer for a in gold.annotations))
+    elif has_gold and has_pred:
+        credit = max((span_f1(a.minimal_start_byte, a.minimal_end_byte, pred.minimal_start_byte,
+                              pred.minimal_end_byte)
+                      for a in gold.annotations
+                      if not _null_span(a.minimal_start_byte, a.minimal_end_byte)), default=0.0)
     return _Row(has_gold, has_pred, credit, pred.minimal_answer_score)
 
 
@@ -250,19 +236,10 @@ def _safe_divide(x: float, y: float) -> float:
     return x / y if y else 0.0
 
 
-class Curve(NamedTuple):
-    """The best-threshold point of one task and the best recall at each precision target."""
-
-    f1: float
-    precision: float
-    recall: float
-    threshold: float
-    recall_at: tuple[float, ...]   # per PRECISION_TARGETS; 0 when no threshold reaches it
-
-
-def best_threshold(rows: list[_Row]) -> Curve:
-    """Precision and recall after every distinct score (rows sorted high first, ties taken
-    together), then the best F1 and the best recall at each precision target.
+def _task_scores(task: str, rows: list[_Row]) -> dict[str, float]:
+    """``task``'s entries of a language's row: precision and recall after every distinct score
+    (rows sorted high first, ties taken together), then the best F1 with its precision, recall
+    and threshold, and the best recall at each precision target (0 when none reaches it).
 
     As the official ``compute_pr_curves``: the stable sort keeps tied rows together, the point
     for a score is the one after its last row, and strict ``>`` keeps the highest threshold
@@ -284,22 +261,28 @@ def best_threshold(rows: list[_Row]) -> Curve:
         f1 = _safe_divide(2 * precision * recall, precision + recall)
         if f1 > best[0]:
             best = (f1, precision, recall, float(score))
-    return Curve(*best, tuple(recall_at))
+    f1, precision, recall, threshold = best
+    return {f"{task}_f1": 100 * f1, f"{task}_precision": 100 * precision,
+            f"{task}_recall": 100 * recall, f"{task}_threshold": threshold,
+            **{f"{task}_recall_at_{key}": 100 * value
+               for key, value in zip(_TARGET_KEYS, recall_at)}}
 
 
 def _language_row(gold: list[TydiGold], predictions: Mapping[str, TydiPrediction],
                   passage_threshold: int, minimal_threshold: int) -> dict:
     preds = [predictions.get(g.example_id) for g in gold]
     row: dict[str, Any] = {}
-    for task, make in (("passage", _passage_row), ("minimal", _minimal_row)):
-        threshold = passage_threshold if task == "passage" else minimal_threshold
-        curve = best_threshold([make(g, p, threshold) for g, p in zip(gold, preds)])
-        row[f"{task}_f1"] = 100 * curve.f1
-        row[f"{task}_precision"] = 100 * curve.precision
-        row[f"{task}_recall"] = 100 * curve.recall
-        row[f"{task}_threshold"] = curve.threshold
-        for key, value in zip(_TARGET_KEYS, curve.recall_at):
-            row[f"{task}_recall_at_{key}"] = 100 * value
+    for task, answered, make, threshold in (
+            ("passage", _passage_answered, _passage_row, passage_threshold),
+            ("minimal", _minimal_answered, _minimal_row, minimal_threshold)):
+        rows = []
+        for g, p in zip(gold, preds):
+            # gold has an answer when `threshold` annotators gave one (none without annotators)
+            has_gold = bool(g.annotations) and sum(map(answered, g.annotations)) >= threshold
+            # official quirk: a missing prediction is "predicted" when the gold is null, score 0
+            rows.append(_Row(has_gold, not has_gold, 0.0, 0.0) if p is None
+                        else make(g, p, has_gold))
+        row.update(_task_scores(task, rows))
     row["examples"] = len(gold)
     row["predicted"] = sum(p is not None for p in preds)
     return {key: row[key] for key in ROW_KEYS}
@@ -382,37 +365,33 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[dict, str, int]]:
     except OSError as err:
         raise TydiInputError(f"{path}: cannot open ({err.strerror or err})") from None
     line_number = 0
-    with handle:
-        while True:
-            try:
-                raw = handle.readline()
-            except _GZIP_ERRORS as err:
-                raise TydiInputError(f"{path}:{line_number + 1}: damaged or not gzip data "
-                                     f"({err})") from None
-            except OSError as err:
-                raise TydiInputError(f"{path}: cannot read ({err.strerror or err})") from None
-            if not raw:
-                return
-            line_number += 1
-            where = f"{path}:{line_number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise TydiInputError(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} "
-                                     f"at column {err.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:  # big ints stay exact Python ints here
-                raise TydiInputError(f"{where}: malformed JSON ({err.msg} at column "
-                                     f"{err.colno})") from None
-            except RecursionError:
-                raise TydiInputError(f"{where}: malformed JSON (nested too deeply)") from None
-            if not isinstance(record, dict):
-                raise TydiInputError(f"{where}: expected a JSON object, got "
-                                     f"{_json_type(record)}")
-            yield record, where, line_number
+    try:
+        with handle:
+            for line_number, raw in enumerate(handle, 1):
+                where = f"{path}:{line_number}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise TydiInputError(f"{where}: not UTF-8 text (byte 0x{raw[err.start]:02x} "
+                                         f"at column {err.start + 1})") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:  # big ints stay exact Python ints here
+                    raise TydiInputError(f"{where}: malformed JSON ({err.msg} at column "
+                                         f"{err.colno})") from None
+                except RecursionError:
+                    raise TydiInputError(f"{where}: malformed JSON (nested too deeply)") from None
+                if not isinstance(record, dict):
+                    raise TydiInputError(f"{where}: expected a JSON object, got "
+                                         f"{_json_type(record)}")
+                yield record, where, line_number
+    except _GZIP_ERRORS as err:  # the line that could not be read is the next one
+        raise TydiInputError(f"{path}:{line_number + 1}: damaged or not gzip data "
+                             f"({err})") from None
+    except OSError as err:
+        raise TydiInputError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def _require(record: dict, name: str, where: str) -> Any:
@@ -643,17 +622,14 @@ def prediction_record(p: TydiPrediction) -> dict:
 def write_predictions(path: str | os.PathLike, predictions: Iterable[TydiPrediction]) -> None:
     """Write the official prediction JSONL (gzipped when the name ends in .gz) atomically: a
     temporary file beside it, then a rename, so a reader never sees half a file."""
-    def write(raw) -> None:
-        handle = (gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
-                  if str(path).lower().endswith(".gz") else raw)
-        for p in predictions:
-            _check_prediction(p)
-            line = json.dumps(prediction_record(p), ensure_ascii=False, allow_nan=False)
-            handle.write(line.encode("utf-8") + b"\n")
-        if handle is not raw:
-            handle.close()
-
-    write_atomic(path, write)
+    lines = []
+    for p in predictions:
+        _check_prediction(p)
+        lines.append(json.dumps(prediction_record(p), ensure_ascii=False, allow_nan=False) + "\n")
+    data = "".join(lines).encode("utf-8")
+    if str(path).lower().endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    write_atomic(path, lambda handle: handle.write(data))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,11 +34,6 @@ from qa_core.decode import ExampleSpans
 from qa_core.offsets import char_span_to_byte_span
 from qa_core.tydi_eval import TydiAnnotation, TydiGold, TydiPrediction, score_tydi
 
-# The two headline figures metrics.json, the summary, the log and --metric_for_best_model read:
-# English's row when English was evaluated, else the non-English mean (several languages), else
-# the one language's row.
-HEADLINE_KEYS = {"tydi_passage_f1": "passage_f1", "tydi_minimal_f1": "minimal_f1"}
-
 
 @dataclass
 class TydiReferences:
@@ -59,12 +54,10 @@ class TydiReferences:
         rows = np.flatnonzero(annotations.is_valid().to_numpy(zero_copy_only=False))
         if len(rows) == 0:
             return None
-        ids = examples.column("id").take(pa.array(rows)).to_pylist()
-        languages = examples.column("language").take(pa.array(rows)).to_pylist()
-        chosen = annotations.take(pa.array(rows)).to_pylist()
+        chosen = examples.select(["id", "language", "tydi_annotations"]).take(rows).to_pydict()
         gold = {example_id: TydiGold(example_id, (language or "").lower(),
                                      tuple(TydiAnnotation(**a) for a in listed))
-                for example_id, language, listed in zip(ids, languages, chosen)}
+                for example_id, language, listed in zip(*chosen.values())}
         candidates = examples.column("passage_candidates").combine_chunks()
         values = candidates.values
         return cls(rows=rows, gold=gold,
@@ -72,56 +65,43 @@ class TydiReferences:
                    candidate_starts=values.field("start_byte").to_numpy(zero_copy_only=False),
                    candidate_ends=values.field("end_byte").to_numpy(zero_copy_only=False))
 
-    def passage_holding(self, example: int, start_byte: int, end_byte: int) -> int:
-        """Index of the first passage candidate of evaluated example ``example`` whose byte
-        range holds ``[start_byte, end_byte)``, or -1."""
-        begin, stop = self.candidate_offsets[example], self.candidate_offsets[example + 1]
-        holds = ((self.candidate_starts[begin:stop] <= start_byte)
-                 & (end_byte <= self.candidate_ends[begin:stop]))
-        found = np.flatnonzero(holds)
-        return int(found[0]) if len(found) else -1
-
     def predictions(self, spans: ExampleSpans, contexts: Sequence[str]) -> list[TydiPrediction]:
         """One prediction per TyDi example, in example order (``spans`` and ``contexts`` over
         all the evaluated examples; only the TyDi examples' contexts are read)."""
-        return [self._prediction(row, contexts[row], gold, spans)
-                for row, gold in zip(self.rows.tolist(), self.gold.values())]
-
-    def _prediction(self, example: int, context: str, gold: TydiGold,
-                    spans: ExampleSpans) -> TydiPrediction:
-        score, null = float(spans.score[example]), float(spans.null_score[example])
-        if not (math.isfinite(score) and math.isfinite(null)):
-            return TydiPrediction(gold.example_id, gold.language, -1, 0.0, -1, -1, 0.0)
-        start, end = char_span_to_byte_span(context, int(spans.start_char[example]),
-                                            int(spans.end_char[example]))
-        margin = score - null
-        return TydiPrediction(gold.example_id, gold.language,
-                              self.passage_holding(example, start, end), margin, start, end,
-                              margin)
-
-
-def headline(languages: dict[str, dict], non_english_mean: dict | None) -> tuple[str, dict] | None:
-    """(which row, the row) the headline figures come from: ``english``, else
-    ``non_english_mean``, else the only language's; None when no language was scored."""
-    if "english" in languages:
-        return "english", languages["english"]
-    if non_english_mean is not None:
-        return "non_english_mean", non_english_mean
-    if len(languages) == 1:
-        return next(iter(languages.items()))
-    return None
+        predictions = []
+        for example, gold in zip(self.rows.tolist(), self.gold.values()):
+            score, null = float(spans.score[example]), float(spans.null_score[example])
+            if not (math.isfinite(score) and math.isfinite(null)):
+                predictions.append(TydiPrediction(gold.example_id, gold.language, -1, 0.0, -1,
+                                                  -1, 0.0))
+                continue
+            start, end = char_span_to_byte_span(contexts[example], int(spans.start_char[example]),
+                                                int(spans.end_char[example]))
+            # the first passage candidate whose byte range holds the whole span, or -1
+            begin, stop = self.candidate_offsets[example], self.candidate_offsets[example + 1]
+            holds = np.flatnonzero((self.candidate_starts[begin:stop] <= start)
+                                   & (end <= self.candidate_ends[begin:stop]))
+            passage = int(holds[0]) if len(holds) else -1
+            predictions.append(TydiPrediction(gold.example_id, gold.language, passage,
+                                              score - null, start, end, score - null))
+        return predictions
 
 
 def tydi_metrics(references: TydiReferences,
                  predictions: Iterable[TydiPrediction]) -> dict:
     """``metrics.json``'s TyDi keys: ``tydi`` (per language, F1/precision/recall in %),
     ``tydi_non_english_mean``, ``tydi_unexpected_predictions``, and the headline figures
-    ``tydi_passage_f1`` / ``tydi_minimal_f1`` with ``tydi_headline`` naming their row."""
+    ``tydi_passage_f1`` / ``tydi_minimal_f1`` (which metrics.json, the summary, the log and
+    --metric_for_best_model read) with ``tydi_headline`` naming their row: ``english`` when
+    English was evaluated, else ``non_english_mean`` (several languages), else the one
+    language's; None when no language was scored."""
     scores = score_tydi(references.gold, {p.example_id: p for p in predictions})
-    metrics = {"tydi": scores.languages, "tydi_non_english_mean": scores.non_english_mean,
-               "tydi_unexpected_predictions": scores.unexpected_predictions}
-    chosen = headline(scores.languages, scores.non_english_mean)
-    metrics["tydi_headline"] = chosen[0] if chosen else None
-    for key, field_name in HEADLINE_KEYS.items():
-        metrics[key] = chosen[1][field_name] if chosen else None
-    return metrics
+    languages, mean = scores.languages, scores.non_english_mean
+    chosen = ("english" if "english" in languages else "non_english_mean" if mean is not None
+              else next(iter(languages)) if len(languages) == 1 else None)
+    row = mean if chosen == "non_english_mean" else languages.get(chosen)
+    return {"tydi": languages, "tydi_non_english_mean": mean,
+            "tydi_unexpected_predictions": scores.unexpected_predictions,
+            "tydi_headline": chosen,
+            "tydi_passage_f1": row["passage_f1"] if row else None,
+            "tydi_minimal_f1": row["minimal_f1"] if row else None}

@@ -216,8 +216,6 @@ def test_feature_spans_layout_and_concat():
     spans = feature_topk_spans(start[None], end[None], offsets[None], n_best_size=3)
     assert spans.scores.shape == (1, 3)
     assert spans.scores[0].tolist() == [4.0, 3.0, 3.0]  # (1,2), then ties (1,1) < (2,2)
-    assert spans.start_token[0].tolist() == [token(1), token(1), token(2)]
-    assert spans.end_token[0].tolist() == [token(2), token(1), token(2)]
     assert spans.start_char[0].tolist() == [6, 6, 11]
     assert spans.end_char[0].tolist() == [16, 10, 16]
 
@@ -225,7 +223,7 @@ def test_feature_spans_layout_and_concat():
     tiny = feature_topk_spans(start[None, :4], end[None, :4], offsets[None], n_best_size=20)
     assert tiny.scores.shape == (1, 20)
     assert np.isneginf(tiny.scores[0, 1:]).all()
-    assert (tiny.start_token[0, 1:] == -1).all() and (tiny.end_char[0, 1:] == -1).all()
+    assert (tiny.start_char[0, 1:] == -1).all() and (tiny.end_char[0, 1:] == -1).all()
 
     both = concat_feature_spans([spans, spans])
     assert isinstance(both, FeatureSpans) and len(both) == 2
@@ -301,7 +299,7 @@ def test_streaming_batches_equal_one_shot():
     # Small internal chunks give the same compact spans as one chunk.
     chunked = feature_topk_spans(start, end, offsets, 10, 30, chunk_size=7)
     whole = feature_topk_spans(start, end, offsets, 10, 30)
-    for field in ("scores", "start_token", "end_token", "start_char", "end_char", "null_score"):
+    for field in ("scores", "start_char", "end_char", "null_score"):
         np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field))
 
 
@@ -328,7 +326,7 @@ def test_threads_and_chunk_sizes_do_not_change_spans():
     one = feature_topk_spans(start, end, offsets, 10, 6, chunk_size=300, num_threads=1)
     for chunk_size, threads in [(16, 4), (7, None), (1000, 3)]:
         other = feature_topk_spans(start, end, offsets, 10, 6, chunk_size, num_threads=threads)
-        for field in ("scores", "start_token", "end_token", "start_char", "end_char", "null_score"):
+        for field in ("scores", "start_char", "end_char", "null_score"):
             np.testing.assert_array_equal(getattr(other, field), getattr(one, field))
 
 
@@ -344,7 +342,7 @@ def test_narrow_first_packing_does_not_change_spans(monkeypatch, narrow_width):
     single = feature_topk_spans(start, end, offsets, 12, 30)
     monkeypatch.setattr(decode_module, "_narrow_width", lambda count, k: narrow_width)
     split = feature_topk_spans(start, end, offsets, 12, 30)
-    for field in ("scores", "start_token", "end_token", "start_char", "end_char", "null_score"):
+    for field in ("scores", "start_char", "end_char", "null_score"):
         np.testing.assert_array_equal(getattr(split, field), getattr(single, field))
 
 
@@ -356,7 +354,7 @@ def test_spans_per_feature_beyond_every_candidate_keeps_every_candidate():
     every = feature_topk_spans(start, end, offsets, 4, 30, spans_per_feature=16)
     huge = feature_topk_spans(start, end, offsets, 4, 30, spans_per_feature=10**12)
     assert huge.spans_per_feature == 16
-    for field in ("scores", "start_token", "end_token", "start_char", "end_char", "null_score"):
+    for field in ("scores", "start_char", "end_char", "null_score"):
         np.testing.assert_array_equal(getattr(huge, field), getattr(every, field))
 
 
@@ -367,7 +365,7 @@ def test_fewer_spans_per_feature_are_the_head_of_the_n_best(keep):
     full = feature_topk_spans(start, end, offsets, 12, 30)
     head = feature_topk_spans(start, end, offsets, 12, 30, spans_per_feature=keep)
     assert head.spans_per_feature == keep and full.spans_per_feature == 12
-    for field in ("scores", "start_token", "end_token", "start_char", "end_char"):
+    for field in ("scores", "start_char", "end_char"):
         np.testing.assert_array_equal(getattr(head, field), getattr(full, field)[:, :keep])
     np.testing.assert_array_equal(head.null_score, full.null_score)
     with pytest.raises(ValueError, match="spans_per_feature"):
@@ -385,7 +383,7 @@ def test_token_ties_at_the_top_n_cut_keep_lower_tokens():
     predictions = run_both([start], [end], [offsets], [0], [CONTEXT], ["q"], config)
     assert predictions["q"].text == "alpha beta gamma delta epsilon"
     spans = feature_topk_spans(start[None], end[None], offsets[None], n_best_size=2)
-    assert spans.start_token[0].tolist() == [token(0), token(1)]
+    assert spans.start_char[0].tolist() == [WORDS[0][0], WORDS[1][0]]
 
 
 def test_span_ties_at_the_n_best_cut_keep_lower_cells():
@@ -395,9 +393,8 @@ def test_span_ties_at_the_n_best_cut_keep_lower_cells():
     flat = np.zeros(L, dtype=np.float32)
     flat[:FIRST_CONTEXT_TOKEN] = NEG
     spans = feature_topk_spans(flat[None], flat[None], offsets[None], n_best_size=4)
-    pairs = list(zip(spans.start_token[0].tolist(), spans.end_token[0].tolist()))
-    assert pairs == [(token(0), token(0)), (token(0), token(1)), (token(0), token(2)),
-                     (token(0), token(3))]
+    pairs = list(zip(spans.start_char[0].tolist(), spans.end_char[0].tolist()))
+    assert pairs == [(WORDS[0][0], WORDS[i][1]) for i in range(4)]  # word 0 to words 0..3
 
 
 def test_long_sequences_use_wide_index_arithmetic():

@@ -183,7 +183,7 @@ def test_answers_equal_those_of_one_table_of_every_questions_windows(model_and_t
                                   spans_per_feature=3)
     accumulate_logits(model, torch.utils.data.DataLoader(
         features, batch_size=5, collate_fn=identity_collate), accumulator)
-    best, ranked = accumulator.predictions(), accumulator.top_predictions(3)
+    best, ranked = accumulator.answers(3)
 
     answers = answer_questions(model, tokenizer, questions, context, decode, config,
                                batch_size=5, top_k=3)

@@ -9,7 +9,7 @@ always agree.
 import datasets
 import evaluate
 
-from qa_core.metrics import squad_scores_from_hf_format
+from qa_core.metrics import squad_scores
 
 _DESCRIPTION = """\
 Stanford Question Answering Dataset metric: exact match and token-overlap F1
@@ -65,4 +65,5 @@ class SquadMetric(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        return squad_scores_from_hf_format(predictions, references)
+        return squad_scores({p["id"]: p["prediction_text"] for p in predictions},
+                            {r["id"]: list(r["answers"]["text"]) for r in references})
