@@ -92,21 +92,16 @@ class SourceSpec:
 # Field checks: a wrong type is a one-line error naming the field, never a traceback
 # ---------------------------------------------------------------------------------------------
 
+_JSON_TYPES = ((bool, "boolean"), (dict, "object"), ((list, tuple), "array"), (str, "string"),
+               (numbers.Number, "number"))
+
+
 def json_type(value: Any) -> str:
     """The JSON name of ``value``'s type, for messages ("object", "array", "number", ...)."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, numbers.Number):
-        return "number"
-    return type(value).__name__
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)),
+                type(value).__name__)
 
 
 def _shown(value: Any) -> str:
@@ -117,26 +112,28 @@ def _shown(value: Any) -> str:
     return f"{json_type(value)} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
-def _require(record: dict, name: str, where: str) -> Any:
-    if name not in record or record[name] is None:
-        raise DataSourceError(f"{where}: missing required field '{name}'")
-    return record[name]
-
-
 _KIND_NAMES = {dict: "an object", list: "an array", str: "a string"}
 
 
-def _expect(value: Any, kind: type, what: str, where: str) -> Any:
-    """``value`` if it is a ``kind`` (dict, list or str); else an error naming field ``what``.
+def _expect(value: Any, kind: type, what: str | None, where: str) -> Any:
+    """``value`` if it is a ``kind`` (dict, list or str); else an error naming field ``what``
+    (None: ``where`` names an element of a JSON array, e.g. ``data[3]``).
 
     A string must also be valid Unicode text (:func:`_check_unicode`).
     """
     if not isinstance(value, kind):
-        raise DataSourceError(f"{where}: field '{what}' must be {_KIND_NAMES[kind]}, "
-                              f"got {_shown(value)}")
+        expected = f"field '{what}' must be" if what else "expected"
+        raise DataSourceError(f"{where}: {expected} {_KIND_NAMES[kind]}, got {_shown(value)}")
     if kind is str:
         _check_unicode(value, what, where)
     return value
+
+
+def _require(record: dict, name: str, where: str, kind: type | None = None) -> Any:
+    """``record[name]``, present and not null (and a ``kind``, when given)."""
+    if record.get(name) is None:
+        raise DataSourceError(f"{where}: missing required field '{name}'")
+    return record[name] if kind is None else _expect(record[name], kind, name, where)
 
 
 def _check_unicode(text: str, what: str, where: str) -> None:
@@ -150,19 +147,10 @@ def _check_unicode(text: str, what: str, where: str) -> None:
             f"(\\u{ord(text[at]):04x} at character {at}): not valid Unicode text")
 
 
-def _expect_item(value: Any, kind: type, where: str) -> Any:
-    """An element of a JSON array (``where`` names it, e.g. ``data[3]``) must be a ``kind``."""
-    if not isinstance(value, kind):
-        raise DataSourceError(f"{where}: expected {_KIND_NAMES[kind]}, got {_shown(value)}")
-    return value
-
-
 def as_int(value: Any, what: str, where: str) -> int:
     """An integer field (an integral float or a numeric string is accepted, as ``int()`` would)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if float(value).is_integer():
+        if isinstance(value, numbers.Integral) or float(value).is_integer():
             return int(value)
     if isinstance(value, str):
         try:
@@ -174,42 +162,34 @@ def as_int(value: Any, what: str, where: str) -> int:
 
 def _optional_str(record: dict, name: str, where: str) -> str:
     value = record.get(name)
-    if value is None:
-        return ""
-    return _expect(value, str, name, where)
+    return "" if value is None else _expect(value, str, name, where)
 
 
 # ---------------------------------------------------------------------------------------------
 # Row converters: one raw record -> Example, or None for a counted skip
 # ---------------------------------------------------------------------------------------------
 
-def _naming_id(where: str, example_id: str) -> str:
-    """``where`` followed by the example id: the one place ids are written into messages.
-
-    An id holding a newline or another unprintable character is shown as its ``repr``, so
-    the error stays on one line.
-    """
-    shown = example_id if example_id.isprintable() else repr(example_id)
-    return f"{where} (example id {shown})"
-
-
 def _identified(record: dict, fallback_id: str, where: str) -> tuple[str, str]:
     """(example id, ``where`` naming it): the source's ``id``/``example_id``, else
-    ``fallback_id`` (the row's position, not checked: it is built from the file name)."""
-    for key in ("id", "example_id"):
-        if record.get(key) is not None:
-            value = record[key]
-            if isinstance(value, (float, bool)):
-                # a 64-bit id does not survive a float (2**53 + 1 reads as 2**53): refused, not
-                # rounded into another example's id
-                raise DataSourceError(f"{where}: field '{key}' must be an integer or a string, "
-                                      f"got {_shown(value)} (a float cannot hold a 64-bit id "
-                                      "exactly)")
-            example_id = str(value)
-            where = _naming_id(where, example_id)
-            _check_unicode(example_id, key, where)
-            return example_id, where
-    return fallback_id, _naming_id(where, fallback_id)
+    ``fallback_id`` (the row's position, not checked: it is built from the file name).
+
+    ``where`` is the one place ids are written into messages: an id holding a newline or another
+    unprintable character is shown as its ``repr``, so the error stays on one line.
+    """
+    key = next((key for key in ("id", "example_id") if record.get(key) is not None), None)
+    if key is None:
+        example_id = fallback_id
+    elif isinstance(record[key], (float, bool)):
+        # a 64-bit id does not survive a float (2**53 + 1 reads as 2**53): refused, not rounded
+        # into another example's id
+        raise DataSourceError(f"{where}: field '{key}' must be an integer or a string, got "
+                              f"{_shown(record[key])} (a float cannot hold a 64-bit id exactly)")
+    else:
+        example_id = str(record[key])
+    where = f"{where} (example id {example_id if example_id.isprintable() else repr(example_id)})"
+    if key is not None:
+        _check_unicode(example_id, key, where)
+    return example_id, where
 
 
 def _base_example(example_id: str, question: str, context: str, title: str = "",
@@ -271,6 +251,16 @@ def _raw_field(entry: Any, keys: tuple[str, ...], name: str, where: str) -> Any:
     return entry
 
 
+# HF primary_task list -> its path in each entry of the official record's list
+_RAW_TYDI_PATHS = {
+    "annotations": {"passage_answer_candidate_index": ("passage_answer", "candidate_index"),
+                    "minimal_answers_start_byte": ("minimal_answer", "plaintext_start_byte"),
+                    "minimal_answers_end_byte": ("minimal_answer", "plaintext_end_byte")},
+    "passage_answer_candidates": {"plaintext_start_byte": ("plaintext_start_byte",),
+                                  "plaintext_end_byte": ("plaintext_end_byte",)},
+}
+
+
 def raw_tydi_to_hf(record: dict, where: str) -> dict:
     """Official TyDi jsonl record -> the HF ``primary_task`` schema (HF's loader's mapping).
 
@@ -278,30 +268,15 @@ def raw_tydi_to_hf(record: dict, where: str) -> dict:
     (``annotations[0].minimal_answer``)."""
     if any(record.get(key) is not None for key in ("id", "example_id")):
         where = _identified(record, "", where)[1]
-    annotations = _expect(_require(record, "annotations", where), list, "annotations", where)
-    candidates = _expect(record.get("passage_answer_candidates") or [], list,
-                         "passage_answer_candidates", where)
-    ann = [(a, f"annotations[{i}]") for i, a in enumerate(annotations)]
-    cand = [(c, f"passage_answer_candidates[{i}]") for i, c in enumerate(candidates)]
-    hf = {
-        "annotations": {
-            "passage_answer_candidate_index": [
-                _raw_field(a, ("passage_answer", "candidate_index"), n, where) for a, n in ann],
-            "minimal_answers_start_byte": [
-                _raw_field(a, ("minimal_answer", "plaintext_start_byte"), n, where)
-                for a, n in ann],
-            "minimal_answers_end_byte": [
-                _raw_field(a, ("minimal_answer", "plaintext_end_byte"), n, where) for a, n in ann],
-            "yes_no_answer": [_expect(a, dict, n, where).get("yes_no_answer", "NONE")
-                              for a, n in ann],
-        },
-        "passage_answer_candidates": {
-            "plaintext_start_byte": [_raw_field(c, ("plaintext_start_byte",), n, where)
-                                     for c, n in cand],
-            "plaintext_end_byte": [_raw_field(c, ("plaintext_end_byte",), n, where)
-                                   for c, n in cand],
-        },
-    }
+    entries = {"annotations": _require(record, "annotations", where, list),
+               "passage_answer_candidates": _expect(record.get("passage_answer_candidates") or [],
+                                                    list, "passage_answer_candidates", where)}
+    hf = {group: {name: [_raw_field(entry, path, f"{group}[{i}]", where)
+                         for i, entry in enumerate(entries[group])]
+                  for name, path in fields.items()}
+          for group, fields in _RAW_TYDI_PATHS.items()}
+    hf["annotations"]["yes_no_answer"] = [entry.get("yes_no_answer", "NONE")
+                                          for entry in entries["annotations"]]
     for key in ("question_text", "document_plaintext", "document_title", "language", "id",
                 "example_id"):
         if key in record:
@@ -425,19 +400,6 @@ def tydi_gold_fields(lists: tuple[list, list, list, list], candidates: tuple[lis
     return annotations, spans
 
 
-def _tydi_passage_span(candidates: tuple[list, list], gold: int, byte_map: ByteCharMap,
-                       where: str, stats: ReadStats) -> tuple[int, int]:
-    """Char span of the gold passage candidate, or (-1, -1) noted as unusable."""
-    starts, ends = candidates
-    try:
-        return byte_map.span_to_chars(
-            as_int(starts[gold], f"passage_answer_candidates.plaintext_start_byte[{gold}]", where),
-            as_int(ends[gold], f"passage_answer_candidates.plaintext_end_byte[{gold}]", where))
-    except (IndexError, OffsetError):
-        stats.notes["passage_candidate_unusable"] += 1
-        return -1, -1
-
-
 def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
                        stats: ReadStats) -> dict | None:
     """HF ``tydiqa/primary_task`` row -> Example. Byte offsets become exact character offsets."""
@@ -459,11 +421,16 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
     example["yes_no_answer"] = _yes_no(yes_no, "annotations.yes_no_answer", where)
     example["tydi_annotations"], example["passage_candidates"] = tydi_gold_fields(
         (starts, ends, passages, yes_no), candidates, where)
-    gold_passage = _gold_passage(passages, "annotations.passage_answer_candidate_index", where)
-    if gold_passage >= 0:
-        example["passage_answer_start"], example["passage_answer_end"] = _tydi_passage_span(
-            candidates, gold_passage, byte_map, where, stats)
-    return _finish_annotated(example, had_span, gold_passage >= 0, stats)
+    gold = next((a["passage_index"] for a in example["tydi_annotations"]
+                 if a["passage_index"] >= 0), -1)
+    if gold >= 0:
+        try:
+            passage = example["passage_candidates"][gold]
+            example["passage_answer_start"], example["passage_answer_end"] = (
+                byte_map.span_to_chars(passage["start_byte"], passage["end_byte"]))
+        except (IndexError, OffsetError):
+            stats.notes["passage_candidate_unusable"] += 1
+    return _finish_annotated(example, had_span, gold >= 0, stats)
 
 
 def _finish_annotated(example: dict, had_span: bool, had_passage: bool,
@@ -550,14 +517,15 @@ def _squad_answers(answers: Any, where: str) -> list[tuple[Any, Any]]:
     return pairs
 
 
-def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, where: str,
-                        stats: ReadStats) -> dict | None:
-    """One SQuAD question (v1.1 or v2.0) -> Example; answers are checked against the context.
+def squad_to_example(qa: dict, fallback_id: str, where: str, stats: ReadStats) -> dict | None:
+    """One SQuAD question (v1.1 or v2.0, flat: with its ``context`` and ``title``) -> Example;
+    answers are checked against the context.
 
     A start must index the context from its beginning: a negative one (which Python's slicing
     would read from the end) and one past the context's end are counted skips.
     """
     example_id, where = _identified(qa, fallback_id, where)
+    context = _require(qa, "context", where)
     question = _require(qa, "question", where)
     answers = qa.get("answers")
     impossible = qa.get("is_impossible")
@@ -569,7 +537,7 @@ def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, wh
     if not _has_text(stats, question, context, ("question", "context"), where):
         return None
     example = _base_example(example_id, question, context,
-                            title=_expect(title or "", str, "title", where))
+                            title=_expect(qa.get("title") or "", str, "title", where))
     pairs = _squad_answers(answers, where) if answers is not None else []
     if pairs and impossible:
         # SQuAD v2 gives an impossible question `answers: []` (its spans go to
@@ -616,8 +584,7 @@ def flat_row_to_example(row: dict, fallback_id: str, where: str, stats: ReadStat
         if isinstance(row.get("annotations"), list):
             row = raw_tydi_to_hf(row, where)
         return tydi_hf_to_example(row, fallback_id, where, stats)
-    context = _require(row, "context", _identified(row, fallback_id, where)[1])
-    return squad_qa_to_example(row, context, row.get("title"), fallback_id, where, stats)
+    return squad_to_example(row, fallback_id, where, stats)
 
 
 def language_kept(row: dict, language: str) -> bool:
@@ -637,7 +604,6 @@ def language_kept(row: dict, language: str) -> bool:
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
-READ_CHUNK = 1 << 16   # small enough that a truncated .json.gz is reported near the line it ends in
 
 
 def _is_gz(path: Path) -> bool:
@@ -698,18 +664,7 @@ def _decode_line(path: Path, line_number: int, raw: bytes) -> str:
 
 def _read_text(path: Path) -> str:
     """The whole UTF-8 text of a file, gzipped or not; damage -> DataSourceError with the line."""
-    chunks, lines_read = [], 0
-    with _open_binary(path) as handle:
-        while True:
-            try:
-                chunk = handle.read(READ_CHUNK)
-            except GZIP_ERRORS as err:
-                raise _gzip_damage(path, lines_read, err) from None
-            if not chunk:
-                break
-            chunks.append(chunk)
-            lines_read += chunk.count(b"\n")
-    data = b"".join(chunks)
+    data = b"".join(raw for _, raw in _raw_lines(path))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -760,34 +715,19 @@ def examples_from_rows(rows: Iterator[Row], language: str, stats: ReadStats,
 
 
 @dataclass(frozen=True)
-class LineChunk:
-    """Consecutive lines of a .jsonl(.gz) file, undecoded: the process that turns them into
-    rows (UTF-8, JSON, the checks) is not the one that read them."""
+class Chunk:
+    """Consecutive rows of a source, for another process to turn into examples. A .jsonl(.gz)
+    file's are its undecoded lines: that process, not the reading one, decodes, parses and
+    checks them. Other sources' are rows the reading process parsed (SQuAD JSON, datasets)."""
 
-    path: str
-    lines: list[tuple[int, bytes]]       # (line number, raw line)
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    def rows(self) -> Iterator[Row]:
-        return _jsonl_rows(Path(self.path), self.lines)
-
-
-@dataclass(frozen=True)
-class RowChunk:
-    """Consecutive rows already parsed by the reading process (SQuAD JSON, datasets)."""
-
-    items: list[Row]
+    items: list                 # (line number, raw line) of the file at ``path``; else rows
+    path: str | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def rows(self) -> Iterator[Row]:
-        return iter(self.items)
-
-
-Chunk = LineChunk | RowChunk
+        return iter(self.items) if self.path is None else _jsonl_rows(Path(self.path), self.items)
 
 
 def _row_bytes(record: dict) -> int:
@@ -830,8 +770,8 @@ def _line_key(line: tuple[int, bytes]) -> bytes | None:
     return None
 
 
-def _chunked(items: Iterator[Any], size_of: Callable[[Any], int], make: Callable[[list], Chunk],
-             target: Callable[[int], int], key_of: Callable[[Any], Any],
+def _chunked(items: Iterator[Any], path: str | None, target: Callable[[int], int],
+             size_of: Callable[[Any], int], key_of: Callable[[Any], Any],
              same: Callable[[Any, Any], bool]) -> Iterator[Chunk]:
     """Group ``items`` into chunks of about ``target(bytes before it)`` bytes.
 
@@ -848,7 +788,7 @@ def _chunked(items: Iterator[Any], size_of: Callable[[Any], int], make: Callable
                 group.append(item)
                 size += size_of(item)
                 continue
-            yield make(group)
+            yield Chunk(group, path)
             total, group, size = total + size, [], 0
             goal, key = target(total), None
         group.append(item)
@@ -856,11 +796,11 @@ def _chunked(items: Iterator[Any], size_of: Callable[[Any], int], make: Callable
         if size >= goal:
             key = key_of(item)
             if key is None:
-                yield make(group)
+                yield Chunk(group, path)
                 total, group, size = total + size, [], 0
                 goal = target(total)
     if group:
-        yield make(group)
+        yield Chunk(group, path)
 
 
 @dataclass
@@ -887,11 +827,9 @@ class ExampleSource:
         parsing and the checks happen in that process. Damage met while reading raises
         :class:`DataSourceError`."""
         if self.path is not None:
-            path = str(self.path)
-            return _chunked(_raw_lines(self.path), lambda line: len(line[1]),
-                            lambda lines: LineChunk(path, lines), target, _line_key,
-                            lambda key, line: key in line[1])
-        return _chunked(self.rows(), lambda row: _row_bytes(row[0]), RowChunk, target,
+            return _chunked(_raw_lines(self.path), str(self.path), target,
+                            lambda line: len(line[1]), _line_key, lambda key, line: key in line[1])
+        return _chunked(self.rows(), None, target, lambda row: _row_bytes(row[0]),
                         lambda row: _shared_text(row[0]),
                         lambda key, row: _shared_text(row[0]) == key)
 
@@ -966,15 +904,13 @@ def _squad_rows(path: Path) -> Iterator[tuple[dict, str, str]]:
     document = _load_squad_json(path)
     for a, article in enumerate(document["data"]):
         where_article = f"{path}: data[{a}]"
-        _expect_item(article, dict, where_article)
-        paragraphs = _expect(_require(article, "paragraphs", where_article), list, "paragraphs",
-                             where_article)
-        for p, paragraph in enumerate(paragraphs):
+        _expect(article, dict, None, where_article)
+        for p, paragraph in enumerate(_require(article, "paragraphs", where_article, list)):
             where = f"{where_article}.paragraphs[{p}]"
-            _expect_item(paragraph, dict, where)
+            _expect(paragraph, dict, None, where)
             context = _require(paragraph, "context", where)
-            for q, qa in enumerate(_expect(_require(paragraph, "qas", where), list, "qas", where)):
-                _expect_item(qa, dict, f"{where}.qas[{q}]")
+            for q, qa in enumerate(_require(paragraph, "qas", where, list)):
+                _expect(qa, dict, None, f"{where}.qas[{q}]")
                 row = dict(qa, context=context, title=article.get("title"))
                 yield row, f"{path.name}:{a}:{p}:{q}", f"{where}.qas[{q}]"
 
@@ -1086,8 +1022,7 @@ def _open_hub_dataset(spec: SourceSpec) -> ExampleSource:
     except Exception as err:  # the hub client raises many types; all mean "could not get it"
         offline = (os.environ.get("HF_HUB_OFFLINE") == "1"
                    or os.environ.get("HF_DATASETS_OFFLINE") == "1")
-        first_line = str(err).splitlines()[0][:200] if str(err) else ""
-        reason = "offline mode is set" if offline else f"{type(err).__name__}: {first_line}"
+        reason = "offline mode is set" if offline else f"{type(err).__name__}: {first_line(err)}"
         raise DataSourceError(
             f"{spec.data}: not a local path, and the hub dataset could not be loaded ({reason}); "
             "download it where there is network and pass the saved folder or a .jsonl(.gz) file"
