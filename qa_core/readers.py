@@ -223,22 +223,6 @@ def _has_text(stats: ReadStats, question: str, context: str, names: tuple[str, s
     return True
 
 
-def _span_start(value: Any, what: str, where: str, stats: ReadStats) -> int | None:
-    """An annotator's start offset: None for "no span" (null or -1), else the offset.
-
-    Any other negative start is not an offset: it is counted (``answer_start_negative``) and
-    returned as -2 so the caller drops the span but remembers that one was annotated.
-    """
-    if value is None:
-        return None
-    start = as_int(value, what, where)
-    if start == -1:
-        return None
-    if start < 0:
-        stats.skipped["answer_start_negative"] += 1
-    return start
-
-
 def _raw_field(entry: Any, keys: tuple[str, ...], name: str, where: str) -> Any:
     """``entry[k1][k2]...`` of an official TyDi record's list entry ``name`` (``annotations[0]``):
     a level that is not an object, or a missing key, is an error naming the field's path."""
@@ -321,16 +305,21 @@ def _add_spans(example: dict, starts: list, ends: list, names: tuple[str, str],
                stats: ReadStats) -> bool:
     """Append every usable annotator span (``to_chars``: the offsets as given -> character
     offsets, or an OffsetError whose reason counts the skip); True when any span was
-    annotated. ``names``: the two offset lists' field names, for messages."""
+    annotated. ``names``: the two offset lists' field names, for messages.
+
+    A start of null or -1 is "no span". Any other negative start is not an offset: the span is
+    a counted skip (``answer_start_negative``), but one was annotated.
+    """
     had_span = False
     context = example["context"]
     for i, (start_value, end_value) in enumerate(zip(starts, ends)):
-        start = _span_start(start_value, f"{names[0]}[{i}]", where, stats)
-        if start is None:
+        start = -1 if start_value is None else as_int(start_value, f"{names[0]}[{i}]", where)
+        if start == -1:
             continue
         had_span = True
         end = as_int(end_value, f"{names[1]}[{i}]", where)
         if start < 0:
+            stats.skipped["answer_start_negative"] += 1
             continue
         try:
             start, end = to_chars(start, end)
@@ -344,31 +333,13 @@ def _add_spans(example: dict, starts: list, ends: list, names: tuple[str, str],
 
 def _yes_no(values: list, what: str, where: str) -> str:
     for i, value in enumerate(values):
-        if value is not None and not isinstance(value, str):
+        if value is None:
+            continue
+        if not isinstance(value, str):
             raise DataSourceError(f"{where}: field '{what}' must hold strings (YES/NO/NONE), "
                                   f"got {_shown(value)}")
-        if value is not None:
-            _check_unicode(value, f"{what}[{i}]", where)
+        _check_unicode(value, f"{what}[{i}]", where)
     return next((v for v in values if v and v != "NONE"), "NONE")
-
-
-def _gold_passage(passages: list, what: str, where: str) -> int:
-    indices = (as_int(p, what, where) for p in passages if p is not None)
-    return next((p for p in indices if p >= 0), -1)
-
-
-def _tydi_candidates(record: dict, where: str) -> tuple[list, list]:
-    """(start bytes, end bytes) of the passage candidates: two lists of one length."""
-    candidates = _expect(record.get("passage_answer_candidates") or {}, dict,
-                         "passage_answer_candidates", where)
-    starts = _expect(candidates.get("plaintext_start_byte") or [], list,
-                     "passage_answer_candidates.plaintext_start_byte", where)
-    ends = _expect(candidates.get("plaintext_end_byte") or [], list,
-                   "passage_answer_candidates.plaintext_end_byte", where)
-    if len(starts) != len(ends):
-        raise DataSourceError(f"{where}: field 'passage_answer_candidates' has {len(starts)} "
-                              f"plaintext_start_byte but {len(ends)} plaintext_end_byte")
-    return starts, ends
 
 
 def _offset_or_null(value: Any, what: str, where: str) -> int:
@@ -376,14 +347,23 @@ def _offset_or_null(value: Any, what: str, where: str) -> int:
     return -1 if value is None else as_int(value, what, where)
 
 
-def tydi_gold_fields(lists: tuple[list, list, list, list], candidates: tuple[list, list],
+def tydi_gold_fields(lists: tuple[list, list, list, list], record: dict,
                      where: str) -> tuple[list[dict], list[dict]]:
-    """(every annotator's answer, the passage candidates) as the metric needs them.
+    """(every annotator's answer, the passage candidates of ``record``) as the metric needs them.
 
     Annotators keep their file order, nulls included (-1, "NONE"); offsets are kept as given
     (UTF-8 bytes into the document, end exclusive): the scorer, not the reader, judges them.
     """
     starts, ends, passages, yes_no = lists
+    candidates = _expect(record.get("passage_answer_candidates") or {}, dict,
+                         "passage_answer_candidates", where)
+    candidate_lists = [_expect(candidates.get(name) or [], list,
+                               f"passage_answer_candidates.{name}", where)
+                       for name in ("plaintext_start_byte", "plaintext_end_byte")]
+    if len(candidate_lists[0]) != len(candidate_lists[1]):
+        raise DataSourceError(f"{where}: field 'passage_answer_candidates' has "
+                              f"{len(candidate_lists[0])} plaintext_start_byte but "
+                              f"{len(candidate_lists[1])} plaintext_end_byte")
     annotations = [{
         "passage_index": _offset_or_null(
             passage, f"annotations.passage_answer_candidate_index[{i}]", where),
@@ -396,7 +376,7 @@ def tydi_gold_fields(lists: tuple[list, list, list, list], candidates: tuple[lis
     spans = [{
         "start_byte": as_int(start, f"passage_answer_candidates.plaintext_start_byte[{i}]", where),
         "end_byte": as_int(end, f"passage_answer_candidates.plaintext_end_byte[{i}]", where),
-    } for i, (start, end) in enumerate(zip(*candidates))]
+    } for i, (start, end) in enumerate(zip(*candidate_lists))]
     return annotations, spans
 
 
@@ -410,7 +390,6 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
     if not _has_text(stats, question, context, ("question_text", "document_plaintext"), where):
         return None
     starts, ends, passages, yes_no = _tydi_annotation_lists(annotations, where)
-    candidates = _tydi_candidates(record, where)
     example = _base_example(example_id, question, context,
                             title=_optional_str(record, "document_title", where),
                             language=_optional_str(record, "language", where))
@@ -420,7 +399,7 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
                           byte_map.span_to_chars, where, stats)
     example["yes_no_answer"] = _yes_no(yes_no, "annotations.yes_no_answer", where)
     example["tydi_annotations"], example["passage_candidates"] = tydi_gold_fields(
-        (starts, ends, passages, yes_no), candidates, where)
+        (starts, ends, passages, yes_no), record, where)
     gold = next((a["passage_index"] for a in example["tydi_annotations"]
                  if a["passage_index"] >= 0), -1)
     if gold >= 0:
@@ -435,7 +414,7 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
 
 def _finish_annotated(example: dict, had_span: bool, had_passage: bool,
                       stats: ReadStats) -> dict | None:
-    """Shared end of TyDi-style rows: unusable spans skip, span-less labels are counted."""
+    """Shared end of every layout: unusable spans skip, span-less labels are counted."""
     if had_span and not example["answers"]["text"]:
         # Every annotated span was unusable: labelling this no-answer would be a silent mislabel.
         stats.skipped["all_answer_spans_invalid"] += 1
@@ -497,7 +476,8 @@ def primeqa_to_example(record: dict, fallback_id: str, where: str, stats: ReadSt
                           char_span, where, stats)
     example["yes_no_answer"] = _yes_no(yes_no, "target.yes_no_answer", where)
     # Passage candidates are not in the layout: the gold passage index is kept only as a count.
-    had_passage = _gold_passage(passages, "target.passage_indices", where) >= 0
+    had_passage = any(as_int(p, "target.passage_indices", where) >= 0
+                      for p in passages if p is not None)
     return _finish_annotated(example, had_span, had_passage, stats)
 
 
@@ -556,12 +536,7 @@ def squad_to_example(qa: dict, fallback_id: str, where: str, stats: ReadStats) -
         else:
             example["answers"]["text"].append(text)
             example["answers"]["answer_start"].append(start)
-    if pairs and not example["answers"]["text"]:
-        stats.skipped["all_answer_spans_invalid"] += 1
-        return None
-    if not example["answers"]["text"]:
-        stats.notes["no_answer"] += 1
-    return example
+    return _finish_annotated(example, bool(pairs), False, stats)
 
 
 def row_format(row: dict) -> str:
