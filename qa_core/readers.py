@@ -268,8 +268,10 @@ def raw_tydi_to_hf(record: dict, where: str) -> dict:
     return hf
 
 
-TYDI_ANNOTATION_LISTS = ("minimal_answers_start_byte", "minimal_answers_end_byte",
-                         "passage_answer_candidate_index", "yes_no_answer")
+# The HF schema's annotation lists, one entry per annotator. The last two may be missing or
+# empty: every annotator then gets this default.
+TYDI_ANNOTATION_LISTS = {"minimal_answers_start_byte": None, "minimal_answers_end_byte": None,
+                         "passage_answer_candidate_index": -1, "yes_no_answer": "NONE"}
 
 
 def _tydi_annotation_lists(annotations: Any, where: str) -> tuple[list, list, list, list]:
@@ -282,22 +284,18 @@ def _tydi_annotation_lists(annotations: Any, where: str) -> tuple[list, list, li
     if not {"minimal_answers_start_byte", "minimal_answers_end_byte"} <= set(annotations):
         raise DataSourceError(f"{where}: field 'annotations' lacks "
                               "'minimal_answers_start_byte'/'minimal_answers_end_byte'")
-    lists = {}
-    for name in TYDI_ANNOTATION_LISTS:
-        value = annotations.get(name)
-        if value is None and name in TYDI_ANNOTATION_LISTS[2:]:
-            value = []
-        lists[name] = list(_expect(value, list, f"annotations.{name}", where))
-    count = len(lists["minimal_answers_start_byte"])
-    for name, values in lists.items():
-        optional_and_empty = not values and name in TYDI_ANNOTATION_LISTS[2:]
-        if len(values) != count and not optional_and_empty:
+    lists = [list(_expect([] if default is not None and annotations.get(name) is None
+                          else annotations.get(name), list, f"annotations.{name}", where))
+             for name, default in TYDI_ANNOTATION_LISTS.items()]
+    count = len(lists[0])
+    for (name, default), values in zip(TYDI_ANNOTATION_LISTS.items(), lists):
+        if default is not None and not values:
+            values.extend([default] * count)
+        elif len(values) != count:
             raise DataSourceError(
                 f"{where}: field 'annotations' has {count} minimal_answers_start_byte but "
                 f"{len(values)} {name} (one entry per annotator in each)")
-    passages = lists["passage_answer_candidate_index"] or [-1] * count
-    yes_no = lists["yes_no_answer"] or ["NONE"] * count
-    return lists["minimal_answers_start_byte"], lists["minimal_answers_end_byte"], passages, yes_no
+    return tuple(lists)
 
 
 def _add_spans(example: dict, starts: list, ends: list, names: tuple[str, str],
@@ -975,9 +973,8 @@ def _open_disk_dataset(path: Path, spec: SourceSpec) -> ExampleSource:
                               f"({type(err).__name__}: {reason})") from None
     dataset = _pick_split(loaded, spec, str(path))
     _check_columns(dataset, str(path))
-    # A folder of one Dataset has no splits: like a file, --split does not apply (it was shown
-    # as "[split]" and keyed by it, so training and evaluation on the same folder looked
-    # like different data).
+    # A folder of one Dataset has no splits: like a file, --split does not apply, so it neither
+    # names nor keys the source (training and evaluation on one folder are the same data).
     has_splits = isinstance(loaded, datasets.DatasetDict)
     split = spec.split if has_splits else None
     # Each saved dataset carries a content fingerprint: no need to hash gigabytes of Arrow again.
