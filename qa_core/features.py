@@ -360,40 +360,35 @@ class FeatureBuilder:
 
         lengths = np.asarray(lengths, dtype=np.int32)
         total = int(lengths.sum())
+        feature_starts = pa.array(np.append(0, np.cumsum(lengths)).astype(np.int32))
 
         def concat(parts, dtype, shape=(0,)):
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
 
-        ids = concat(ids_parts, np.int32)
+        def per_feature(values: pa.Array) -> pa.Array:  # one list of token values per feature
+            return pa.ListArray.from_arrays(feature_starts, values)
+
         offsets = concat(offset_parts, np.int32, (0, 2))
         token_offsets = pa.ListArray.from_arrays(  # null outside the context (offsets -1)
             pa.array(np.arange(0, 2 * total + 1, 2, dtype=np.int32)),
             pa.array(offsets.reshape(-1)), mask=pa.array(offsets[:, 0] < 0))
         columns = {
-            "input_ids": _list_array(lengths, pa.array(ids)),
-            "attention_mask": _list_array(lengths, pa.array(np.ones(total, dtype=np.int8))),
+            "input_ids": per_feature(pa.array(concat(ids_parts, np.int32))),
+            "attention_mask": per_feature(pa.array(np.ones(total, dtype=np.int8))),
         }
         if self.with_token_types:
-            columns["token_type_ids"] = _list_array(lengths, pa.array(concat(type_parts, np.int8)))
+            columns["token_type_ids"] = per_feature(pa.array(concat(type_parts, np.int8)))
         starts = np.asarray(starts, dtype=np.int32)
         columns.update({
             "start_positions": pa.array(starts),
             "end_positions": pa.array(np.asarray(ends, dtype=np.int32)),
             "example_id": pa.array(example_ids, type=pa.string()),
-            "offset_mapping": _list_array(lengths, token_offsets),
+            "offset_mapping": per_feature(token_offsets),
             "window_index": pa.array(np.asarray(window_index, dtype=np.int32)),
             "has_answer": pa.array(starts != self.template.cls_index),
             "num_tokens": pa.array(lengths),
         })
         return pa.RecordBatch.from_pydict(columns)
-
-
-def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.Array:
-    import pyarrow as pa
-
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def offsets_to_numpy(offset_mapping: pa.Array | pa.ChunkedArray,
