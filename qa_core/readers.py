@@ -71,13 +71,9 @@ class ReadStats:
         self.formats.update(other.formats)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "examples": self.examples,
-            "answerable": self.answerable,
-            "skipped": dict(sorted(self.skipped.items())),
-            "notes": dict(sorted(self.notes.items())),
-            "formats": dict(sorted(self.formats.items())),
-        }
+        """The counts; each Counter as a dict sorted by its keys."""
+        return {name: dict(sorted(value.items())) if isinstance(value, Counter) else value
+                for name, value in vars(self).items()}
 
 
 @dataclass(frozen=True)
@@ -893,16 +889,6 @@ def _dataset_rows(dataset, tag: str) -> Iterator[tuple[dict, str, str]]:
         yield row, f"{tag}:{index}", f"{tag} row {index}"
 
 
-def _pick_split(loaded, spec: SourceSpec, where: str):
-    import datasets
-
-    if isinstance(loaded, datasets.DatasetDict):
-        if spec.split not in loaded:
-            raise DataSourceError(f"{where}: no split '{spec.split}' (has: {', '.join(loaded)})")
-        return loaded[spec.split]
-    return loaded
-
-
 def _check_columns(dataset, where: str) -> None:
     columns = set(dataset.column_names)
     if not ({"document_plaintext", "annotations"} <= columns or {"question", "context"} <= columns):
@@ -971,11 +957,13 @@ def _open_disk_dataset(path: Path, spec: SourceSpec) -> ExampleSource:
         reason = first_line(err).replace(f"{path}{os.sep}", "").replace(str(path), path.name)
         raise DataSourceError(f"{path}: not a readable datasets folder "
                               f"({type(err).__name__}: {reason})") from None
-    dataset = _pick_split(loaded, spec, str(path))
-    _check_columns(dataset, str(path))
     # A folder of one Dataset has no splits: like a file, --split does not apply, so it neither
     # names nor keys the source (training and evaluation on one folder are the same data).
     has_splits = isinstance(loaded, datasets.DatasetDict)
+    if has_splits and spec.split not in loaded:
+        raise DataSourceError(f"{path}: no split '{spec.split}' (has: {', '.join(loaded)})")
+    dataset = loaded[spec.split] if has_splits else loaded
+    _check_columns(dataset, str(path))
     split = spec.split if has_splits else None
     # Each saved dataset carries a content fingerprint: no need to hash gigabytes of Arrow again.
     digest = hashlib.sha256(f"{dataset._fingerprint}|{split}|{len(dataset)}".encode()).hexdigest()
