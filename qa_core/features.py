@@ -161,27 +161,25 @@ class FeatureStats:
         self.notes.update(other.notes)
 
 
-def answer_token_span(token_starts: np.ndarray, token_ends: np.ndarray, answer_start: int,
-                      answer_end: int) -> tuple[int, int] | None:
-    """Tokens holding the first and last character of chars [answer_start, answer_end).
+def answer_token_span(offsets: np.ndarray, answer_start: int,
+                      answer_text: str) -> tuple[tuple[int, int] | None, bool]:
+    """(first, last) token holding the answer's first and last character, and whether they cover
+    exactly its characters, its surrounding whitespace aside; (None, False) when no token
+    overlaps the answer at all. ``offsets``: the context's ``[N, 2]`` token offsets.
 
-    When the first character is whitespace (held by no token) the next token starts the span;
-    ``None`` when no token overlaps the answer at all.
-    """
-    start = int(np.searchsorted(token_ends, answer_start, side="right"))
-    end = int(np.searchsorted(token_starts, answer_end, side="left")) - 1
-    return (start, end) if start <= end else None
-
-
-def span_is_exact(token_starts: np.ndarray, token_ends: np.ndarray, span: tuple[int, int],
-                  answer_start: int, answer_text: str) -> bool:
-    """Whether token span ``span`` covers exactly the answer's characters, its surrounding
-    whitespace aside. Not so when the answer begins or ends inside a token ("believable" in
+    When the first character is whitespace (held by no token) the next token starts the span.
+    The span is not exact when the answer begins or ends inside a token ("believable" in
     "Unbelievable"; a Thai word inside a run that a WordPiece vocabulary reads as one [UNK]):
-    the label is then the tokens around it, the best a token-level model can predict."""
-    first = answer_start + len(answer_text) - len(answer_text.lstrip())
-    end = answer_start + len(answer_text.rstrip())
-    return int(token_starts[span[0]]) == first and int(token_ends[span[1]]) == end
+    the label is then the tokens around it, the best a token-level model can predict.
+    """
+    answer_end = answer_start + len(answer_text)
+    first = int(np.searchsorted(offsets[:, 1], answer_start, side="right"))
+    last = int(np.searchsorted(offsets[:, 0], answer_end, side="left")) - 1
+    if first > last:
+        return None, False
+    exact = (int(offsets[first, 0]) == answer_end - len(answer_text.lstrip())
+             and int(offsets[last, 1]) == answer_start + len(answer_text.rstrip()))
+    return (first, last), exact
 
 
 def splits_at_spaces(backend) -> bool:
@@ -312,13 +310,9 @@ class FeatureBuilder:
             if answers["text"]:
                 stats.answerable += 1
                 label = label_answer_index(answers["text"], cfg.label_answer)
-                answer_start = answers["answer_start"][label]
-                answer_tokens = answer_token_span(
-                    context_offsets[:, 0], context_offsets[:, 1],
-                    answer_start, answer_start + len(answers["text"][label]))
-                if answer_tokens is not None and not span_is_exact(
-                        context_offsets[:, 0], context_offsets[:, 1], answer_tokens,
-                        answer_start, answers["text"][label]):
+                answer_tokens, exact = answer_token_span(
+                    context_offsets, answers["answer_start"][label], answers["text"][label])
+                if answer_tokens is not None and not exact:
                     stats.notes["answer_inside_token"] += 1
             head = np.concatenate([t.prefix, question_ids, t.middle]).astype(np.int32)
             head_types = np.concatenate([t.prefix_types,
