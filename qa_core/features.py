@@ -399,7 +399,5 @@ def offsets_to_numpy(offset_mapping: pa.Array | pa.ChunkedArray,
     flat = np.full((len(tokens), 2), -1, dtype=np.int32)
     flat[valid] = tokens.flatten().to_numpy(zero_copy_only=False).reshape(-1, 2)
     out = np.full((len(lengths), width, 2), -1, dtype=np.int32)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    out[rows, cols] = flat
+    out[np.arange(width) < lengths[:, None]] = flat  # each feature's tokens, in order
     return out
