@@ -752,19 +752,15 @@ def _chunked(items: Iterator[Any], path: str | None, target: Callable[[int], int
     group, size, total = [], 0, 0
     goal, key = target(0), None
     for item in items:
-        if key is not None:
-            if size < 2 * goal and same(key, item):
-                group.append(item)
-                size += size_of(item)
-                continue
+        if key is not None and (size >= 2 * goal or not same(key, item)):
             yield Chunk(group, path)
             total, group, size = total + size, [], 0
             goal, key = target(total), None
         group.append(item)
         size += size_of(item)
-        if size >= goal:
+        if key is None and size >= goal:
             key = key_of(item)
-            if key is None:
+            if key is None:  # nothing to keep together: the chunk is done now
                 yield Chunk(group, path)
                 total, group, size = total + size, [], 0
                 goal = target(total)
