@@ -624,13 +624,6 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield line_number, raw
 
 
-def _decode_line(path: Path, line_number: int, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _not_utf8(f"{path}:{line_number}", raw, err.start) from None
-
-
 def _read_text(path: Path) -> str:
     """The whole UTF-8 text of a file, gzipped or not; damage -> DataSourceError with the line."""
     data = b"".join(raw for _, raw in _raw_lines(path))
@@ -838,11 +831,15 @@ def _parse_json(text: str, where: str, whole_file: bool) -> Any:
     raise DataSourceError(f"{where}: malformed JSON ({reason} at {at}){hint}")
 
 
-def _jsonl_row(path: Path, line_number: int, line: str) -> Row | None:
-    """One line of a .jsonl file as a row; None for a blank line."""
+def _jsonl_row(path: Path, line_number: int, raw: bytes) -> Row | None:
+    """One undecoded line of a .jsonl file as a row; None for a blank line."""
+    where = f"{path}:{line_number}"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(where, raw, err.start) from None
     if not line.strip():
         return None
-    where = f"{path}:{line_number}"
     record = _parse_json(line, where, whole_file=False)
     if not isinstance(record, dict):
         raise DataSourceError(f"{where}: expected a JSON object, got {json_type(record)}")
@@ -852,7 +849,7 @@ def _jsonl_row(path: Path, line_number: int, line: str) -> Row | None:
 def _jsonl_rows(path: Path, lines: Iterable[tuple[int, bytes]] | None = None) -> Iterator[Row]:
     """The rows of a .jsonl(.gz) file, or of some of its undecoded ``lines``."""
     for line_number, raw in _raw_lines(path) if lines is None else lines:
-        row = _jsonl_row(path, line_number, _decode_line(path, line_number, raw))
+        row = _jsonl_row(path, line_number, raw)
         if row is not None:
             yield row
 
