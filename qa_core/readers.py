@@ -780,10 +780,8 @@ class ExampleSource:
 
     def chunks(self, target: Callable[[int], int]) -> Iterator[Chunk]:
         """The source's rows in order, as chunks of about ``target(bytes before it)`` bytes
-        (:func:`_chunked`) that another process turns into examples (``chunk.rows()`` then
-        :func:`examples_from_rows`). A .jsonl(.gz) file is only split into lines here: decoding,
-        parsing and the checks happen in that process. Damage met while reading raises
-        :class:`DataSourceError`."""
+        (:func:`_chunked`) for other processes to turn into examples (:class:`Chunk`). Damage
+        met while reading raises :class:`DataSourceError`."""
         if self.path is not None:
             return _chunked(_raw_lines(self.path), str(self.path), target,
                             lambda line: len(line[1]), _line_key, lambda key, line: key in line[1])
