@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 
 from qa_core.errors import QAError, exit_interrupted, exit_with_error
 from qa_core.pipeline import PreprocessConfig, prepare
@@ -21,14 +22,10 @@ from qa_core.settings import parse_preprocess_settings
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        source, cache, features = parse_preprocess_settings(argv, __doc__)
-        result = prepare(PreprocessConfig(
-            data=source.data, split=source.split, hub_config=source.hub_config,
-            model=source.model, cache_dir=cache.cache_dir, language=cache.language,
-            num_proc=cache.num_proc, max_length=features.max_length,
-            doc_stride=features.doc_stride, label_answer=features.label_answer,
-            batch_size=source.batch_size,
-            rows_per_shard=source.rows_per_shard, overwrite_cache=source.overwrite_cache))
+        # the three flag groups hold exactly PreprocessConfig's fields
+        groups = parse_preprocess_settings(argv, __doc__)
+        result = prepare(PreprocessConfig(**{k: v for group in groups
+                                             for k, v in asdict(group).items()}))
     except QAError as err:
         return exit_with_error("preprocess.py", err)
     except KeyboardInterrupt:  # entries are written to a temporary folder, renamed when whole

@@ -18,7 +18,7 @@ when the whole answer lies inside it, otherwise with the CLS index.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -150,39 +150,36 @@ class FeatureStats:
     answerable: int = 0
     answers_covered: int = 0          # answerable examples with >= 1 window labelled with the
                                       # answer
-    skipped: dict[str, int] = field(default_factory=dict)
-    notes: dict[str, int] = field(default_factory=dict)   # kept, but worth knowing
+    skipped: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)   # kept, but worth knowing
 
     def add(self, other: "FeatureStats") -> None:
         self.features += other.features
         self.answerable += other.answerable
         self.answers_covered += other.answers_covered
-        for mine, theirs in ((self.skipped, other.skipped), (self.notes, other.notes)):
-            for reason, count in theirs.items():
-                mine[reason] = mine.get(reason, 0) + count
+        self.skipped.update(other.skipped)
+        self.notes.update(other.notes)
 
 
-def answer_token_span(token_starts: np.ndarray, token_ends: np.ndarray, answer_start: int,
-                      answer_end: int) -> tuple[int, int] | None:
-    """Tokens holding the first and last character of chars [answer_start, answer_end).
+def answer_token_span(offsets: np.ndarray, answer_start: int,
+                      answer_text: str) -> tuple[tuple[int, int] | None, bool]:
+    """(first, last) token holding the answer's first and last character, and whether they cover
+    exactly its characters, its surrounding whitespace aside; (None, False) when no token
+    overlaps the answer at all. ``offsets``: the context's ``[N, 2]`` token offsets.
 
-    When the first character is whitespace (held by no token) the next token starts the span;
-    ``None`` when no token overlaps the answer at all.
-    """
-    start = int(np.searchsorted(token_ends, answer_start, side="right"))
-    end = int(np.searchsorted(token_starts, answer_end, side="left")) - 1
-    return (start, end) if start <= end else None
-
-
-def span_is_exact(token_starts: np.ndarray, token_ends: np.ndarray, span: tuple[int, int],
-                  answer_start: int, answer_text: str) -> bool:
-    """Whether token span ``span`` covers exactly the answer's characters, its surrounding
-    whitespace aside. Not so when the answer begins or ends inside a token ("believable" in
+    When the first character is whitespace (held by no token) the next token starts the span.
+    The span is not exact when the answer begins or ends inside a token ("believable" in
     "Unbelievable"; a Thai word inside a run that a WordPiece vocabulary reads as one [UNK]):
-    the label is then the tokens around it, the best a token-level model can predict."""
-    first = answer_start + len(answer_text) - len(answer_text.lstrip())
-    end = answer_start + len(answer_text.rstrip())
-    return int(token_starts[span[0]]) == first and int(token_ends[span[1]]) == end
+    the label is then the tokens around it, the best a token-level model can predict.
+    """
+    answer_end = answer_start + len(answer_text)
+    first = int(np.searchsorted(offsets[:, 1], answer_start, side="right"))
+    last = int(np.searchsorted(offsets[:, 0], answer_end, side="left")) - 1
+    if first > last:
+        return None, False
+    exact = (int(offsets[first, 0]) == answer_end - len(answer_text.lstrip())
+             and int(offsets[last, 1]) == answer_start + len(answer_text.rstrip()))
+    return (first, last), exact
 
 
 def splits_at_spaces(backend) -> bool:
@@ -218,14 +215,18 @@ def encode_context(backend, text: str,
     size = piece_chars or CONTEXT_PIECE_CHARS
     pieces = ([(0, len(text))] if len(text) <= size or not splits_at_spaces(backend)
               else context_pieces(text, size))
-    ids, offsets = [], []
-    for start, end in pieces:
-        encoding = backend.encode_batch([text[start:end]], add_special_tokens=False)[0]
-        ids.append(np.array(encoding.ids, dtype=np.int32))
-        offsets.append(np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2) + start)
+    ids, offsets = zip(*(_token_arrays(backend.encode_batch([text[start:end]],
+                                                            add_special_tokens=False)[0], start)
+                         for start, end in pieces))
     if len(ids) == 1:
         return ids[0], offsets[0]
     return np.concatenate(ids), np.concatenate(offsets)
+
+
+def _token_arrays(encoding, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """int32 ids ``[N]`` and character offsets ``[N, 2]`` (moved by ``shift``) of an encoding."""
+    return (np.array(encoding.ids, dtype=np.int32),
+            np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2) + shift)
 
 
 def window_starts(num_context_tokens: int, capacity: int, doc_stride: int) -> list[int]:
@@ -253,19 +254,14 @@ class FeatureBuilder:
     def _encode_contexts(self, contexts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         missing = list(dict.fromkeys(c for c in contexts if c not in self._contexts))
         backend = self.tokenizer.backend_tokenizer
+        # the short ones in one call (the tokenizer may spread it over threads), long ones in
+        # pieces
         short = [c for c in missing if len(c) <= CONTEXT_PIECE_CHARS]
-        if short:  # one call for the batch (the tokenizer may spread it over threads)
-            for context, encoding in zip(short, backend.encode_batch(short,
-                                                                     add_special_tokens=False)):
-                self._contexts[context] = (
-                    np.array(encoding.ids, dtype=np.int32),
-                    extend_ends_over_marks(
-                        context, np.array(encoding.offsets, dtype=np.int32).reshape(-1, 2)),
-                )
+        encoded = dict(zip(short, map(_token_arrays, backend.encode_batch(
+            short, add_special_tokens=False)))) if short else {}
         for context in missing:
-            if context not in self._contexts:  # a long one: piece by piece
-                ids, offsets = encode_context(backend, context)
-                self._contexts[context] = ids, extend_ends_over_marks(context, offsets)
+            ids, offsets = encoded.get(context) or encode_context(backend, context)
+            self._contexts[context] = ids, extend_ends_over_marks(context, offsets)
         result = []
         for context in contexts:
             self._contexts.move_to_end(context)
@@ -300,13 +296,13 @@ class FeatureBuilder:
             [e["question"].lstrip() for e in examples], add_special_tokens=False)
         contexts = self._encode_contexts([e["context"] for e in examples])
 
-        ids_parts, type_parts, offset_parts, context_mask_parts = [], [], [], []
+        ids_parts, type_parts, offset_parts = [], [], []
         lengths, starts_out, ends_out, window_index, example_ids = [], [], [], [], []
         for example, question, (context_ids, context_offsets) in zip(examples, questions, contexts):
             question_ids = np.array(question.ids, dtype=np.int32)
             reason = self.no_window_reason(len(question_ids), len(context_ids))
             if reason is not None:
-                stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+                stats.skipped[reason] += 1
                 continue
             capacity = self.context_capacity(len(question_ids))
             answer_tokens = None
@@ -314,15 +310,10 @@ class FeatureBuilder:
             if answers["text"]:
                 stats.answerable += 1
                 label = label_answer_index(answers["text"], cfg.label_answer)
-                answer_start = answers["answer_start"][label]
-                answer_tokens = answer_token_span(
-                    context_offsets[:, 0], context_offsets[:, 1],
-                    answer_start, answer_start + len(answers["text"][label]))
-                if answer_tokens is not None and not span_is_exact(
-                        context_offsets[:, 0], context_offsets[:, 1], answer_tokens,
-                        answer_start, answers["text"][label]):
-                    stats.notes["answer_inside_token"] = (
-                        stats.notes.get("answer_inside_token", 0) + 1)
+                answer_tokens, exact = answer_token_span(
+                    context_offsets, answers["answer_start"][label], answers["text"][label])
+                if answer_tokens is not None and not exact:
+                    stats.notes["answer_inside_token"] += 1
             head = np.concatenate([t.prefix, question_ids, t.middle]).astype(np.int32)
             head_types = np.concatenate([t.prefix_types,
                                          np.full(len(question_ids), t.question_type),
@@ -336,8 +327,6 @@ class FeatureBuilder:
                     type_parts += [head_types, np.full(n_context, t.context_type), t.suffix_types]
                 offset_parts += [np.full((len(head), 2), -1, np.int32), context_offsets[first:last],
                                  np.full((len(t.suffix), 2), -1, np.int32)]
-                context_mask_parts += [np.zeros(len(head), bool), np.ones(n_context, bool),
-                                       np.zeros(len(t.suffix), bool)]
                 lengths.append(len(head) + n_context + len(t.suffix))
                 if (answer_tokens is not None and first <= answer_tokens[0]
                         and answer_tokens[1] < last):
@@ -353,54 +342,47 @@ class FeatureBuilder:
             if answers["text"] and not covered:
                 # every window is labelled "no answer": said, not silent
                 note = "answer_has_no_tokens" if answer_tokens is None else "answer_in_no_window"
-                stats.notes[note] = stats.notes.get(note, 0) + 1
+                stats.notes[note] += 1
 
         stats.features = len(lengths)
-        return self._to_record_batch(ids_parts, type_parts, offset_parts, context_mask_parts,
-                                     lengths, starts_out, ends_out, window_index,
-                                     example_ids), stats
+        return self._to_record_batch(ids_parts, type_parts, offset_parts, lengths, starts_out,
+                                     ends_out, window_index, example_ids), stats
 
-    def _to_record_batch(self, ids_parts, type_parts, offset_parts, context_mask_parts, lengths,
+    def _to_record_batch(self, ids_parts, type_parts, offset_parts, lengths,
                          starts, ends, window_index, example_ids) -> pa.RecordBatch:
         import pyarrow as pa
 
         lengths = np.asarray(lengths, dtype=np.int32)
         total = int(lengths.sum())
+        feature_starts = pa.array(np.append(0, np.cumsum(lengths)).astype(np.int32))
 
         def concat(parts, dtype, shape=(0,)):
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
 
-        ids = concat(ids_parts, np.int32)
+        def per_feature(values: pa.Array) -> pa.Array:  # one list of token values per feature
+            return pa.ListArray.from_arrays(feature_starts, values)
+
         offsets = concat(offset_parts, np.int32, (0, 2))
-        is_context = concat(context_mask_parts, bool)
-        token_offsets = pa.ListArray.from_arrays(
+        token_offsets = pa.ListArray.from_arrays(  # null outside the context (offsets -1)
             pa.array(np.arange(0, 2 * total + 1, 2, dtype=np.int32)),
-            pa.array(offsets.reshape(-1)), mask=pa.array(~is_context))
+            pa.array(offsets.reshape(-1)), mask=pa.array(offsets[:, 0] < 0))
         columns = {
-            "input_ids": _list_array(lengths, pa.array(ids)),
-            "attention_mask": _list_array(lengths, pa.array(np.ones(total, dtype=np.int8))),
+            "input_ids": per_feature(pa.array(concat(ids_parts, np.int32))),
+            "attention_mask": per_feature(pa.array(np.ones(total, dtype=np.int8))),
         }
         if self.with_token_types:
-            columns["token_type_ids"] = _list_array(lengths, pa.array(concat(type_parts, np.int8)))
+            columns["token_type_ids"] = per_feature(pa.array(concat(type_parts, np.int8)))
         starts = np.asarray(starts, dtype=np.int32)
         columns.update({
             "start_positions": pa.array(starts),
             "end_positions": pa.array(np.asarray(ends, dtype=np.int32)),
             "example_id": pa.array(example_ids, type=pa.string()),
-            "offset_mapping": _list_array(lengths, token_offsets),
+            "offset_mapping": per_feature(token_offsets),
             "window_index": pa.array(np.asarray(window_index, dtype=np.int32)),
             "has_answer": pa.array(starts != self.template.cls_index),
             "num_tokens": pa.array(lengths),
         })
         return pa.RecordBatch.from_pydict(columns)
-
-
-def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.Array:
-    import pyarrow as pa
-
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def offsets_to_numpy(offset_mapping: pa.Array | pa.ChunkedArray,
@@ -417,7 +399,5 @@ def offsets_to_numpy(offset_mapping: pa.Array | pa.ChunkedArray,
     flat = np.full((len(tokens), 2), -1, dtype=np.int32)
     flat[valid] = tokens.flatten().to_numpy(zero_copy_only=False).reshape(-1, 2)
     out = np.full((len(lengths), width, 2), -1, dtype=np.int32)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    out[rows, cols] = flat
+    out[np.arange(width) < lengths[:, None]] = flat  # each feature's tokens, in order
     return out

@@ -132,14 +132,6 @@ class ByteCharMap:
         return self.to_char(start_byte), self.to_char(end_byte)
 
 
-def char_to_byte(text: str, char_offset: int) -> int:
-    """Character offset -> UTF-8 byte offset (the inverse of :meth:`ByteCharMap.to_char`)."""
-    if not 0 <= char_offset <= len(text):
-        raise OffsetError("char_offset_out_of_range",
-                          f"char offset {char_offset} is outside the text (0..{len(text)})")
-    return len(text[:char_offset].encode("utf-8"))
-
-
 def char_span_to_byte_span(text: str, start: int, end: int) -> tuple[int, int]:
     """Half-open character span of ``text`` -> half-open UTF-8 *byte* span (the inverse of
     :meth:`ByteCharMap.span_to_chars`); both ends land on character boundaries by construction.
@@ -147,5 +139,5 @@ def char_span_to_byte_span(text: str, start: int, end: int) -> tuple[int, int]:
     if not 0 <= start <= end <= len(text):
         raise OffsetError("char_offset_out_of_range",
                           f"char span [{start}, {end}) is outside the text (0..{len(text)})")
-    start_byte = char_to_byte(text, start)
+    start_byte = len(text[:start].encode("utf-8"))
     return start_byte, start_byte + len(text[start:end].encode("utf-8"))

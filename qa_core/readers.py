@@ -71,13 +71,9 @@ class ReadStats:
         self.formats.update(other.formats)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "examples": self.examples,
-            "answerable": self.answerable,
-            "skipped": dict(sorted(self.skipped.items())),
-            "notes": dict(sorted(self.notes.items())),
-            "formats": dict(sorted(self.formats.items())),
-        }
+        """The counts; each Counter as a dict sorted by its keys."""
+        return {name: dict(sorted(value.items())) if isinstance(value, Counter) else value
+                for name, value in vars(self).items()}
 
 
 @dataclass(frozen=True)
@@ -92,21 +88,16 @@ class SourceSpec:
 # Field checks: a wrong type is a one-line error naming the field, never a traceback
 # ---------------------------------------------------------------------------------------------
 
+_JSON_TYPES = ((bool, "boolean"), (dict, "object"), ((list, tuple), "array"), (str, "string"),
+               (numbers.Number, "number"))
+
+
 def json_type(value: Any) -> str:
     """The JSON name of ``value``'s type, for messages ("object", "array", "number", ...)."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, numbers.Number):
-        return "number"
-    return type(value).__name__
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)),
+                type(value).__name__)
 
 
 def _shown(value: Any) -> str:
@@ -117,26 +108,28 @@ def _shown(value: Any) -> str:
     return f"{json_type(value)} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
-def _require(record: dict, name: str, where: str) -> Any:
-    if name not in record or record[name] is None:
-        raise DataSourceError(f"{where}: missing required field '{name}'")
-    return record[name]
-
-
 _KIND_NAMES = {dict: "an object", list: "an array", str: "a string"}
 
 
-def _expect(value: Any, kind: type, what: str, where: str) -> Any:
-    """``value`` if it is a ``kind`` (dict, list or str); else an error naming field ``what``.
+def _expect(value: Any, kind: type, what: str | None, where: str) -> Any:
+    """``value`` if it is a ``kind`` (dict, list or str); else an error naming field ``what``
+    (None: ``where`` names an element of a JSON array, e.g. ``data[3]``).
 
     A string must also be valid Unicode text (:func:`_check_unicode`).
     """
     if not isinstance(value, kind):
-        raise DataSourceError(f"{where}: field '{what}' must be {_KIND_NAMES[kind]}, "
-                              f"got {_shown(value)}")
+        expected = f"field '{what}' must be" if what else "expected"
+        raise DataSourceError(f"{where}: {expected} {_KIND_NAMES[kind]}, got {_shown(value)}")
     if kind is str:
         _check_unicode(value, what, where)
     return value
+
+
+def _require(record: dict, name: str, where: str, kind: type | None = None) -> Any:
+    """``record[name]``, present and not null (and a ``kind``, when given)."""
+    if record.get(name) is None:
+        raise DataSourceError(f"{where}: missing required field '{name}'")
+    return record[name] if kind is None else _expect(record[name], kind, name, where)
 
 
 def _check_unicode(text: str, what: str, where: str) -> None:
@@ -150,19 +143,10 @@ def _check_unicode(text: str, what: str, where: str) -> None:
             f"(\\u{ord(text[at]):04x} at character {at}): not valid Unicode text")
 
 
-def _expect_item(value: Any, kind: type, where: str) -> Any:
-    """An element of a JSON array (``where`` names it, e.g. ``data[3]``) must be a ``kind``."""
-    if not isinstance(value, kind):
-        raise DataSourceError(f"{where}: expected {_KIND_NAMES[kind]}, got {_shown(value)}")
-    return value
-
-
 def as_int(value: Any, what: str, where: str) -> int:
     """An integer field (an integral float or a numeric string is accepted, as ``int()`` would)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if float(value).is_integer():
+        if isinstance(value, numbers.Integral) or float(value).is_integer():
             return int(value)
     if isinstance(value, str):
         try:
@@ -174,42 +158,34 @@ def as_int(value: Any, what: str, where: str) -> int:
 
 def _optional_str(record: dict, name: str, where: str) -> str:
     value = record.get(name)
-    if value is None:
-        return ""
-    return _expect(value, str, name, where)
+    return "" if value is None else _expect(value, str, name, where)
 
 
 # ---------------------------------------------------------------------------------------------
 # Row converters: one raw record -> Example, or None for a counted skip
 # ---------------------------------------------------------------------------------------------
 
-def _naming_id(where: str, example_id: str) -> str:
-    """``where`` followed by the example id: the one place ids are written into messages.
-
-    An id holding a newline or another unprintable character is shown as its ``repr``, so
-    the error stays on one line.
-    """
-    shown = example_id if example_id.isprintable() else repr(example_id)
-    return f"{where} (example id {shown})"
-
-
 def _identified(record: dict, fallback_id: str, where: str) -> tuple[str, str]:
     """(example id, ``where`` naming it): the source's ``id``/``example_id``, else
-    ``fallback_id`` (the row's position, not checked: it is built from the file name)."""
-    for key in ("id", "example_id"):
-        if record.get(key) is not None:
-            value = record[key]
-            if isinstance(value, (float, bool)):
-                # a 64-bit id does not survive a float (2**53 + 1 reads as 2**53): refused, not
-                # rounded into another example's id
-                raise DataSourceError(f"{where}: field '{key}' must be an integer or a string, "
-                                      f"got {_shown(value)} (a float cannot hold a 64-bit id "
-                                      "exactly)")
-            example_id = str(value)
-            where = _naming_id(where, example_id)
-            _check_unicode(example_id, key, where)
-            return example_id, where
-    return fallback_id, _naming_id(where, fallback_id)
+    ``fallback_id`` (the row's position, not checked: it is built from the file name).
+
+    ``where`` is the one place ids are written into messages: an id holding a newline or another
+    unprintable character is shown as its ``repr``, so the error stays on one line.
+    """
+    key = next((key for key in ("id", "example_id") if record.get(key) is not None), None)
+    if key is None:
+        example_id = fallback_id
+    elif isinstance(record[key], (float, bool)):
+        # a 64-bit id does not survive a float (2**53 + 1 reads as 2**53): refused, not rounded
+        # into another example's id
+        raise DataSourceError(f"{where}: field '{key}' must be an integer or a string, got "
+                              f"{_shown(record[key])} (a float cannot hold a 64-bit id exactly)")
+    else:
+        example_id = str(record[key])
+    where = f"{where} (example id {example_id if example_id.isprintable() else repr(example_id)})"
+    if key is not None:
+        _check_unicode(example_id, key, where)
+    return example_id, where
 
 
 def _base_example(example_id: str, question: str, context: str, title: str = "",
@@ -243,22 +219,6 @@ def _has_text(stats: ReadStats, question: str, context: str, names: tuple[str, s
     return True
 
 
-def _span_start(value: Any, what: str, where: str, stats: ReadStats) -> int | None:
-    """An annotator's start offset: None for "no span" (null or -1), else the offset.
-
-    Any other negative start is not an offset: it is counted (``answer_start_negative``) and
-    returned as -2 so the caller drops the span but remembers that one was annotated.
-    """
-    if value is None:
-        return None
-    start = as_int(value, what, where)
-    if start == -1:
-        return None
-    if start < 0:
-        stats.skipped["answer_start_negative"] += 1
-    return start
-
-
 def _raw_field(entry: Any, keys: tuple[str, ...], name: str, where: str) -> Any:
     """``entry[k1][k2]...`` of an official TyDi record's list entry ``name`` (``annotations[0]``):
     a level that is not an object, or a missing key, is an error naming the field's path."""
@@ -271,6 +231,16 @@ def _raw_field(entry: Any, keys: tuple[str, ...], name: str, where: str) -> Any:
     return entry
 
 
+# HF primary_task list -> its path in each entry of the official record's list
+_RAW_TYDI_PATHS = {
+    "annotations": {"passage_answer_candidate_index": ("passage_answer", "candidate_index"),
+                    "minimal_answers_start_byte": ("minimal_answer", "plaintext_start_byte"),
+                    "minimal_answers_end_byte": ("minimal_answer", "plaintext_end_byte")},
+    "passage_answer_candidates": {"plaintext_start_byte": ("plaintext_start_byte",),
+                                  "plaintext_end_byte": ("plaintext_end_byte",)},
+}
+
+
 def raw_tydi_to_hf(record: dict, where: str) -> dict:
     """Official TyDi jsonl record -> the HF ``primary_task`` schema (HF's loader's mapping).
 
@@ -278,30 +248,15 @@ def raw_tydi_to_hf(record: dict, where: str) -> dict:
     (``annotations[0].minimal_answer``)."""
     if any(record.get(key) is not None for key in ("id", "example_id")):
         where = _identified(record, "", where)[1]
-    annotations = _expect(_require(record, "annotations", where), list, "annotations", where)
-    candidates = _expect(record.get("passage_answer_candidates") or [], list,
-                         "passage_answer_candidates", where)
-    ann = [(a, f"annotations[{i}]") for i, a in enumerate(annotations)]
-    cand = [(c, f"passage_answer_candidates[{i}]") for i, c in enumerate(candidates)]
-    hf = {
-        "annotations": {
-            "passage_answer_candidate_index": [
-                _raw_field(a, ("passage_answer", "candidate_index"), n, where) for a, n in ann],
-            "minimal_answers_start_byte": [
-                _raw_field(a, ("minimal_answer", "plaintext_start_byte"), n, where)
-                for a, n in ann],
-            "minimal_answers_end_byte": [
-                _raw_field(a, ("minimal_answer", "plaintext_end_byte"), n, where) for a, n in ann],
-            "yes_no_answer": [_expect(a, dict, n, where).get("yes_no_answer", "NONE")
-                              for a, n in ann],
-        },
-        "passage_answer_candidates": {
-            "plaintext_start_byte": [_raw_field(c, ("plaintext_start_byte",), n, where)
-                                     for c, n in cand],
-            "plaintext_end_byte": [_raw_field(c, ("plaintext_end_byte",), n, where)
-                                   for c, n in cand],
-        },
-    }
+    entries = {"annotations": _require(record, "annotations", where, list),
+               "passage_answer_candidates": _expect(record.get("passage_answer_candidates") or [],
+                                                    list, "passage_answer_candidates", where)}
+    hf = {group: {name: [_raw_field(entry, path, f"{group}[{i}]", where)
+                         for i, entry in enumerate(entries[group])]
+                  for name, path in fields.items()}
+          for group, fields in _RAW_TYDI_PATHS.items()}
+    hf["annotations"]["yes_no_answer"] = [entry.get("yes_no_answer", "NONE")
+                                          for entry in entries["annotations"]]
     for key in ("question_text", "document_plaintext", "document_title", "language", "id",
                 "example_id"):
         if key in record:
@@ -309,8 +264,10 @@ def raw_tydi_to_hf(record: dict, where: str) -> dict:
     return hf
 
 
-TYDI_ANNOTATION_LISTS = ("minimal_answers_start_byte", "minimal_answers_end_byte",
-                         "passage_answer_candidate_index", "yes_no_answer")
+# The HF schema's annotation lists, one entry per annotator. The last two may be missing or
+# empty: every annotator then gets this default.
+TYDI_ANNOTATION_LISTS = {"minimal_answers_start_byte": None, "minimal_answers_end_byte": None,
+                         "passage_answer_candidate_index": -1, "yes_no_answer": "NONE"}
 
 
 def _tydi_annotation_lists(annotations: Any, where: str) -> tuple[list, list, list, list]:
@@ -323,22 +280,18 @@ def _tydi_annotation_lists(annotations: Any, where: str) -> tuple[list, list, li
     if not {"minimal_answers_start_byte", "minimal_answers_end_byte"} <= set(annotations):
         raise DataSourceError(f"{where}: field 'annotations' lacks "
                               "'minimal_answers_start_byte'/'minimal_answers_end_byte'")
-    lists = {}
-    for name in TYDI_ANNOTATION_LISTS:
-        value = annotations.get(name)
-        if value is None and name in TYDI_ANNOTATION_LISTS[2:]:
-            value = []
-        lists[name] = list(_expect(value, list, f"annotations.{name}", where))
-    count = len(lists["minimal_answers_start_byte"])
-    for name, values in lists.items():
-        optional_and_empty = not values and name in TYDI_ANNOTATION_LISTS[2:]
-        if len(values) != count and not optional_and_empty:
+    lists = [list(_expect([] if default is not None and annotations.get(name) is None
+                          else annotations.get(name), list, f"annotations.{name}", where))
+             for name, default in TYDI_ANNOTATION_LISTS.items()]
+    count = len(lists[0])
+    for (name, default), values in zip(TYDI_ANNOTATION_LISTS.items(), lists):
+        if default is not None and not values:
+            values.extend([default] * count)
+        elif len(values) != count:
             raise DataSourceError(
                 f"{where}: field 'annotations' has {count} minimal_answers_start_byte but "
                 f"{len(values)} {name} (one entry per annotator in each)")
-    passages = lists["passage_answer_candidate_index"] or [-1] * count
-    yes_no = lists["yes_no_answer"] or ["NONE"] * count
-    return lists["minimal_answers_start_byte"], lists["minimal_answers_end_byte"], passages, yes_no
+    return tuple(lists)
 
 
 def _add_spans(example: dict, starts: list, ends: list, names: tuple[str, str],
@@ -346,16 +299,21 @@ def _add_spans(example: dict, starts: list, ends: list, names: tuple[str, str],
                stats: ReadStats) -> bool:
     """Append every usable annotator span (``to_chars``: the offsets as given -> character
     offsets, or an OffsetError whose reason counts the skip); True when any span was
-    annotated. ``names``: the two offset lists' field names, for messages."""
+    annotated. ``names``: the two offset lists' field names, for messages.
+
+    A start of null or -1 is "no span". Any other negative start is not an offset: the span is
+    a counted skip (``answer_start_negative``), but one was annotated.
+    """
     had_span = False
     context = example["context"]
     for i, (start_value, end_value) in enumerate(zip(starts, ends)):
-        start = _span_start(start_value, f"{names[0]}[{i}]", where, stats)
-        if start is None:
+        start = -1 if start_value is None else as_int(start_value, f"{names[0]}[{i}]", where)
+        if start == -1:
             continue
         had_span = True
         end = as_int(end_value, f"{names[1]}[{i}]", where)
         if start < 0:
+            stats.skipped["answer_start_negative"] += 1
             continue
         try:
             start, end = to_chars(start, end)
@@ -369,31 +327,13 @@ def _add_spans(example: dict, starts: list, ends: list, names: tuple[str, str],
 
 def _yes_no(values: list, what: str, where: str) -> str:
     for i, value in enumerate(values):
-        if value is not None and not isinstance(value, str):
+        if value is None:
+            continue
+        if not isinstance(value, str):
             raise DataSourceError(f"{where}: field '{what}' must hold strings (YES/NO/NONE), "
                                   f"got {_shown(value)}")
-        if value is not None:
-            _check_unicode(value, f"{what}[{i}]", where)
+        _check_unicode(value, f"{what}[{i}]", where)
     return next((v for v in values if v and v != "NONE"), "NONE")
-
-
-def _gold_passage(passages: list, what: str, where: str) -> int:
-    indices = (as_int(p, what, where) for p in passages if p is not None)
-    return next((p for p in indices if p >= 0), -1)
-
-
-def _tydi_candidates(record: dict, where: str) -> tuple[list, list]:
-    """(start bytes, end bytes) of the passage candidates: two lists of one length."""
-    candidates = _expect(record.get("passage_answer_candidates") or {}, dict,
-                         "passage_answer_candidates", where)
-    starts = _expect(candidates.get("plaintext_start_byte") or [], list,
-                     "passage_answer_candidates.plaintext_start_byte", where)
-    ends = _expect(candidates.get("plaintext_end_byte") or [], list,
-                   "passage_answer_candidates.plaintext_end_byte", where)
-    if len(starts) != len(ends):
-        raise DataSourceError(f"{where}: field 'passage_answer_candidates' has {len(starts)} "
-                              f"plaintext_start_byte but {len(ends)} plaintext_end_byte")
-    return starts, ends
 
 
 def _offset_or_null(value: Any, what: str, where: str) -> int:
@@ -401,14 +341,23 @@ def _offset_or_null(value: Any, what: str, where: str) -> int:
     return -1 if value is None else as_int(value, what, where)
 
 
-def tydi_gold_fields(lists: tuple[list, list, list, list], candidates: tuple[list, list],
+def tydi_gold_fields(lists: tuple[list, list, list, list], record: dict,
                      where: str) -> tuple[list[dict], list[dict]]:
-    """(every annotator's answer, the passage candidates) as the metric needs them.
+    """(every annotator's answer, the passage candidates of ``record``) as the metric needs them.
 
     Annotators keep their file order, nulls included (-1, "NONE"); offsets are kept as given
     (UTF-8 bytes into the document, end exclusive): the scorer, not the reader, judges them.
     """
     starts, ends, passages, yes_no = lists
+    candidates = _expect(record.get("passage_answer_candidates") or {}, dict,
+                         "passage_answer_candidates", where)
+    candidate_lists = [_expect(candidates.get(name) or [], list,
+                               f"passage_answer_candidates.{name}", where)
+                       for name in ("plaintext_start_byte", "plaintext_end_byte")]
+    if len(candidate_lists[0]) != len(candidate_lists[1]):
+        raise DataSourceError(f"{where}: field 'passage_answer_candidates' has "
+                              f"{len(candidate_lists[0])} plaintext_start_byte but "
+                              f"{len(candidate_lists[1])} plaintext_end_byte")
     annotations = [{
         "passage_index": _offset_or_null(
             passage, f"annotations.passage_answer_candidate_index[{i}]", where),
@@ -421,21 +370,8 @@ def tydi_gold_fields(lists: tuple[list, list, list, list], candidates: tuple[lis
     spans = [{
         "start_byte": as_int(start, f"passage_answer_candidates.plaintext_start_byte[{i}]", where),
         "end_byte": as_int(end, f"passage_answer_candidates.plaintext_end_byte[{i}]", where),
-    } for i, (start, end) in enumerate(zip(*candidates))]
+    } for i, (start, end) in enumerate(zip(*candidate_lists))]
     return annotations, spans
-
-
-def _tydi_passage_span(candidates: tuple[list, list], gold: int, byte_map: ByteCharMap,
-                       where: str, stats: ReadStats) -> tuple[int, int]:
-    """Char span of the gold passage candidate, or (-1, -1) noted as unusable."""
-    starts, ends = candidates
-    try:
-        return byte_map.span_to_chars(
-            as_int(starts[gold], f"passage_answer_candidates.plaintext_start_byte[{gold}]", where),
-            as_int(ends[gold], f"passage_answer_candidates.plaintext_end_byte[{gold}]", where))
-    except (IndexError, OffsetError):
-        stats.notes["passage_candidate_unusable"] += 1
-        return -1, -1
 
 
 def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
@@ -448,7 +384,6 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
     if not _has_text(stats, question, context, ("question_text", "document_plaintext"), where):
         return None
     starts, ends, passages, yes_no = _tydi_annotation_lists(annotations, where)
-    candidates = _tydi_candidates(record, where)
     example = _base_example(example_id, question, context,
                             title=_optional_str(record, "document_title", where),
                             language=_optional_str(record, "language", where))
@@ -458,17 +393,22 @@ def tydi_hf_to_example(record: dict, fallback_id: str, where: str,
                           byte_map.span_to_chars, where, stats)
     example["yes_no_answer"] = _yes_no(yes_no, "annotations.yes_no_answer", where)
     example["tydi_annotations"], example["passage_candidates"] = tydi_gold_fields(
-        (starts, ends, passages, yes_no), candidates, where)
-    gold_passage = _gold_passage(passages, "annotations.passage_answer_candidate_index", where)
-    if gold_passage >= 0:
-        example["passage_answer_start"], example["passage_answer_end"] = _tydi_passage_span(
-            candidates, gold_passage, byte_map, where, stats)
-    return _finish_annotated(example, had_span, gold_passage >= 0, stats)
+        (starts, ends, passages, yes_no), record, where)
+    gold = next((a["passage_index"] for a in example["tydi_annotations"]
+                 if a["passage_index"] >= 0), -1)
+    if gold >= 0:
+        try:
+            passage = example["passage_candidates"][gold]
+            example["passage_answer_start"], example["passage_answer_end"] = (
+                byte_map.span_to_chars(passage["start_byte"], passage["end_byte"]))
+        except (IndexError, OffsetError):
+            stats.notes["passage_candidate_unusable"] += 1
+    return _finish_annotated(example, had_span, gold >= 0, stats)
 
 
 def _finish_annotated(example: dict, had_span: bool, had_passage: bool,
                       stats: ReadStats) -> dict | None:
-    """Shared end of TyDi-style rows: unusable spans skip, span-less labels are counted."""
+    """Shared end of every layout: unusable spans skip, span-less labels are counted."""
     if had_span and not example["answers"]["text"]:
         # Every annotated span was unusable: labelling this no-answer would be a silent mislabel.
         stats.skipped["all_answer_spans_invalid"] += 1
@@ -530,7 +470,8 @@ def primeqa_to_example(record: dict, fallback_id: str, where: str, stats: ReadSt
                           char_span, where, stats)
     example["yes_no_answer"] = _yes_no(yes_no, "target.yes_no_answer", where)
     # Passage candidates are not in the layout: the gold passage index is kept only as a count.
-    had_passage = _gold_passage(passages, "target.passage_indices", where) >= 0
+    had_passage = any(as_int(p, "target.passage_indices", where) >= 0
+                      for p in passages if p is not None)
     return _finish_annotated(example, had_span, had_passage, stats)
 
 
@@ -550,14 +491,15 @@ def _squad_answers(answers: Any, where: str) -> list[tuple[Any, Any]]:
     return pairs
 
 
-def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, where: str,
-                        stats: ReadStats) -> dict | None:
-    """One SQuAD question (v1.1 or v2.0) -> Example; answers are checked against the context.
+def squad_to_example(qa: dict, fallback_id: str, where: str, stats: ReadStats) -> dict | None:
+    """One SQuAD question (v1.1 or v2.0, flat: with its ``context`` and ``title``) -> Example;
+    answers are checked against the context.
 
     A start must index the context from its beginning: a negative one (which Python's slicing
     would read from the end) and one past the context's end are counted skips.
     """
     example_id, where = _identified(qa, fallback_id, where)
+    context = _require(qa, "context", where)
     question = _require(qa, "question", where)
     answers = qa.get("answers")
     impossible = qa.get("is_impossible")
@@ -569,7 +511,7 @@ def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, wh
     if not _has_text(stats, question, context, ("question", "context"), where):
         return None
     example = _base_example(example_id, question, context,
-                            title=_expect(title or "", str, "title", where))
+                            title=_expect(qa.get("title") or "", str, "title", where))
     pairs = _squad_answers(answers, where) if answers is not None else []
     if pairs and impossible:
         # SQuAD v2 gives an impossible question `answers: []` (its spans go to
@@ -588,12 +530,7 @@ def squad_qa_to_example(qa: dict, context: Any, title: Any, fallback_id: str, wh
         else:
             example["answers"]["text"].append(text)
             example["answers"]["answer_start"].append(start)
-    if pairs and not example["answers"]["text"]:
-        stats.skipped["all_answer_spans_invalid"] += 1
-        return None
-    if not example["answers"]["text"]:
-        stats.notes["no_answer"] += 1
-    return example
+    return _finish_annotated(example, bool(pairs), False, stats)
 
 
 def row_format(row: dict) -> str:
@@ -616,8 +553,7 @@ def flat_row_to_example(row: dict, fallback_id: str, where: str, stats: ReadStat
         if isinstance(row.get("annotations"), list):
             row = raw_tydi_to_hf(row, where)
         return tydi_hf_to_example(row, fallback_id, where, stats)
-    context = _require(row, "context", _identified(row, fallback_id, where)[1])
-    return squad_qa_to_example(row, context, row.get("title"), fallback_id, where, stats)
+    return squad_to_example(row, fallback_id, where, stats)
 
 
 def language_kept(row: dict, language: str) -> bool:
@@ -637,7 +573,6 @@ def language_kept(row: dict, language: str) -> bool:
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
-READ_CHUNK = 1 << 16   # small enough that a truncated .json.gz is reported near the line it ends in
 
 
 def _is_gz(path: Path) -> bool:
@@ -689,27 +624,9 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield line_number, raw
 
 
-def _decode_line(path: Path, line_number: int, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _not_utf8(f"{path}:{line_number}", raw, err.start) from None
-
-
 def _read_text(path: Path) -> str:
     """The whole UTF-8 text of a file, gzipped or not; damage -> DataSourceError with the line."""
-    chunks, lines_read = [], 0
-    with _open_binary(path) as handle:
-        while True:
-            try:
-                chunk = handle.read(READ_CHUNK)
-            except GZIP_ERRORS as err:
-                raise _gzip_damage(path, lines_read, err) from None
-            if not chunk:
-                break
-            chunks.append(chunk)
-            lines_read += chunk.count(b"\n")
-    data = b"".join(chunks)
+    data = b"".join(raw for _, raw in _raw_lines(path))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -760,34 +677,19 @@ def examples_from_rows(rows: Iterator[Row], language: str, stats: ReadStats,
 
 
 @dataclass(frozen=True)
-class LineChunk:
-    """Consecutive lines of a .jsonl(.gz) file, undecoded: the process that turns them into
-    rows (UTF-8, JSON, the checks) is not the one that read them."""
+class Chunk:
+    """Consecutive rows of a source, for another process to turn into examples. A .jsonl(.gz)
+    file's are its undecoded lines: that process, not the reading one, decodes, parses and
+    checks them. Other sources' are rows the reading process parsed (SQuAD JSON, datasets)."""
 
-    path: str
-    lines: list[tuple[int, bytes]]       # (line number, raw line)
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    def rows(self) -> Iterator[Row]:
-        return _jsonl_rows(Path(self.path), self.lines)
-
-
-@dataclass(frozen=True)
-class RowChunk:
-    """Consecutive rows already parsed by the reading process (SQuAD JSON, datasets)."""
-
-    items: list[Row]
+    items: list                 # (line number, raw line) of the file at ``path``; else rows
+    path: str | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def rows(self) -> Iterator[Row]:
-        return iter(self.items)
-
-
-Chunk = LineChunk | RowChunk
+        return iter(self.items) if self.path is None else _jsonl_rows(Path(self.path), self.items)
 
 
 def _row_bytes(record: dict) -> int:
@@ -830,8 +732,8 @@ def _line_key(line: tuple[int, bytes]) -> bytes | None:
     return None
 
 
-def _chunked(items: Iterator[Any], size_of: Callable[[Any], int], make: Callable[[list], Chunk],
-             target: Callable[[int], int], key_of: Callable[[Any], Any],
+def _chunked(items: Iterator[Any], path: str | None, target: Callable[[int], int],
+             size_of: Callable[[Any], int], key_of: Callable[[Any], Any],
              same: Callable[[Any, Any], bool]) -> Iterator[Chunk]:
     """Group ``items`` into chunks of about ``target(bytes before it)`` bytes.
 
@@ -843,24 +745,20 @@ def _chunked(items: Iterator[Any], size_of: Callable[[Any], int], make: Callable
     group, size, total = [], 0, 0
     goal, key = target(0), None
     for item in items:
-        if key is not None:
-            if size < 2 * goal and same(key, item):
-                group.append(item)
-                size += size_of(item)
-                continue
-            yield make(group)
+        if key is not None and (size >= 2 * goal or not same(key, item)):
+            yield Chunk(group, path)
             total, group, size = total + size, [], 0
             goal, key = target(total), None
         group.append(item)
         size += size_of(item)
-        if size >= goal:
+        if key is None and size >= goal:
             key = key_of(item)
-            if key is None:
-                yield make(group)
+            if key is None:  # nothing to keep together: the chunk is done now
+                yield Chunk(group, path)
                 total, group, size = total + size, [], 0
                 goal = target(total)
     if group:
-        yield make(group)
+        yield Chunk(group, path)
 
 
 @dataclass
@@ -882,16 +780,12 @@ class ExampleSource:
 
     def chunks(self, target: Callable[[int], int]) -> Iterator[Chunk]:
         """The source's rows in order, as chunks of about ``target(bytes before it)`` bytes
-        (:func:`_chunked`) that another process turns into examples (``chunk.rows()`` then
-        :func:`examples_from_rows`). A .jsonl(.gz) file is only split into lines here: decoding,
-        parsing and the checks happen in that process. Damage met while reading raises
-        :class:`DataSourceError`."""
+        (:func:`_chunked`) for other processes to turn into examples (:class:`Chunk`). Damage
+        met while reading raises :class:`DataSourceError`."""
         if self.path is not None:
-            path = str(self.path)
-            return _chunked(_raw_lines(self.path), lambda line: len(line[1]),
-                            lambda lines: LineChunk(path, lines), target, _line_key,
-                            lambda key, line: key in line[1])
-        return _chunked(self.rows(), lambda row: _row_bytes(row[0]), RowChunk, target,
+            return _chunked(_raw_lines(self.path), str(self.path), target,
+                            lambda line: len(line[1]), _line_key, lambda key, line: key in line[1])
+        return _chunked(self.rows(), None, target, lambda row: _row_bytes(row[0]),
                         lambda row: _shared_text(row[0]),
                         lambda key, row: _shared_text(row[0]) == key)
 
@@ -935,11 +829,15 @@ def _parse_json(text: str, where: str, whole_file: bool) -> Any:
     raise DataSourceError(f"{where}: malformed JSON ({reason} at {at}){hint}")
 
 
-def _jsonl_row(path: Path, line_number: int, line: str) -> Row | None:
-    """One line of a .jsonl file as a row; None for a blank line."""
+def _jsonl_row(path: Path, line_number: int, raw: bytes) -> Row | None:
+    """One undecoded line of a .jsonl file as a row; None for a blank line."""
+    where = f"{path}:{line_number}"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(where, raw, err.start) from None
     if not line.strip():
         return None
-    where = f"{path}:{line_number}"
     record = _parse_json(line, where, whole_file=False)
     if not isinstance(record, dict):
         raise DataSourceError(f"{where}: expected a JSON object, got {json_type(record)}")
@@ -949,7 +847,7 @@ def _jsonl_row(path: Path, line_number: int, line: str) -> Row | None:
 def _jsonl_rows(path: Path, lines: Iterable[tuple[int, bytes]] | None = None) -> Iterator[Row]:
     """The rows of a .jsonl(.gz) file, or of some of its undecoded ``lines``."""
     for line_number, raw in _raw_lines(path) if lines is None else lines:
-        row = _jsonl_row(path, line_number, _decode_line(path, line_number, raw))
+        row = _jsonl_row(path, line_number, raw)
         if row is not None:
             yield row
 
@@ -966,15 +864,13 @@ def _squad_rows(path: Path) -> Iterator[tuple[dict, str, str]]:
     document = _load_squad_json(path)
     for a, article in enumerate(document["data"]):
         where_article = f"{path}: data[{a}]"
-        _expect_item(article, dict, where_article)
-        paragraphs = _expect(_require(article, "paragraphs", where_article), list, "paragraphs",
-                             where_article)
-        for p, paragraph in enumerate(paragraphs):
+        _expect(article, dict, None, where_article)
+        for p, paragraph in enumerate(_require(article, "paragraphs", where_article, list)):
             where = f"{where_article}.paragraphs[{p}]"
-            _expect_item(paragraph, dict, where)
+            _expect(paragraph, dict, None, where)
             context = _require(paragraph, "context", where)
-            for q, qa in enumerate(_expect(_require(paragraph, "qas", where), list, "qas", where)):
-                _expect_item(qa, dict, f"{where}.qas[{q}]")
+            for q, qa in enumerate(_require(paragraph, "qas", where, list)):
+                _expect(qa, dict, None, f"{where}.qas[{q}]")
                 row = dict(qa, context=context, title=article.get("title"))
                 yield row, f"{path.name}:{a}:{p}:{q}", f"{where}.qas[{q}]"
 
@@ -982,16 +878,6 @@ def _squad_rows(path: Path) -> Iterator[tuple[dict, str, str]]:
 def _dataset_rows(dataset, tag: str) -> Iterator[tuple[dict, str, str]]:
     for index, row in enumerate(dataset):
         yield row, f"{tag}:{index}", f"{tag} row {index}"
-
-
-def _pick_split(loaded, spec: SourceSpec, where: str):
-    import datasets
-
-    if isinstance(loaded, datasets.DatasetDict):
-        if spec.split not in loaded:
-            raise DataSourceError(f"{where}: no split '{spec.split}' (has: {', '.join(loaded)})")
-        return loaded[spec.split]
-    return loaded
 
 
 def _check_columns(dataset, where: str) -> None:
@@ -1062,12 +948,13 @@ def _open_disk_dataset(path: Path, spec: SourceSpec) -> ExampleSource:
         reason = first_line(err).replace(f"{path}{os.sep}", "").replace(str(path), path.name)
         raise DataSourceError(f"{path}: not a readable datasets folder "
                               f"({type(err).__name__}: {reason})") from None
-    dataset = _pick_split(loaded, spec, str(path))
-    _check_columns(dataset, str(path))
-    # A folder of one Dataset has no splits: like a file, --split does not apply (it was shown
-    # as "[split]" and keyed by it, so training and evaluation on the same folder looked
-    # like different data).
+    # A folder of one Dataset has no splits: like a file, --split does not apply, so it neither
+    # names nor keys the source (training and evaluation on one folder are the same data).
     has_splits = isinstance(loaded, datasets.DatasetDict)
+    if has_splits and spec.split not in loaded:
+        raise DataSourceError(f"{path}: no split '{spec.split}' (has: {', '.join(loaded)})")
+    dataset = loaded[spec.split] if has_splits else loaded
+    _check_columns(dataset, str(path))
     split = spec.split if has_splits else None
     # Each saved dataset carries a content fingerprint: no need to hash gigabytes of Arrow again.
     digest = hashlib.sha256(f"{dataset._fingerprint}|{split}|{len(dataset)}".encode()).hexdigest()
@@ -1086,8 +973,7 @@ def _open_hub_dataset(spec: SourceSpec) -> ExampleSource:
     except Exception as err:  # the hub client raises many types; all mean "could not get it"
         offline = (os.environ.get("HF_HUB_OFFLINE") == "1"
                    or os.environ.get("HF_DATASETS_OFFLINE") == "1")
-        first_line = str(err).splitlines()[0][:200] if str(err) else ""
-        reason = "offline mode is set" if offline else f"{type(err).__name__}: {first_line}"
+        reason = "offline mode is set" if offline else f"{type(err).__name__}: {first_line(err)}"
         raise DataSourceError(
             f"{spec.data}: not a local path, and the hub dataset could not be loaded ({reason}); "
             "download it where there is network and pass the saved folder or a .jsonl(.gz) file"

@@ -8,7 +8,7 @@ import pytest
 from qa_core.offsets import (
     ByteCharMap,
     OffsetError,
-    char_to_byte,
+    char_span_to_byte_span,
     unencodable_at,
 )
 
@@ -20,6 +20,10 @@ TEXTS = {
     "mixed": "é中🤗a",
     "empty": "",
 }
+
+
+def char_to_byte(text: str, char_offset: int) -> int:
+    return char_span_to_byte_span(text, 0, char_offset)[1]
 
 
 @pytest.mark.parametrize("name", sorted(TEXTS))

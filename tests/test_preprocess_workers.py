@@ -325,11 +325,11 @@ def test_chunks_keep_the_rows_of_a_document_together(tmp_path, ascii_only):
     source = open_source(SourceSpec(str(path), language="all"))
     line = len(path.read_bytes().splitlines(keepends=True)[0])  # all lines are about this long
     chunks = list(source.chunks(lambda read: 2 * line))
-    assert [[n for n, _ in chunk.lines] for chunk in chunks] == [[1, 2, 3], [4, 5, 6]]
+    assert [[n for n, _ in chunk.items] for chunk in chunks] == [[1, 2, 3], [4, 5, 6]]
     assert [row for chunk in chunks for row in chunk.rows()] == list(source.rows())
     # a chunk takes at most twice its size of the same document
     chunks = list(source.chunks(lambda read: line))
-    assert [[n for n, _ in chunk.lines] for chunk in chunks] == [[1, 2], [3], [4], [5, 6]]
+    assert [[n for n, _ in chunk.items] for chunk in chunks] == [[1, 2], [3], [4], [5, 6]]
     assert [row for chunk in chunks for row in chunk.rows()] == list(source.rows())
 
 
