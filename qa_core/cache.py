@@ -96,11 +96,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return fingerprint(parts)
 
 
-def finished_entry(cache_root: Path, key: str) -> Path | None:
-    entry = cache_root / key
-    return entry if (entry / SUMMARY_FILE).is_file() else None
-
-
 def read_summary(entry: Path) -> dict:
     return json.loads((entry / SUMMARY_FILE).read_text())
 
@@ -261,7 +256,7 @@ class ShardWriter:
     own prefix) and named in order when the entry is committed (:func:`finish_split`).
     """
 
-    def __init__(self, folder: Path, rows_per_shard: int, schema: pa.Schema | None = None,
+    def __init__(self, folder: Path, rows_per_shard: int, schema: pa.Schema,
                  prefix: str = "part-") -> None:
         self.folder = folder
         self.rows_per_shard = rows_per_shard
@@ -276,10 +271,6 @@ class ShardWriter:
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
-        if self.schema is None:
-            self.schema = batch.schema
-        elif batch.schema != self.schema:
-            batch = pa.RecordBatch.from_arrays(batch.columns, schema=self.schema)
         if self._writer is None or self._rows_in_shard >= self.rows_per_shard:
             self._roll()
         self._writer.write_batch(batch)
@@ -300,9 +291,6 @@ class ShardWriter:
             self._writer.close()
             self._sink.close()
             self._writer = self._sink = None
-
-
-INFO_FILE = "dataset_info.json"
 
 
 def write_split_info(folder: Path, schema: pa.Schema) -> None:
@@ -337,7 +325,7 @@ def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
         "_split": None,
     }
     (folder / "state.json").write_text(json.dumps(state, indent=2))
-    if not (folder / INFO_FILE).is_file():
+    if not (folder / "dataset_info.json").is_file():
         write_split_info(folder, schema)
     return count
 
@@ -345,14 +333,13 @@ def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
 class CacheEntryWriter:
     """A temporary entry folder; it becomes ``<cache_root>/<key>`` only when :meth:`commit` runs.
 
-    Shards are written into ``<tmp>/<split>/`` (by this process or by workers) and handed over
-    in row order with :meth:`add_shards`.
+    Shards are written into ``<tmp>/<split>/`` (by this process or by workers) and appended to
+    ``shards[split]`` in row order.
     """
 
-    def __init__(self, cache_root: Path, key: str, rows_per_shard: int) -> None:
+    def __init__(self, cache_root: Path, key: str) -> None:
         self.cache_root = cache_root
         self.key = key
-        self.rows_per_shard = rows_per_shard
         require_writable(cache_root)
         self.tmp = cache_root / temporary_name(key)
         try:
@@ -364,10 +351,6 @@ class CacheEntryWriter:
                                 f"({err.strerror or err})") from None
         self.shards: dict[str, list[Path]] = {name: [] for name in SPLITS}
         self.num_shards: dict[str, int] | None = None
-
-    def add_shards(self, split: str, files: list[Path]) -> None:
-        """Append shard files (already in ``<tmp>/<split>/``) to ``split``, in row order."""
-        self.shards[split].extend(files)
 
     def finish(self, schemas: dict[str, pa.Schema]) -> None:
         """Name the shards in order and write each split's metadata (once)."""
@@ -402,7 +385,7 @@ class CacheEntryWriter:
             self.tmp.rename(final)
         except OSError:
             # Another process finished the same key first: its entry is equally valid.
-            if finished_entry(self.cache_root, self.key) is None:
+            if not (final / SUMMARY_FILE).is_file():
                 raise
             self.abort()
         return final

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -39,12 +39,7 @@ class CacheSharing:
     detected: bool  # mode came from the probe (requested auto on several machines)
 
     def as_dict(self) -> dict:
-        return {
-            "requested": self.requested,
-            "mode": self.mode,
-            "num_machines": self.num_machines,
-            "detected": self.detected,
-        }
+        return asdict(self)
 
 
 def check_cache_sharing(value: str) -> str:
@@ -95,7 +90,6 @@ def resolve_cache_sharing(accelerator, requested: str, cache_dir: str | Path) ->
     """
     check_cache_sharing(requested)
     machines = count_processes(accelerator, accelerator.is_local_main_process)
-    machines = max(machines, 1)
     if machines == 1:
         return CacheSharing(requested, "shared", machines, detected=False)
     if requested != "auto":
@@ -115,11 +109,8 @@ def cache_build_context(accelerator, sharing: CacheSharing) -> Iterator[bool]:
     if accelerator.num_processes == 1:
         yield True
         return
-    first = (
-        accelerator.is_main_process
-        if sharing.mode == "shared"
-        else accelerator.is_local_main_process
-    )
+    first = (accelerator.is_main_process if sharing.mode == "shared"
+             else accelerator.is_local_main_process)
     if not first:
         accelerator.wait_for_everyone()
     try:

@@ -312,7 +312,6 @@ class Task:
 class TaskResult:
     """What a task sends back: counts, the ids it kept, its shard files and CPU seconds."""
 
-    index: int
     files: dict[str, list[str]]               # split -> shard file names, in row order
     read: ReadStats
     features: FeatureStats
@@ -405,8 +404,8 @@ def run_task(task: Task) -> TaskResult:
                 write_split_info(folder / name, schema)
     cpu = dict(clock.seconds)
     cpu["window"] = cpu.pop("build", 0.0) - cpu.get("tokenize", 0.0)
-    return TaskResult(task.index, {name: [p.name for p in w.files] for name, w in writers.items()},
-                      read, feature_stats, example_rows, with_answer, seen - task.exclude, cpu,
+    return TaskResult({name: [p.name for p in w.files] for name, w in writers.items()}, read,
+                      feature_stats, example_rows, with_answer, seen - task.exclude, cpu,
                       os.getpid(), time.process_time())
 
 
@@ -536,7 +535,7 @@ def _merge(task: Task, result: TaskResult, totals: _Totals, writer: CacheEntryWr
         totals.redone += 1
     totals.add(result)
     for name, files in result.files.items():
-        writer.add_shards(name, [writer.tmp / name / file for file in files])
+        writer.shards[name] += [writer.tmp / name / file for file in files]
 
 
 def _build(writer: CacheEntryWriter, source: ExampleSource, config: PreprocessConfig,
@@ -620,7 +619,7 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
 
     tokenizer = tokenizer or load_tokenizer(config.model)
     builder = FeatureBuilder(tokenizer, feature_config)  # validates the tokenizer before any work
-    writer = CacheEntryWriter(cache_root, key, config.rows_per_shard)
+    writer = CacheEntryWriter(cache_root, key)
     try:
         cpu_start, clock = time.process_time(), StageClock()
         totals = _build(writer, source, config, builder, clock)
