@@ -92,10 +92,6 @@ def _row_lengths(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
-def _flat_numpy(column: pa.ChunkedArray, dtype) -> np.ndarray:
-    return column.to_numpy().astype(dtype) if len(column) else np.zeros(0, dtype)
-
-
 class FeatureRows(torch.utils.data.Dataset):
     """Windows of a features table read by row; ``__getitems__`` returns one padded batch.
 
@@ -120,10 +116,10 @@ class FeatureRows(torch.utils.data.Dataset):
         chunk_rows = [len(chunk) for chunk in table.column("input_ids").chunks]
         self.chunk_starts = np.concatenate([[0], np.cumsum(chunk_rows)]).astype(np.int64)
         self.lengths = self._selected(_row_lengths(table.column("input_ids")))
-        self.has_answer = self._selected(_flat_numpy(table.column("has_answer"), bool))
-        self.start_positions = self._selected(
-            _flat_numpy(table.column("start_positions"), np.int32))
-        self.end_positions = self._selected(_flat_numpy(table.column("end_positions"), np.int32))
+        self.has_answer = self._selected(table.column("has_answer").to_numpy())
+        self.start_positions, self.end_positions = (
+            self._selected(table.column(name).to_numpy().astype(np.int32))
+            for name in ("start_positions", "end_positions"))
         if selection is None:  # examples numbered in the order their ids first appear
             ids = table.column("example_id")
             self.example_index = pc.index_in(ids, value_set=pc.unique(ids)).to_numpy().astype(
@@ -216,7 +212,7 @@ class ExampleWindows:
             built = pa.Table.from_batches([self.builder.build([example])[0]])
             columns["example_index"].append(np.full(built.num_rows, number, np.int32))
             for name in ("start_positions", "end_positions"):
-                columns[name].append(_flat_numpy(built.column(name), np.int32))
+                columns[name].append(built.column(name).to_numpy().astype(np.int32))
             table = built if waiting is None else pa.concat_tables([waiting, built])
             last = number == len(self.examples) - 1
             served = table.num_rows if last else table.num_rows // self.batch_size * self.batch_size
