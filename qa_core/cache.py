@@ -263,7 +263,6 @@ class ShardWriter:
         self.prefix = prefix
         self.files: list[Path] = []
         self.schema = schema
-        self.rows = 0
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._sink = None
         self._rows_in_shard = 0
@@ -275,7 +274,6 @@ class ShardWriter:
             self._roll()
         self._writer.write_batch(batch)
         self._rows_in_shard += batch.num_rows
-        self.rows += batch.num_rows
 
     def _roll(self) -> None:
         self.finish()
@@ -304,15 +302,13 @@ def write_split_info(folder: Path, schema: pa.Schema) -> None:
 def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
     """Name a split's shards in order as ``datasets`` does and write its metadata files.
 
-    ``files`` are the split's shards in row order; none -> one empty shard keeps the split
-    loadable. ``dataset_info.json`` is written unless a worker already wrote it. Returns the
-    number of shards.
+    ``files`` are the split's shards in row order. ``dataset_info.json`` is written unless a
+    worker already wrote it. Returns the number of shards.
     """
-    if not files:
-        empty = ShardWriter(folder, 1, schema)
-        empty._roll()
-        empty.finish()
-        files = empty.files
+    if not files:  # one empty shard keeps the split loadable
+        files = [folder / "part-00000.arrow"]
+        with pa.OSFile(str(files[0]), "wb") as sink:
+            pa.ipc.new_stream(sink, schema).close()
     count = len(files)
     names = []
     for index, path in enumerate(files):
