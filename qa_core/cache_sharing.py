@@ -42,12 +42,6 @@ class CacheSharing:
         return asdict(self)
 
 
-def check_cache_sharing(value: str) -> str:
-    if value not in CACHE_SHARING:
-        raise SettingsError(f"--cache_sharing {value!r}: must be one of {', '.join(CACHE_SHARING)}")
-    return value
-
-
 def count_processes(accelerator, flag: bool) -> int:
     """How many processes of the run have ``flag`` set (an all-reduce; 1 process: 0 or 1)."""
     if accelerator.num_processes == 1:
@@ -87,8 +81,8 @@ def resolve_cache_sharing(accelerator, requested: str, cache_dir: str | Path) ->
     """The sharing mode the run uses for ``cache_dir`` (collective when ``auto`` on 2+ machines).
 
     One machine: always ``shared`` (its processes see one folder), whatever was asked.
+    ``requested`` is one of :data:`CACHE_SHARING` (the flag's choices).
     """
-    check_cache_sharing(requested)
     machines = count_processes(accelerator, accelerator.is_local_main_process)
     if machines == 1:
         return CacheSharing(requested, "shared", machines, detected=False)
