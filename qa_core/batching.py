@@ -267,8 +267,7 @@ def epoch_order(has_answer: np.ndarray, negative_fraction: float, seed: int, epo
     order = rng.permutation(np.concatenate([positives, negatives]))
     if lengths is not None and group_size:
         parts = np.array_split(order, max(1, -(-len(order) // group_size)))
-        groups = [g[np.argsort(-lengths[g], kind="stable")] for g in parts]
-        order = np.concatenate(groups) if groups else order
+        order = np.concatenate([g[np.argsort(-lengths[g], kind="stable")] for g in parts])
     return order
 
 
