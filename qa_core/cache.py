@@ -339,9 +339,8 @@ class CacheEntryWriter:
         require_writable(cache_root)
         self.tmp = cache_root / temporary_name(key)
         try:
-            self.tmp.mkdir()
             for name in SPLITS:
-                (self.tmp / name).mkdir()
+                (self.tmp / name).mkdir(parents=True)
         except OSError as err:
             raise CacheDirError(f"--cache_dir {cache_root}: cannot write there "
                                 f"({err.strerror or err})") from None
