@@ -656,9 +656,8 @@ def _hit_summary(entry: Path, started: float, leftovers: int, source: ExampleSou
     summary["settings"] = run_settings(config)
     # seconds and examples_per_s describe this run; the build's own figures keep a build_ prefix
     summary.update(build_seconds=summary.pop("seconds"),
-                   build_examples_per_s=summary.pop("examples_per_s"))
-    if "cpu_seconds" in summary:
-        summary["build_cpu_seconds"] = summary.pop("cpu_seconds")
+                   build_examples_per_s=summary.pop("examples_per_s"),
+                   build_cpu_seconds=summary.pop("cpu_seconds"))
     summary.update(cache_hit=True, seconds=round(time.perf_counter() - started, 3),
                    cache_dir=str(entry), cache_rebuilt=None, leftovers_removed=leftovers)
     summary["examples_per_s"] = (round(summary["examples"] / summary["seconds"], 1)
