@@ -26,8 +26,7 @@ from qa_core.features import FeatureBuilder, offsets_to_numpy
 LENGTH_GROUP_BATCHES = 50
 
 TOKEN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "start_positions",
-                "end_positions")
+MODEL_INPUTS = (*TOKEN_COLUMNS, "start_positions", "end_positions")
 
 
 def pad_multiple(mixed_precision: str | None) -> int | None:

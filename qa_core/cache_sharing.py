@@ -26,7 +26,6 @@ from qa_core.processes import on_every_process
 T = TypeVar("T")
 
 CACHE_SHARING = ("auto", "shared", "local")
-PROBE_PREFIX = ".shared-probe-"
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def cache_folder_is_shared(accelerator, cache_dir: str | Path) -> bool:
     folder = Path(cache_dir)
     names: list[str | None] = [None]
     if accelerator.is_main_process:
-        probe = folder / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+        probe = folder / f".shared-probe-{uuid.uuid4().hex}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe.write_text("the global main process asks: which machines see this folder?\n")

@@ -126,11 +126,6 @@ class PreprocessConfig:
     def feature_config(self) -> FeatureConfig:
         return FeatureConfig(self.max_length, self.doc_stride, self.label_answer)
 
-    def validate(self) -> None:
-        """:func:`check_preprocess_settings` on this config's values."""
-        check_preprocess_settings(self.max_length, self.doc_stride, self.num_proc, self.batch_size,
-                                  self.rows_per_shard, self.language)
-
 
 @dataclass
 class PrepareResult:
@@ -601,7 +596,8 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
     the summary's ``cache_rebuilt`` says why.
     """
     started = time.perf_counter()
-    config.validate()
+    check_preprocess_settings(config.max_length, config.doc_stride, config.num_proc,
+                              config.batch_size, config.rows_per_shard, config.language)
     cache_root = Path(config.cache_dir)
     check_writable_folder(cache_root)
     source = open_source(SourceSpec(config.data, config.split, config.language, config.hub_config))
