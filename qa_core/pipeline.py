@@ -348,7 +348,6 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _init_worker(model: str, feature_config: FeatureConfig, parent: int) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the workers
     # a forked worker inherits the main process's builder; a spawned one loads the tokenizer
     if _worker is None or _worker.builder.config != feature_config:
