@@ -121,8 +121,8 @@ class FeatureRows(torch.utils.data.Dataset):
             for name in ("start_positions", "end_positions"))
         if selection is None:  # examples numbered in the order their ids first appear
             ids = table.column("example_id")
-            self.example_index = pc.index_in(ids, value_set=pc.unique(ids)).to_numpy().astype(
-                np.int32)
+            position = pc.index_in(ids, value_set=pc.unique(ids))
+            self.example_index = position.to_numpy().astype(np.int32)
         else:
             self.example_index = selection.example_index
         self.pad_token_id = pad_token_id
