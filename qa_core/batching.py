@@ -26,8 +26,7 @@ from qa_core.features import FeatureBuilder, offsets_to_numpy
 LENGTH_GROUP_BATCHES = 50
 
 TOKEN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "start_positions",
-                "end_positions")
+MODEL_INPUTS = (*TOKEN_COLUMNS, "start_positions", "end_positions")
 
 
 def pad_multiple(mixed_precision: str | None) -> int | None:
@@ -73,12 +72,6 @@ def select_first_examples(features: pa.Table, examples: pa.Table,
     return FeatureSelection(examples, rows, position[rows].astype(np.int32))
 
 
-def first_appearance_index(example_ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """int32 per feature: the position of its example id in the order ids first appear."""
-    position = pc.index_in(example_ids, value_set=pc.unique(example_ids))
-    return position.to_numpy().astype(np.int32)
-
-
 # ---------------------------------------------------------------------------------------------
 # Rows -> padded batches
 # ---------------------------------------------------------------------------------------------
@@ -96,10 +89,6 @@ def _row_lengths(column: pa.ChunkedArray) -> np.ndarray:
     """int32 length of every row of a list column, from its offsets buffers."""
     parts = [np.diff(chunk.offsets.to_numpy()).astype(np.int32) for chunk in column.chunks]
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
-
-
-def _flat_numpy(column: pa.ChunkedArray, dtype) -> np.ndarray:
-    return column.to_numpy().astype(dtype) if len(column) else np.zeros(0, dtype)
 
 
 class FeatureRows(torch.utils.data.Dataset):
@@ -120,22 +109,22 @@ class FeatureRows(torch.utils.data.Dataset):
             raise ValueError(f"pad_to must be 'longest' or 'max_length', got {pad_to!r}")
         self.table = table
         self.rows = None if selection is None else selection.rows
-        lengths = _row_lengths(table.column("input_ids"))
-        self.columns = {}
-        for name in TOKEN_COLUMNS:
-            if name in table.column_names:
-                if not np.array_equal(_row_lengths(table.column(name)), lengths):
-                    raise ValueError(f"column {name!r}: row lengths differ from input_ids'")
-                self.columns[name] = _list_views(table.column(name))
+        # the builder writes every token column with input_ids' row lengths
+        self.columns = {name: _list_views(table.column(name)) for name in TOKEN_COLUMNS
+                        if name in table.column_names}
         chunk_rows = [len(chunk) for chunk in table.column("input_ids").chunks]
         self.chunk_starts = np.concatenate([[0], np.cumsum(chunk_rows)]).astype(np.int64)
-        self.lengths = self._selected(lengths)
-        self.has_answer = self._selected(_flat_numpy(table.column("has_answer"), bool))
-        self.start_positions = self._selected(
-            _flat_numpy(table.column("start_positions"), np.int32))
-        self.end_positions = self._selected(_flat_numpy(table.column("end_positions"), np.int32))
-        self.example_index = (first_appearance_index(table.column("example_id"))
-                              if selection is None else selection.example_index)
+        self.lengths = self._selected(_row_lengths(table.column("input_ids")))
+        self.has_answer = self._selected(table.column("has_answer").to_numpy())
+        self.start_positions, self.end_positions = (
+            self._selected(table.column(name).to_numpy().astype(np.int32))
+            for name in ("start_positions", "end_positions"))
+        if selection is None:  # examples numbered in the order their ids first appear
+            ids = table.column("example_id")
+            position = pc.index_in(ids, value_set=pc.unique(ids))
+            self.example_index = position.to_numpy().astype(np.int32)
+        else:
+            self.example_index = selection.example_index
         self.pad_token_id = pad_token_id
         self.pad_to = pad_to
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -183,8 +172,6 @@ class FeatureRows(torch.utils.data.Dataset):
         """int32 ``[B, longest, 2]`` character offsets of dataset indices' tokens (-1 outside
         the context and in padding), read from the ``offset_mapping`` column."""
         indices = np.asarray(indices, dtype=np.int64)
-        if "offset_mapping" not in self.table.column_names:
-            raise ValueError("this features table has no offset_mapping column")
         width = int(self.lengths[indices].max(initial=0))
         out = np.full((len(indices), width, 2), -1, dtype=np.int32)
         chunk, local = self.locate(indices)
@@ -212,18 +199,19 @@ class ExampleWindows:
                  batch_size: int) -> None:
         self.builder, self.examples = builder, examples
         self.pad_token_id, self.batch_size = pad_token_id, batch_size
-        self._columns: dict[str, list[np.ndarray]] = {
-            "example_index": [], "start_positions": [], "end_positions": []}
+        self.example_index = self.start_positions = self.end_positions = np.zeros(0, np.int32)
         self._rows: FeatureRows | None = None  # the rows batches are being drawn from
         self._first = 0                         # the feature index of their first row
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        columns: dict[str, list[np.ndarray]] = {
+            "example_index": [], "start_positions": [], "end_positions": []}
         waiting = None  # rows of earlier examples not yet in a batch (fewer than batch_size)
         for number, example in enumerate(self.examples):
             built = pa.Table.from_batches([self.builder.build([example])[0]])
-            self._columns["example_index"].append(np.full(built.num_rows, number, np.int32))
+            columns["example_index"].append(np.full(built.num_rows, number, np.int32))
             for name in ("start_positions", "end_positions"):
-                self._columns[name].append(_flat_numpy(built.column(name), np.int32))
+                columns[name].append(built.column(name).to_numpy().astype(np.int32))
             table = built if waiting is None else pa.concat_tables([waiting, built])
             last = number == len(self.examples) - 1
             served = table.num_rows if last else table.num_rows // self.batch_size * self.batch_size
@@ -236,6 +224,8 @@ class ExampleWindows:
             # a copy, so that the rest of this example's table is freed before the next is built
             waiting = table.take(pa.array(np.arange(served, table.num_rows)))
             self._rows, self._first = None, self._first + served
+        for name, parts in columns.items():
+            setattr(self, name, np.concatenate([np.zeros(0, np.int32), *parts]))
 
     def offsets(self, indices: np.ndarray) -> np.ndarray:
         """:meth:`FeatureRows.offsets` of features of the batch just yielded."""
@@ -244,22 +234,6 @@ class ExampleWindows:
                                   < len(self._rows)):
             raise RuntimeError("ExampleWindows serves the offsets of the batch just yielded only")
         return self._rows.offsets(local)
-
-    def _column(self, name: str) -> np.ndarray:
-        parts = self._columns[name]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
-
-    @property
-    def example_index(self) -> np.ndarray:
-        return self._column("example_index")
-
-    @property
-    def start_positions(self) -> np.ndarray:
-        return self._column("start_positions")
-
-    @property
-    def end_positions(self) -> np.ndarray:
-        return self._column("end_positions")
 
 
 def identity_collate(batch):
@@ -292,8 +266,7 @@ def epoch_order(has_answer: np.ndarray, negative_fraction: float, seed: int, epo
     order = rng.permutation(np.concatenate([positives, negatives]))
     if lengths is not None and group_size:
         parts = np.array_split(order, max(1, -(-len(order) // group_size)))
-        groups = [g[np.argsort(-lengths[g], kind="stable")] for g in parts]
-        order = np.concatenate(groups) if groups else order
+        order = np.concatenate([g[np.argsort(-lengths[g], kind="stable")] for g in parts])
     return order
 
 
@@ -308,9 +281,11 @@ class EpochSampler(torch.utils.data.Sampler):
         self.lengths = lengths
         self.group_size = group_size
         self.epoch = 0
-        negatives = int((~has_answer).sum())
-        kept = negatives if negative_fraction >= 1.0 else int(round(negative_fraction * negatives))
-        self._length = int(has_answer.sum()) + kept
+        self._length = len(self.order(0))
+
+    def order(self, epoch: int) -> np.ndarray:
+        return epoch_order(self.has_answer, self.negative_fraction, self.seed, epoch,
+                           self.lengths, self.group_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -319,9 +294,7 @@ class EpochSampler(torch.utils.data.Sampler):
         return self._length
 
     def __iter__(self) -> Iterator[int]:
-        order = epoch_order(self.has_answer, self.negative_fraction, self.seed, self.epoch,
-                            self.lengths, self.group_size)
-        return iter(order.tolist())
+        return iter(self.order(self.epoch).tolist())
 
 
 def epoch_step_costs(dataset: FeatureRows, sampler: EpochSampler, batch_size: int,
@@ -336,18 +309,11 @@ def epoch_step_costs(dataset: FeatureRows, sampler: EpochSampler, batch_size: in
     left out: at 256-384 tokens it is a tenth of a MiniLM step, and the plan only needs the
     ratio of later steps' costs to the timed ones'.
     """
-    order = epoch_order(sampler.has_answer, sampler.negative_fraction, sampler.seed, epoch,
-                        sampler.lengths, sampler.group_size)
+    order = sampler.order(epoch)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     per_batch = np.array([len(b) * dataset.batch_width(b) for b in batches], dtype=np.float64)
-    rounds = -(-len(per_batch) // num_processes)
-    per_round = np.zeros(rounds * num_processes)
-    per_round[:len(per_batch)] = per_batch
-    per_round = per_round.reshape(rounds, num_processes).max(axis=1)
-    steps = -(-rounds // accumulation)
-    per_step = np.zeros(steps * accumulation)
-    per_step[:rounds] = per_round
-    return per_step.reshape(steps, accumulation).sum(axis=1)
+    per_round = np.maximum.reduceat(per_batch, np.arange(0, len(per_batch), num_processes))
+    return np.add.reduceat(per_round, np.arange(0, len(per_round), accumulation))
 
 
 def training_loader(dataset: FeatureRows, batch_size: int, num_processes: int,

@@ -96,11 +96,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return fingerprint(parts)
 
 
-def finished_entry(cache_root: Path, key: str) -> Path | None:
-    entry = cache_root / key
-    return entry if (entry / SUMMARY_FILE).is_file() else None
-
-
 def read_summary(entry: Path) -> dict:
     return json.loads((entry / SUMMARY_FILE).read_text())
 
@@ -261,14 +256,13 @@ class ShardWriter:
     own prefix) and named in order when the entry is committed (:func:`finish_split`).
     """
 
-    def __init__(self, folder: Path, rows_per_shard: int, schema: pa.Schema | None = None,
+    def __init__(self, folder: Path, rows_per_shard: int, schema: pa.Schema,
                  prefix: str = "part-") -> None:
         self.folder = folder
         self.rows_per_shard = rows_per_shard
         self.prefix = prefix
         self.files: list[Path] = []
         self.schema = schema
-        self.rows = 0
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._sink = None
         self._rows_in_shard = 0
@@ -276,15 +270,10 @@ class ShardWriter:
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
-        if self.schema is None:
-            self.schema = batch.schema
-        elif batch.schema != self.schema:
-            batch = pa.RecordBatch.from_arrays(batch.columns, schema=self.schema)
         if self._writer is None or self._rows_in_shard >= self.rows_per_shard:
             self._roll()
         self._writer.write_batch(batch)
         self._rows_in_shard += batch.num_rows
-        self.rows += batch.num_rows
 
     def _roll(self) -> None:
         self.finish()
@@ -302,9 +291,6 @@ class ShardWriter:
             self._writer = self._sink = None
 
 
-INFO_FILE = "dataset_info.json"
-
-
 def write_split_info(folder: Path, schema: pa.Schema) -> None:
     """``dataset_info.json`` of a split, as ``datasets`` writes it (importing it costs ~0.4 s)."""
     import datasets
@@ -316,15 +302,13 @@ def write_split_info(folder: Path, schema: pa.Schema) -> None:
 def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
     """Name a split's shards in order as ``datasets`` does and write its metadata files.
 
-    ``files`` are the split's shards in row order; none -> one empty shard keeps the split
-    loadable. ``dataset_info.json`` is written unless a worker already wrote it. Returns the
-    number of shards.
+    ``files`` are the split's shards in row order. ``dataset_info.json`` is written unless a
+    worker already wrote it. Returns the number of shards.
     """
-    if not files:
-        empty = ShardWriter(folder, 1, schema)
-        empty._roll()
-        empty.finish()
-        files = empty.files
+    if not files:  # one empty shard keeps the split loadable
+        files = [folder / "part-00000.arrow"]
+        with pa.OSFile(str(files[0]), "wb") as sink:
+            pa.ipc.new_stream(sink, schema).close()
     count = len(files)
     names = []
     for index, path in enumerate(files):
@@ -337,7 +321,7 @@ def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
         "_split": None,
     }
     (folder / "state.json").write_text(json.dumps(state, indent=2))
-    if not (folder / INFO_FILE).is_file():
+    if not (folder / "dataset_info.json").is_file():
         write_split_info(folder, schema)
     return count
 
@@ -345,29 +329,23 @@ def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
 class CacheEntryWriter:
     """A temporary entry folder; it becomes ``<cache_root>/<key>`` only when :meth:`commit` runs.
 
-    Shards are written into ``<tmp>/<split>/`` (by this process or by workers) and handed over
-    in row order with :meth:`add_shards`.
+    Shards are written into ``<tmp>/<split>/`` (by this process or by workers) and appended to
+    ``shards[split]`` in row order.
     """
 
-    def __init__(self, cache_root: Path, key: str, rows_per_shard: int) -> None:
+    def __init__(self, cache_root: Path, key: str) -> None:
         self.cache_root = cache_root
         self.key = key
-        self.rows_per_shard = rows_per_shard
         require_writable(cache_root)
         self.tmp = cache_root / temporary_name(key)
         try:
-            self.tmp.mkdir()
             for name in SPLITS:
-                (self.tmp / name).mkdir()
+                (self.tmp / name).mkdir(parents=True)
         except OSError as err:
             raise CacheDirError(f"--cache_dir {cache_root}: cannot write there "
                                 f"({err.strerror or err})") from None
         self.shards: dict[str, list[Path]] = {name: [] for name in SPLITS}
         self.num_shards: dict[str, int] | None = None
-
-    def add_shards(self, split: str, files: list[Path]) -> None:
-        """Append shard files (already in ``<tmp>/<split>/``) to ``split``, in row order."""
-        self.shards[split].extend(files)
 
     def finish(self, schemas: dict[str, pa.Schema]) -> None:
         """Name the shards in order and write each split's metadata (once)."""
@@ -402,7 +380,7 @@ class CacheEntryWriter:
             self.tmp.rename(final)
         except OSError:
             # Another process finished the same key first: its entry is equally valid.
-            if finished_entry(self.cache_root, self.key) is None:
+            if not (final / SUMMARY_FILE).is_file():
                 raise
             self.abort()
         return final

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -26,7 +26,6 @@ from qa_core.processes import on_every_process
 T = TypeVar("T")
 
 CACHE_SHARING = ("auto", "shared", "local")
-PROBE_PREFIX = ".shared-probe-"
 
 
 @dataclass(frozen=True)
@@ -39,18 +38,7 @@ class CacheSharing:
     detected: bool  # mode came from the probe (requested auto on several machines)
 
     def as_dict(self) -> dict:
-        return {
-            "requested": self.requested,
-            "mode": self.mode,
-            "num_machines": self.num_machines,
-            "detected": self.detected,
-        }
-
-
-def check_cache_sharing(value: str) -> str:
-    if value not in CACHE_SHARING:
-        raise SettingsError(f"--cache_sharing {value!r}: must be one of {', '.join(CACHE_SHARING)}")
-    return value
+        return asdict(self)
 
 
 def count_processes(accelerator, flag: bool) -> int:
@@ -69,7 +57,7 @@ def cache_folder_is_shared(accelerator, cache_dir: str | Path) -> bool:
     folder = Path(cache_dir)
     names: list[str | None] = [None]
     if accelerator.is_main_process:
-        probe = folder / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+        probe = folder / f".shared-probe-{uuid.uuid4().hex}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe.write_text("the global main process asks: which machines see this folder?\n")
@@ -92,10 +80,9 @@ def resolve_cache_sharing(accelerator, requested: str, cache_dir: str | Path) ->
     """The sharing mode the run uses for ``cache_dir`` (collective when ``auto`` on 2+ machines).
 
     One machine: always ``shared`` (its processes see one folder), whatever was asked.
+    ``requested`` is one of :data:`CACHE_SHARING` (the flag's choices).
     """
-    check_cache_sharing(requested)
     machines = count_processes(accelerator, accelerator.is_local_main_process)
-    machines = max(machines, 1)
     if machines == 1:
         return CacheSharing(requested, "shared", machines, detected=False)
     if requested != "auto":
@@ -115,11 +102,8 @@ def cache_build_context(accelerator, sharing: CacheSharing) -> Iterator[bool]:
     if accelerator.num_processes == 1:
         yield True
         return
-    first = (
-        accelerator.is_main_process
-        if sharing.mode == "shared"
-        else accelerator.is_local_main_process
-    )
+    first = (accelerator.is_main_process if sharing.mode == "shared"
+             else accelerator.is_local_main_process)
     if not first:
         accelerator.wait_for_everyone()
     try:

@@ -26,8 +26,8 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -125,11 +125,6 @@ class PreprocessConfig:
 
     def feature_config(self) -> FeatureConfig:
         return FeatureConfig(self.max_length, self.doc_stride, self.label_answer)
-
-    def validate(self) -> None:
-        """:func:`check_preprocess_settings` on this config's values."""
-        check_preprocess_settings(self.max_length, self.doc_stride, self.num_proc, self.batch_size,
-                                  self.rows_per_shard, self.language)
 
 
 @dataclass
@@ -248,6 +243,9 @@ def task_bytes(read_so_far: int) -> int:
 # figures hold on a busy machine, where wall-clock ratios do not.
 # ---------------------------------------------------------------------------------------------
 
+_END = object()
+
+
 class StageClock:
     """CPU seconds of this process per named stage."""
 
@@ -266,39 +264,26 @@ class StageClock:
         """``items``, with the time spent producing each one counted as ``name``."""
         items = iter(items)
         while True:
-            start = time.process_time()
-            try:
-                item = next(items)
-            except StopIteration:
+            with self.stage(name):
+                item = next(items, _END)
+            if item is _END:
                 return
-            finally:
-                self.seconds[name] += time.process_time() - start
             yield item
 
 
-class _TimedBackend:
-    """A tokenizers backend whose ``encode_batch`` calls count as the "tokenize" stage."""
+class _Timed:
+    """A proxy whose ``encode_batch`` calls count as the "tokenize" stage: a tokenizers backend,
+    or a tokenizer whose ``backend_tokenizer`` is one (what :meth:`FeatureBuilder.build` calls)."""
 
-    def __init__(self, backend, clock: StageClock) -> None:
-        self._backend, self._clock = backend, clock
+    def __init__(self, target, clock: StageClock) -> None:
+        self._target, self._clock = target, clock
 
     def encode_batch(self, *args, **kwargs):
         with self._clock.stage("tokenize"):
-            return self._backend.encode_batch(*args, **kwargs)
+            return self._target.encode_batch(*args, **kwargs)
 
     def __getattr__(self, name: str):
-        return getattr(self._backend, name)
-
-
-class _TimedTokenizer:
-    """``tokenizer`` with its backend timed; what :meth:`FeatureBuilder.build` needs of it."""
-
-    def __init__(self, tokenizer, clock: StageClock) -> None:
-        self._tokenizer = tokenizer
-        self.backend_tokenizer = _TimedBackend(tokenizer.backend_tokenizer, clock)
-
-    def __getattr__(self, name: str):
-        return getattr(self._tokenizer, name)
+        return getattr(self._target, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +307,6 @@ class Task:
 class TaskResult:
     """What a task sends back: counts, the ids it kept, its shard files and CPU seconds."""
 
-    index: int
     files: dict[str, list[str]]               # split -> shard file names, in row order
     read: ReadStats
     features: FeatureStats
@@ -349,7 +333,8 @@ def _set_worker(builder: FeatureBuilder) -> None:
     global _worker
     clock = StageClock()
     timed = copy.copy(builder)
-    timed.tokenizer = _TimedTokenizer(builder.tokenizer, clock)
+    timed.tokenizer = _Timed(builder.tokenizer, clock)
+    timed.tokenizer.backend_tokenizer = _Timed(builder.tokenizer.backend_tokenizer, clock)
     schemas = {"features": builder.build([])[0].schema, "examples": EXAMPLE_SCHEMA}
     _worker = _WorkerState(timed, clock, schemas)
 
@@ -363,7 +348,6 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _init_worker(model: str, feature_config: FeatureConfig, parent: int) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the workers
     # a forked worker inherits the main process's builder; a spawned one loads the tokenizer
     if _worker is None or _worker.builder.config != feature_config:
@@ -414,8 +398,8 @@ def run_task(task: Task) -> TaskResult:
                 write_split_info(folder / name, schema)
     cpu = dict(clock.seconds)
     cpu["window"] = cpu.pop("build", 0.0) - cpu.get("tokenize", 0.0)
-    return TaskResult(task.index, {name: [p.name for p in w.files] for name, w in writers.items()},
-                      read, feature_stats, example_rows, with_answer, seen - task.exclude, cpu,
+    return TaskResult({name: [p.name for p in w.files] for name, w in writers.items()}, read,
+                      feature_stats, example_rows, with_answer, seen - task.exclude, cpu,
                       os.getpid(), time.process_time())
 
 
@@ -423,41 +407,12 @@ def run_task(task: Task) -> TaskResult:
 # Main side: read chunks, hand them out, take the results back in input order
 # ---------------------------------------------------------------------------------------------
 
-class _Progress:
-    """A tqdm bar on stderr (examples done and their rate, rows read, features written) when
-    stderr is a terminal; nothing otherwise (CI, pipes, log files)."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.rows = self.features = 0
-        stream = sys.stderr
-        if stream is not None and hasattr(stream, "isatty") and stream.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc="preprocessing", unit=" examples", file=stream,
-                            dynamic_ncols=True)
-
-    def read(self, rows: int) -> None:
-        self.rows += rows
-
-    def done(self, examples: int, features: int) -> None:
-        self.features += features
-        if self.bar is not None:
-            self.bar.set_postfix({"rows read": self.rows, "features": self.features},
-                                 refresh=False)
-            self.bar.update(examples)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _tasks(source: ExampleSource, config: PreprocessConfig, folder: Path, clock: StageClock,
-           progress: _Progress) -> Iterator[Task]:
+           progress: dict[str, int]) -> Iterator[Task]:
     """The source's chunks as tasks; reading them counts as the main process's "read" stage."""
     language = config.language.lower()
     for index, chunk in enumerate(clock.timed("read", source.chunks(task_bytes))):
-        progress.read(len(chunk))
+        progress["rows read"] += len(chunk)
         yield Task(index, chunk, str(folder), language, config.batch_size, config.rows_per_shard)
 
 
@@ -495,15 +450,6 @@ def _worker_pool(config: PreprocessConfig, builder: FeatureBuilder) -> Iterator:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
-def _outcome(future: Future) -> TaskResult | BaseException:
-    error = future.exception()
-    if isinstance(error, BrokenProcessPool):
-        return PreprocessWorkerError(
-            "a preprocessing worker process died (killed, or out of memory?); nothing was "
-            "cached: run again, with a lower --num_proc if memory is short")
-    return error if error is not None else future.result()
-
-
 def _parallel_results(tasks: Iterator[Task], config: PreprocessConfig,
                       builder: FeatureBuilder) -> Iterator[tuple[Task, TaskResult]]:
     """Results in input order, the tasks run by ``num_proc`` workers.
@@ -512,39 +458,31 @@ def _parallel_results(tasks: Iterator[Task], config: PreprocessConfig,
     of reading) is raised when its turn in input order comes, so the first problem in the
     source is the one reported, as with one process.
     """
-    limit = 2 * config.num_proc
+    ahead: deque[tuple[Task | None, Future | Exception]] = deque()
+    reading = True
     with _worker_pool(config, builder) as pool:
-        pending: dict[Future, Task] = {}
-        done: dict[int, tuple[Task | None, TaskResult | BaseException]] = {}
-        produced = handed = 0
-        reading, failed = True, False
-        while True:
-            while reading and not failed and produced - handed < limit:
-                try:
-                    task = next(tasks)
-                except StopIteration:
-                    reading = False
-                except Exception as err:  # raised in its turn, after the tasks before it
-                    done[produced] = (None, err)
-                    reading = False
-                else:
-                    pending[pool.submit(run_task, task)] = task
-                    produced += 1
-            while handed in done:
-                task, outcome = done.pop(handed)
-                if isinstance(outcome, BaseException):
+        try:
+            while True:
+                while reading and len(ahead) < 2 * config.num_proc:
+                    try:
+                        task = next(tasks)
+                    except StopIteration:
+                        reading = False
+                    except Exception as err:  # raised in its turn, after the tasks before it
+                        ahead.append((None, err))
+                        reading = False
+                    else:
+                        ahead.append((task, pool.submit(run_task, task)))
+                if not ahead:
+                    return
+                task, outcome = ahead.popleft()
+                if task is None:
                     raise outcome
-                handed += 1
-                yield task, outcome
-            if not pending:
-                if reading:
-                    continue
-                return
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task = pending.pop(future)
-                done[task.index] = (task, _outcome(future))
-                failed |= isinstance(done[task.index][1], BaseException)
+                yield task, outcome.result()
+        except BrokenProcessPool:
+            raise PreprocessWorkerError(
+                "a preprocessing worker process died (killed, or out of memory?); nothing was "
+                "cached: run again, with a lower --num_proc if memory is short") from None
 
 
 @dataclass
@@ -591,26 +529,33 @@ def _merge(task: Task, result: TaskResult, totals: _Totals, writer: CacheEntryWr
         totals.redone += 1
     totals.add(result)
     for name, files in result.files.items():
-        writer.add_shards(name, [writer.tmp / name / file for file in files])
+        writer.shards[name] += [writer.tmp / name / file for file in files]
 
 
 def _build(writer: CacheEntryWriter, source: ExampleSource, config: PreprocessConfig,
            builder: FeatureBuilder, clock: StageClock) -> _Totals:
     """Run every task of ``source`` (in workers when ``num_proc`` > 1) and merge the results."""
-    progress = _Progress()
+    from tqdm import tqdm
+
     totals = _Totals()
     with clock.stage("setup"):  # forked workers inherit what this imports and builds
         _set_worker(builder)
+    progress = {"rows read": 0, "features": 0}
     tasks = _tasks(source, config, writer.tmp, clock, progress)
     results = (((task, run_task(task)) for task in tasks) if config.num_proc <= 1
                else _parallel_results(tasks, config, builder))
+    # a bar only on a terminal: none in CI, pipes or log files
+    bar = tqdm(desc="preprocessing", unit=" examples", file=sys.stderr, dynamic_ncols=True,
+               disable=sys.stderr is None or not sys.stderr.isatty())
     try:
         for task, result in results:
             _merge(task, result, totals, writer)
-            progress.done(result.examples, result.features.features)
+            progress["features"] += result.features.features
+            bar.set_postfix(progress, refresh=False)
+            bar.update(result.examples)
     finally:
         results.close()  # stops the workers now if merging failed
-        progress.close()
+        bar.close()
     return totals
 
 
@@ -650,7 +595,8 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
     the summary's ``cache_rebuilt`` says why.
     """
     started = time.perf_counter()
-    config.validate()
+    check_preprocess_settings(config.max_length, config.doc_stride, config.num_proc,
+                              config.batch_size, config.rows_per_shard, config.language)
     cache_root = Path(config.cache_dir)
     check_writable_folder(cache_root)
     source = open_source(SourceSpec(config.data, config.split, config.language, config.hub_config))
@@ -668,7 +614,7 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
 
     tokenizer = tokenizer or load_tokenizer(config.model)
     builder = FeatureBuilder(tokenizer, feature_config)  # validates the tokenizer before any work
-    writer = CacheEntryWriter(cache_root, key, config.rows_per_shard)
+    writer = CacheEntryWriter(cache_root, key)
     try:
         cpu_start, clock = time.process_time(), StageClock()
         totals = _build(writer, source, config, builder, clock)
@@ -705,9 +651,8 @@ def _hit_summary(entry: Path, started: float, leftovers: int, source: ExampleSou
     summary["settings"] = run_settings(config)
     # seconds and examples_per_s describe this run; the build's own figures keep a build_ prefix
     summary.update(build_seconds=summary.pop("seconds"),
-                   build_examples_per_s=summary.pop("examples_per_s"))
-    if "cpu_seconds" in summary:
-        summary["build_cpu_seconds"] = summary.pop("cpu_seconds")
+                   build_examples_per_s=summary.pop("examples_per_s"),
+                   build_cpu_seconds=summary.pop("cpu_seconds"))
     summary.update(cache_hit=True, seconds=round(time.perf_counter() - started, 3),
                    cache_dir=str(entry), cache_rebuilt=None, leftovers_removed=leftovers)
     summary["examples_per_s"] = (round(summary["examples"] / summary["seconds"], 1)

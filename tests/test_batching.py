@@ -162,9 +162,6 @@ def test_in_memory_table_and_padding_rules():
     assert fixed.__getitems__([0])["input_ids"][0].tolist() == [101, 5, 6] + [7] * 13
     with pytest.raises(ValueError, match="pad_to"):
         FeatureRows(table, pad_token_id=0, pad_to="bucket")
-    ragged = table.set_column(1, "attention_mask", pa.array([[1], [1], [1]]))
-    with pytest.raises(ValueError, match="attention_mask"):
-        FeatureRows(ragged, pad_token_id=0)
 
 
 # ---------------------------------------------------------------------------------------------

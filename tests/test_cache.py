@@ -497,7 +497,7 @@ def test_an_entry_whose_manifest_says_size_is_still_a_hit(config):
 
 def test_rebuild_keeps_an_entry_another_run_already_repaired(config):
     first = prepare(config)
-    writer = cache_mod.CacheEntryWriter(Path(config.cache_dir), first.summary["key"], 100)
+    writer = cache_mod.CacheEntryWriter(Path(config.cache_dir), first.summary["key"])
     stamp = (first.entry / "summary.json").stat().st_mtime_ns
     # the entry is whole again by the time this (slower) rebuild commits: it is kept
     assert writer.commit({}, {n: pa.schema([("a", pa.int32())]) for n in cache_mod.SPLITS},

@@ -20,7 +20,6 @@ import torch.multiprocessing as mp
 from qa_core.cache_sharing import (
     CacheSharing,
     cache_build_context,
-    check_cache_sharing,
     count_processes,
     resolve_cache_sharing,
 )
@@ -178,11 +177,3 @@ def test_one_process_needs_no_collective(tmp_path):
         assert first is True
     assert count_processes(OneProcess(), True) == 1 and count_processes(OneProcess(), False) == 0
     assert not (tmp_path / "cache").exists()  # no probe on one machine
-
-
-def test_bad_setting_is_one_line():
-    assert check_cache_sharing("auto") == "auto"
-    with pytest.raises(
-        ValueError, match=r"^--cache_sharing 'nfs': must be one of auto, shared, local$"
-    ):
-        check_cache_sharing("nfs")
