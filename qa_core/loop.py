@@ -18,7 +18,7 @@ import torch
 from qa_core import checkpoints
 from qa_core.averaging import WeightAverage
 from qa_core.batching import model_inputs
-from qa_core.budget import BudgetGuard
+from qa_core.budget import TimeBudget
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import Evaluator
 from qa_core.modeling import NonFiniteModelError, save_model_checked
@@ -171,7 +171,7 @@ class TrainingRun:
     lr_scheduler: str = "linear"
     warmup_steps: int = 0
     average: WeightAverage | None = None   # --average_last
-    budget: BudgetGuard | None = field(default=None, init=False)  # --max_train_minutes
+    budget: TimeBudget | None = field(default=None, init=False)  # --max_train_minutes
     planned: bool = field(default=False, init=False)  # the run's length is fixed (fix_plan)
 
     def fix_plan(self, total_steps: int, step: int, resumed: bool = False) -> None:

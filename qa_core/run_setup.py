@@ -24,7 +24,7 @@ from qa_core.batching import (
     select_first_examples,
     training_loader,
 )
-from qa_core.budget import BudgetGuard, RunShape, StepCosts, TimeBudget, calibration_steps
+from qa_core.budget import RunShape, StepCosts, TimeBudget, calibration_steps
 from qa_core.cache_sharing import CacheSharing, build_on_every_process, count_processes
 from qa_core.checkpoints import RunState
 from qa_core.errors import SettingsError
@@ -189,30 +189,27 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
         model, optimizer, loader, evaluator.loader)
     plan = StepPlan.build(len(loader), optim.gradient_accumulation_steps,
                           optim.max_train_steps, optim.num_train_epochs)
-    budget = None
-    if optim.max_train_minutes:
-        costs = StepCosts(plan.steps_per_epoch, partial(
-            epoch_step_costs, train_set, sampler, optim.per_device_train_batch_size,
-            accelerator.num_processes, optim.gradient_accumulation_steps))
-        budget = TimeBudget(accelerator, optim.max_train_minutes, started_at, costs)
-    # a budgeted run's schedule decays once the budget has planned it (BudgetGuard)
-    scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps,
-                                None if budget else plan.total_steps)
+    # a budgeted run's schedule decays once the budget has planned it (TimeBudget.after_step)
+    scheduled = None if optim.max_train_minutes else plan.total_steps
+    scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps, scheduled)
     # the flags and the facts resolved here, which a resume compares (qa_core.settings RESUME_*)
     state = RunState(settings={
         **settings.as_flat_dict(), "world_size": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type.value),
         "train_data_key": split.summary["key"], "eval_data_key": evaluator.data_key,
         "mixed_precision": accelerator.mixed_precision, "negative_window_fraction": negatives,
-        "optimizer": optimizer_class, "scheduled_steps": None if budget else plan.total_steps})
+        "optimizer": optimizer_class, "scheduled_steps": scheduled})
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
                       output_dir, optim.lr_scheduler, optim.warmup_steps,
                       average=weight_average(accelerator, model, optim.average_last))
-    if budget is not None:
-        run.budget = BudgetGuard(budget, run_shape(settings, evaluator, accelerator, plan),
-                                 on_plan=run.fix_plan)
+    if optim.max_train_minutes:
+        costs = StepCosts(plan.steps_per_epoch, partial(
+            epoch_step_costs, train_set, sampler, optim.per_device_train_batch_size,
+            accelerator.num_processes, optim.gradient_accumulation_steps))
+        run.budget = TimeBudget(accelerator, optim.max_train_minutes, started_at, costs,
+                                run_shape(settings, evaluator, accelerator, plan), run.fix_plan)
     resumed = run.resume(settings.run.resume_from_checkpoint)
-    if budget is not None and budget.seconds_spent_before_training():
+    if run.budget is not None and run.budget.seconds_spent_before_training():
         raise SettingsError(
             f"--max_train_minutes {optim.max_train_minutes:g}: spent before the first step "
             f"({time.time() - started_at:.1f} s for start-up, data and model): no run fits "
