@@ -61,7 +61,12 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     from qa_core.checkpoints import RunState
     from qa_core.hardware import end_distributed
     from qa_core.loop import EvalTracker, TrainedSpan, fit
-    from qa_core.modeling import ModelFolderError, freeze_parameters, load_qa_model
+    from qa_core.modeling import (
+        ModelFolderError,
+        freeze_encoder,
+        freeze_word_embeddings,
+        load_qa_model,
+    )
     from qa_core.optim import build_optimizer
     from qa_core.processes import on_every_process
     from qa_core.run_setup import build_evaluator, checked_tokenizer, start_training
@@ -83,7 +88,10 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     # --- model and optimizer ----------------------------------------------------------------------
     model = on_every_process(accelerator, lambda: load_qa_model(
         data.model, optim.attention_dropout, optim.hidden_dropout), ModelFolderError)
-    freeze_parameters(model, optim.freeze_encoder, optim.freeze_word_embeddings)
+    if optim.freeze_encoder:
+        freeze_encoder(model)
+    if optim.freeze_word_embeddings:
+        freeze_word_embeddings(model)
     tracker = EvalTracker(evaluator, output_dir, save_best=do_train,
                           metric_for_best_model=run_args.metric_for_best_model)
 

@@ -27,6 +27,10 @@ def optimizer_param_groups(model: torch.nn.Module, weight_decay: float) -> list[
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+ADAMW_KERNELS = {"adamw_torch": {}, "adamw_torch_foreach": {"foreach": True},
+                 "adamw_torch_fused": {"fused": True}}
+
+
 def build_optimizer(name: str, model: torch.nn.Module, learning_rate: float,
                     weight_decay: float) -> torch.optim.Optimizer:
     """The optimizer called ``name`` (transformers' ``--optim`` names) over the model's groups.
@@ -37,12 +41,8 @@ def build_optimizer(name: str, model: torch.nn.Module, learning_rate: float,
     fixed learning rate (our schedule drives it).
     """
     groups = optimizer_param_groups(model, weight_decay)
-    if name == "adamw_torch":
-        return torch.optim.AdamW(groups, lr=learning_rate)
-    if name == "adamw_torch_foreach":
-        return torch.optim.AdamW(groups, lr=learning_rate, foreach=True)
-    if name == "adamw_torch_fused":
-        return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+    if name in ADAMW_KERNELS:
+        return torch.optim.AdamW(groups, lr=learning_rate, **ADAMW_KERNELS[name])
     if name == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate)
     if name == "adafactor":
