@@ -21,15 +21,13 @@ from torch.optim.swa_utils import AveragedModel
 
 
 class WeightAverage(AveragedModel):
-    """Running mean of a model's weights over the last ``last_fraction`` of the planned steps;
-    its ``state_dict`` is the ``AveragedModel``'s (``module.*`` and ``n_averaged``).
+    """Running mean of a model's weights over the last ``last_fraction`` (in (0, 1]: the flag's
+    rule; 0 builds none) of the planned steps; its ``state_dict`` is the ``AveragedModel``'s.
 
     The tail is fixed once, when the run's plan is (:meth:`fix_tail`): from then on each step
     only asks whether it is in it, whatever the plan's length."""
 
     def __init__(self, model: torch.nn.Module, last_fraction: float) -> None:
-        if not 0.0 < last_fraction <= 1.0:
-            raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")
         super().__init__(model)  # starts empty (n_averaged 0)
         self.last_fraction = last_fraction
         self.start: int | None = None   # the first step averaged from now on; None: no plan yet

@@ -57,14 +57,6 @@ def calibration_steps(warmup_steps: int) -> int:
     return max(CALIBRATION_STEPS, min(warmup_steps, MAX_CALIBRATION_STEPS))
 
 
-def earliest_plan_step(warmup_steps: int, start_step: int = 0) -> int:
-    """The first optimizer step after which a run (new, or resumed at ``start_step`` before its
-    plan) can make its plan: the warm-up is over and ``MIN_TIMED_STEPS`` were timed after the
-    process's first ``TIMED_FROM_STEP``. A run that ends by then never plans: its step limit is
-    its plan (:meth:`TimeBudget.start`)."""
-    return max(calibration_steps(warmup_steps), start_step + TIMED_FROM_STEP + MIN_TIMED_STEPS)
-
-
 class StepCosts:
     """The relative cost of each optimizer step of a run (global step ``s`` is the ``s``-th),
     from a function giving one epoch's per-step costs (padded tokens:
@@ -212,9 +204,12 @@ class TimeBudget:
 
     def start(self, stored_plan: int | None, step: int) -> int | None:
         """The plan in effect as training starts at ``step``: a resumed run's stored plan, or
-        the step limit when the run reaches it before it could plan; None: planned later."""
-        if stored_plan is None and self.shape.step_limit <= earliest_plan_step(
-                self.shape.warmup_steps, step):
+        the step limit when the run reaches it before it could plan (the warm-up over and
+        ``MIN_TIMED_STEPS`` timed after this process's first ``TIMED_FROM_STEP``); None:
+        planned later."""
+        earliest = max(calibration_steps(self.shape.warmup_steps),
+                       step + TIMED_FROM_STEP + MIN_TIMED_STEPS)
+        if stored_plan is None and self.shape.step_limit <= earliest:
             stored_plan = self.shape.step_limit  # it is the plan (schedule, averaged tail)
         self.planned = stored_plan
         return stored_plan

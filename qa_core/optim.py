@@ -27,10 +27,6 @@ def optimizer_param_groups(model: torch.nn.Module, weight_decay: float) -> list[
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-ADAMW_KERNELS = {"adamw_torch": {}, "adamw_torch_foreach": {"foreach": True},
-                 "adamw_torch_fused": {"fused": True}}
-
-
 def build_optimizer(name: str, model: torch.nn.Module, learning_rate: float,
                     weight_decay: float) -> torch.optim.Optimizer:
     """The optimizer called ``name`` (transformers' ``--optim`` names) over the model's groups.
@@ -41,8 +37,10 @@ def build_optimizer(name: str, model: torch.nn.Module, learning_rate: float,
     fixed learning rate (our schedule drives it).
     """
     groups = optimizer_param_groups(model, weight_decay)
-    if name in ADAMW_KERNELS:
-        return torch.optim.AdamW(groups, lr=learning_rate, **ADAMW_KERNELS[name])
+    kernels = {"adamw_torch": {}, "adamw_torch_foreach": {"foreach": True},
+               "adamw_torch_fused": {"fused": True}}
+    if name in kernels:
+        return torch.optim.AdamW(groups, lr=learning_rate, **kernels[name])
     if name == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate)
     if name == "adafactor":
@@ -55,12 +53,10 @@ def build_optimizer(name: str, model: torch.nn.Module, learning_rate: float,
 
 def lr_lambda(kind: str, warmup_steps: int,
               total_steps: int | None) -> Callable[[int], float]:
-    """LR multiplier per optimizer step: linear warm-up then linear/cosine/constant decay to 0.
+    """LR multiplier per optimizer step: linear warm-up then linear/cosine/constant decay to 0
+    (``kind``: one of ``settings.LR_SCHEDULES``, which the flag's choices enforce).
     ``total_steps`` None: the run's length is not planned yet (a time budget plans it after the
     warm-up), so no step decays."""
-    if kind not in ("linear", "cosine", "constant"):
-        raise ValueError(f"unknown lr schedule {kind!r} (linear, cosine, constant)")
-
     def multiplier(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1) if warmup_steps else 1.0
