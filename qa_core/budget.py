@@ -80,22 +80,17 @@ class StepCosts:
             self._epochs[epoch] = np.maximum(costs, 1.0)  # a step is never free
         return self._epochs[epoch]
 
-    def after(self, done: int, until: int | None = None,
-              stop_at_sum: float = math.inf) -> np.ndarray:
+    def after(self, done: int, until: int, stop_at_sum: float = math.inf) -> np.ndarray:
         """Costs of steps ``done + 1 .. until`` in order, ending early once they add up to
         more than ``stop_at_sum``."""
-        if until is None and math.isinf(stop_at_sum):
-            raise ValueError("StepCosts.after needs an end: until or stop_at_sum")
-        parts, total, step = [], 0.0, done
-        while (until is None or step < until) and total <= stop_at_sum:
+        parts, total, step = [np.zeros(0)], 0.0, done
+        while step < until and total <= stop_at_sum:
             epoch, inside = divmod(step, self.steps_per_epoch)
-            part = self.of_epoch(epoch)[inside:]
-            if until is not None:
-                part = part[:until - step]
+            part = self.of_epoch(epoch)[inside:inside + until - step]
             parts.append(part)
             total += float(part.sum())
             step += len(part)
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return np.concatenate(parts)
 
     def mean(self) -> float:
         """Mean cost of a step of the first epoch (the unit evaluations are priced in)."""
