@@ -81,13 +81,12 @@ class NonFiniteLossError(QAError):
 
 
 class NonFiniteGuard:
-    """Counts optimizer steps skipped for non-finite losses or gradients; too many in a row
-    stop the run."""
+    """Counts optimizer steps skipped in a row for non-finite losses or gradients (the run's
+    total is ``RunState.nonfinite_steps``); too many in a row stop the run."""
 
     def __init__(self, max_consecutive: int) -> None:
         self.max_consecutive = max_consecutive
         self.consecutive = 0
-        self.total = 0
 
     def update(self, finite: bool, step: int) -> bool:
         """Record one optimizer step; returns True when it was non-finite (and so skipped)."""
@@ -95,7 +94,6 @@ class NonFiniteGuard:
             self.consecutive = 0
             return False
         self.consecutive += 1
-        self.total += 1
         if self.consecutive > self.max_consecutive:
             raise NonFiniteLossError(
                 f"{self.consecutive} optimizer steps in a row had non-finite losses or gradients "
