@@ -73,7 +73,7 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
 
     data, optim, run_args = settings.data, settings.optim, settings.run
     do_train = optim.max_train_steps != 0
-    accelerator, log, distribution = open_run(settings, held)
+    accelerator, log, distribution, resume = open_run(settings, held)
     output_dir = Path(run_args.output_dir)
 
     # --- data: the preprocessing cache, shared with preprocess.py ---------------------------------
@@ -99,7 +99,7 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     trained, state = TrainedSpan(), RunState()
     if do_train:
         run = start_training(accelerator, settings, model, splits["train"], evaluator,
-                             tokenizer.pad_token_id, output_dir, started_at)
+                             tokenizer.pad_token_id, resume, started_at)
         if run_args.report_to != "none":
             accelerator.init_trackers("qa-accelerate", config=settings.as_flat_dict())
         trained = fit(run, tracker, log, optim, run_args)
@@ -120,7 +120,7 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
 
 def open_run(settings: TrainSettings, held: ExitStack):
     """The accelerator, the output folder locked (``held`` keeps the lock for the run), checked
-    and its log opened, the seed set."""
+    and its log opened, the seed set; and the checkpoint to resume from (None: a new run)."""
     from accelerate.utils import set_seed
 
     from qa_core.checkpoints import agreed_resume
@@ -143,10 +143,10 @@ def open_run(settings: TrainSettings, held: ExitStack):
     check_new_run_output(accelerator, output_dir, run_args.resume_from_checkpoint,
                          run_args.overwrite_output_dir)
     # every process alike, before any work: the machines must see the same checkpoints
-    new_run = agreed_resume(accelerator, output_dir, run_args.resume_from_checkpoint) is None
-    log, distribution = start_log(accelerator, output_dir, run_args.report_to, new_run)
+    resume = agreed_resume(accelerator, output_dir, run_args.resume_from_checkpoint)
+    log, distribution = start_log(accelerator, output_dir, run_args.report_to, resume is None)
     set_seed(optim.seed)
-    return accelerator, log, distribution
+    return accelerator, log, distribution, resume
 
 
 def load_splits(accelerator, settings: TrainSettings, tokenizer, do_train: bool):

@@ -168,9 +168,10 @@ def run_shape(settings: TrainSettings, evaluator: Evaluator, accelerator,
 
 
 def start_training(accelerator, settings: TrainSettings, model, split: CachedSplit,
-                   evaluator: Evaluator, pad_token_id: int, output_dir: Path,
+                   evaluator: Evaluator, pad_token_id: int, resumed: Path | None,
                    started_at: float) -> TrainingRun:
-    """Optimizer, batches, schedule and run state, all prepared; resumed when asked."""
+    """Optimizer, batches, schedule and run state, all prepared; resumed from ``resumed`` (the
+    checkpoint the processes agreed on) when given."""
     optim = settings.optim
     if optim.torch_compile:
         model.compile()  # in place: state_dict keys and save_pretrained stay plain
@@ -200,7 +201,7 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
         "mixed_precision": accelerator.mixed_precision, "negative_window_fraction": negatives,
         "optimizer": optimizer_class, "scheduled_steps": scheduled})
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
-                      output_dir, optim.lr_scheduler, optim.warmup_steps,
+                      Path(settings.run.output_dir), optim.lr_scheduler, optim.warmup_steps,
                       average=weight_average(accelerator, model, optim.average_last))
     if optim.max_train_minutes:
         costs = StepCosts(plan.steps_per_epoch, partial(
@@ -208,7 +209,7 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
             accelerator.num_processes, optim.gradient_accumulation_steps))
         run.budget = TimeBudget(accelerator, optim.max_train_minutes, started_at, costs,
                                 run_shape(settings, evaluator, accelerator, plan), run.fix_plan)
-    resumed = run.resume(settings.run.resume_from_checkpoint)
+    run.resume(resumed)
     if run.budget is not None and run.budget.seconds_spent_before_training():
         raise SettingsError(
             f"--max_train_minutes {optim.max_train_minutes:g}: spent before the first step "
