@@ -43,8 +43,11 @@ from qa_core.settings import TrainSettings
 TYDI_NEGATIVE_WINDOW_FRACTION = 0.1
 
 
-def default_negative_fraction(formats: dict[str, int]) -> float:
-    """The one rule for the default share, from the cache summary's source ``formats``."""
+def negative_fraction(given: float | None, formats: dict[str, int]) -> float:
+    """``--negative_window_fraction`` if ``given``, else the one rule for the default share,
+    from the cache summary's source ``formats``."""
+    if given is not None:
+        return given
     long_documents = formats.get("tydi", 0) + formats.get("primeqa", 0)
     return TYDI_NEGATIVE_WINDOW_FRACTION if long_documents else 1.0
 
@@ -134,12 +137,6 @@ def rows_of(accelerator, settings: TrainSettings, split: CachedSplit,
                        selection=split.selection)
 
 
-def negative_fraction(settings: TrainSettings, split: CachedSplit) -> float:
-    if settings.data.negative_window_fraction is not None:
-        return settings.data.negative_window_fraction
-    return default_negative_fraction(split.summary.get("formats", {}))
-
-
 def weight_average(accelerator, model, average_last: float) -> WeightAverage | None:
     """``--average_last``'s running mean of the (unwrapped, prepared) model's weights, or None.
     FSDP shards the weights across processes, which this average does not follow: refused."""
@@ -182,7 +179,8 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
     optimizer_class = type(optimizer).__name__  # before accelerate wraps it
     train_set = rows_of(accelerator, settings, split, pad_token_id)
-    negatives = negative_fraction(settings, split)
+    negatives = negative_fraction(settings.data.negative_window_fraction,
+                                  split.summary.get("formats", {}))
     sampler, loader = training_loader(train_set, optim.per_device_train_batch_size,
                                       accelerator.num_processes, negatives, optim.seed,
                                       optim.group_by_length)
