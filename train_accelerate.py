@@ -61,14 +61,19 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     from qa_core.checkpoints import RunState
     from qa_core.hardware import end_distributed
     from qa_core.loop import EvalTracker, TrainedSpan, fit
-    from qa_core.modeling import ModelFolderError, freeze_parameters, load_qa_model
+    from qa_core.modeling import (
+        ModelFolderError,
+        freeze_encoder,
+        freeze_word_embeddings,
+        load_qa_model,
+    )
     from qa_core.optim import build_optimizer
     from qa_core.processes import on_every_process
     from qa_core.run_setup import build_evaluator, checked_tokenizer, start_training
 
     data, optim, run_args = settings.data, settings.optim, settings.run
     do_train = optim.max_train_steps != 0
-    accelerator, log, distribution = open_run(settings, held)
+    accelerator, log, distribution, resume = open_run(settings, held)
     output_dir = Path(run_args.output_dir)
 
     # --- data: the preprocessing cache, shared with preprocess.py ---------------------------------
@@ -83,7 +88,10 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     # --- model and optimizer ----------------------------------------------------------------------
     model = on_every_process(accelerator, lambda: load_qa_model(
         data.model, optim.attention_dropout, optim.hidden_dropout), ModelFolderError)
-    freeze_parameters(model, optim.freeze_encoder, optim.freeze_word_embeddings)
+    if optim.freeze_encoder:
+        freeze_encoder(model)
+    if optim.freeze_word_embeddings:
+        freeze_word_embeddings(model)
     tracker = EvalTracker(evaluator, output_dir, save_best=do_train,
                           metric_for_best_model=run_args.metric_for_best_model)
 
@@ -91,7 +99,7 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
     trained, state = TrainedSpan(), RunState()
     if do_train:
         run = start_training(accelerator, settings, model, splits["train"], evaluator,
-                             tokenizer.pad_token_id, output_dir, started_at)
+                             tokenizer.pad_token_id, resume, started_at)
         if run_args.report_to != "none":
             accelerator.init_trackers("qa-accelerate", config=settings.as_flat_dict())
         trained = fit(run, tracker, log, optim, run_args)
@@ -112,7 +120,7 @@ def train(settings: TrainSettings, started_at: float, held: ExitStack) -> int:
 
 def open_run(settings: TrainSettings, held: ExitStack):
     """The accelerator, the output folder locked (``held`` keeps the lock for the run), checked
-    and its log opened, the seed set."""
+    and its log opened, the seed set; and the checkpoint to resume from (None: a new run)."""
     from accelerate.utils import set_seed
 
     from qa_core.checkpoints import agreed_resume
@@ -135,10 +143,10 @@ def open_run(settings: TrainSettings, held: ExitStack):
     check_new_run_output(accelerator, output_dir, run_args.resume_from_checkpoint,
                          run_args.overwrite_output_dir)
     # every process alike, before any work: the machines must see the same checkpoints
-    new_run = agreed_resume(accelerator, output_dir, run_args.resume_from_checkpoint) is None
-    log, distribution = start_log(accelerator, output_dir, run_args.report_to, new_run)
+    resume = agreed_resume(accelerator, output_dir, run_args.resume_from_checkpoint)
+    log, distribution = start_log(accelerator, output_dir, run_args.report_to, resume is None)
     set_seed(optim.seed)
-    return accelerator, log, distribution
+    return accelerator, log, distribution, resume
 
 
 def load_splits(accelerator, settings: TrainSettings, tokenizer, do_train: bool):

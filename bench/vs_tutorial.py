@@ -359,11 +359,9 @@ def phase_ours_prepare(args) -> dict:
 
 def negative_fraction(args, prep: dict) -> float:
     """train_accelerate.py's share of answer-less windows: the flag, else its one default rule."""
-    from qa_core.run_setup import default_negative_fraction
+    from qa_core.run_setup import negative_fraction as train_negative_fraction
 
-    if args.negative_window_fraction is not None:
-        return args.negative_window_fraction
-    return default_negative_fraction(prep.get("formats", {}))
+    return train_negative_fraction(args.negative_window_fraction, prep.get("formats", {}))
 
 
 def speed_settings(args) -> dict:

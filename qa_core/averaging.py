@@ -17,21 +17,19 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 
-class WeightAverage:
-    """Running mean of a model's weights over the last ``last_fraction`` of the planned steps.
+class WeightAverage(AveragedModel):
+    """Running mean of a model's weights over the last ``last_fraction`` (in (0, 1]: the flag's
+    rule; 0 builds none) of the planned steps; its ``state_dict`` is the ``AveragedModel``'s.
 
     The tail is fixed once, when the run's plan is (:meth:`fix_tail`): from then on each step
     only asks whether it is in it, whatever the plan's length."""
 
     def __init__(self, model: torch.nn.Module, last_fraction: float) -> None:
-        from torch.optim.swa_utils import AveragedModel
-
-        if not 0.0 < last_fraction <= 1.0:
-            raise ValueError(f"last_fraction must be in (0, 1], got {last_fraction}")
+        super().__init__(model)  # starts empty (n_averaged 0)
         self.last_fraction = last_fraction
-        self.averaged = AveragedModel(model)  # starts empty (n_averaged 0)
         self.start: int | None = None   # the first step averaged from now on; None: no plan yet
         self.total: int | None = None   # the plan's total steps
 
@@ -42,7 +40,7 @@ class WeightAverage:
     @property
     def count(self) -> int:
         """How many steps' weights are in the mean."""
-        return int(self.averaged.n_averaged)
+        return int(self.n_averaged)
 
     def fix_tail(self, total_steps: int, step: int, resumed: bool) -> str | None:
         """Fix the tail for a plan of ``total_steps`` made after optimizer step ``step``: at the
@@ -73,11 +71,11 @@ class WeightAverage:
     def update(self, model: torch.nn.Module, step: int) -> None:
         """Add the weights after optimizer step ``step`` when it is in the fixed tail."""
         if self.start is not None and step >= self.start:
-            self.averaged.update_parameters(model)
+            self.update_parameters(model)
 
     def reset(self) -> None:
         """Empty the mean: the next update starts it afresh."""
-        self.averaged.n_averaged.zero_()
+        self.n_averaged.zero_()
 
     def finish(self, model: torch.nn.Module, step: int) -> str | None:
         """End of training at ``step``: ``model``'s weights become the mean (unchanged while it
@@ -85,7 +83,7 @@ class WeightAverage:
         count = self.count
         if count:
             with torch.no_grad():
-                for target, mean in zip(model.parameters(), self.averaged.module.parameters()):
+                for target, mean in zip(model.parameters(), self.module.parameters()):
                     target.copy_(mean)
         if self.total is None:
             return (f"--average_last: training stopped at step {step}, before the time budget "
@@ -98,9 +96,3 @@ class WeightAverage:
                    f"{total - first + 1} planned" if count else
                    f"before the averaged tail (from step {first}): the model is the last step's "
                    "weights, not an average"))
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.averaged.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.averaged.load_state_dict(state)

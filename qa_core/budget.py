@@ -12,8 +12,8 @@ The plan is fixed from then on: it is stored in the run state,
 so a resumed run continues the same schedule. Should the machine slow down, an all-reduced
 "time is up" check ends training early (the run still evaluates and saves).
 
-The loop asks one question once per optimizer step, :meth:`BudgetGuard.after_step` ("stop?");
-the guard times, plans (handing the plan to the run, which sets its schedule and averaged tail)
+The loop asks one question once per optimizer step, :meth:`TimeBudget.after_step` ("stop?");
+the budget times, plans (handing the plan to the run, which sets its schedule and averaged tail)
 and keeps the final evaluation's time. :class:`Deadline` is the bare clock, also the GPU
 check's (``bench/gpu_check.py``).
 """
@@ -57,14 +57,6 @@ def calibration_steps(warmup_steps: int) -> int:
     return max(CALIBRATION_STEPS, min(warmup_steps, MAX_CALIBRATION_STEPS))
 
 
-def earliest_plan_step(warmup_steps: int, start_step: int = 0) -> int:
-    """The first optimizer step after which a run (new, or resumed at ``start_step`` before its
-    plan) can make its plan: the warm-up is over and ``MIN_TIMED_STEPS`` were timed after the
-    process's first ``TIMED_FROM_STEP``. A run that ends by then never plans: its step limit is
-    its plan (:meth:`BudgetGuard.start`)."""
-    return max(calibration_steps(warmup_steps), start_step + TIMED_FROM_STEP + MIN_TIMED_STEPS)
-
-
 class StepCosts:
     """The relative cost of each optimizer step of a run (global step ``s`` is the ``s``-th),
     from a function giving one epoch's per-step costs (padded tokens:
@@ -88,22 +80,17 @@ class StepCosts:
             self._epochs[epoch] = np.maximum(costs, 1.0)  # a step is never free
         return self._epochs[epoch]
 
-    def after(self, done: int, until: int | None = None,
-              stop_at_sum: float = math.inf) -> np.ndarray:
+    def after(self, done: int, until: int, stop_at_sum: float = math.inf) -> np.ndarray:
         """Costs of steps ``done + 1 .. until`` in order, ending early once they add up to
         more than ``stop_at_sum``."""
-        if until is None and math.isinf(stop_at_sum):
-            raise ValueError("StepCosts.after needs an end: until or stop_at_sum")
-        parts, total, step = [], 0.0, done
-        while (until is None or step < until) and total <= stop_at_sum:
+        parts, total, step = [np.zeros(0)], 0.0, done
+        while step < until and total <= stop_at_sum:
             epoch, inside = divmod(step, self.steps_per_epoch)
-            part = self.of_epoch(epoch)[inside:]
-            if until is not None:
-                part = part[:until - step]
+            part = self.of_epoch(epoch)[inside:inside + until - step]
             parts.append(part)
             total += float(part.sum())
             step += len(part)
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return np.concatenate(parts)
 
     def mean(self) -> float:
         """Mean cost of a step of the first epoch (the unit evaluations are priced in)."""
@@ -155,11 +142,28 @@ def evaluation_seconds(eval_windows: int, batch_windows: int, mean_step: float) 
     return eval_windows / max(1, batch_windows) * mean_step * FORWARD_SHARE
 
 
-class TimeBudget:
-    """The deadline of a run that must end inside ``minutes`` of its start."""
+@dataclass(frozen=True)
+class RunShape:
+    """What a plan is priced and bounded from, fixed before training starts."""
 
-    def __init__(self, accelerator, minutes: float, started_at: float,
-                 costs: StepCosts) -> None:
+    eval_windows: int             # windows one evaluation reads
+    batch_windows: int            # windows one optimizer step reads (all processes)
+    eval_every: int | None        # --eval_steps under --eval_strategy steps
+    epoch_evals: bool             # --eval_strategy epoch
+    checkpoint_every: int | None  # --checkpointing_steps
+    step_limit: int               # --num_train_epochs / --max_train_steps: never lengthened
+    warmup_steps: int
+
+
+class TimeBudget:
+    """``--max_train_minutes`` as the loop sees it: one question after each optimizer step
+    (:meth:`after_step`), for a run that must end inside ``minutes`` of its start.
+
+    ``on_plan(total_steps, step)`` is called once when the plan is made (the run fixes its
+    schedule and averaged tail to it)."""
+
+    def __init__(self, accelerator, minutes: float, started_at: float, costs: StepCosts,
+                 shape: RunShape, on_plan: Callable[[int, int], None] = lambda *_: None) -> None:
         from accelerate.utils import broadcast_object_list
 
         start = [started_at]
@@ -167,10 +171,13 @@ class TimeBudget:
             broadcast_object_list(start)  # one clock for every process: rank 0's
         self.accelerator = accelerator
         self.deadline = Deadline(minutes * 60.0, start[0])  # rank 0's program start
-        self.started_at = start[0]  # seconds since the epoch
         self.minutes = minutes
-        self.budget_seconds = minutes * 60.0
         self.costs = costs
+        self.shape = shape
+        self.on_plan = on_plan
+        self.planned: int | None = None
+        # kept back for the final evaluation and save; None until this process makes the plan
+        self.final_reserve: float | None = None
         self._observed = 0
         self._timer_step: int | None = None
         self._last_seen = 0.0
@@ -178,13 +185,10 @@ class TimeBudget:
         self._step_seconds: list[float] = []   # of the timed steps, in order
         self._observed_seconds = 0.0  # of every observed step after the first, warm-up included
 
-    def seconds_left(self) -> float:
-        return self.deadline.left()
-
     def seconds_spent_before_training(self) -> bool:
         """True on every process when the deadline has passed before any step (a budget
         shorter than start-up: nothing can end inside it)."""
-        return self._on_any_process(self.seconds_left() <= 0)
+        return self._on_any_process(self.deadline.left() <= 0)
 
     def _on_any_process(self, flag: bool) -> bool:
         """``flag`` OR-ed over the processes (each reads its own clock): all decide alike."""
@@ -192,6 +196,18 @@ class TimeBudget:
 
         raised = torch.tensor(float(flag), device=self.accelerator.device)
         return bool(self.accelerator.reduce(raised, "max").item())
+
+    def start(self, stored_plan: int | None, step: int) -> int | None:
+        """The plan in effect as training starts at ``step``: a resumed run's stored plan, or
+        the step limit when the run reaches it before it could plan (the warm-up over and
+        ``MIN_TIMED_STEPS`` timed after this process's first ``TIMED_FROM_STEP``); None:
+        planned later."""
+        earliest = max(calibration_steps(self.shape.warmup_steps),
+                       step + TIMED_FROM_STEP + MIN_TIMED_STEPS)
+        if stored_plan is None and self.shape.step_limit <= earliest:
+            stored_plan = self.shape.step_limit  # it is the plan (schedule, averaged tail)
+        self.planned = stored_plan
+        return stored_plan
 
     def observe_step(self, step: int, paused_seconds: float = 0.0) -> None:
         """Called after each optimizer step until the plan is made: times the steps after this
@@ -210,19 +226,20 @@ class TimeBudget:
             self._timer_step = step
         self._last_seen, self._last_paused = now, paused_seconds
 
-    def provisional_reserve(self, eval_windows: int, batch_windows: int) -> float:
+    def provisional_reserve(self) -> float:
         """Without a plan made by this process: seconds to keep for the final evaluation and
         save, priced with the steps observed so far (the first ones are the slowest: on the safe
         side)."""
         if self._observed < 2:
             return 0.0
         mean_step = self._observed_seconds / (self._observed - 1)
-        return evaluation_seconds(eval_windows, batch_windows, mean_step) + CHECKPOINT_SECONDS
+        return (evaluation_seconds(self.shape.eval_windows, self.shape.batch_windows, mean_step)
+                + CHECKPOINT_SECONDS)
 
-    def ready_to_plan(self, step: int, warmup_steps: int) -> bool:
+    def ready_to_plan(self, step: int) -> bool:
         """The warm-up is over and enough steps have been timed."""
-        return (step >= calibration_steps(warmup_steps) and self._timer_step is not None
-                and step - self._timer_step >= MIN_TIMED_STEPS)
+        return (step >= calibration_steps(self.shape.warmup_steps)
+                and self._timer_step is not None and step - self._timer_step >= MIN_TIMED_STEPS)
 
     def step_time_model(self, step: int) -> StepTimeModel:
         """Step time vs cost, fitted to the steps timed up to ``step``."""
@@ -232,26 +249,25 @@ class TimeBudget:
         costs = self.costs.after(self._timer_step, self._timer_step + len(timed))
         return fit_step_times(costs, np.array(timed))
 
-    def plan(self, step: int, eval_windows: int, batch_windows: int, eval_every: int | None,
-             epoch_evals: bool, checkpoint_every: int | None = None,
-             max_total: int | None = None) -> BudgetPlan:
-        """Total optimizer steps (at most ``max_total``) that fit the time left, each step's
-        time predicted from its cost; rank 0 decides, all get the same."""
+    def plan(self, step: int) -> BudgetPlan:
+        """Total optimizer steps (at most the shape's step limit) that fit the time left, each
+        step's time predicted from its cost; rank 0 decides, all get the same."""
         from accelerate.utils import broadcast_object_list
 
-        model = self.step_time_model(step)
+        shape, model = self.shape, self.step_time_model(step)
         mean_step = model.seconds(self.costs.mean())
-        eval_seconds = evaluation_seconds(eval_windows, batch_windows, mean_step)
-        left = self.seconds_left() - SAFETY_SHARE * self.budget_seconds
+        eval_seconds = evaluation_seconds(shape.eval_windows, shape.batch_windows, mean_step)
+        left = self.deadline.left() - SAFETY_SHARE * self.deadline.seconds
         # seconds from now to the end of each later step (costs beyond what can fit not needed)
         ends = np.cumsum(model.seconds(self.costs.after(
-            step, max_total, stop_at_sum=max(0.0, left) / max(model.per_cost, 1e-12))))
+            step, shape.step_limit, stop_at_sum=max(0.0, left) / max(model.per_cost, 1e-12))))
         steps_per_epoch = self.costs.steps_per_epoch
 
         def reserve(total: int) -> tuple[float, int]:
             """Seconds kept for the evaluations and checkpoints ``total`` steps imply."""
-            evaluations = 1 + _periodic_events(total, steps_per_epoch, eval_every, epoch_evals)
-            checkpoints = _periodic_events(total, steps_per_epoch, checkpoint_every, True)
+            evaluations = 1 + _periodic_events(total, steps_per_epoch, shape.eval_every,
+                                               shape.epoch_evals)
+            checkpoints = _periodic_events(total, steps_per_epoch, shape.checkpoint_every, True)
             return (evaluations * eval_seconds + (checkpoints + 1) * CHECKPOINT_SECONDS,
                     evaluations)
 
@@ -275,88 +291,45 @@ class TimeBudget:
     def time_is_up(self, reserve_seconds: float) -> bool:
         """True on every process once any process has less than ``reserve_seconds`` (plus half
         the safety margin: the final evaluation's estimate can be short) left."""
-        margin = SAFETY_SHARE * self.budget_seconds / 2
-        return self._on_any_process(self.seconds_left() <= reserve_seconds + margin)
-
-
-@dataclass(frozen=True)
-class RunShape:
-    """What a plan is priced and bounded from, fixed before training starts."""
-
-    eval_windows: int             # windows one evaluation reads
-    batch_windows: int            # windows one optimizer step reads (all processes)
-    eval_every: int | None        # --eval_steps under --eval_strategy steps
-    epoch_evals: bool             # --eval_strategy epoch
-    checkpoint_every: int | None  # --checkpointing_steps
-    step_limit: int               # --num_train_epochs / --max_train_steps: never lengthened
-    warmup_steps: int
-
-
-class BudgetGuard:
-    """``--max_train_minutes`` as the loop sees it: one question after each optimizer step.
-
-    ``on_plan(total_steps, step)`` is called once when the plan is made (the run fixes its
-    schedule and averaged tail to it)."""
-
-    def __init__(self, budget: TimeBudget, shape: RunShape,
-                 on_plan: Callable[[int, int], None]) -> None:
-        self.budget = budget
-        self.shape = shape
-        self.on_plan = on_plan
-        self.planned: int | None = None
-        # kept back for the final evaluation and save; None until this process makes the plan
-        self.final_reserve: float | None = None
-
-    def start(self, stored_plan: int | None, step: int) -> int | None:
-        """The plan in effect as training starts at ``step``: a resumed run's stored plan, or
-        the step limit when the run reaches it before it could plan; None: planned later."""
-        if stored_plan is None and self.shape.step_limit <= earliest_plan_step(
-                self.shape.warmup_steps, step):
-            stored_plan = self.shape.step_limit  # it is the plan (schedule, averaged tail)
-        self.planned = stored_plan
-        return stored_plan
+        margin = SAFETY_SHARE * self.deadline.seconds / 2
+        return self._on_any_process(self.deadline.left() <= reserve_seconds + margin)
 
     def after_step(self, step: int, paused_seconds: float, log) -> bool:
         """Called after every optimizer step (``paused_seconds``: evaluation and checkpoint time
         so far). Times the calibration steps, then makes the plan once; True (on every process
         alike) when the time left no longer covers the final evaluation and save (before the
         plan, priced from the steps so far)."""
-        budget, shape = self.budget, self.shape
         if self.final_reserve is None:  # this process has made no plan (yet)
-            budget.observe_step(step, paused_seconds)
-            if self.planned is None and budget.ready_to_plan(step, shape.warmup_steps):
+            self.observe_step(step, paused_seconds)
+            if self.planned is None and self.ready_to_plan(step):
                 self._plan(step, log)
-        reserve = self.final_reserve
-        if reserve is None:
-            # before the plan, and under a plan this process did not make (a resumed run's
-            # stored plan, a step limit reached before any plan could be made): the final
-            # evaluation is priced from the steps seen so far
-            reserve = budget.provisional_reserve(shape.eval_windows, shape.batch_windows)
-        if not budget.time_is_up(reserve):
+        # before the plan, and under a plan this process did not make (a resumed run's stored
+        # plan, a step limit reached before any plan could be made): the final evaluation is
+        # priced from the steps seen so far
+        reserve = self.final_reserve if self.final_reserve is not None else \
+            self.provisional_reserve()
+        if not self.time_is_up(reserve):
             return False
-        budget.accelerator.print(
+        self.accelerator.print(
             f"time budget: training stops at step {step}"
             + (f" of the {self.planned} planned" if self.planned is not None else
                ", before the plan was made")
             + f", keeping {reserve:.0f} s for the final evaluation and save inside "
-              f"--max_train_minutes {budget.minutes:g}")
+              f"--max_train_minutes {self.minutes:g}")
         log.write({"event": "time_budget_stop", "step": step})
         return True
 
     def _plan(self, step: int, log) -> None:
         """Fix the total steps that fit the budget, hand them to the run and log the plan."""
-        shape = self.shape
-        plan = self.budget.plan(step, shape.eval_windows, shape.batch_windows, shape.eval_every,
-                                shape.epoch_evals, shape.checkpoint_every,
-                                max_total=shape.step_limit)
+        plan = self.plan(step)
         self.planned = plan.total_steps
         self.final_reserve = plan.reserved_seconds / max(1, plan.evaluations)
         self.on_plan(plan.total_steps, step)
         log.write({"event": "time_budget_plan", "step": step, "total_steps": plan.total_steps,
                    "seconds_per_step": plan.seconds_per_step,
                    "reserved_seconds": plan.reserved_seconds,
-                   "budget_started_at": self.budget.started_at})
-        self.budget.accelerator.print(
+                   "budget_started_at": self.deadline.started_at})
+        self.accelerator.print(
             f"time budget: {plan.total_steps} optimizer steps planned "
             f"({plan.seconds_per_step:.2f} s/step, {plan.reserved_seconds:.0f} s kept for "
             f"{plan.evaluations} evaluation(s) and checkpoints)")

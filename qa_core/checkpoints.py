@@ -577,8 +577,7 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, folder: Path,
         set_optimizer_state_dict,
     )
 
-    require_checkpoint_support(accelerator)
-    folder = Path(folder)
+    folder = Path(folder)  # DeepSpeed is refused before (TrainingRun.resume)
     files = on_every_process(accelerator, lambda: read_checkpoint(
         accelerator, folder, expected, average), CheckpointError)
     options, inner = StateDictOptions(full_state_dict=True), _inner_optimizer(optimizer)

@@ -1,11 +1,5 @@
-"""What the machine runs natively, the ``Accelerator`` a run gets, and what is in effect.
-
-* :func:`native_bf16_available`, :func:`resolve_mixed_precision`: ``--mixed_precision auto``.
-* :func:`make_accelerator`: the ``Accelerator`` ``train_accelerate.py`` trains with, or a
-  one-line :class:`DistributionPlanError` when the launch asked for FSDP or DeepSpeed and the
-  run would get something else, or for fp16 on a CPU (which accelerate runs in fp32).
-* :func:`describe_distribution`: distributed type, world size, machines, mixed precision and
-  sharding actually in effect (for the summary, ``metrics.json`` and the log).
+"""What the machine runs natively (``--mixed_precision auto``), the ``Accelerator`` a run gets
+(or a one-line refusal when it would not be what the launch asked for), and what is in effect.
 
 FSDP on CPU: accelerate (1.15) assigns ``DistributedType.FSDP`` only for GPU-family devices, so
 CPU workers launched with an FSDP config become ``MULTI_CPU`` and are wrapped in DDP (or stop
@@ -275,15 +269,12 @@ def describe_distribution(accelerator) -> dict:
     """Distributed type, world size, machines, device, backend, mixed precision and sharding in
     effect. ``num_machines`` comes from the launcher's ``LOCAL_WORLD_SIZE`` (None when unknown)."""
     world = accelerator.num_processes
-    local_world = os.environ.get("LOCAL_WORLD_SIZE")
-    machines = world // int(local_world) if local_world and int(local_world) > 0 else None
-    if world == 1:
-        machines = 1
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or 0)
     return {
         "distributed_type": str(accelerator.distributed_type.value),
         "world_size": world,
-        "num_machines": machines,
-        "processes_per_machine": int(local_world) if local_world else (1 if world == 1 else None),
+        "num_machines": 1 if world == 1 else (world // local_world if local_world else None),
+        "processes_per_machine": local_world or (1 if world == 1 else None),
         "device": accelerator.device.type,
         "backend": getattr(accelerator.state, "backend", None),
         "mixed_precision": accelerator.mixed_precision,

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from qa_core import checkpoints
 from qa_core.averaging import WeightAverage
 from qa_core.batching import model_inputs
-from qa_core.budget import BudgetGuard
+from qa_core.budget import TimeBudget
 from qa_core.checkpoints import RunState
 from qa_core.evaluation import Evaluator
 from qa_core.modeling import NonFiniteModelError, save_model_checked
@@ -171,7 +172,7 @@ class TrainingRun:
     lr_scheduler: str = "linear"
     warmup_steps: int = 0
     average: WeightAverage | None = None   # --average_last
-    budget: BudgetGuard | None = field(default=None, init=False)  # --max_train_minutes
+    budget: TimeBudget | None = field(default=None, init=False)  # --max_train_minutes
     planned: bool = field(default=False, init=False)  # the run's length is fixed (fix_plan)
 
     def fix_plan(self, total_steps: int, step: int, resumed: bool = False) -> None:
@@ -209,14 +210,12 @@ class TrainingRun:
             checkpoints.prune_checkpoints(self.output_dir, keep_last)
         self.accelerator.wait_for_everyone()
 
-    def resume(self, resume_from_checkpoint: str | None) -> Path | None:
-        """Restore the newest (``auto``) or given checkpoint; refuses one that cannot resume
-        exactly. Returns the folder resumed from, or None."""
-        checkpoints.require_checkpoint_support(self.accelerator)
-        folder = checkpoints.agreed_resume(self.accelerator, self.output_dir,
-                                           resume_from_checkpoint)
+    def resume(self, folder: Path | None) -> None:
+        """Restore ``folder`` (the checkpoint every process agreed on, ``agreed_resume``; None:
+        a new run); refuses one that cannot resume exactly."""
+        checkpoints.require_checkpoint_support(self.accelerator)  # before training, resumed or not
         if folder is None:
-            return None
+            return
         saved = checkpoints.load_checkpoint(self.accelerator, self.model, self.optimizer,
                                             self.scheduler, folder, expected=self.state,
                                             average=self.average)
@@ -230,7 +229,6 @@ class TrainingRun:
             self.accelerator.print(f"resuming from {folder} into another --output_dir: "
                                    "best_model/ here is chosen from this run's evaluations")
             self.state = replace(self.state, best_f1=None, best_step=None)
-        return folder
 
     def finish_average(self, log: "RunLog") -> None:
         """End of training: the model's weights become the average (logged; a tail the run
@@ -293,16 +291,6 @@ class EvalTracker:
                            "reason": str(err)})
 
 
-def progress_bar(run: TrainingRun):
-    """The step bar on the local main process; its total stays unknown until the run's length
-    is fixed (a time budget plans it after its calibration steps)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=run.plan.total_steps if run.planned else None,
-                initial=run.state.global_step, desc="train",
-                disable=not run.accelerator.is_local_main_process)
-
-
 class TrainedSpan(NamedTuple):
     """What this process trained: seconds (evaluations and checkpoints left out) and samples
     (a resumed run's earlier samples left out: this run's seconds did not train them)."""
@@ -333,7 +321,11 @@ class Fit:
         self.stepper = OptimizerStepper(run.accelerator, run.model, run.optimizer,
                                         optim.max_grad_norm)
         self.guard = NonFiniteGuard(optim.max_consecutive_nonfinite)
-        self.progress = progress_bar(run)
+        # the step bar's total stays unknown until the run's length is fixed (a time budget
+        # plans it after its calibration steps)
+        self.progress = tqdm(total=run.plan.total_steps if run.planned else None,
+                             initial=run.state.global_step, desc="train",
+                             disable=not run.accelerator.is_local_main_process)
 
     def after_step(self, outcome: StepOutcome) -> bool:
         """Schedule, counters, averaging, logging, evaluation, checkpoint and the time budget

@@ -37,12 +37,10 @@ def build_optimizer(name: str, model: torch.nn.Module, learning_rate: float,
     fixed learning rate (our schedule drives it).
     """
     groups = optimizer_param_groups(model, weight_decay)
-    if name == "adamw_torch":
-        return torch.optim.AdamW(groups, lr=learning_rate)
-    if name == "adamw_torch_foreach":
-        return torch.optim.AdamW(groups, lr=learning_rate, foreach=True)
-    if name == "adamw_torch_fused":
-        return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+    kernels = {"adamw_torch": {}, "adamw_torch_foreach": {"foreach": True},
+               "adamw_torch_fused": {"fused": True}}
+    if name in kernels:
+        return torch.optim.AdamW(groups, lr=learning_rate, **kernels[name])
     if name == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate)
     if name == "adafactor":
@@ -55,12 +53,10 @@ def build_optimizer(name: str, model: torch.nn.Module, learning_rate: float,
 
 def lr_lambda(kind: str, warmup_steps: int,
               total_steps: int | None) -> Callable[[int], float]:
-    """LR multiplier per optimizer step: linear warm-up then linear/cosine/constant decay to 0.
+    """LR multiplier per optimizer step: linear warm-up then linear/cosine/constant decay to 0
+    (``kind``: one of ``settings.LR_SCHEDULES``, which the flag's choices enforce).
     ``total_steps`` None: the run's length is not planned yet (a time budget plans it after the
     warm-up), so no step decays."""
-    if kind not in ("linear", "cosine", "constant"):
-        raise ValueError(f"unknown lr schedule {kind!r} (linear, cosine, constant)")
-
     def multiplier(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1) if warmup_steps else 1.0
@@ -85,13 +81,12 @@ class NonFiniteLossError(QAError):
 
 
 class NonFiniteGuard:
-    """Counts optimizer steps skipped for non-finite losses or gradients; too many in a row
-    stop the run."""
+    """Counts optimizer steps skipped in a row for non-finite losses or gradients (the run's
+    total is ``RunState.nonfinite_steps``); too many in a row stop the run."""
 
     def __init__(self, max_consecutive: int) -> None:
         self.max_consecutive = max_consecutive
         self.consecutive = 0
-        self.total = 0
 
     def update(self, finite: bool, step: int) -> bool:
         """Record one optimizer step; returns True when it was non-finite (and so skipped)."""
@@ -99,7 +94,6 @@ class NonFiniteGuard:
             self.consecutive = 0
             return False
         self.consecutive += 1
-        self.total += 1
         if self.consecutive > self.max_consecutive:
             raise NonFiniteLossError(
                 f"{self.consecutive} optimizer steps in a row had non-finite losses or gradients "

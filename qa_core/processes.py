@@ -1,10 +1,5 @@
-"""Processes of a run: collective helpers every rank calls alike, and a launched rank's life.
-
-* :func:`on_every_process`, :func:`disagreement`: a refusal on any rank raised on all of them,
-  and whether the ranks hold one value; collective (every process calls them, in one order).
-  ``accelerator`` is an ``accelerate.Accelerator``.
-* :func:`die_with_the_launcher`, :func:`leave_launched_process`: a rank started by a launcher
-  ends with it, and leaves without running interpreter finalization.
+"""Processes of a run: collective helpers every rank calls alike, in one order
+(:func:`on_every_process`, :func:`disagreement`), and a launched rank's life.
 
 Light at import (no torch, no accelerate): ``train_accelerate.py`` calls
 :func:`die_with_the_launcher` before flag parsing.

@@ -24,7 +24,7 @@ from qa_core.batching import (
     select_first_examples,
     training_loader,
 )
-from qa_core.budget import BudgetGuard, RunShape, StepCosts, TimeBudget, calibration_steps
+from qa_core.budget import RunShape, StepCosts, TimeBudget, calibration_steps
 from qa_core.cache_sharing import CacheSharing, build_on_every_process, count_processes
 from qa_core.checkpoints import RunState
 from qa_core.errors import SettingsError
@@ -43,8 +43,11 @@ from qa_core.settings import TrainSettings
 TYDI_NEGATIVE_WINDOW_FRACTION = 0.1
 
 
-def default_negative_fraction(formats: dict[str, int]) -> float:
-    """The one rule for the default share, from the cache summary's source ``formats``."""
+def negative_fraction(given: float | None, formats: dict[str, int]) -> float:
+    """``--negative_window_fraction`` if ``given``, else the one rule for the default share,
+    from the cache summary's source ``formats``."""
+    if given is not None:
+        return given
     long_documents = formats.get("tydi", 0) + formats.get("primeqa", 0)
     return TYDI_NEGATIVE_WINDOW_FRACTION if long_documents else 1.0
 
@@ -134,12 +137,6 @@ def rows_of(accelerator, settings: TrainSettings, split: CachedSplit,
                        selection=split.selection)
 
 
-def negative_fraction(settings: TrainSettings, split: CachedSplit) -> float:
-    if settings.data.negative_window_fraction is not None:
-        return settings.data.negative_window_fraction
-    return default_negative_fraction(split.summary.get("formats", {}))
-
-
 def weight_average(accelerator, model, average_last: float) -> WeightAverage | None:
     """``--average_last``'s running mean of the (unwrapped, prepared) model's weights, or None.
     FSDP shards the weights across processes, which this average does not follow: refused."""
@@ -168,9 +165,10 @@ def run_shape(settings: TrainSettings, evaluator: Evaluator, accelerator,
 
 
 def start_training(accelerator, settings: TrainSettings, model, split: CachedSplit,
-                   evaluator: Evaluator, pad_token_id: int, output_dir: Path,
+                   evaluator: Evaluator, pad_token_id: int, resumed: Path | None,
                    started_at: float) -> TrainingRun:
-    """Optimizer, batches, schedule and run state, all prepared; resumed when asked."""
+    """Optimizer, batches, schedule and run state, all prepared; resumed from ``resumed`` (the
+    checkpoint the processes agreed on) when given."""
     optim = settings.optim
     if optim.torch_compile:
         model.compile()  # in place: state_dict keys and save_pretrained stay plain
@@ -181,7 +179,8 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
     optimizer = build_optimizer(optim.optim, model, optim.learning_rate, optim.weight_decay)
     optimizer_class = type(optimizer).__name__  # before accelerate wraps it
     train_set = rows_of(accelerator, settings, split, pad_token_id)
-    negatives = negative_fraction(settings, split)
+    negatives = negative_fraction(settings.data.negative_window_fraction,
+                                  split.summary.get("formats", {}))
     sampler, loader = training_loader(train_set, optim.per_device_train_batch_size,
                                       accelerator.num_processes, negatives, optim.seed,
                                       optim.group_by_length)
@@ -189,30 +188,27 @@ def start_training(accelerator, settings: TrainSettings, model, split: CachedSpl
         model, optimizer, loader, evaluator.loader)
     plan = StepPlan.build(len(loader), optim.gradient_accumulation_steps,
                           optim.max_train_steps, optim.num_train_epochs)
-    budget = None
-    if optim.max_train_minutes:
-        costs = StepCosts(plan.steps_per_epoch, partial(
-            epoch_step_costs, train_set, sampler, optim.per_device_train_batch_size,
-            accelerator.num_processes, optim.gradient_accumulation_steps))
-        budget = TimeBudget(accelerator, optim.max_train_minutes, started_at, costs)
-    # a budgeted run's schedule decays once the budget has planned it (BudgetGuard)
-    scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps,
-                                None if budget else plan.total_steps)
+    # a budgeted run's schedule decays once the budget has planned it (TimeBudget.after_step)
+    scheduled = None if optim.max_train_minutes else plan.total_steps
+    scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps, scheduled)
     # the flags and the facts resolved here, which a resume compares (qa_core.settings RESUME_*)
     state = RunState(settings={
         **settings.as_flat_dict(), "world_size": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type.value),
         "train_data_key": split.summary["key"], "eval_data_key": evaluator.data_key,
         "mixed_precision": accelerator.mixed_precision, "negative_window_fraction": negatives,
-        "optimizer": optimizer_class, "scheduled_steps": None if budget else plan.total_steps})
+        "optimizer": optimizer_class, "scheduled_steps": scheduled})
     run = TrainingRun(accelerator, model, optimizer, scheduler, loader, sampler, plan, state,
-                      output_dir, optim.lr_scheduler, optim.warmup_steps,
+                      Path(settings.run.output_dir), optim.lr_scheduler, optim.warmup_steps,
                       average=weight_average(accelerator, model, optim.average_last))
-    if budget is not None:
-        run.budget = BudgetGuard(budget, run_shape(settings, evaluator, accelerator, plan),
-                                 on_plan=run.fix_plan)
-    resumed = run.resume(settings.run.resume_from_checkpoint)
-    if budget is not None and budget.seconds_spent_before_training():
+    if optim.max_train_minutes:
+        costs = StepCosts(plan.steps_per_epoch, partial(
+            epoch_step_costs, train_set, sampler, optim.per_device_train_batch_size,
+            accelerator.num_processes, optim.gradient_accumulation_steps))
+        run.budget = TimeBudget(accelerator, optim.max_train_minutes, started_at, costs,
+                                run_shape(settings, evaluator, accelerator, plan), run.fix_plan)
+    run.resume(resumed)
+    if run.budget is not None and run.budget.seconds_spent_before_training():
         raise SettingsError(
             f"--max_train_minutes {optim.max_train_minutes:g}: spent before the first step "
             f"({time.time() - started_at:.1f} s for start-up, data and model): no run fits "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -315,7 +315,11 @@ def check_settings(*groups: Any) -> None:
             check_writable_folder(Path(values[flag]).expanduser(), f"--{flag}")
     if values.get("output_dir"):
         output_dir = Path(values["output_dir"]).expanduser()
-        check_output_subfolders(output_dir)
+        for name in ("checkpoints", "best_model"):  # a file there is refused before any work
+            path = output_dir / name
+            if path.exists() and not path.is_dir():
+                raise SettingsError(f"--output_dir {output_dir}: {path} is a file, but the run "
+                                    f"writes its {name}/ folder there; move it away")
         model = Path(values.get("model") or "").expanduser()
         if values.get("model") and model.is_dir() and model.resolve() == output_dir.resolve():
             raise SettingsError(f"--output_dir {output_dir}: is the --model folder; the run "
@@ -337,20 +341,6 @@ def check_settings(*groups: Any) -> None:
         raise SettingsError("argument --max_train_steps 0: an evaluation-only run evaluates "
                             "--model and resumes nothing; drop --resume_from_checkpoint (to "
                             "evaluate a trained run, pass its output folder as --model)")
-
-
-# What a run writes as folders under --output_dir (checkpoints/step_N/, best_model/)
-OUTPUT_SUBFOLDERS = ("checkpoints", "best_model")
-
-
-def check_output_subfolders(output_dir: Path) -> None:
-    """A file where the run will write a folder is refused before any work (it used to fail
-    at the first checkpoint, after training)."""
-    for name in OUTPUT_SUBFOLDERS:
-        path = output_dir / name
-        if path.exists() and not path.is_dir():
-            raise SettingsError(f"--output_dir {output_dir}: {path} is a file, but the run "
-                                f"writes its {name}/ folder there; move it away")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,10 +460,6 @@ def parse_preprocess_settings(argv: list[str] | None = None, description: str = 
     groups = parse_dataclasses(parser, argv)
     check_settings(*groups)
     return groups
-
-
-def flag_names(*groups: type) -> list[str]:
-    return [f.name for group in groups for f in fields(group)]
 
 
 TRAIN_DESCRIPTION = """Fine-tune an extractive QA model with a hand-written Accelerate loop.

@@ -31,8 +31,6 @@ def test_first_step_covers_the_last_fraction_of_the_plan():
     assert average.first_step(10) == 9              # 2 steps
     assert WeightAverage(torch.nn.Linear(2, 2), 0.01).first_step(10) == 10  # at least the last
     assert WeightAverage(torch.nn.Linear(2, 2), 1.0).first_step(10) == 1
-    with pytest.raises(ValueError):
-        WeightAverage(torch.nn.Linear(2, 2), 0.0)
 
 
 def test_update_averages_only_the_fixed_tail_and_finish_sets_the_mean():

@@ -13,6 +13,7 @@ from qa_core.budget import (
     CALIBRATION_STEPS,
     MAX_CALIBRATION_STEPS,
     MIN_TIMED_STEPS,
+    RunShape,
     StepCosts,
     TimeBudget,
     calibration_steps,
@@ -33,13 +34,22 @@ class FakeAccelerator:
         return tensor
 
 
+def shape(eval_windows: int = 800, epoch_evals: bool = False, step_limit: int = 10**6,
+          warmup_steps: int = 0) -> RunShape:
+    """A run of 8 windows a step, evaluated at the end (and each epoch with ``epoch_evals``)."""
+    return RunShape(eval_windows=eval_windows, batch_windows=8, eval_every=None,
+                    epoch_evals=epoch_evals, checkpoint_every=None, step_limit=step_limit,
+                    warmup_steps=warmup_steps)
+
+
 def timed_budget(monkeypatch, minutes: float, seconds_per_step, steps_timed: int,
-                 costs: StepCosts) -> TimeBudget:
+                 costs: StepCosts, run_shape: RunShape) -> TimeBudget:
     """A budget whose clock is faked: started at t=1000, steps 1-4 untimed, then
     ``steps_timed`` steps of ``seconds_per_step(step)`` seconds each."""
     now = [1000.0]
     monkeypatch.setattr(qa_core.budget.time, "time", lambda: now[0])
-    budget = TimeBudget(FakeAccelerator(), minutes=minutes, started_at=1000.0, costs=costs)
+    budget = TimeBudget(FakeAccelerator(), minutes=minutes, started_at=1000.0, costs=costs,
+                        shape=run_shape)
     for step in range(1, qa_core.budget.TIMED_FROM_STEP + 1):
         budget.observe_step(step)
     for step in range(qa_core.budget.TIMED_FROM_STEP + 1,
@@ -50,9 +60,8 @@ def timed_budget(monkeypatch, minutes: float, seconds_per_step, steps_timed: int
 
 
 def test_plan_keeps_back_evaluations_checkpoints_and_margin(monkeypatch):
-    budget = timed_budget(monkeypatch, 10, lambda _: 0.5, 8, StepCosts(1000))
-    plan = budget.plan(step=12, eval_windows=800, batch_windows=8, eval_every=None,
-                       epoch_evals=False)
+    budget = timed_budget(monkeypatch, 10, lambda _: 0.5, 8, StepCosts(1000), shape())
+    plan = budget.plan(step=12)
     assert plan.seconds_per_step == pytest.approx(0.5)
     eval_seconds = 800 / 8 * 0.5 * qa_core.budget.FORWARD_SHARE
     left = 600 - 4 - qa_core.budget.SAFETY_SHARE * 600
@@ -70,9 +79,9 @@ def test_plan_is_the_most_steps_whose_implied_evaluations_still_fit(monkeypatch)
     """With an evaluation every epoch, more steps imply more evaluations: the plan alternated
     between the two three times and kept whatever the last round gave, so a plan of 457 steps
     said "5 s kept for 1 evaluation(s)" while implying 23, and the run stopped at step 238."""
-    budget = timed_budget(monkeypatch, 5, lambda _: 0.1, 8, StepCosts(20))
-    plan = budget.plan(step=12, eval_windows=800, batch_windows=8, eval_every=None,
-                       epoch_evals=True)
+    budget = timed_budget(monkeypatch, 5, lambda _: 0.1, 8, StepCosts(20),
+                          shape(epoch_evals=True))
+    plan = budget.plan(step=12)
     eval_seconds = 800 / 8 * 0.1 * qa_core.budget.FORWARD_SHARE
 
     def needed(total: int) -> float:
@@ -92,20 +101,18 @@ def test_plan_prices_later_steps_by_their_padded_tokens(monkeypatch):
         return np.array([2.0] * 50 + [1.0] * 50)
 
     costs = StepCosts(100, epoch_costs)
-    budget = timed_budget(monkeypatch, 2, lambda _: 1.0, 8, costs)  # 1 s per 2 units
-    plan = budget.plan(step=12, eval_windows=0, batch_windows=8, eval_every=None,
-                       epoch_evals=False)
+    budget = timed_budget(monkeypatch, 2, lambda _: 1.0, 8, costs, shape(0))  # 1 s per 2 units
+    plan = budget.plan(step=12)
     # 120 s - 8 s spent - 4.8 s margin - 2 checkpoints (epoch 0's end, final) of 3 s = 101.2 s:
     # steps 13-50 take 38 s, 51-100 take 25 s, then 38 of epoch 1's 1-second steps fit
     assert plan.total_steps == 138
     assert plan.seconds_per_step == pytest.approx((38 + 25 + 38) / 126)
     assert plan.reserved_seconds == pytest.approx(2 * qa_core.budget.CHECKPOINT_SECONDS)
-    flat = timed_budget(monkeypatch, 2, lambda _: 1.0, 8, StepCosts(100))
-    assert flat.plan(step=12, eval_windows=0, batch_windows=8, eval_every=None,
-                     epoch_evals=False).total_steps == 12 + 101  # per-step timing: 1 s each
-    capped = timed_budget(monkeypatch, 2, lambda _: 1.0, 8, StepCosts(100, epoch_costs))
-    assert capped.plan(step=12, eval_windows=0, batch_windows=8, eval_every=None,
-                       epoch_evals=False, max_total=120).total_steps == 120
+    flat = timed_budget(monkeypatch, 2, lambda _: 1.0, 8, StepCosts(100), shape(0))
+    assert flat.plan(step=12).total_steps == 12 + 101  # per-step timing: 1 s each
+    capped = timed_budget(monkeypatch, 2, lambda _: 1.0, 8, StepCosts(100, epoch_costs),
+                          shape(0, step_limit=120))
+    assert capped.plan(step=12).total_steps == 120
 
 
 def test_plan_fits_a_fixed_time_per_step_and_a_time_per_token(monkeypatch):
@@ -118,11 +125,11 @@ def test_plan_fits_a_fixed_time_per_step_and_a_time_per_token(monkeypatch):
     def step_seconds(step):  # 0.5 s + 0.25 s per unit
         return 0.5 + 0.25 * epoch_costs(0)[(step - 1) % 100]
 
-    budget = timed_budget(monkeypatch, 2, step_seconds, 16, StepCosts(100, epoch_costs))
+    budget = timed_budget(monkeypatch, 2, step_seconds, 16, StepCosts(100, epoch_costs),
+                          shape(0, step_limit=1000))
     model = budget.step_time_model(20)
     assert model.fixed == pytest.approx(0.5) and model.per_cost == pytest.approx(0.25)
-    plan = budget.plan(step=20, eval_windows=0, batch_windows=8, eval_every=None,
-                       epoch_evals=False, max_total=1000)
+    plan = budget.plan(step=20)
     spent = sum(step_seconds(s) for s in range(5, 21))
     available = 120 - spent - qa_core.budget.SAFETY_SHARE * 120 \
         - 2 * qa_core.budget.CHECKPOINT_SECONDS  # epoch 0's end and the final one
@@ -140,15 +147,14 @@ def test_plan_fits_a_fixed_time_per_step_and_a_time_per_token(monkeypatch):
 
 def test_a_run_resumed_inside_the_warmup_times_its_own_steps_before_planning(monkeypatch):
     budget = TimeBudget(FakeAccelerator(), minutes=10, started_at=time.time(),
-                        costs=StepCosts(100))
+                        costs=StepCosts(100), shape=shape(10, step_limit=1000, warmup_steps=20))
     for step in range(11, 11 + qa_core.budget.TIMED_FROM_STEP):  # resumed at step 10
         budget.observe_step(step)
-        assert not budget.ready_to_plan(step, warmup_steps=20)
+        assert not budget.ready_to_plan(step)
     for step in range(15, 30):
         budget.observe_step(step)
-        assert budget.ready_to_plan(step, warmup_steps=20) == (step >= 14 + MIN_TIMED_STEPS)
-    assert budget.plan(step=29, eval_windows=10, batch_windows=8, eval_every=None,
-                       epoch_evals=False, max_total=1000).total_steps == 1000
+        assert budget.ready_to_plan(step) == (step >= 14 + MIN_TIMED_STEPS)
+    assert budget.plan(step=29).total_steps == 1000
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
@@ -215,8 +221,9 @@ def test_step_times_leave_out_evaluations_and_price_the_final_one_before_the_pla
     the final evaluation (a 30 s budget ran 44 s); now it prices one from the steps so far."""
     now = [1000.0]
     monkeypatch.setattr(qa_core.budget.time, "time", lambda: now[0])
-    budget = TimeBudget(FakeAccelerator(), minutes=10, started_at=1000.0, costs=StepCosts(100))
-    assert budget.provisional_reserve(eval_windows=800, batch_windows=8) == 0.0  # nothing seen
+    budget = TimeBudget(FakeAccelerator(), minutes=10, started_at=1000.0, costs=StepCosts(100),
+                        shape=shape(800))
+    assert budget.provisional_reserve() == 0.0  # nothing seen
     paused = 0.0
     for step in range(1, 15):
         now[0] += 0.5
@@ -226,7 +233,7 @@ def test_step_times_leave_out_evaluations_and_price_the_final_one_before_the_pla
         budget.observe_step(step, paused)
     model = budget.step_time_model(14)
     assert model.seconds(budget.costs.mean()) == pytest.approx(0.5)
-    assert budget.provisional_reserve(eval_windows=800, batch_windows=8) == pytest.approx(
+    assert budget.provisional_reserve() == pytest.approx(
         800 / 8 * 0.5 * qa_core.budget.FORWARD_SHARE + qa_core.budget.CHECKPOINT_SECONDS)
 
 
