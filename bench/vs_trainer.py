@@ -189,6 +189,17 @@ def run_qa_eval_features(examples, tokenizer, max_length: int, stride: int):
     return enc
 
 
+def predict_in_order(trainer, features):
+    """Start and end logits of ``features`` in their order. The ``Trainer`` also length-groups
+    evaluation batches under ``train_sampling_strategy="group_by_length"``, which would pair
+    each window's logits with another window's offsets: prediction runs sequentially."""
+    import numpy as np
+
+    trainer.args.train_sampling_strategy = "sequential"
+    prediction = trainer.predict(features)
+    return tuple(np.asarray(x, dtype=np.float32) for x in prediction.predictions[:2])
+
+
 def phase_trainer_end_to_end(args) -> dict:
     """From the data files to SQuAD EM/F1, the way a ``Trainer`` user runs it."""
     import datasets
@@ -218,10 +229,8 @@ def phase_trainer_end_to_end(args) -> dict:
     out_dir = Path(args.work_dir) / "trainer_end_to_end"
     trainer = peer_trainer(args, tokenizer, train_set, out_dir, "bf16", args.compile)
     trainer.train()
-    prediction = trainer.predict(eval_features.remove_columns(["example_index",
-                                                                "offset_mapping"]))
-    start_logits, end_logits = (np.asarray(x, dtype=np.float32)
-                                for x in prediction.predictions[:2])
+    start_logits, end_logits = predict_in_order(
+        trainer, eval_features.remove_columns(["example_index", "offset_mapping"]))
     width = start_logits.shape[1]
     offsets = np.full((len(eval_features), width, 2), -1, dtype=np.int64)
     for i, row in enumerate(eval_features["offset_mapping"]):

@@ -309,3 +309,30 @@ def test_vs_trainer_trains_both_sides_on_the_same_work(tiny_model, tmp_path):
     assert end_to_end["theirs"]["eval_features"] >= 8 and 0 <= end_to_end["theirs"]["f1"] <= 100
     assert end_to_end["ours"]["wall_seconds"] > 0 and summary["ratios"]["end_to_end_wall_seconds"]
     assert not list(tmp_path.glob("cache*"))
+
+
+def test_the_peer_predicts_windows_in_their_order(tiny_model, tmp_path):
+    """Under group_by_length the Trainer also length-sorts evaluation batches: logits came back
+    in another order than the windows (EM 0 after decoding with the windows' offsets)."""
+    import argparse
+
+    import datasets
+    import numpy as np
+    import torch
+
+    from bench.vs_trainer import peer_trainer, predict_in_order
+    from qa_core.pipeline import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model)
+    questions = ["q"] * 40
+    contexts = [" ".join(["word"] * n) for n in range(3, 83, 2)]  # 40 windows, all lengths differ
+    features = datasets.Dataset.from_dict(dict(tokenizer(questions, contexts)))
+    args = argparse.Namespace(model=tiny_model, max_train_steps=1)
+    trainer = peer_trainer(args, tokenizer, None, tmp_path, "fp32", False)
+    start, _ = predict_in_order(trainer, features)
+    model = trainer.model.eval()
+    for i in (0, 17, 39):
+        with torch.no_grad():
+            row = {k: torch.tensor([v]) for k, v in features[i].items()}
+            expected = model(**row).start_logits[0].numpy()
+        np.testing.assert_allclose(start[i, :len(expected)], expected, rtol=1e-4, atol=1e-5)
