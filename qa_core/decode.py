@@ -126,28 +126,15 @@ def _checked_inputs(start_logits: np.ndarray, end_logits: np.ndarray,
     """2-D float logits (NaN still in place) and their offsets cut or padded (with -1 = not
     context) to the logits' length: logits gathered batch by batch may be padded to another
     length than the stored offsets, and positions beyond the offsets can only be padding.
-    Inputs of mismatched shapes are a ValueError."""
-    logits = []
-    for array in map(np.asarray, (start_logits, end_logits)):
-        if array.ndim != 2:
-            raise ValueError(f"logits must be [features, length], got shape {array.shape}")
-        logits.append(array if np.issubdtype(array.dtype, np.floating)
-                      else array.astype(np.float64))
-    start_logits, end_logits = logits
+    Logits and offsets of disagreeing shapes are a ValueError."""
+    start_logits, end_logits = (array if np.issubdtype(array.dtype, np.floating)
+                                else array.astype(np.float64)
+                                for array in map(np.asarray, (start_logits, end_logits)))
     offsets = np.asarray(offsets)
-    if offsets.ndim != 3 or offsets.shape[2] != 2:
-        raise ValueError(f"offsets must be [features, length, 2], got shape {offsets.shape}")
-    if start_logits.shape != end_logits.shape:
-        raise ValueError(
-            f"start/end logits shapes differ: {start_logits.shape} vs {end_logits.shape}"
-        )
-    if offsets.shape[0] != start_logits.shape[0]:
-        raise ValueError(
-            f"offsets has {offsets.shape[0]} features but logits have {start_logits.shape[0]}"
-        )
+    if start_logits.shape != end_logits.shape or offsets.shape[0] != start_logits.shape[0]:
+        raise ValueError(f"logits and offsets disagree: start {start_logits.shape}, end "
+                         f"{end_logits.shape}, offsets {offsets.shape}")
     length = start_logits.shape[1]
-    if length == 0:
-        raise ValueError("logits have zero length")
     if offsets.shape[1] < length:
         pad = np.full((len(offsets), length - offsets.shape[1], 2), -1, dtype=offsets.dtype)
         offsets = np.concatenate([offsets, pad], axis=1)
@@ -447,14 +434,8 @@ def _min_null_per_example(
     return minimum
 
 
-def _validated_example_index(
-    feature_example_index: np.ndarray, num_features: int, num_examples: int
-) -> np.ndarray:
+def _validated_example_index(feature_example_index: np.ndarray, num_examples: int) -> np.ndarray:
     index = np.asarray(feature_example_index, dtype=np.int64).reshape(-1)
-    if len(index) != num_features:
-        raise ValueError(
-            f"feature_example_index has {len(index)} entries for {num_features} features"
-        )
     if len(index) and (index.min() < 0 or index.max() >= num_examples):
         raise ValueError("feature_example_index points outside the examples")
     return index
@@ -484,7 +465,7 @@ def best_spans(
     Ties between features go to the lower feature index (within a feature the
     spans are already ordered by score, start token, end token).
     """
-    index = _validated_example_index(feature_example_index, len(feature_spans), num_examples)
+    index = _validated_example_index(feature_example_index, num_examples)
     # Slot 0 is each feature's best span; only features compete from here on. One lexsort
     # orders them by example, then score descending, then feature index; the first of each
     # example wins (-1: an example without features).
@@ -511,8 +492,6 @@ def answers_from_spans(spans: ExampleSpans, contexts: Sequence[str], example_ids
                        config: DecodeConfig = DecodeConfig()) -> dict[str, Prediction]:
     """Each example's answer from its best span and null score (:func:`best_spans`): the null
     rule in numpy, then the only per-example Python step, slicing strings."""
-    if len(contexts) != len(example_ids):
-        raise ValueError("contexts and example_ids must have the same length")
     has_features = spans.has_features
     # Nothing scored for an example (no features): no span, no null score.
     score = np.where(has_features, spans.score, -np.inf)
@@ -563,7 +542,7 @@ def top_answers(
     """
     if k < 1:
         raise ValueError("k must be >= 1")
-    index = _validated_example_index(feature_example_index, len(feature_spans), len(example_ids))
+    index = _validated_example_index(feature_example_index, len(example_ids))
     null = _min_null_per_example(feature_spans.null_score, index, len(example_ids))
     features, slots = np.nonzero(feature_spans.scores > -np.inf)  # row-major: feature, then rank
     scores = feature_spans.scores[features, slots]
@@ -639,7 +618,7 @@ def reference_decode(start_logits: np.ndarray, end_logits: np.ndarray, offsets: 
     start_logits, end_logits, offsets = _checked_inputs(start_logits, end_logits, offsets)
     start_logits, end_logits = _nan_to_neg_inf(start_logits), _nan_to_neg_inf(end_logits)
     num_examples = len(example_ids)
-    index = _validated_example_index(feature_example_index, len(start_logits), num_examples)
+    index = _validated_example_index(feature_example_index, num_examples)
     nulls: list[list[float]] = [[] for _ in range(num_examples)]
     candidates: list[list[tuple]] = [[] for _ in range(num_examples)]
     for feature, example in enumerate(index.tolist()):

@@ -134,10 +134,6 @@ def start_end_scores(pred_start: Sequence[int] | np.ndarray, pred_end: Sequence[
     """
     pred_start, pred_end = np.asarray(pred_start), np.asarray(pred_end)
     gold_start, gold_end = np.asarray(gold_start), np.asarray(gold_end)
-    if not (pred_start.shape == pred_end.shape == gold_start.shape == gold_end.shape):
-        raise ValueError("start/end prediction and gold arrays must have the same shape")
-    if pred_start.size == 0:
-        raise ValueError("start_end_scores needs at least one position")
     start_right = pred_start == gold_start
     end_right = pred_end == gold_end
     return {

@@ -92,7 +92,7 @@ def check_model_folder(name_or_path: str) -> None:
         raise ModelFolderError(f"--model {folder}: not a model folder (config.json missing; "
                                f"{'empty' if not count else f'{count} other entries'})")
     load_model_config(str(folder), shown=str(config))  # damaged JSON: transformers' one line
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+    if _weights_file(folder) is None:
         raise ModelFolderError(f"--model {folder}: no model weights ({', '.join(WEIGHT_FILES)} "
                                "missing)")
     weights = folder / "model.safetensors"
@@ -144,13 +144,9 @@ def load_model_config(name_or_path: str, shown: str | None = None):
         raise ModelFolderError(f"{shown}: not a usable model config ({reason})") from None
 
 
-def _weights_file(name_or_path: str) -> str:
-    """The weights file a load failure is about, for the message (the folder for hub names)."""
-    folder = Path(name_or_path).expanduser()
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return str(folder / name)
-    return f"--model {name_or_path}"
+def _weights_file(folder: Path) -> Path | None:
+    """The first of :data:`WEIGHT_FILES` that ``folder`` holds."""
+    return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
 
 
 def load_qa_model(name_or_path: str, attention_dropout: float | None = None,
@@ -170,6 +166,8 @@ def load_qa_model(name_or_path: str, attention_dropout: float | None = None,
     from transformers import AutoModelForQuestionAnswering
 
     check_model_folder(name_or_path)
+    # the file a load failure is about, for the message (the folder for hub names)
+    weights = _weights_file(Path(name_or_path).expanduser()) or f"--model {name_or_path}"
     config = load_model_config(name_or_path)
     if attention_dropout is not None:
         set_attention_dropout(config, attention_dropout)
@@ -182,7 +180,7 @@ def load_qa_model(name_or_path: str, attention_dropout: float | None = None,
                 name_or_path, config=config, output_loading_info=True)
     except pickle.UnpicklingError as err:  # what it refused to build, not torch's advice
         found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(err))
-        raise ModelFolderError(f"{_weights_file(name_or_path)}: not a weights-only torch file, "
+        raise ModelFolderError(f"{weights}: not a weights-only torch file, "
                                "refused without running it "
                                f"({found.group(0) if found else first_line(err)})") from None
     except (OSError, SafetensorError, ValueError) as err:
@@ -191,7 +189,7 @@ def load_qa_model(name_or_path: str, attention_dropout: float | None = None,
     except RuntimeError as err:
         if "ignore_mismatched_sizes" not in str(err):  # only transformers' shape check is input
             raise
-        raise ModelFolderError(f"{_weights_file(name_or_path)}: tensor shapes differ from what "
+        raise ModelFolderError(f"{weights}: tensor shapes differ from what "
                                "config.json gives (weights and config of different models)"
                                ) from None
     missing = sorted(loading["missing_keys"])  # transformers' own list, for any architecture
