@@ -156,15 +156,6 @@ def _keep_freed_memory_for_reuse() -> None:
     del block
 
 
-def _top_k_mask_exact(values: np.ndarray, kth: np.ndarray, k: int) -> np.ndarray:
-    """Exactly k True per row: values above the row's k-th largest ``kth``, then the
-    lowest-index entries equal to it (a stable descending sort cut at k)."""
-    greater = values > kth
-    equal = values == kth
-    needed = k - np.count_nonzero(greater, axis=1)[:, None]
-    return greater | (equal & (np.cumsum(equal, axis=1) <= needed))
-
-
 def _top_k_columns(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Column indices of the k largest values per row, ascending; int64 ``[F, k]``.
 
@@ -188,8 +179,11 @@ def _top_k_columns(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     selected = values >= kth
     flat = np.flatnonzero(selected)
     if len(flat) != num_rows * k:  # some row has more than k: a tie at the cut
+        # exactly k in those rows: the values above the cut, then the lowest-index ones at it
         tie = np.count_nonzero(selected, axis=1) > k
-        selected[tie] = _top_k_mask_exact(values[tie], kth[tie], k)
+        above, at = values[tie] > kth[tie], values[tie] == kth[tie]
+        needed = k - np.count_nonzero(above, axis=1)[:, None]
+        selected[tie] = above | (at & (np.cumsum(at, axis=1) <= needed))
         flat = np.flatnonzero(selected)
     return values, (flat % length).reshape(num_rows, k)
 
@@ -402,14 +396,8 @@ def feature_topk_spans(start_logits: np.ndarray, end_logits: np.ndarray, offsets
 
     def run(begin: int) -> None:
         rows = slice(begin, begin + chunk_size)
-        _topk_spans_chunk(
-            start_logits[rows],
-            end_logits[rows],
-            offsets[rows],
-            n_best_size,
-            max_answer_length,
-            out=result.take(rows),
-        )
+        _topk_spans_chunk(start_logits[rows], end_logits[rows], offsets[rows], n_best_size,
+                          max_answer_length, out=result.take(rows))
 
     begins = range(0, max(len(start_logits), 1), chunk_size)
     if num_threads is None:

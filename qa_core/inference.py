@@ -153,20 +153,19 @@ def check_unicode(text: str, what: str) -> None:
         raise InputError(f"{what} is not valid Unicode text ({found} at character {at + 1})")
 
 
-def check_inputs(context: str | None, questions: list[str], top_k: int = 1) -> None:
+def check_inputs(context: str, questions: list[str], top_k: int = 1) -> None:
     """Something to answer: a context and questions that are valid Unicode and not empty or
     only whitespace."""
     if top_k < 1:
         raise InputError(f"--top_k: must be at least 1, got {top_k}")
-    if context is not None and is_blank(context):
+    if is_blank(context):
         raise InputError("the context is empty or only whitespace (or zero-width / combining "
                          "characters): nothing to answer from")
     blank = [i + 1 for i, q in enumerate(questions) if is_blank(q)]
     if blank:
         raise InputError(f"--question number {blank[0]} is empty or only whitespace (or "
                          "zero-width / combining characters)")
-    if context is not None:
-        check_unicode(context, "--context")
+    check_unicode(context, "--context")
     for number, question in enumerate(questions, 1):
         check_unicode(question, f"--question number {number}")
 
