@@ -96,10 +96,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return fingerprint(parts)
 
 
-def read_summary(entry: Path) -> dict:
-    return json.loads((entry / SUMMARY_FILE).read_text())
-
-
 # ---------------------------------------------------------------------------------------------
 # The cache folder, its entries' integrity, and what killed runs leave behind
 # ---------------------------------------------------------------------------------------------
@@ -299,16 +295,12 @@ def write_split_info(folder: Path, schema: pa.Schema) -> None:
     info.write_to_directory(str(folder))
 
 
-def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
-    """Name a split's shards in order as ``datasets`` does and write its metadata files.
+def finish_split(folder: Path, files: list[Path]) -> int:
+    """Name a split's shards in order as ``datasets`` does and write its ``state.json``.
 
-    ``files`` are the split's shards in row order. ``dataset_info.json`` is written unless a
-    worker already wrote it. Returns the number of shards.
+    ``files`` are the split's shards in row order (the first task wrote ``dataset_info.json``).
+    Returns the number of shards.
     """
-    if not files:  # one empty shard keeps the split loadable
-        files = [folder / "part-00000.arrow"]
-        with pa.OSFile(str(files[0]), "wb") as sink:
-            pa.ipc.new_stream(sink, schema).close()
     count = len(files)
     names = []
     for index, path in enumerate(files):
@@ -321,8 +313,6 @@ def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
         "_split": None,
     }
     (folder / "state.json").write_text(json.dumps(state, indent=2))
-    if not (folder / "dataset_info.json").is_file():
-        write_split_info(folder, schema)
     return count
 
 
@@ -345,24 +335,21 @@ class CacheEntryWriter:
             raise CacheDirError(f"--cache_dir {cache_root}: cannot write there "
                                 f"({err.strerror or err})") from None
         self.shards: dict[str, list[Path]] = {name: [] for name in SPLITS}
-        self.num_shards: dict[str, int] | None = None
+        self.num_shards: dict[str, int] = {}
 
-    def finish(self, schemas: dict[str, pa.Schema]) -> None:
-        """Name the shards in order and write each split's metadata (once)."""
-        if self.num_shards is None:
-            self.num_shards = {name: finish_split(self.tmp / name, self.shards[name],
-                                                  schemas[name]) for name in SPLITS}
-            (self.tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
+    def finish(self) -> None:
+        """Name the shards in order and write the splits' metadata."""
+        self.num_shards = {name: finish_split(self.tmp / name, self.shards[name])
+                           for name in SPLITS}
+        (self.tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
 
-    def commit(self, summary: dict, schemas: dict[str, pa.Schema], overwrite: bool,
-               damaged: bool = False) -> Path:
-        """Finish the splits, write the manifest and then the summary, and move the entry in.
+    def commit(self, summary: dict, overwrite: bool, damaged: bool = False) -> Path:
+        """Write the manifest and then the summary of the finished splits, and move the entry in.
 
         ``overwrite`` replaces a finished entry of the same key; ``damaged`` replaces one only
         while it is still damaged (another run may have rebuilt it in the meantime).
         ``summary`` gains ``num_shards`` and ``manifest_sha256``.
         """
-        self.finish(schemas)
         summary["num_shards"] = dict(self.num_shards)
         manifest = json.dumps(build_manifest(self.tmp), indent=1).encode()
         (self.tmp / MANIFEST_FILE).write_bytes(manifest)

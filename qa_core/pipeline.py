@@ -39,13 +39,13 @@ import pyarrow.compute as pc
 
 from qa_core.cache import (
     SPLITS,
+    SUMMARY_FILE,
     CacheEntryWriter,
     ShardWriter,
     check_writable_folder,
     entry_problem,
     fingerprint,
     no_space_error,
-    read_summary,
     remove_leftovers,
     tokenizer_files_fingerprint,
     tokenizer_fingerprint,
@@ -53,6 +53,7 @@ from qa_core.cache import (
 )
 from qa_core.errors import QAError, SettingsError, first_line
 from qa_core.features import FeatureBuilder, FeatureConfig, FeatureStats
+from qa_core.files import read_json
 from qa_core.readers import (
     Chunk,
     DataSourceError,
@@ -620,16 +621,15 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
         totals = _build(writer, source, config, builder, clock)
         summary = _summary(writer, source, config, totals)
         summary.update(cache_rebuilt=problem, leftovers_removed=leftovers)
-        schemas = {"features": builder.build([])[0].schema, "examples": EXAMPLE_SCHEMA}
         with clock.stage("commit"):
-            writer.finish(schemas)
+            writer.finish()
         totals.cpu.update(clock.seconds)
         summary["cpu_seconds"] = cpu_breakdown(time.process_time() - cpu_start, totals.cpu,
                                                totals.worker_cpu)
         seconds = time.perf_counter() - started
         summary.update(seconds=round(seconds, 3),
                        examples_per_s=round(summary["examples"] / seconds, 1) if seconds else None)
-        entry = writer.commit(summary, schemas, overwrite=config.overwrite_cache,
+        entry = writer.commit(summary, overwrite=config.overwrite_cache,
                               damaged=problem is not None)
     except BaseException as err:
         writer.abort()
@@ -644,7 +644,7 @@ def _hit_summary(entry: Path, started: float, leftovers: int, source: ExampleSou
                  config: PreprocessConfig) -> dict:
     """The stored summary of a reused entry, with this run's figures, source and settings (the
     same data, perhaps at another path)."""
-    summary = read_summary(entry)
+    summary = read_json(entry / SUMMARY_FILE)  # entry_problem checked it
     summary["source"] = source.description
     # this run's settings: those the key covers are the build's, the others (the file's path,
     # --num_proc, --batch_size, --rows_per_shard, the model folder's path) may differ
