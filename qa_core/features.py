@@ -150,6 +150,7 @@ class FeatureStats:
     answerable: int = 0
     answers_covered: int = 0          # answerable examples with >= 1 window labelled with the
                                       # answer
+    features_with_answer: int = 0     # windows labelled with the answer
     skipped: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)   # kept, but worth knowing
 
@@ -157,6 +158,7 @@ class FeatureStats:
         self.features += other.features
         self.answerable += other.answerable
         self.answers_covered += other.answers_covered
+        self.features_with_answer += other.features_with_answer
         self.skipped.update(other.skipped)
         self.notes.update(other.notes)
 
@@ -333,6 +335,7 @@ class FeatureBuilder:
                     starts_out.append(len(head) + answer_tokens[0] - first)
                     ends_out.append(len(head) + answer_tokens[1] - first)
                     covered = True
+                    stats.features_with_answer += 1
                 else:
                     starts_out.append(t.cls_index)
                     ends_out.append(t.cls_index)

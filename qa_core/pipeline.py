@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from qa_core.cache import (
     SPLITS,
@@ -159,7 +158,15 @@ def load_tokenizer(model: str):
         ) from None
     if local:
         config = _model_config(folder)
-        _check_vocabulary(folder, tokenizer, config.get("vocab_size"))
+        vocab_size = config.get("vocab_size")
+        # models round vocab_size up, so a little less is normal; under half means the
+        # tokenizer's vocabulary files are missing
+        if isinstance(vocab_size, int) and len(tokenizer) < vocab_size / 2:
+            raise QAError(
+                f"--model {folder}: its tokenizer has {len(tokenizer)} tokens, the model's "
+                f"vocabulary {vocab_size}: the tokenizer's vocabulary file is missing or damaged "
+                f"(found {', '.join(_tokenizer_files(folder)) or 'none'}; a BERT-style folder "
+                "needs tokenizer.json or vocab.txt)")
         positions = config.get("max_position_embeddings")
         if isinstance(positions, int) and positions > 0 and tokenizer.model_max_length >= 10**6:
             # transformers' "no limit" placeholder: the model's positions are the limit
@@ -181,17 +188,6 @@ def _tokenizer_files(folder: Path) -> list[str]:
     from qa_core.modeling import TOKENIZER_FILES
 
     return [name for name in TOKENIZER_FILES if (folder / name).is_file()]
-
-
-def _check_vocabulary(folder: Path, tokenizer, vocab_size) -> None:
-    """The tokenizer must cover most of the model's vocabulary (models round ``vocab_size`` up,
-    so a little less is normal; under half means its vocabulary files are missing)."""
-    if isinstance(vocab_size, int) and len(tokenizer) < vocab_size / 2:
-        raise QAError(
-            f"--model {folder}: its tokenizer has {len(tokenizer)} tokens, the model's "
-            f"vocabulary {vocab_size}: the tokenizer's vocabulary file is missing or damaged "
-            f"(found {', '.join(_tokenizer_files(folder)) or 'none'}; a BERT-style folder needs "
-            "tokenizer.json or vocab.txt)")
 
 
 def tokenizer_key(model: str, tokenizer=None) -> tuple[str, object | None]:
@@ -312,7 +308,6 @@ class TaskResult:
     read: ReadStats
     features: FeatureStats
     examples: int                             # example rows written (those with a window)
-    features_with_answer: int
     claimed: set[str]                         # ids of the examples kept (before windowing)
     cpu: dict[str, float]                     # CPU seconds per stage of this task
     pid: int
@@ -372,7 +367,7 @@ def run_task(task: Task) -> TaskResult:
     read, feature_stats = ReadStats(), FeatureStats()
     seen, notes_by_id = set(task.exclude), {}
     examples = examples_from_rows(task.chunk.rows(), task.language, read, seen, notes_by_id)
-    example_rows = with_answer = 0
+    example_rows = 0
     for batch in clock.timed("parse", _batches(examples, task.batch_size)):
         with clock.stage("build"):
             features, stats = worker.builder.build(batch)
@@ -384,7 +379,6 @@ def run_task(task: Task) -> TaskResult:
                 notes = notes_by_id.pop(example["id"], None)
                 if notes and example["id"] not in kept_ids:
                     read.notes -= notes
-            with_answer += pc.sum(features.column("has_answer")).as_py() or 0
         with clock.stage("write"):
             writers["features"].write(features)
             writers["examples"].write(kept)
@@ -400,8 +394,8 @@ def run_task(task: Task) -> TaskResult:
     cpu = dict(clock.seconds)
     cpu["window"] = cpu.pop("build", 0.0) - cpu.get("tokenize", 0.0)
     return TaskResult({name: [p.name for p in w.files] for name, w in writers.items()}, read,
-                      feature_stats, example_rows, with_answer, seen - task.exclude, cpu,
-                      os.getpid(), time.process_time())
+                      feature_stats, example_rows, seen - task.exclude, cpu, os.getpid(),
+                      time.process_time())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,7 +487,6 @@ class _Totals:
     read: ReadStats = field(default_factory=ReadStats)
     features: FeatureStats = field(default_factory=FeatureStats)
     examples: int = 0
-    features_with_answer: int = 0
     seen: set[str] = field(default_factory=set)
     cpu: Counter = field(default_factory=Counter)
     worker_cpu: dict[int, float] = field(default_factory=dict)
@@ -509,7 +502,6 @@ class _Totals:
         self.read.add(result.read)
         self.features.add(result.features)
         self.examples += result.examples
-        self.features_with_answer += result.features_with_answer
         self.seen |= result.claimed
 
 
@@ -686,7 +678,7 @@ def _summary(writer: CacheEntryWriter, source: ExampleSource, config: Preprocess
         "examples": totals.examples,
         "answerable": totals.features.answerable,
         "features": totals.features.features,
-        "features_with_answer": totals.features_with_answer,
+        "features_with_answer": totals.features.features_with_answer,
         "answers_covered": totals.features.answers_covered,
         "skipped": skipped,
         "notes": dict(sorted((Counter(read["notes"]) + Counter(totals.features.notes)).items())),
