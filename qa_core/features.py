@@ -19,7 +19,7 @@ when the whole answer lies inside it, otherwise with the CLS index.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
@@ -61,9 +61,6 @@ class FeatureConfig:
             raise ValueError(
                 f"doc_stride ({self.doc_stride}) must be in [0, max_length={self.max_length})"
             )
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def label_answer_index(texts: Sequence[str], rule: str) -> int:

@@ -212,7 +212,7 @@ def cache_key(source: ExampleSource, tokenizer_key: str, config: PreprocessConfi
         "language": config.language.lower(),
         "hub_config": config.hub_config,
         "tokenizer": tokenizer_key,
-        "features": config.feature_config().as_dict(),
+        "features": asdict(config.feature_config()),
     })
 
 
