@@ -214,16 +214,10 @@ def _writer_alive(name: str) -> bool:
     return (len(tag) == 16 and tag[:8] != HOST_TAG) or pid_alive(int(parts[2]))
 
 
-def _remove(path: Path) -> bool:
-    """Delete a folder (or file); errors are ignored, as another run may be deleting it too."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-    return not path.exists()
+def _remove(folder: Path) -> bool:
+    """Delete a folder; errors are ignored, as another run may be deleting it too."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def remove_leftovers(cache_root: Path) -> list[str]:
@@ -252,15 +246,13 @@ class ShardWriter:
     own prefix) and named in order when the entry is committed (:func:`finish_split`).
     """
 
-    def __init__(self, folder: Path, rows_per_shard: int, schema: pa.Schema,
-                 prefix: str = "part-") -> None:
+    def __init__(self, folder: Path, rows_per_shard: int, schema: pa.Schema, prefix: str) -> None:
         self.folder = folder
         self.rows_per_shard = rows_per_shard
         self.prefix = prefix
         self.files: list[Path] = []
         self.schema = schema
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
-        self._sink = None
         self._rows_in_shard = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -274,8 +266,7 @@ class ShardWriter:
     def _roll(self) -> None:
         self.finish()
         path = self.folder / f"{self.prefix}{len(self.files):05d}.arrow"
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        self._writer = pa.ipc.new_stream(str(path), self.schema)  # closes the file with it
         self.files.append(path)
         self._rows_in_shard = 0
 
@@ -283,8 +274,7 @@ class ShardWriter:
         """Close the shard being written (the writer can go on with a new one)."""
         if self._writer is not None:
             self._writer.close()
-            self._sink.close()
-            self._writer = self._sink = None
+            self._writer = None
 
 
 def write_split_info(folder: Path, schema: pa.Schema) -> None:
