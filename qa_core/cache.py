@@ -105,7 +105,7 @@ def check_writable_folder(cache_root: Path, flag: str = "--cache_dir") -> None:
     created, before any work starts.
 
     An existing cache folder that is read-only passes: it can still serve cache hits, and
-    :func:`require_writable` refuses it when an entry has to be written.
+    :class:`CacheEntryWriter` refuses it when an entry has to be written.
     """
     if cache_root.exists():
         if not cache_root.is_dir():
@@ -119,18 +119,6 @@ def check_writable_folder(cache_root: Path, flag: str = "--cache_dir") -> None:
                             "not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CacheDirError(f"{flag} {cache_root}: cannot be created: {parent} is not writable")
-
-
-def require_writable(cache_root: Path, flag: str = "--cache_dir") -> None:
-    """Create the cache folder if needed and check that entries can be written into it."""
-    try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CacheDirError(f"{flag} {cache_root}: cannot be created "
-                            f"({err.strerror or err})") from None
-    if not os.access(cache_root, os.W_OK | os.X_OK):
-        raise CacheDirError(f"{flag} {cache_root}: not writable "
-                            "(a new cache entry has to be written)")
 
 
 def build_manifest(folder: Path) -> dict:
@@ -316,7 +304,14 @@ class CacheEntryWriter:
     def __init__(self, cache_root: Path, key: str) -> None:
         self.cache_root = cache_root
         self.key = key
-        require_writable(cache_root)
+        try:
+            cache_root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CacheDirError(f"--cache_dir {cache_root}: cannot be created "
+                                f"({err.strerror or err})") from None
+        if not os.access(cache_root, os.W_OK | os.X_OK):
+            raise CacheDirError(f"--cache_dir {cache_root}: not writable "
+                                "(a new cache entry has to be written)")
         self.tmp = cache_root / temporary_name(key)
         try:
             for name in SPLITS:
