@@ -244,6 +244,7 @@ class FeatureBuilder:
     def __init__(self, tokenizer, config: FeatureConfig, context_cache_size: int = 64) -> None:
         check_tokenizer(tokenizer, config.max_length)
         self.tokenizer = tokenizer
+        self.backend = tokenizer.backend_tokenizer  # what tokenizes, in one place (timed by tasks)
         self.config = config
         self.template = PairTemplate.for_tokenizer(tokenizer)
         self.with_token_types = "token_type_ids" in tokenizer.model_input_names
@@ -252,7 +253,7 @@ class FeatureBuilder:
 
     def _encode_contexts(self, contexts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         missing = list(dict.fromkeys(c for c in contexts if c not in self._contexts))
-        backend = self.tokenizer.backend_tokenizer
+        backend = self.backend
         # the short ones in one call (the tokenizer may spread it over threads), long ones in
         # pieces
         short = [c for c in missing if len(c) <= CONTEXT_PIECE_CHARS]
@@ -291,7 +292,7 @@ class FeatureBuilder:
         """Every window of every example, labelled, as one Arrow record batch."""
         t, cfg = self.template, self.config
         stats = FeatureStats()
-        questions = self.tokenizer.backend_tokenizer.encode_batch(
+        questions = self.backend.encode_batch(
             [e["question"].lstrip() for e in examples], add_special_tokens=False)
         contexts = self._encode_contexts([e["context"] for e in examples])
 

@@ -269,8 +269,7 @@ class StageClock:
 
 
 class _Timed:
-    """A proxy whose ``encode_batch`` calls count as the "tokenize" stage: a tokenizers backend,
-    or a tokenizer whose ``backend_tokenizer`` is one (what :meth:`FeatureBuilder.build` calls)."""
+    """A tokenizers backend whose ``encode_batch`` calls count as the "tokenize" stage."""
 
     def __init__(self, target, clock: StageClock) -> None:
         self._target, self._clock = target, clock
@@ -316,7 +315,7 @@ class TaskResult:
 
 @dataclass
 class _WorkerState:
-    builder: FeatureBuilder                   # its tokenizer's encode_batch calls are timed
+    builder: FeatureBuilder                   # its backend's encode_batch calls are timed
     clock: StageClock
     schemas: dict[str, pa.Schema]
 
@@ -329,8 +328,7 @@ def _set_worker(builder: FeatureBuilder) -> None:
     global _worker
     clock = StageClock()
     timed = copy.copy(builder)
-    timed.tokenizer = _Timed(builder.tokenizer, clock)
-    timed.tokenizer.backend_tokenizer = _Timed(builder.tokenizer.backend_tokenizer, clock)
+    timed.backend = _Timed(builder.backend, clock)
     schemas = {"features": builder.build([])[0].schema, "examples": EXAMPLE_SCHEMA}
     _worker = _WorkerState(timed, clock, schemas)
 
