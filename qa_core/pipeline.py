@@ -664,7 +664,7 @@ def _summary(writer: CacheEntryWriter, source: ExampleSource, config: Preprocess
     """
     skipped = dict(sorted((Counter(totals.read.skipped)
                            + Counter(totals.features.skipped)).items()))
-    read = totals.read.as_dict()
+    read = totals.read
     if totals.examples == 0:
         raise DataSourceError(empty_result_message(source.description, read, skipped))
     return {
@@ -679,8 +679,8 @@ def _summary(writer: CacheEntryWriter, source: ExampleSource, config: Preprocess
         "features_with_answer": totals.features.features_with_answer,
         "answers_covered": totals.features.answers_covered,
         "skipped": skipped,
-        "notes": dict(sorted((Counter(read["notes"]) + Counter(totals.features.notes)).items())),
-        "formats": read["formats"],
+        "notes": dict(sorted((read.notes + totals.features.notes).items())),
+        "formats": dict(sorted(read.formats.items())),
         "settings": run_settings(config),
         "tasks_redone": totals.redone,
     }
@@ -691,15 +691,15 @@ def counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in counts.items())
 
 
-def empty_result_message(source: str, read: dict, skipped: dict) -> str:
+def empty_result_message(source: str, read: ReadStats, skipped: dict) -> str:
     """One line: why ``source`` gave no example (rows read, skips and notes by reason)."""
-    rows = sum(read["formats"].values()) + read["notes"].get("other_language", 0)
+    other_language = read.notes["other_language"]
+    rows = sum(read.formats.values()) + other_language
     parts = [f"{source}: no usable examples: {rows} rows read"]
     if skipped:
         parts.append("skipped " + counts_text(skipped))
-    if read["notes"].get("other_language"):
-        parts.append(f"{read['notes']['other_language']} rows of another language than the one "
-                     "kept (--language)")
+    if other_language:
+        parts.append(f"{other_language} rows of another language than the one kept (--language)")
     if "question_too_long" in skipped:
         parts.append("raise --max_length or lower --doc_stride")
     return "; ".join(parts)

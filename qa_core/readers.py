@@ -70,11 +70,6 @@ class ReadStats:
         self.notes.update(other.notes)
         self.formats.update(other.formats)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The counts; each Counter as a dict sorted by its keys."""
-        return {name: dict(sorted(value.items())) if isinstance(value, Counter) else value
-                for name, value in vars(self).items()}
-
 
 @dataclass(frozen=True)
 class SourceSpec:
