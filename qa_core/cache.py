@@ -184,11 +184,6 @@ def entry_problem(entry: Path) -> str | None:
     return None
 
 
-def temporary_name(key: str) -> str:
-    """``.tmp-<key>-<pid>-<host tag><random>``: who writes it, so a later run can judge it stale."""
-    return f".tmp-{key}-{os.getpid()}-{HOST_TAG}{uuid.uuid4().hex[:8]}"
-
-
 def _writer_alive(name: str) -> bool:
     """Whether the process that named temporary ``name`` may still be writing it.
 
@@ -312,7 +307,8 @@ class CacheEntryWriter:
         if not os.access(cache_root, os.W_OK | os.X_OK):
             raise CacheDirError(f"--cache_dir {cache_root}: not writable "
                                 "(a new cache entry has to be written)")
-        self.tmp = cache_root / temporary_name(key)
+        # who writes it, so a later run can judge it stale (:func:`_writer_alive`)
+        self.tmp = cache_root / f".tmp-{key}-{os.getpid()}-{HOST_TAG}{uuid.uuid4().hex[:8]}"
         try:
             for name in SPLITS:
                 (self.tmp / name).mkdir(parents=True)

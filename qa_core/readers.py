@@ -574,10 +574,6 @@ def _is_gz(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if _is_gz(path) else open(path, "rb")
-
-
 def _gzip_damage(path: Path, lines_read: int, err: Exception) -> DataSourceError:
     after = f"after line {lines_read}" if lines_read else "within line 1"
     if isinstance(err, EOFError):
@@ -606,7 +602,7 @@ def check_file_header(path: Path) -> None:
 def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, undecoded line) of a file, gzipped or not; gzip damage -> DataSourceError."""
     line_number = 0
-    with _open_binary(path) as handle:
+    with gzip.open(path, "rb") if _is_gz(path) else open(path, "rb") as handle:
         lines = iter(handle)
         while True:
             try:
