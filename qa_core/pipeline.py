@@ -240,9 +240,6 @@ def task_bytes(read_so_far: int) -> int:
 # figures hold on a busy machine, where wall-clock ratios do not.
 # ---------------------------------------------------------------------------------------------
 
-_END = object()
-
-
 class StageClock:
     """CPU seconds of this process per named stage."""
 
@@ -262,9 +259,10 @@ class StageClock:
         items = iter(items)
         while True:
             with self.stage(name):
-                item = next(items, _END)
-            if item is _END:
-                return
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
             yield item
 
 
