@@ -871,13 +871,13 @@ def _dataset_rows(dataset, tag: str) -> Iterator[tuple[dict, str, str]]:
         yield row, f"{tag}:{index}", f"{tag} row {index}"
 
 
-def _check_columns(dataset, where: str) -> None:
-    columns = set(dataset.column_names)
-    if not ({"document_plaintext", "annotations"} <= columns or {"question", "context"} <= columns):
+def _check_fields(fields: set[str], where: str) -> None:
+    """A source's first record or columns must be in a layout the readers know."""
+    if not ({"document_plaintext", "annotations"} & fields or {"question", "context"} <= fields):
         raise DataSourceError(
-            f"{where}: unknown format: columns {sorted(columns)} are neither TyDi primary_task "
-            "(document_plaintext, annotations, ...) nor SQuAD-style (question, context, answers)"
-        )
+            f"{where}: unknown format: expected TyDi (document_plaintext, annotations), "
+            "PrimeQA (question, context, target) or SQuAD-style (question, context, answers) "
+            f"fields, got {sorted(fields)}")
 
 
 def open_source(spec: SourceSpec) -> ExampleSource:
@@ -907,13 +907,7 @@ def _open_file(path: Path, spec: SourceSpec) -> ExampleSource:
         first = next(_jsonl_rows(path), None)
         if first is None:
             raise DataSourceError(f"{path}: no records")
-        fields = set(first[0])
-        if not ({"document_plaintext", "annotations"} & fields
-                or {"question", "context"} <= fields):
-            raise DataSourceError(
-                f"{first[2]}: unknown format: expected TyDi (document_plaintext, annotations), "
-                "PrimeQA (question, context, target) or SQuAD-style (question, context, answers) "
-                f"fields, got {sorted(fields)}")
+        _check_fields(set(first[0]), first[2])
         return ExampleSource("jsonl", str(path), sha256_file(path), lambda: _jsonl_rows(path), spec,
                              path=path)
     if name.endswith((".json", ".json.gz")):
@@ -945,7 +939,7 @@ def _open_disk_dataset(path: Path, spec: SourceSpec) -> ExampleSource:
     if has_splits and spec.split not in loaded:
         raise DataSourceError(f"{path}: no split '{spec.split}' (has: {', '.join(loaded)})")
     dataset = loaded[spec.split] if has_splits else loaded
-    _check_columns(dataset, str(path))
+    _check_fields(set(dataset.column_names), str(path))
     split = spec.split if has_splits else None
     # Each saved dataset carries a content fingerprint: no need to hash gigabytes of Arrow again.
     digest = hashlib.sha256(f"{dataset._fingerprint}|{split}|{len(dataset)}".encode()).hexdigest()
@@ -969,7 +963,7 @@ def _open_hub_dataset(spec: SourceSpec) -> ExampleSource:
             f"{spec.data}: not a local path, and the hub dataset could not be loaded ({reason}); "
             "download it where there is network and pass the saved folder or a .jsonl(.gz) file"
         ) from None
-    _check_columns(dataset, spec.data)
+    _check_fields(set(dataset.column_names), spec.data)
     digest = hashlib.sha256(
         f"{spec.data}|{config}|{spec.split}|{dataset._fingerprint}".encode()).hexdigest()
     return ExampleSource("hub", f"{spec.data} [{config}/{spec.split}]", digest,
