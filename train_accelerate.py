@@ -27,6 +27,7 @@ PROGRAM_STARTED_AT = time.time()
 import json  # noqa: E402
 import sys  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from qa_core.errors import QAError, SettingsError, exit_interrupted, exit_with_error  # noqa: E402
@@ -191,7 +192,7 @@ def write_outputs(accelerator, settings: TrainSettings, model, tokenizer, tracke
                           distribution=distribution,
                           data={name: split.data_facts() for name, split in splits.items()},
                           eval_on_training_data=eval_on_training_data,
-                          cache={**cache_sharing.as_dict(),
+                          cache={**asdict(cache_sharing),
                                  "builds": {name: split.builds for name, split in splits.items()}})
 
     def run_files() -> None:  # the main process's; a write refused there stops every rank

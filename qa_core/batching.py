@@ -85,12 +85,6 @@ def _list_views(column: pa.ChunkedArray) -> tuple[list[np.ndarray], list[np.ndar
     return starts, values
 
 
-def _row_lengths(column: pa.ChunkedArray) -> np.ndarray:
-    """int32 length of every row of a list column, from its offsets buffers."""
-    parts = [np.diff(chunk.offsets.to_numpy()).astype(np.int32) for chunk in column.chunks]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
-
-
 class FeatureRows(torch.utils.data.Dataset):
     """Windows of a features table read by row; ``__getitems__`` returns one padded batch.
 
@@ -109,12 +103,12 @@ class FeatureRows(torch.utils.data.Dataset):
             raise ValueError(f"pad_to must be 'longest' or 'max_length', got {pad_to!r}")
         self.table = table
         self.rows = None if selection is None else selection.rows
-        # the builder writes every token column with input_ids' row lengths
+        # the builder writes every token column with input_ids' row lengths (``num_tokens``)
         self.columns = {name: _list_views(table.column(name)) for name in TOKEN_COLUMNS
                         if name in table.column_names}
         chunk_rows = [len(chunk) for chunk in table.column("input_ids").chunks]
         self.chunk_starts = np.concatenate([[0], np.cumsum(chunk_rows)]).astype(np.int64)
-        self.lengths = self._selected(_row_lengths(table.column("input_ids")))
+        self.lengths = self._selected(table.column("num_tokens").to_numpy().astype(np.int32))
         self.has_answer = self._selected(table.column("has_answer").to_numpy())
         self.start_positions, self.end_positions = (
             self._selected(table.column(name).to_numpy().astype(np.int32))

@@ -96,10 +96,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return fingerprint(parts)
 
 
-def read_summary(entry: Path) -> dict:
-    return json.loads((entry / SUMMARY_FILE).read_text())
-
-
 # ---------------------------------------------------------------------------------------------
 # The cache folder, its entries' integrity, and what killed runs leave behind
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +105,7 @@ def check_writable_folder(cache_root: Path, flag: str = "--cache_dir") -> None:
     created, before any work starts.
 
     An existing cache folder that is read-only passes: it can still serve cache hits, and
-    :func:`require_writable` refuses it when an entry has to be written.
+    :class:`CacheEntryWriter` refuses it when an entry has to be written.
     """
     if cache_root.exists():
         if not cache_root.is_dir():
@@ -123,18 +119,6 @@ def check_writable_folder(cache_root: Path, flag: str = "--cache_dir") -> None:
                             "not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CacheDirError(f"{flag} {cache_root}: cannot be created: {parent} is not writable")
-
-
-def require_writable(cache_root: Path, flag: str = "--cache_dir") -> None:
-    """Create the cache folder if needed and check that entries can be written into it."""
-    try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CacheDirError(f"{flag} {cache_root}: cannot be created "
-                            f"({err.strerror or err})") from None
-    if not os.access(cache_root, os.W_OK | os.X_OK):
-        raise CacheDirError(f"{flag} {cache_root}: not writable "
-                            "(a new cache entry has to be written)")
 
 
 def build_manifest(folder: Path) -> dict:
@@ -200,11 +184,6 @@ def entry_problem(entry: Path) -> str | None:
     return None
 
 
-def temporary_name(key: str) -> str:
-    """``.tmp-<key>-<pid>-<host tag><random>``: who writes it, so a later run can judge it stale."""
-    return f".tmp-{key}-{os.getpid()}-{HOST_TAG}{uuid.uuid4().hex[:8]}"
-
-
 def _writer_alive(name: str) -> bool:
     """Whether the process that named temporary ``name`` may still be writing it.
 
@@ -218,16 +197,10 @@ def _writer_alive(name: str) -> bool:
     return (len(tag) == 16 and tag[:8] != HOST_TAG) or pid_alive(int(parts[2]))
 
 
-def _remove(path: Path) -> bool:
-    """Delete a folder (or file); errors are ignored, as another run may be deleting it too."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-    return not path.exists()
+def _remove(folder: Path) -> bool:
+    """Delete a folder; errors are ignored, as another run may be deleting it too."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return not folder.exists()
 
 
 def remove_leftovers(cache_root: Path) -> list[str]:
@@ -256,15 +229,13 @@ class ShardWriter:
     own prefix) and named in order when the entry is committed (:func:`finish_split`).
     """
 
-    def __init__(self, folder: Path, rows_per_shard: int, schema: pa.Schema,
-                 prefix: str = "part-") -> None:
+    def __init__(self, folder: Path, rows_per_shard: int, schema: pa.Schema, prefix: str) -> None:
         self.folder = folder
         self.rows_per_shard = rows_per_shard
         self.prefix = prefix
         self.files: list[Path] = []
         self.schema = schema
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
-        self._sink = None
         self._rows_in_shard = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -278,8 +249,7 @@ class ShardWriter:
     def _roll(self) -> None:
         self.finish()
         path = self.folder / f"{self.prefix}{len(self.files):05d}.arrow"
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        self._writer = pa.ipc.new_stream(str(path), self.schema)  # closes the file with it
         self.files.append(path)
         self._rows_in_shard = 0
 
@@ -287,8 +257,7 @@ class ShardWriter:
         """Close the shard being written (the writer can go on with a new one)."""
         if self._writer is not None:
             self._writer.close()
-            self._sink.close()
-            self._writer = self._sink = None
+            self._writer = None
 
 
 def write_split_info(folder: Path, schema: pa.Schema) -> None:
@@ -299,16 +268,12 @@ def write_split_info(folder: Path, schema: pa.Schema) -> None:
     info.write_to_directory(str(folder))
 
 
-def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
-    """Name a split's shards in order as ``datasets`` does and write its metadata files.
+def finish_split(folder: Path, files: list[Path]) -> int:
+    """Name a split's shards in order as ``datasets`` does and write its ``state.json``.
 
-    ``files`` are the split's shards in row order. ``dataset_info.json`` is written unless a
-    worker already wrote it. Returns the number of shards.
+    ``files`` are the split's shards in row order (the first task wrote ``dataset_info.json``).
+    Returns the number of shards.
     """
-    if not files:  # one empty shard keeps the split loadable
-        files = [folder / "part-00000.arrow"]
-        with pa.OSFile(str(files[0]), "wb") as sink:
-            pa.ipc.new_stream(sink, schema).close()
     count = len(files)
     names = []
     for index, path in enumerate(files):
@@ -321,8 +286,6 @@ def finish_split(folder: Path, files: list[Path], schema: pa.Schema) -> int:
         "_split": None,
     }
     (folder / "state.json").write_text(json.dumps(state, indent=2))
-    if not (folder / "dataset_info.json").is_file():
-        write_split_info(folder, schema)
     return count
 
 
@@ -336,8 +299,16 @@ class CacheEntryWriter:
     def __init__(self, cache_root: Path, key: str) -> None:
         self.cache_root = cache_root
         self.key = key
-        require_writable(cache_root)
-        self.tmp = cache_root / temporary_name(key)
+        try:
+            cache_root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CacheDirError(f"--cache_dir {cache_root}: cannot be created "
+                                f"({err.strerror or err})") from None
+        if not os.access(cache_root, os.W_OK | os.X_OK):
+            raise CacheDirError(f"--cache_dir {cache_root}: not writable "
+                                "(a new cache entry has to be written)")
+        # who writes it, so a later run can judge it stale (:func:`_writer_alive`)
+        self.tmp = cache_root / f".tmp-{key}-{os.getpid()}-{HOST_TAG}{uuid.uuid4().hex[:8]}"
         try:
             for name in SPLITS:
                 (self.tmp / name).mkdir(parents=True)
@@ -345,24 +316,21 @@ class CacheEntryWriter:
             raise CacheDirError(f"--cache_dir {cache_root}: cannot write there "
                                 f"({err.strerror or err})") from None
         self.shards: dict[str, list[Path]] = {name: [] for name in SPLITS}
-        self.num_shards: dict[str, int] | None = None
+        self.num_shards: dict[str, int] = {}
 
-    def finish(self, schemas: dict[str, pa.Schema]) -> None:
-        """Name the shards in order and write each split's metadata (once)."""
-        if self.num_shards is None:
-            self.num_shards = {name: finish_split(self.tmp / name, self.shards[name],
-                                                  schemas[name]) for name in SPLITS}
-            (self.tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
+    def finish(self) -> None:
+        """Name the shards in order and write the splits' metadata."""
+        self.num_shards = {name: finish_split(self.tmp / name, self.shards[name])
+                           for name in SPLITS}
+        (self.tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(SPLITS)}))
 
-    def commit(self, summary: dict, schemas: dict[str, pa.Schema], overwrite: bool,
-               damaged: bool = False) -> Path:
-        """Finish the splits, write the manifest and then the summary, and move the entry in.
+    def commit(self, summary: dict, overwrite: bool, damaged: bool = False) -> Path:
+        """Write the manifest and then the summary of the finished splits, and move the entry in.
 
         ``overwrite`` replaces a finished entry of the same key; ``damaged`` replaces one only
         while it is still damaged (another run may have rebuilt it in the meantime).
         ``summary`` gains ``num_shards`` and ``manifest_sha256``.
         """
-        self.finish(schemas)
         summary["num_shards"] = dict(self.num_shards)
         manifest = json.dumps(build_manifest(self.tmp), indent=1).encode()
         (self.tmp / MANIFEST_FILE).write_bytes(manifest)

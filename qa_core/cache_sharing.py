@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -36,9 +36,6 @@ class CacheSharing:
     mode: str  # shared | local
     num_machines: int  # machines of the run (counted from the local main processes)
     detected: bool  # mode came from the probe (requested auto on several machines)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def count_processes(accelerator, flag: bool) -> int:

@@ -19,7 +19,7 @@ when the whole answer lies inside it, otherwise with the CLS index.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
@@ -61,9 +61,6 @@ class FeatureConfig:
             raise ValueError(
                 f"doc_stride ({self.doc_stride}) must be in [0, max_length={self.max_length})"
             )
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def label_answer_index(texts: Sequence[str], rule: str) -> int:
@@ -150,6 +147,7 @@ class FeatureStats:
     answerable: int = 0
     answers_covered: int = 0          # answerable examples with >= 1 window labelled with the
                                       # answer
+    features_with_answer: int = 0     # windows labelled with the answer
     skipped: Counter = field(default_factory=Counter)
     notes: Counter = field(default_factory=Counter)   # kept, but worth knowing
 
@@ -157,6 +155,7 @@ class FeatureStats:
         self.features += other.features
         self.answerable += other.answerable
         self.answers_covered += other.answers_covered
+        self.features_with_answer += other.features_with_answer
         self.skipped.update(other.skipped)
         self.notes.update(other.notes)
 
@@ -245,6 +244,7 @@ class FeatureBuilder:
     def __init__(self, tokenizer, config: FeatureConfig, context_cache_size: int = 64) -> None:
         check_tokenizer(tokenizer, config.max_length)
         self.tokenizer = tokenizer
+        self.backend = tokenizer.backend_tokenizer  # what tokenizes, in one place (timed by tasks)
         self.config = config
         self.template = PairTemplate.for_tokenizer(tokenizer)
         self.with_token_types = "token_type_ids" in tokenizer.model_input_names
@@ -253,7 +253,7 @@ class FeatureBuilder:
 
     def _encode_contexts(self, contexts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         missing = list(dict.fromkeys(c for c in contexts if c not in self._contexts))
-        backend = self.tokenizer.backend_tokenizer
+        backend = self.backend
         # the short ones in one call (the tokenizer may spread it over threads), long ones in
         # pieces
         short = [c for c in missing if len(c) <= CONTEXT_PIECE_CHARS]
@@ -292,7 +292,7 @@ class FeatureBuilder:
         """Every window of every example, labelled, as one Arrow record batch."""
         t, cfg = self.template, self.config
         stats = FeatureStats()
-        questions = self.tokenizer.backend_tokenizer.encode_batch(
+        questions = self.backend.encode_batch(
             [e["question"].lstrip() for e in examples], add_special_tokens=False)
         contexts = self._encode_contexts([e["context"] for e in examples])
 
@@ -333,6 +333,7 @@ class FeatureBuilder:
                     starts_out.append(len(head) + answer_tokens[0] - first)
                     ends_out.append(len(head) + answer_tokens[1] - first)
                     covered = True
+                    stats.features_with_answer += 1
                 else:
                     starts_out.append(t.cls_index)
                     ends_out.append(t.cls_index)

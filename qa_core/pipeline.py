@@ -35,17 +35,16 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from qa_core.cache import (
     SPLITS,
+    SUMMARY_FILE,
     CacheEntryWriter,
     ShardWriter,
     check_writable_folder,
     entry_problem,
     fingerprint,
     no_space_error,
-    read_summary,
     remove_leftovers,
     tokenizer_files_fingerprint,
     tokenizer_fingerprint,
@@ -53,6 +52,7 @@ from qa_core.cache import (
 )
 from qa_core.errors import QAError, SettingsError, first_line
 from qa_core.features import FeatureBuilder, FeatureConfig, FeatureStats
+from qa_core.files import read_json
 from qa_core.readers import (
     Chunk,
     DataSourceError,
@@ -158,7 +158,15 @@ def load_tokenizer(model: str):
         ) from None
     if local:
         config = _model_config(folder)
-        _check_vocabulary(folder, tokenizer, config.get("vocab_size"))
+        vocab_size = config.get("vocab_size")
+        # models round vocab_size up, so a little less is normal; under half means the
+        # tokenizer's vocabulary files are missing
+        if isinstance(vocab_size, int) and len(tokenizer) < vocab_size / 2:
+            raise QAError(
+                f"--model {folder}: its tokenizer has {len(tokenizer)} tokens, the model's "
+                f"vocabulary {vocab_size}: the tokenizer's vocabulary file is missing or damaged "
+                f"(found {', '.join(_tokenizer_files(folder)) or 'none'}; a BERT-style folder "
+                "needs tokenizer.json or vocab.txt)")
         positions = config.get("max_position_embeddings")
         if isinstance(positions, int) and positions > 0 and tokenizer.model_max_length >= 10**6:
             # transformers' "no limit" placeholder: the model's positions are the limit
@@ -180,17 +188,6 @@ def _tokenizer_files(folder: Path) -> list[str]:
     from qa_core.modeling import TOKENIZER_FILES
 
     return [name for name in TOKENIZER_FILES if (folder / name).is_file()]
-
-
-def _check_vocabulary(folder: Path, tokenizer, vocab_size) -> None:
-    """The tokenizer must cover most of the model's vocabulary (models round ``vocab_size`` up,
-    so a little less is normal; under half means its vocabulary files are missing)."""
-    if isinstance(vocab_size, int) and len(tokenizer) < vocab_size / 2:
-        raise QAError(
-            f"--model {folder}: its tokenizer has {len(tokenizer)} tokens, the model's "
-            f"vocabulary {vocab_size}: the tokenizer's vocabulary file is missing or damaged "
-            f"(found {', '.join(_tokenizer_files(folder)) or 'none'}; a BERT-style folder needs "
-            "tokenizer.json or vocab.txt)")
 
 
 def tokenizer_key(model: str, tokenizer=None) -> tuple[str, object | None]:
@@ -215,7 +212,7 @@ def cache_key(source: ExampleSource, tokenizer_key: str, config: PreprocessConfi
         "language": config.language.lower(),
         "hub_config": config.hub_config,
         "tokenizer": tokenizer_key,
-        "features": config.feature_config().as_dict(),
+        "features": asdict(config.feature_config()),
     })
 
 
@@ -243,9 +240,6 @@ def task_bytes(read_so_far: int) -> int:
 # figures hold on a busy machine, where wall-clock ratios do not.
 # ---------------------------------------------------------------------------------------------
 
-_END = object()
-
-
 class StageClock:
     """CPU seconds of this process per named stage."""
 
@@ -265,15 +259,15 @@ class StageClock:
         items = iter(items)
         while True:
             with self.stage(name):
-                item = next(items, _END)
-            if item is _END:
-                return
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
             yield item
 
 
 class _Timed:
-    """A proxy whose ``encode_batch`` calls count as the "tokenize" stage: a tokenizers backend,
-    or a tokenizer whose ``backend_tokenizer`` is one (what :meth:`FeatureBuilder.build` calls)."""
+    """A tokenizers backend whose ``encode_batch`` calls count as the "tokenize" stage."""
 
     def __init__(self, target, clock: StageClock) -> None:
         self._target, self._clock = target, clock
@@ -311,7 +305,6 @@ class TaskResult:
     read: ReadStats
     features: FeatureStats
     examples: int                             # example rows written (those with a window)
-    features_with_answer: int
     claimed: set[str]                         # ids of the examples kept (before windowing)
     cpu: dict[str, float]                     # CPU seconds per stage of this task
     pid: int
@@ -320,7 +313,7 @@ class TaskResult:
 
 @dataclass
 class _WorkerState:
-    builder: FeatureBuilder                   # its tokenizer's encode_batch calls are timed
+    builder: FeatureBuilder                   # its backend's encode_batch calls are timed
     clock: StageClock
     schemas: dict[str, pa.Schema]
 
@@ -333,8 +326,7 @@ def _set_worker(builder: FeatureBuilder) -> None:
     global _worker
     clock = StageClock()
     timed = copy.copy(builder)
-    timed.tokenizer = _Timed(builder.tokenizer, clock)
-    timed.tokenizer.backend_tokenizer = _Timed(builder.tokenizer.backend_tokenizer, clock)
+    timed.backend = _Timed(builder.backend, clock)
     schemas = {"features": builder.build([])[0].schema, "examples": EXAMPLE_SCHEMA}
     _worker = _WorkerState(timed, clock, schemas)
 
@@ -371,7 +363,7 @@ def run_task(task: Task) -> TaskResult:
     read, feature_stats = ReadStats(), FeatureStats()
     seen, notes_by_id = set(task.exclude), {}
     examples = examples_from_rows(task.chunk.rows(), task.language, read, seen, notes_by_id)
-    example_rows = with_answer = 0
+    example_rows = 0
     for batch in clock.timed("parse", _batches(examples, task.batch_size)):
         with clock.stage("build"):
             features, stats = worker.builder.build(batch)
@@ -383,7 +375,6 @@ def run_task(task: Task) -> TaskResult:
                 notes = notes_by_id.pop(example["id"], None)
                 if notes and example["id"] not in kept_ids:
                     read.notes -= notes
-            with_answer += pc.sum(features.column("has_answer")).as_py() or 0
         with clock.stage("write"):
             writers["features"].write(features)
             writers["examples"].write(kept)
@@ -399,8 +390,8 @@ def run_task(task: Task) -> TaskResult:
     cpu = dict(clock.seconds)
     cpu["window"] = cpu.pop("build", 0.0) - cpu.get("tokenize", 0.0)
     return TaskResult({name: [p.name for p in w.files] for name, w in writers.items()}, read,
-                      feature_stats, example_rows, with_answer, seen - task.exclude, cpu,
-                      os.getpid(), time.process_time())
+                      feature_stats, example_rows, seen - task.exclude, cpu, os.getpid(),
+                      time.process_time())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,7 +483,6 @@ class _Totals:
     read: ReadStats = field(default_factory=ReadStats)
     features: FeatureStats = field(default_factory=FeatureStats)
     examples: int = 0
-    features_with_answer: int = 0
     seen: set[str] = field(default_factory=set)
     cpu: Counter = field(default_factory=Counter)
     worker_cpu: dict[int, float] = field(default_factory=dict)
@@ -508,7 +498,6 @@ class _Totals:
         self.read.add(result.read)
         self.features.add(result.features)
         self.examples += result.examples
-        self.features_with_answer += result.features_with_answer
         self.seen |= result.claimed
 
 
@@ -620,16 +609,15 @@ def prepare(config: PreprocessConfig, tokenizer=None) -> PrepareResult:
         totals = _build(writer, source, config, builder, clock)
         summary = _summary(writer, source, config, totals)
         summary.update(cache_rebuilt=problem, leftovers_removed=leftovers)
-        schemas = {"features": builder.build([])[0].schema, "examples": EXAMPLE_SCHEMA}
         with clock.stage("commit"):
-            writer.finish(schemas)
+            writer.finish()
         totals.cpu.update(clock.seconds)
         summary["cpu_seconds"] = cpu_breakdown(time.process_time() - cpu_start, totals.cpu,
                                                totals.worker_cpu)
         seconds = time.perf_counter() - started
         summary.update(seconds=round(seconds, 3),
                        examples_per_s=round(summary["examples"] / seconds, 1) if seconds else None)
-        entry = writer.commit(summary, schemas, overwrite=config.overwrite_cache,
+        entry = writer.commit(summary, overwrite=config.overwrite_cache,
                               damaged=problem is not None)
     except BaseException as err:
         writer.abort()
@@ -644,7 +632,7 @@ def _hit_summary(entry: Path, started: float, leftovers: int, source: ExampleSou
                  config: PreprocessConfig) -> dict:
     """The stored summary of a reused entry, with this run's figures, source and settings (the
     same data, perhaps at another path)."""
-    summary = read_summary(entry)
+    summary = read_json(entry / SUMMARY_FILE)  # entry_problem checked it
     summary["source"] = source.description
     # this run's settings: those the key covers are the build's, the others (the file's path,
     # --num_proc, --batch_size, --rows_per_shard, the model folder's path) may differ
@@ -674,7 +662,7 @@ def _summary(writer: CacheEntryWriter, source: ExampleSource, config: Preprocess
     """
     skipped = dict(sorted((Counter(totals.read.skipped)
                            + Counter(totals.features.skipped)).items()))
-    read = totals.read.as_dict()
+    read = totals.read
     if totals.examples == 0:
         raise DataSourceError(empty_result_message(source.description, read, skipped))
     return {
@@ -686,11 +674,11 @@ def _summary(writer: CacheEntryWriter, source: ExampleSource, config: Preprocess
         "examples": totals.examples,
         "answerable": totals.features.answerable,
         "features": totals.features.features,
-        "features_with_answer": totals.features_with_answer,
+        "features_with_answer": totals.features.features_with_answer,
         "answers_covered": totals.features.answers_covered,
         "skipped": skipped,
-        "notes": dict(sorted((Counter(read["notes"]) + Counter(totals.features.notes)).items())),
-        "formats": read["formats"],
+        "notes": dict(sorted((read.notes + totals.features.notes).items())),
+        "formats": dict(sorted(read.formats.items())),
         "settings": run_settings(config),
         "tasks_redone": totals.redone,
     }
@@ -701,15 +689,15 @@ def counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason} {count}" for reason, count in counts.items())
 
 
-def empty_result_message(source: str, read: dict, skipped: dict) -> str:
+def empty_result_message(source: str, read: ReadStats, skipped: dict) -> str:
     """One line: why ``source`` gave no example (rows read, skips and notes by reason)."""
-    rows = sum(read["formats"].values()) + read["notes"].get("other_language", 0)
+    other_language = read.notes["other_language"]
+    rows = sum(read.formats.values()) + other_language
     parts = [f"{source}: no usable examples: {rows} rows read"]
     if skipped:
         parts.append("skipped " + counts_text(skipped))
-    if read["notes"].get("other_language"):
-        parts.append(f"{read['notes']['other_language']} rows of another language than the one "
-                     "kept (--language)")
+    if other_language:
+        parts.append(f"{other_language} rows of another language than the one kept (--language)")
     if "question_too_long" in skipped:
         parts.append("raise --max_length or lower --doc_stride")
     return "; ".join(parts)

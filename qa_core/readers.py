@@ -70,11 +70,6 @@ class ReadStats:
         self.notes.update(other.notes)
         self.formats.update(other.formats)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The counts; each Counter as a dict sorted by its keys."""
-        return {name: dict(sorted(value.items())) if isinstance(value, Counter) else value
-                for name, value in vars(self).items()}
-
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -579,10 +574,6 @@ def _is_gz(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if _is_gz(path) else open(path, "rb")
-
-
 def _gzip_damage(path: Path, lines_read: int, err: Exception) -> DataSourceError:
     after = f"after line {lines_read}" if lines_read else "within line 1"
     if isinstance(err, EOFError):
@@ -611,7 +602,7 @@ def check_file_header(path: Path) -> None:
 def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, undecoded line) of a file, gzipped or not; gzip damage -> DataSourceError."""
     line_number = 0
-    with _open_binary(path) as handle:
+    with gzip.open(path, "rb") if _is_gz(path) else open(path, "rb") as handle:
         lines = iter(handle)
         while True:
             try:
@@ -880,13 +871,13 @@ def _dataset_rows(dataset, tag: str) -> Iterator[tuple[dict, str, str]]:
         yield row, f"{tag}:{index}", f"{tag} row {index}"
 
 
-def _check_columns(dataset, where: str) -> None:
-    columns = set(dataset.column_names)
-    if not ({"document_plaintext", "annotations"} <= columns or {"question", "context"} <= columns):
+def _check_fields(fields: set[str], where: str) -> None:
+    """A source's first record or columns must be in a layout the readers know."""
+    if not ({"document_plaintext", "annotations"} & fields or {"question", "context"} <= fields):
         raise DataSourceError(
-            f"{where}: unknown format: columns {sorted(columns)} are neither TyDi primary_task "
-            "(document_plaintext, annotations, ...) nor SQuAD-style (question, context, answers)"
-        )
+            f"{where}: unknown format: expected TyDi (document_plaintext, annotations), "
+            "PrimeQA (question, context, target) or SQuAD-style (question, context, answers) "
+            f"fields, got {sorted(fields)}")
 
 
 def open_source(spec: SourceSpec) -> ExampleSource:
@@ -916,13 +907,7 @@ def _open_file(path: Path, spec: SourceSpec) -> ExampleSource:
         first = next(_jsonl_rows(path), None)
         if first is None:
             raise DataSourceError(f"{path}: no records")
-        fields = set(first[0])
-        if not ({"document_plaintext", "annotations"} & fields
-                or {"question", "context"} <= fields):
-            raise DataSourceError(
-                f"{first[2]}: unknown format: expected TyDi (document_plaintext, annotations), "
-                "PrimeQA (question, context, target) or SQuAD-style (question, context, answers) "
-                f"fields, got {sorted(fields)}")
+        _check_fields(set(first[0]), first[2])
         return ExampleSource("jsonl", str(path), sha256_file(path), lambda: _jsonl_rows(path), spec,
                              path=path)
     if name.endswith((".json", ".json.gz")):
@@ -954,7 +939,7 @@ def _open_disk_dataset(path: Path, spec: SourceSpec) -> ExampleSource:
     if has_splits and spec.split not in loaded:
         raise DataSourceError(f"{path}: no split '{spec.split}' (has: {', '.join(loaded)})")
     dataset = loaded[spec.split] if has_splits else loaded
-    _check_columns(dataset, str(path))
+    _check_fields(set(dataset.column_names), str(path))
     split = spec.split if has_splits else None
     # Each saved dataset carries a content fingerprint: no need to hash gigabytes of Arrow again.
     digest = hashlib.sha256(f"{dataset._fingerprint}|{split}|{len(dataset)}".encode()).hexdigest()
@@ -978,7 +963,7 @@ def _open_hub_dataset(spec: SourceSpec) -> ExampleSource:
             f"{spec.data}: not a local path, and the hub dataset could not be loaded ({reason}); "
             "download it where there is network and pass the saved folder or a .jsonl(.gz) file"
         ) from None
-    _check_columns(dataset, spec.data)
+    _check_fields(set(dataset.column_names), spec.data)
     digest = hashlib.sha256(
         f"{spec.data}|{config}|{spec.split}|{dataset._fingerprint}".encode()).hexdigest()
     return ExampleSource("hub", f"{spec.data} [{config}/{spec.split}]", digest,

@@ -148,6 +148,7 @@ def test_in_memory_table_and_padding_rules():
         "start_positions": [1, 2, 0], "end_positions": [1, 4, 0],
         "has_answer": [True, True, False], "example_id": ["b", "b", "a"],
         "offset_mapping": [[None] + [[i, i + 1] for i in range(len(r) - 1)] for r in rows],
+        "num_tokens": [len(r) for r in rows],
     })
     features = FeatureRows(table, pad_token_id=0, pad_to="longest", pad_to_multiple_of=8)
     assert len(features) == 3 and features.lengths.tolist() == [3, 5, 12]

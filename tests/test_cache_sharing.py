@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -106,7 +106,7 @@ def _scenario(accelerator: FakeAccelerator, root: Path, scenario: str) -> dict:
         sharing = resolve_cache_sharing(accelerator, requested, folder)
         with cache_build_context(accelerator, sharing):
             built = build_if_missing(folder)
-    return {"builds": count_processes(accelerator, built), "sharing": sharing and sharing.as_dict()}
+    return {"builds": count_processes(accelerator, built), "sharing": sharing and asdict(sharing)}
 
 
 def _worker(rank: int, port: int, root: str) -> None:

@@ -1,8 +1,6 @@
 """Sliding windows and labels (qa_core.features) against the tokenizer's own overflow windows."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -463,7 +461,7 @@ def test_windows_are_the_same_whether_contexts_are_encoded_in_pieces(tok, monkey
     monkeypatch.setattr(features_module, "CONTEXT_PIECE_CHARS", 30)
     builder = FeatureBuilder(tok, FeatureConfig(48, 16))
     recording = RecordingBackend(tok.backend_tokenizer)
-    builder.tokenizer = SimpleNamespace(backend_tokenizer=recording)
+    builder.backend = recording
     pieces, piece_stats = builder.build(examples)
     assert pieces.equals(whole)
     assert piece_stats == whole_stats
