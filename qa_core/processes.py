@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Callable, TypeVar
 
-from qa_core.errors import QAError
+from qa_core.errors import QAError, launch_rank
 
 T = TypeVar("T")
+# A rank other than 0 that ends with an error waits this long first: rank 0 prints the one
+# error line every rank met, and the launcher stops the other ranks as soon as one has ended.
+REPORT_GRACE_SECONDS = 3.0
 
 
 def disagreement(accelerator, value: str) -> str | None:
@@ -78,9 +82,13 @@ def leave_launched_process(code: int) -> int:
     ``destroy_process_group``; were they running while the interpreter finalizes, a rare
     ``terminate called without an active exception`` could end the rank. Every collective is
     finished when this runs, so the threads end with the process, before any finalization
-    (``bench/stress_exit.py`` counts aborts over hundreds of launches)."""
+    (``bench/stress_exit.py`` counts aborts over hundreds of launches). A rank other than 0
+    leaving with an error gives rank 0 :data:`REPORT_GRACE_SECONDS` to print the error line
+    first: an immediate exit let the launcher stop rank 0 before it had printed."""
     if "LOCAL_RANK" not in os.environ:
         return code
     sys.stdout.flush()
     sys.stderr.flush()
+    if code != 0 and launch_rank() != 0:
+        time.sleep(REPORT_GRACE_SECONDS)
     os._exit(code)
