@@ -60,6 +60,7 @@ from bench.common import (  # noqa: E402
     packaged_model,
     peak_rss_mb,
     print_summary,
+    record_path,
     resolve_data_files,
     resolve_model,
     run_json_child,
@@ -338,7 +339,7 @@ def phase_ours_prepare(args) -> dict:
     s = train.summary
     return {
         "train_key": s["key"], "train_cache_hit": s["cache_hit"], "source_kind": s["source_kind"],
-        "source": s["source"], "formats": s.get("formats", {}),
+        "source": record_path(s["source"]), "formats": s.get("formats", {}),
         "eval_cache_hit": evaluation.summary["cache_hit"],
         "train_examples": int(selection.examples.num_rows),
         "train_features": int(features.num_rows),

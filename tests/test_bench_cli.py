@@ -308,6 +308,7 @@ def test_vs_trainer_trains_both_sides_on_the_same_work(tiny_model, tmp_path):
     end_to_end = summary["end_to_end"]
     assert end_to_end["theirs"]["eval_features"] >= 8 and 0 <= end_to_end["theirs"]["f1"] <= 100
     assert end_to_end["ours"]["wall_seconds"] > 0 and summary["ratios"]["end_to_end_wall_seconds"]
+    assert summary["preprocess"]["source"] == "qa_core/data/squadshifts_new_wiki_train.json.gz"
     assert not list(tmp_path.glob("cache*"))
 
 
